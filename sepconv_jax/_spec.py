@@ -1,0 +1,412 @@
+"""Argument canonicalization and validation: one place, one frozen record out.
+
+Every public function in :mod:`sepconv_jax.ops` calls into this module before it
+touches ``lax``. Shapes are static under ``jax.jit``, so every check here runs at
+trace time and a bad argument never reaches XLA.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import operator
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+from jax import numpy as jnp
+
+PaddingLike = str | int | Sequence[int | tuple[int, int] | Sequence[int]]
+DataFormat = Literal["channels_last", "channels_first"]
+PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
+
+PADDING_STRINGS = ("SAME", "VALID", "CAUSAL")
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+DATA_FORMATS = ("channels_last", "channels_first")
+# Our names for the modes, mapped to ``numpy.pad`` / ``jax.numpy.pad`` modes.
+NP_PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvSpec:
+    """Everything a kernel needs to compute one convolution, fully resolved.
+
+    Attributes:
+      num_spatial: number of spatial dimensions (1, 2 or 3).
+      batch_shape: the leading batch dims of ``x`` as given (possibly empty).
+      in_spatial: spatial shape of ``x``.
+      out_spatial: spatial shape of the result.
+      in_channels: channels of ``x``.
+      out_channels: channels of the result.
+      groups: feature groups (``in_channels`` for a depthwise conv, 1 for a standard one).
+      window: spatial shape of the kernel.
+      strides: one stride per spatial dim.
+      dilation: one kernel dilation per spatial dim.
+      padding: one ``(low, high)`` pair per spatial dim, resolved against the input.
+      padding_mode: how padded positions are filled.
+      data_format: ``"channels_last"`` or ``"channels_first"``.
+    """
+
+    num_spatial: int
+    batch_shape: tuple[int, ...]
+    in_spatial: tuple[int, ...]
+    out_spatial: tuple[int, ...]
+    in_channels: int
+    out_channels: int
+    groups: int
+    window: tuple[int, ...]
+    strides: tuple[int, ...]
+    dilation: tuple[int, ...]
+    padding: tuple[tuple[int, int], ...]
+    padding_mode: str
+    data_format: str
+
+    @property
+    def depth_multiplier(self) -> int:
+        """Output channels per input channel of a depthwise conv (``out // in``)."""
+        return self.out_channels // self.in_channels
+
+    @property
+    def channels_last(self) -> bool:
+        return self.data_format == "channels_last"
+
+    @property
+    def channel_axis(self) -> int:
+        """Axis of the channels in the flattened ``(batch, ...)`` layout."""
+        return -1 if self.channels_last else 1
+
+    @property
+    def spatial_axes(self) -> tuple[int, ...]:
+        """Axes of the spatial dims in the flattened ``(batch, ...)`` layout."""
+        start = 1 if self.channels_last else 2
+        return tuple(range(start, start + self.num_spatial))
+
+    @property
+    def effective_window(self) -> tuple[int, ...]:
+        """Spatial extent of the dilated window: ``(k - 1) * d + 1`` per dim."""
+        return tuple((k - 1) * d + 1 for k, d in zip(self.window, self.dilation, strict=True))
+
+    def flat_shape(self, spatial: Sequence[int], channels: int) -> tuple[int, ...]:
+        """Shape of an array in the flattened ``(batch, ...)`` layout."""
+        batch = math.prod(self.batch_shape)
+        if self.channels_last:
+            return (batch, *spatial, channels)
+        return (batch, channels, *spatial)
+
+    def output_shape(self) -> tuple[int, ...]:
+        """Shape of the result, with the caller's batch dims restored."""
+        if self.channels_last:
+            return (*self.batch_shape, *self.out_spatial, self.out_channels)
+        return (*self.batch_shape, self.out_channels, *self.out_spatial)
+
+
+# ----------------------------------------------------------------------------- scalars
+
+
+def _is_int(value: Any) -> bool:
+    """True for Python and NumPy integers, False for bools and everything else."""
+    if isinstance(value, bool | np.bool_):
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
+def canonicalize_tuple(value: Any, n: int, name: str, *, minimum: int = 1) -> tuple[int, ...]:
+    """An int or a length-``n`` sequence of ints -> a tuple of ``n`` ints >= ``minimum``."""
+    if _is_int(value):
+        values = (operator.index(value),) * n
+    elif isinstance(value, Sequence) and not isinstance(value, str):
+        if len(value) != n:
+            raise ValueError(
+                f"`{name}` has {len(value)} entries {tuple(value)!r} but the kernel has {n} spatial "
+                f"dim(s); pass one int for all dims or exactly {n} ints"
+            )
+        if not all(_is_int(v) for v in value):
+            raise TypeError(f"`{name}` must contain only ints, got {tuple(value)!r}")
+        values = tuple(operator.index(v) for v in value)
+    else:
+        raise TypeError(
+            f"`{name}` must be an int or a sequence of {n} ints, got {type(value).__name__} {value!r}"
+        )
+    bad = [v for v in values if v < minimum]
+    if bad:
+        raise ValueError(f"`{name}` must be >= {minimum} in every dim, got {values!r}")
+    return values
+
+
+def canonicalize_padding(padding: Any, n: int) -> str | tuple[tuple[int, int], ...]:
+    """Normalizes every accepted padding form.
+
+    Returns an upper-case string (``"SAME"``, ``"VALID"``, ``"CAUSAL"``) or one
+    ``(low, high)`` pair per spatial dim.
+    """
+    if isinstance(padding, str):
+        upper = padding.upper()
+        if upper not in PADDING_STRINGS:
+            raise ValueError(
+                f"`padding` must be one of {PADDING_STRINGS} (any case), an int, or per-dim ints or "
+                f"(low, high) pairs; got {padding!r}"
+            )
+        return upper
+    if _is_int(padding):
+        pairs = ((operator.index(padding),) * 2,) * n
+    elif isinstance(padding, Sequence):
+        if len(padding) != n:
+            raise ValueError(
+                f"`padding` has {len(padding)} entries {tuple(padding)!r} but the kernel has {n} "
+                f"spatial dim(s); give one int or one (low, high) pair per spatial dim"
+            )
+        pairs = []
+        for entry in padding:
+            if _is_int(entry):
+                pairs.append((operator.index(entry),) * 2)
+            elif (
+                isinstance(entry, Sequence)
+                and not isinstance(entry, str)
+                and len(entry) == 2
+                and all(_is_int(v) for v in entry)
+            ):
+                pairs.append((operator.index(entry[0]), operator.index(entry[1])))
+            else:
+                raise TypeError(
+                    f"each entry of `padding` must be an int or a (low, high) pair of ints, got {entry!r} "
+                    f"in {padding!r}"
+                )
+        pairs = tuple(pairs)
+    else:
+        raise TypeError(
+            f"`padding` must be a string, an int or a sequence, got {type(padding).__name__} "
+            f"{padding!r}"
+        )
+    if any(v < 0 for pair in pairs for v in pair):
+        raise ValueError(f"`padding` must be non-negative, got {pairs!r}")
+    return tuple(pairs)
+
+
+def resolve_padding(
+    padding: str | tuple[tuple[int, int], ...],
+    in_spatial: Sequence[int],
+    window: Sequence[int],
+    strides: Sequence[int],
+    dilation: Sequence[int],
+) -> tuple[tuple[int, int], ...]:
+    """Turns a canonical padding into explicit ``(low, high)`` pairs for this input.
+
+    * ``SAME``: output size ``ceil(in / stride)``; the total pad
+      ``max((out - 1) * stride + eff_k - in, 0)`` is split with the odd element at the
+      end (TensorFlow / ``lax`` semantics).
+    * ``VALID``: no padding.
+    * ``CAUSAL``: ``eff_k - 1`` before, nothing after, so output ``t`` sees inputs
+      ``<= t * stride`` only.
+    """
+    if not isinstance(padding, str):
+        return padding
+    pairs = []
+    for size, k, s, d in zip(in_spatial, window, strides, dilation, strict=True):
+        eff = (k - 1) * d + 1
+        if padding == "VALID":
+            pairs.append((0, 0))
+        elif padding == "CAUSAL":
+            pairs.append((eff - 1, 0))
+        else:  # SAME
+            out = -(-size // s)
+            total = max((out - 1) * s + eff - size, 0)
+            pairs.append((total // 2, total - total // 2))
+    return tuple(pairs)
+
+
+def check_choice(value: Any, choices: Sequence[str], name: str) -> str:
+    """Checks that ``value`` is one of the string ``choices``."""
+    if not isinstance(value, str):
+        raise TypeError(f"`{name}` must be a string, one of {tuple(choices)}, got {value!r}")
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+# ----------------------------------------------------------------------------- arrays
+
+
+def check_numeric(value: Any, name: str) -> np.dtype:
+    """Returns the dtype of an array-like, raising ``TypeError`` unless it is numeric."""
+    if value is None:
+        raise TypeError(f"`{name}` must be an array, got None")
+    dtype = getattr(value, "dtype", None)
+    if dtype is None:
+        try:
+            dtype = np.asarray(value).dtype
+        except Exception as e:  # ragged lists and other junk
+            raise TypeError(f"`{name}` could not be read as an array: {e}") from None
+    dtype = np.dtype(dtype)
+    if dtype == np.bool_ or not jnp.issubdtype(dtype, jnp.number):
+        raise TypeError(
+            f"`{name}` must have a numeric dtype (integer, floating or complex), got {dtype}; "
+            f"cast it with `.astype(jnp.float32)`"
+        )
+    return dtype
+
+
+def shape_of(value: Any) -> tuple[int, ...]:
+    """Static shape of an array-like (works on tracers, NumPy arrays and lists)."""
+    shape = getattr(value, "shape", None)
+    if shape is None:
+        shape = np.shape(value)
+    return tuple(shape)
+
+
+def check_bias(bias: Any, channels: int, name: str) -> None:
+    """A bias must be a 1-D numeric array with one entry per output channel."""
+    if bias is None:
+        return
+    check_numeric(bias, name)
+    shape = shape_of(bias)
+    if shape != (channels,):
+        raise ValueError(
+            f"`{name}` has shape {shape} but the output has {channels} channels; "
+            f"expected shape ({channels},)"
+        )
+
+
+def _split_x(x_shape: tuple[int, ...], n: int, data_format: str, x_name: str, k_name: str):
+    """Splits ``x``'s shape into (batch dims, spatial dims, channels)."""
+    if len(x_shape) < n + 1:
+        layout = (
+            "(*batch, *spatial, channels)"
+            if data_format == "channels_last"
+            else ("(*batch, channels, *spatial)")
+        )
+        raise ValueError(
+            f"`{x_name}` has shape {x_shape} (rank {len(x_shape)}) but `{k_name}` has {n} spatial "
+            f"dim(s), so `{x_name}` needs rank >= {n + 1}: {layout}"
+        )
+    if data_format == "channels_last":
+        return x_shape[: -n - 1], x_shape[-n - 1 : -1], x_shape[-1]
+    return x_shape[: -n - 1], x_shape[-n:], x_shape[-n - 1]
+
+
+def make_spec(
+    x: Any,
+    kernel: Any,
+    *,
+    groups: int | None,
+    strides: Any,
+    padding: Any,
+    dilation: Any,
+    padding_mode: Any,
+    data_format: Any,
+    x_name: str = "x",
+    kernel_name: str = "kernel",
+) -> ConvSpec:
+    """Validates a windowed convolution and returns its :class:`ConvSpec`.
+
+    Args:
+      x: the input, ``(*batch, *spatial, C)`` or channels-first.
+      kernel: ``(*window, C // groups, out_channels)``.
+      groups: feature groups; ``None`` means depthwise (``groups = C`` and the
+        kernel's in-dim must be 1).
+      strides, padding, dilation, padding_mode, data_format: as in the public API.
+      x_name, kernel_name: names used in error messages.
+    """
+    check_numeric(x, x_name)
+    check_numeric(kernel, kernel_name)
+    check_choice(data_format, DATA_FORMATS, "data_format")
+    check_choice(padding_mode, PADDING_MODES, "padding_mode")
+
+    k_shape = shape_of(kernel)
+    if len(k_shape) not in (3, 4, 5):
+        raise ValueError(
+            f"`{kernel_name}` has shape {k_shape} (rank {len(k_shape)}); expected rank 3, 4 or 5: "
+            f"(*window, in_per_group, out_channels) for 1, 2 or 3 spatial dims"
+        )
+    n = len(k_shape) - 2
+    window, k_in, k_out = k_shape[:n], k_shape[-2], k_shape[-1]
+    if any(w < 1 for w in window) or k_out < 1:
+        raise ValueError(f"`{kernel_name}` has shape {k_shape}; every dim must be >= 1")
+    batch_shape, in_spatial, channels = _split_x(shape_of(x), n, data_format, x_name, kernel_name)
+    if channels < 1:
+        raise ValueError(f"`{x_name}` has shape {shape_of(x)} with 0 channels")
+
+    if groups is None:  # depthwise
+        if k_in != 1:
+            raise ValueError(
+                f"`{kernel_name}` has shape {k_shape} but a depthwise kernel must have in-dim 1: "
+                f"(*window, 1, channels * depth_multiplier); got in-dim {k_in}"
+            )
+        if k_out % channels:
+            raise ValueError(
+                f"`{kernel_name}` has {k_out} output channels but `{x_name}` has {channels} channels; "
+                f"a depthwise kernel needs a multiple of {channels} "
+                f"(depth_multiplier = {k_out} / {channels} must be whole)"
+            )
+        groups = channels
+    else:
+        if not _is_int(groups):
+            raise TypeError(f"`groups` must be an int, got {type(groups).__name__} {groups!r}")
+        groups = operator.index(groups)
+        if groups < 1:
+            raise ValueError(f"`groups` must be >= 1, got {groups}")
+        if channels % groups:
+            raise ValueError(
+                f"`{x_name}` has {channels} channels, which `groups`={groups} does not divide; "
+                f"choose groups among the divisors of {channels}"
+            )
+        if k_out % groups:
+            raise ValueError(
+                f"`{kernel_name}` has {k_out} output channels, which `groups`={groups} does not divide"
+            )
+        if k_in != channels // groups:
+            raise ValueError(
+                f"`{kernel_name}` has in-dim {k_in} but `{x_name}` has {channels} channels in "
+                f"{groups} group(s), so the kernel needs in-dim {channels // groups}: "
+                f"shape (*window, {channels // groups}, out_channels)"
+            )
+
+    strides = canonicalize_tuple(strides, n, "strides")
+    dilation = canonicalize_tuple(dilation, n, "dilation")
+    pad = resolve_padding(canonicalize_padding(padding, n), in_spatial, window, strides, dilation)
+
+    out_spatial = []
+    for i, (size, k, s, d, (lo, hi)) in enumerate(
+        zip(in_spatial, window, strides, dilation, pad, strict=True)
+    ):
+        eff = (k - 1) * d + 1
+        if size < 1:
+            raise ValueError(f"`{x_name}` has shape {shape_of(x)} with an empty spatial dim {i}")
+        if padding_mode == "reflect" and max(lo, hi) >= size:
+            raise ValueError(
+                f"padding_mode='reflect' needs padding smaller than the input in every spatial dim, "
+                f"but spatial dim {i} has size {size} and padding {(lo, hi)}; use a larger input, "
+                f"less padding, or padding_mode='replicate'"
+            )
+        if padding_mode == "circular" and max(lo, hi) > size:
+            raise ValueError(
+                f"padding_mode='circular' needs padding no larger than the input in every spatial "
+                f"dim, but spatial dim {i} has size {size} and padding {(lo, hi)}"
+            )
+        padded = size + lo + hi
+        if padded < eff:
+            raise ValueError(
+                f"the dilated window ({eff}) is larger than the padded input ({padded} = {size} + "
+                f"{lo} + {hi}) in spatial dim {i}; use a larger input, more padding, or "
+                f"padding='SAME'"
+            )
+        out_spatial.append((padded - eff) // s + 1)
+
+    return ConvSpec(
+        num_spatial=n,
+        batch_shape=tuple(batch_shape),
+        in_spatial=tuple(in_spatial),
+        out_spatial=tuple(out_spatial),
+        in_channels=channels,
+        out_channels=k_out,
+        groups=groups,
+        window=tuple(window),
+        strides=strides,
+        dilation=dilation,
+        padding=pad,
+        padding_mode=padding_mode,
+        data_format=data_format,
+    )

@@ -1,0 +1,29 @@
+"""The ``sepconv-jax`` command line: ``demo``, ``cost`` and ``bench``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sepconv-jax",
+        description="Depthwise separable convolutions for JAX and Flax.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    from sepconv_jax import demo
+
+    demo.register_cli(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sepconv-jax`` console script."""
+    args = _parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,486 @@
+"""Depthwise, pointwise, separable and grouped convolution as pure JAX functions.
+
+Arrays are channels-last by default: ``x`` is ``(*batch, *spatial, channels)`` with
+zero or more leading batch dims and 1, 2 or 3 spatial dims (inferred from the
+kernel's rank). ``data_format="channels_first"`` takes ``(*batch, channels,
+*spatial)``. Every function validates its arguments before tracing reaches XLA and
+works under ``jax.jit``, ``jax.vmap`` and ``jax.grad``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.typing import ArrayLike
+
+from sepconv_jax import _spec
+from sepconv_jax._spec import ConvSpec, DataFormat, PaddingLike, PaddingMode
+from sepconv_jax.kernels import dispatch
+from sepconv_jax.kernels import xla as _xla
+
+__all__ = ["depthwise_conv", "grouped_conv", "pointwise_conv", "separable_conv"]
+
+PrecisionLike = None | str | lax.Precision | tuple[Any, Any]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _check_precision(precision: Any) -> None:
+    if precision is None:
+        return
+    values = precision if isinstance(precision, tuple | list) else (precision,)
+    if len(values) not in (1, 2):
+        raise ValueError(f"`precision` must be one value or a pair, got {precision!r}")
+    for value in values:
+        if isinstance(value, lax.Precision):
+            continue
+        try:
+            lax.Precision(value)
+        except (ValueError, TypeError, KeyError):
+            raise ValueError(
+                f"`precision` must be None, a `jax.lax.Precision` or one of 'default', 'high', "
+                f"'highest', got {precision!r}"
+            ) from None
+
+
+def _check_preferred(preferred_element_type: Any) -> np.dtype | None:
+    if preferred_element_type is None:
+        return None
+    try:
+        dtype = np.dtype(preferred_element_type)
+    except TypeError:
+        raise TypeError(
+            f"`preferred_element_type` must be None or a dtype such as jnp.float32, got "
+            f"{preferred_element_type!r}"
+        ) from None
+    if not np.issubdtype(dtype, np.inexact):
+        raise TypeError(
+            f"`preferred_element_type` must be a floating or complex dtype, got {dtype}"
+        )
+    return dtype
+
+
+def _compute_dtype(*arrays: ArrayLike | None) -> np.dtype:
+    """The one inexact dtype the given arrays (skipping ``None``) are promoted to."""
+    dtype = jnp.result_type(*[a for a in arrays if a is not None])
+    if not jnp.issubdtype(dtype, jnp.inexact):
+        dtype = jnp.promote_types(dtype, jnp.float32)
+    return dtype
+
+
+def _promote(*arrays: ArrayLike | None) -> list[jax.Array | None]:
+    """Promotes the given arrays (skipping ``None``) to their :func:`_compute_dtype`."""
+    dtype = _compute_dtype(*arrays)
+    return [None if a is None else jnp.asarray(a, dtype) for a in arrays]
+
+
+def _common_checks(precision: Any, preferred_element_type: Any) -> None:
+    _check_precision(precision)
+    _check_preferred(preferred_element_type)
+
+
+def _pad_mode(x: jax.Array, spec: ConvSpec) -> tuple[jax.Array, ConvSpec]:
+    """Applies a non-zero ``padding_mode`` explicitly, leaving a VALID conv to do."""
+    if spec.padding_mode == "zeros" or not any(lo or hi for lo, hi in spec.padding):
+        return x, spec
+    widths = [(0, 0)] * x.ndim
+    for axis, pair in zip(spec.spatial_axes, spec.padding, strict=True):
+        widths[axis] = pair
+    x = jnp.pad(x, widths, mode=_spec.NP_PAD_MODES[spec.padding_mode])
+    in_spatial = tuple(x.shape[a] for a in spec.spatial_axes)
+    zero = ((0, 0),) * spec.num_spatial
+    return x, dataclasses.replace(spec, in_spatial=in_spatial, padding=zero, padding_mode="zeros")
+
+
+def _add_bias(y: jax.Array, bias: jax.Array | None, channel_axis: int) -> jax.Array:
+    if bias is None:
+        return y
+    shape = [1] * y.ndim
+    shape[channel_axis] = bias.shape[0]
+    return y + bias.astype(y.dtype).reshape(shape)
+
+
+def _windowed(
+    kind: str,
+    x: ArrayLike,
+    kernel: ArrayLike,
+    bias: ArrayLike | None,
+    spec: ConvSpec,
+    *,
+    precision: PrecisionLike,
+    preferred_element_type: Any,
+    impl: str,
+) -> jax.Array:
+    """Runs a validated depthwise or grouped conv through the chosen kernel."""
+    fn = dispatch.resolve(impl, spec) if kind == "depthwise" else _xla.conv
+    x, kernel, bias = _promote(x, kernel, bias)
+    x = x.reshape(spec.flat_shape(spec.in_spatial, spec.in_channels))
+    x, spec_padded = _pad_mode(x, spec)
+    y = fn(
+        x,
+        kernel,
+        spec_padded,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+    y = _add_bias(y, bias, spec.channel_axis)
+    return y.reshape(spec.output_shape())
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def depthwise_conv(
+    x: ArrayLike,
+    kernel: ArrayLike,
+    *,
+    strides: int | tuple[int, ...] = 1,
+    padding: PaddingLike = "SAME",
+    dilation: int | tuple[int, ...] = 1,
+    padding_mode: PaddingMode = "zeros",
+    data_format: DataFormat = "channels_last",
+    bias: ArrayLike | None = None,
+    precision: PrecisionLike = None,
+    preferred_element_type: Any = None,
+    impl: str = "auto",
+) -> jax.Array:
+    """Depthwise convolution: one filter bank per input channel, no channel mixing.
+
+    Output channel ``c * M + m`` is input channel ``c`` convolved (cross-correlated,
+    as in every deep-learning framework) with ``kernel[..., 0, c * M + m]``, where
+    ``M`` is the depth multiplier. This is the ``lax`` / Flax / Haiku layout; Keras'
+    ``(*window, C, M)`` kernel reshapes to it with ``kernel.reshape(*window, 1, C * M)``.
+
+    Args:
+      x: input, ``(*batch, *spatial, channels)``, or ``(*batch, channels, *spatial)``
+        with ``data_format="channels_first"``. Zero or more batch dims.
+      kernel: ``(*window, 1, channels * depth_multiplier)``; its rank (3, 4 or 5)
+        sets the number of spatial dims (1, 2 or 3).
+      strides: one int for every spatial dim, or one per dim.
+      padding: ``"SAME"`` (output ``ceil(in / stride)``, odd padding at the end, as
+        TensorFlow and ``lax``), ``"VALID"``, ``"CAUSAL"`` (all padding before, so
+        output ``t`` sees only inputs up to ``t``), an int (the same on both sides of
+        every dim, as PyTorch), one int per dim, or one ``(low, high)`` pair per dim.
+        Strings are matched case-insensitively.
+      dilation: kernel dilation, one int or one per dim.
+      padding_mode: how padded positions are filled, with PyTorch's names:
+        ``"zeros"``, ``"reflect"`` (mirror without repeating the edge), ``"replicate"``
+        (repeat the edge) or ``"circular"`` (wrap around).
+      data_format: ``"channels_last"`` or ``"channels_first"``.
+      bias: optional ``(channels * depth_multiplier,)``, added to the output.
+      precision: passed to ``lax.conv_general_dilated``.
+      preferred_element_type: accumulation and output dtype, e.g. ``jnp.float32``
+        for ``bfloat16`` inputs.
+      impl: ``"auto"`` or a name from ``sepconv_jax.kernels.dispatch.IMPLS``.
+
+    Returns:
+      ``(*batch, *out_spatial, channels * depth_multiplier)`` (or channels-first).
+      Inputs are promoted to one floating dtype, which is the output's unless
+      ``preferred_element_type`` is given.
+
+    Raises:
+      ValueError: for shapes, channel counts, strides, dilations or paddings that
+        do not fit together, and for unknown option strings.
+      TypeError: for non-numeric arrays and arguments of the wrong type.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from sepconv_jax import depthwise_conv
+      >>> x = jnp.ones((2, 8, 8, 3))
+      >>> kernel = jnp.ones((3, 3, 1, 6))  # depth multiplier 2
+      >>> y = depthwise_conv(x, kernel, strides=2)
+      >>> y.shape
+      (2, 4, 4, 6)
+      >>> float(y[0, 1, 1, 0])  # an interior 3x3 window of ones
+      9.0
+    """
+    spec = _spec.make_spec(
+        x,
+        kernel,
+        groups=None,
+        strides=strides,
+        padding=padding,
+        dilation=dilation,
+        padding_mode=padding_mode,
+        data_format=data_format,
+    )
+    _spec.check_bias(bias, spec.out_channels, "bias")
+    _common_checks(precision, preferred_element_type)
+    return _windowed(
+        "depthwise",
+        x,
+        kernel,
+        bias,
+        spec,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+        impl=impl,
+    )
+
+
+def grouped_conv(
+    x: ArrayLike,
+    kernel: ArrayLike,
+    *,
+    groups: int = 1,
+    strides: int | tuple[int, ...] = 1,
+    padding: PaddingLike = "SAME",
+    dilation: int | tuple[int, ...] = 1,
+    padding_mode: PaddingMode = "zeros",
+    data_format: DataFormat = "channels_last",
+    bias: ArrayLike | None = None,
+    precision: PrecisionLike = None,
+    preferred_element_type: Any = None,
+) -> jax.Array:
+    """Grouped convolution: channels split into ``groups``, each convolved on its own.
+
+    ``groups=1`` is a standard convolution; ``groups=channels`` with
+    ``out_channels = channels * M`` is :func:`depthwise_conv`. Output channels
+    ``[g * O / groups, (g + 1) * O / groups)`` read input channels
+    ``[g * C / groups, (g + 1) * C / groups)`` (the ``lax`` and PyTorch layout).
+
+    Args:
+      x: input, ``(*batch, *spatial, channels)`` or channels-first.
+      kernel: ``(*window, channels // groups, out_channels)``.
+      groups: number of feature groups; must divide ``channels`` and ``out_channels``.
+      strides, padding, dilation, padding_mode, data_format, precision,
+        preferred_element_type: as in :func:`depthwise_conv`.
+      bias: optional ``(out_channels,)``.
+
+    Returns:
+      ``(*batch, *out_spatial, out_channels)`` (or channels-first).
+
+    Raises:
+      ValueError: as :func:`depthwise_conv`, and when ``groups`` does not divide the
+        channel counts or the kernel's in-dim is not ``channels // groups``.
+      TypeError: as :func:`depthwise_conv`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from sepconv_jax import grouped_conv
+      >>> x = jnp.ones((1, 5, 5, 4))
+      >>> kernel = jnp.ones((3, 3, 2, 6))  # 2 groups of 2 input channels
+      >>> y = grouped_conv(x, kernel, groups=2, padding="VALID")
+      >>> y.shape, float(y[0, 0, 0, 0])
+      ((1, 3, 3, 6), 18.0)
+    """
+    spec = _spec.make_spec(
+        x,
+        kernel,
+        groups=groups,
+        strides=strides,
+        padding=padding,
+        dilation=dilation,
+        padding_mode=padding_mode,
+        data_format=data_format,
+    )
+    _spec.check_bias(bias, spec.out_channels, "bias")
+    _common_checks(precision, preferred_element_type)
+    return _windowed(
+        "grouped",
+        x,
+        kernel,
+        bias,
+        spec,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+        impl="xla",
+    )
+
+
+def pointwise_conv(
+    x: ArrayLike,
+    kernel: ArrayLike,
+    *,
+    bias: ArrayLike | None = None,
+    data_format: DataFormat = "channels_last",
+    num_spatial_dims: int | None = None,
+    precision: PrecisionLike = None,
+    preferred_element_type: Any = None,
+) -> jax.Array:
+    """Pointwise (1x1) convolution: mixes channels at every position independently.
+
+    Args:
+      x: input, ``(*batch, *spatial, in_channels)``, or channels-first
+        ``(*batch, in_channels, *spatial)``.
+      kernel: ``(in_channels, out_channels)``.
+      bias: optional ``(out_channels,)``.
+      data_format: ``"channels_last"`` or ``"channels_first"``.
+      num_spatial_dims: how many trailing dims of a channels-first ``x`` are spatial.
+        ``None`` means ``x.ndim - 2``: one leading batch dim, as in PyTorch and
+        Keras. Channels-last input does not need it (the channels are last); when
+        given it is checked against ``x``'s rank.
+      precision, preferred_element_type: as in :func:`depthwise_conv`.
+
+    Returns:
+      ``x`` with its channel dim replaced by ``out_channels``.
+
+    Raises:
+      ValueError: when ``kernel`` is not 2-D or its in-dim does not match the channels.
+      TypeError: for non-numeric arrays and arguments of the wrong type.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from sepconv_jax import pointwise_conv
+      >>> x = jnp.ones((2, 4, 4, 3))
+      >>> y = pointwise_conv(x, jnp.ones((3, 5)), bias=jnp.arange(5.0))
+      >>> y.shape, y[0, 0, 0].tolist()
+      ((2, 4, 4, 5), [3.0, 4.0, 5.0, 6.0, 7.0])
+    """
+    _spec.check_numeric(x, "x")
+    _spec.check_numeric(kernel, "kernel")
+    _spec.check_choice(data_format, _spec.DATA_FORMATS, "data_format")
+    _common_checks(precision, preferred_element_type)
+    x_shape, k_shape = _spec.shape_of(x), _spec.shape_of(kernel)
+    if len(k_shape) != 2:
+        raise ValueError(
+            f"`kernel` has shape {k_shape}; a pointwise kernel is (in_channels, out_channels)"
+        )
+    if num_spatial_dims is not None:
+        n = _spec.canonicalize_tuple(num_spatial_dims, 1, "num_spatial_dims", minimum=0)[0]
+        need = n + 1
+        if len(x_shape) < need:
+            raise ValueError(
+                f"`x` has shape {x_shape} (rank {len(x_shape)}) but num_spatial_dims={n} with "
+                f"{data_format} needs rank >= {need}"
+            )
+    elif data_format == "channels_first":
+        if len(x_shape) < 2:
+            raise ValueError(
+                f"`x` has shape {x_shape}; channels-first input needs rank >= 2: "
+                f"(batch, channels, *spatial)"
+            )
+        n = len(x_shape) - 2
+    if len(x_shape) < 1:
+        raise ValueError("`x` is a scalar; pointwise_conv needs at least a channel dim")
+    axis = len(x_shape) - 1 if data_format == "channels_last" else len(x_shape) - n - 1
+    channels = x_shape[axis]
+    if k_shape[0] != channels:
+        raise ValueError(
+            f"`kernel` has in-dim {k_shape[0]} but `x` has {channels} channels (axis {axis} of "
+            f"shape {x_shape}); expected kernel shape ({channels}, out_channels)"
+        )
+    _spec.check_bias(bias, k_shape[1], "bias")
+    x, kernel, bias = _promote(x, kernel, bias)
+
+    # A 1x1 conv over the flattened positions: shows up as a pointwise conv (window 1,
+    # one group) to `sepconv_jax.cost`, and XLA lowers it to a matrix multiply.
+    lead, rest = x.shape[:axis], x.shape[axis + 1 :]
+    if data_format == "channels_last":
+        flat = x.reshape(1, math.prod(lead), channels)
+        dims = ("NWC", "WIO", "NWC")
+    else:
+        flat = x.reshape(math.prod(lead), channels, math.prod(rest))
+        dims = ("NCW", "WIO", "NCW")
+    y = lax.conv_general_dilated(
+        flat,
+        kernel.reshape(1, *k_shape),
+        window_strides=(1,),
+        padding=((0, 0),),
+        dimension_numbers=dims,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+    y = _add_bias(y, bias, -1 if data_format == "channels_last" else 1)
+    return y.reshape(*lead, k_shape[1], *rest)
+
+
+def separable_conv(
+    x: ArrayLike,
+    depthwise_kernel: ArrayLike,
+    pointwise_kernel: ArrayLike,
+    *,
+    strides: int | tuple[int, ...] = 1,
+    padding: PaddingLike = "SAME",
+    dilation: int | tuple[int, ...] = 1,
+    padding_mode: PaddingMode = "zeros",
+    data_format: DataFormat = "channels_last",
+    depthwise_bias: ArrayLike | None = None,
+    bias: ArrayLike | None = None,
+    precision: PrecisionLike = None,
+    preferred_element_type: Any = None,
+    impl: str = "auto",
+) -> jax.Array:
+    """Depthwise separable convolution: :func:`pointwise_conv` after :func:`depthwise_conv`.
+
+    This is the Keras / Xception ``SeparableConv`` (spatial filtering per channel,
+    then a 1x1 channel mix), not Haiku's spatially separable ``SeparableDepthwiseConv2D``.
+    Per output position it costs ``k^d * C * M + C * M * N`` mult-adds instead of a
+    standard convolution's ``k^d * C * N``.
+
+    Args:
+      x: input, ``(*batch, *spatial, channels)`` or channels-first.
+      depthwise_kernel: ``(*window, 1, channels * depth_multiplier)``.
+      pointwise_kernel: ``(channels * depth_multiplier, out_channels)``.
+      strides, padding, dilation, padding_mode, data_format, precision, impl: as in
+        :func:`depthwise_conv`; they apply to the depthwise step.
+      depthwise_bias: optional ``(channels * depth_multiplier,)``, added between the steps.
+      bias: optional ``(out_channels,)``, added to the output.
+      preferred_element_type: accumulation dtype of both steps and the output's
+        dtype. The intermediate is cast back to the inputs' dtype between the steps,
+        as two stacked layers would do under mixed precision.
+
+    Returns:
+      ``(*batch, *out_spatial, out_channels)`` (or channels-first).
+
+    Raises:
+      ValueError: as :func:`depthwise_conv`, and when ``pointwise_kernel``'s in-dim
+        is not the depthwise step's output channels.
+      TypeError: as :func:`depthwise_conv`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from sepconv_jax import separable_conv
+      >>> x = jnp.ones((1, 6, 6, 4))
+      >>> y = separable_conv(x, jnp.ones((3, 3, 1, 4)), jnp.ones((4, 8)), padding="VALID")
+      >>> y.shape, float(y[0, 0, 0, 0])  # 4 channels x 9 taps
+      ((1, 4, 4, 8), 36.0)
+    """
+    spec = _spec.make_spec(
+        x,
+        depthwise_kernel,
+        groups=None,
+        strides=strides,
+        padding=padding,
+        dilation=dilation,
+        padding_mode=padding_mode,
+        data_format=data_format,
+        kernel_name="depthwise_kernel",
+    )
+    _spec.check_numeric(pointwise_kernel, "pointwise_kernel")
+    pw_shape = _spec.shape_of(pointwise_kernel)
+    if len(pw_shape) != 2 or pw_shape[0] != spec.out_channels:
+        raise ValueError(
+            f"`pointwise_kernel` has shape {pw_shape} but the depthwise step gives "
+            f"{spec.out_channels} channels; expected ({spec.out_channels}, out_channels)"
+        )
+    _spec.check_bias(depthwise_bias, spec.out_channels, "depthwise_bias")
+    _spec.check_bias(bias, pw_shape[1], "bias")
+    _common_checks(precision, preferred_element_type)
+    compute_dtype = _compute_dtype(x, depthwise_kernel, depthwise_bias)
+    y = _windowed(
+        "depthwise",
+        x,
+        depthwise_kernel,
+        depthwise_bias,
+        spec,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+        impl=impl,
+    ).astype(compute_dtype)
+    return pointwise_conv(
+        y,
+        pointwise_kernel,
+        bias=bias,
+        data_format=data_format,
+        num_spatial_dims=spec.num_spatial,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
