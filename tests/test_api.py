@@ -32,3 +32,11 @@ def test_cli_demo_is_wired(capsys):
     parser = cli._parser()
     args = parser.parse_args(["demo", "--quick"])
     assert args.command == "demo" and callable(args.func)
+
+
+def test_readme_example_runs(capsys):
+    """The README's example runs as written and prints what its comment says."""
+    text = README.read_text()
+    code = text.split("## Example")[1].split("```python")[1].split("```")[0]
+    exec(compile(code, "README-example", "exec"), {})
+    assert capsys.readouterr().out.strip() == "(8, 16, 16, 64)"
