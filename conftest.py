@@ -7,5 +7,11 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import jax
+from hypothesis import settings
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# In CI, hypothesis draws the same examples on every run, so a red run can be replayed.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
