@@ -107,19 +107,51 @@ def _add_bias(y: jax.Array, bias: jax.Array | None, channel_axis: int) -> jax.Ar
     return y + bias.astype(y.dtype).reshape(shape)
 
 
-def _windowed(
-    kind: str,
+def _check_windowed(
     x: ArrayLike,
     kernel: ArrayLike,
     bias: ArrayLike | None,
-    spec: ConvSpec,
     *,
+    groups: int | None,
+    strides: Any,
+    padding: Any,
+    dilation: Any,
+    padding_mode: Any,
+    data_format: Any,
+    precision: Any,
+    preferred_element_type: Any,
+    kernel_name: str = "kernel",
+    bias_name: str = "bias",
+) -> ConvSpec:
+    """Validates every argument of a depthwise (``groups=None``) or grouped conv."""
+    spec = _spec.make_spec(
+        x,
+        kernel,
+        groups=groups,
+        strides=strides,
+        padding=padding,
+        dilation=dilation,
+        padding_mode=padding_mode,
+        data_format=data_format,
+        kernel_name=kernel_name,
+    )
+    _spec.check_bias(bias, spec.out_channels, bias_name)
+    _common_checks(precision, preferred_element_type)
+    return spec
+
+
+def _run_windowed(
+    spec: ConvSpec,
+    x: ArrayLike,
+    kernel: ArrayLike,
+    bias: ArrayLike | None,
+    *,
+    impl: str | None,
     precision: PrecisionLike,
     preferred_element_type: Any,
-    impl: str,
 ) -> jax.Array:
-    """Runs a validated depthwise or grouped conv through the chosen kernel."""
-    fn = dispatch.resolve(impl, spec) if kind == "depthwise" else _xla.conv
+    """Runs a validated conv: a depthwise kernel chosen by ``impl``, or (``None``) grouped."""
+    fn = _xla.conv if impl is None else dispatch.resolve(impl, spec)
     x, kernel, bias = _promote(x, kernel, bias)
     x = x.reshape(spec.flat_shape(spec.in_spatial, spec.in_channels))
     x, spec_padded = _pad_mode(x, spec)
@@ -201,27 +233,27 @@ def depthwise_conv(
       >>> float(y[0, 1, 1, 0])  # an interior 3x3 window of ones
       9.0
     """
-    spec = _spec.make_spec(
+    spec = _check_windowed(
         x,
         kernel,
+        bias,
         groups=None,
         strides=strides,
         padding=padding,
         dilation=dilation,
         padding_mode=padding_mode,
         data_format=data_format,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
     )
-    _spec.check_bias(bias, spec.out_channels, "bias")
-    _common_checks(precision, preferred_element_type)
-    return _windowed(
-        "depthwise",
+    return _run_windowed(
+        spec,
         x,
         kernel,
         bias,
-        spec,
+        impl=impl,
         precision=precision,
         preferred_element_type=preferred_element_type,
-        impl=impl,
     )
 
 
@@ -271,27 +303,27 @@ def grouped_conv(
       >>> y.shape, float(y[0, 0, 0, 0])
       ((1, 3, 3, 6), 18.0)
     """
-    spec = _spec.make_spec(
+    spec = _check_windowed(
         x,
         kernel,
+        bias,
         groups=groups,
         strides=strides,
         padding=padding,
         dilation=dilation,
         padding_mode=padding_mode,
         data_format=data_format,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
     )
-    _spec.check_bias(bias, spec.out_channels, "bias")
-    _common_checks(precision, preferred_element_type)
-    return _windowed(
-        "grouped",
+    return _run_windowed(
+        spec,
         x,
         kernel,
         bias,
-        spec,
+        impl=None,
         precision=precision,
         preferred_element_type=preferred_element_type,
-        impl="xla",
     )
 
 
@@ -443,16 +475,20 @@ def separable_conv(
       >>> y.shape, float(y[0, 0, 0, 0])  # 4 channels x 9 taps
       ((1, 4, 4, 8), 36.0)
     """
-    spec = _spec.make_spec(
+    spec = _check_windowed(
         x,
         depthwise_kernel,
+        depthwise_bias,
         groups=None,
         strides=strides,
         padding=padding,
         dilation=dilation,
         padding_mode=padding_mode,
         data_format=data_format,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
         kernel_name="depthwise_kernel",
+        bias_name="depthwise_bias",
     )
     _spec.check_numeric(pointwise_kernel, "pointwise_kernel")
     pw_shape = _spec.shape_of(pointwise_kernel)
@@ -461,19 +497,16 @@ def separable_conv(
             f"`pointwise_kernel` has shape {pw_shape} but the depthwise step gives "
             f"{spec.out_channels} channels; expected ({spec.out_channels}, out_channels)"
         )
-    _spec.check_bias(depthwise_bias, spec.out_channels, "depthwise_bias")
     _spec.check_bias(bias, pw_shape[1], "bias")
-    _common_checks(precision, preferred_element_type)
     compute_dtype = _compute_dtype(x, depthwise_kernel, depthwise_bias)
-    y = _windowed(
-        "depthwise",
+    y = _run_windowed(
+        spec,
         x,
         depthwise_kernel,
         depthwise_bias,
-        spec,
+        impl=impl,
         precision=precision,
         preferred_element_type=preferred_element_type,
-        impl=impl,
     ).astype(compute_dtype)
     return pointwise_conv(
         y,

@@ -369,12 +369,17 @@ def test_separable_closed_form_constant_weights():
 @pytest.mark.parametrize(
     "fn,kshape,kw",
     [
-        (ops.depthwise_conv, (3, 3, 1, 4), dict(strides=2, padding="SAME")),
-        (ops.depthwise_conv, (3, 3, 1, 2), dict(dilation=2, padding_mode="reflect")),
+        (ops.depthwise_conv, (3, 3, 1, 4), dict(strides=2, padding="SAME", impl="xla")),
+        (ops.depthwise_conv, (3, 3, 1, 2), dict(dilation=2, padding_mode="reflect", impl="xla")),
         (ops.grouped_conv, (3, 2, 1, 4), dict(groups=2, padding="CAUSAL")),
     ],
 )
 def test_windowed_gradients(fn, kshape, kw, data_format):
+    """First and second order, forward and reverse mode, on the ``xla`` path.
+
+    Forward mode needs ``impl="xla"``: a ``jax.custom_vjp`` kernel (such as ``"shift"``)
+    has no JVP. ``tests/test_kernels.py`` checks reverse mode for every impl.
+    """
     with jax.enable_x64(True):
         rng = np.random.default_rng(0)
         x = (
@@ -395,8 +400,17 @@ def test_pointwise_and_separable_gradients():
         b = rng.standard_normal((4,))
         pw = jax.jit(lambda x, k, b: ops.pointwise_conv(x, k, bias=b))
         check_grads(pw, (x, pk, b), order=2, modes=["fwd", "rev"], atol=1e-5, rtol=1e-5)
-        sep = jax.jit(functools.partial(ops.separable_conv, strides=2, padding_mode="circular"))
-        check_grads(sep, (x, dk, pk), order=2, modes=["fwd", "rev"], atol=1e-5, rtol=1e-5)
+        sep = functools.partial(ops.separable_conv, strides=2, padding_mode="circular")
+        check_grads(
+            jax.jit(functools.partial(sep, impl="xla")),
+            (x, dk, pk),
+            order=2,
+            modes=["fwd", "rev"],
+            atol=1e-5,
+            rtol=1e-5,
+        )
+        # The default impl, whatever the backend picks: reverse mode, both orders.
+        check_grads(jax.jit(sep), (x, dk, pk), order=2, modes=["rev"], atol=1e-5, rtol=1e-5)
 
 
 def test_grad_matches_reference_adjoint():
