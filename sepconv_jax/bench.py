@@ -1,0 +1,892 @@
+"""Benchmark suite: our depthwise kernels against XLA, Flax, PyTorch and a standard conv.
+
+Runs on whatever backend JAX finds. For every distinct depthwise / separable layer
+shape of MobileNetV2 and EfficientNet-B0 (224x224 input), at the requested batch
+sizes and dtypes, forward and forward+backward, it measures side by side in one run:
+
+* ``depthwise_conv`` with each impl of :data:`sepconv_jax.kernels.dispatch.DEPTHWISE`;
+* ``flax.linen.Conv(feature_group_count=C)`` (by default up to batch 8 only: it
+  lowers to the same ``lax`` op as ``impl="xla"``, and is as slow);
+* PyTorch's ``conv2d(groups=C)`` on a channels-last tensor, when torch is installed;
+* our ``separable_conv`` (``impl="auto"``) and the standard ``k x k`` convolution from
+  ``C`` to ``N`` channels it replaces;
+
+and reports ratios: each impl against ``xla``, ours (``auto``) against PyTorch, and
+the realized separable-vs-standard speedup beside the analytic savings factor
+``k^2 N / (k^2 + N)``. A whole-model line times a MobileNetV2 training step
+(forward, backward, optax update) with ``impl="auto"`` against ``impl="xla"``.
+
+Times are the best of ``n`` calls after compilation (``timeit``'s convention, the
+least disturbed by other processes on a shared machine); a call slower than
+``min_time`` is timed once. PyTorch uses symmetric padding ``k // 2``, which gives the
+same output size and cost as ``"SAME"``. Results go to stdout (a table), a JSON file,
+a PNG plot (needs matplotlib) and a Markdown report.
+
+Example:
+  >>> from sepconv_jax import bench
+  >>> layers = bench.layer_shapes(("MobileNetV2",))
+  >>> len(layers), layers[0].name
+  (12, '112x112 C32 k3 s1 N16')
+  >>> round(layers[0].analytic_savings, 2)  # 9 * 16 / (9 + 16)
+  5.76
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from sepconv_jax import _spec, ops
+from sepconv_jax.kernels import dispatch
+
+__all__ = [
+    "MODEL_LAYERS",
+    "Layer",
+    "layer_shapes",
+    "main",
+    "register_cli",
+    "run",
+]
+
+#: Depthwise + projection layers at 224x224 input: (input size, channels C, kernel k,
+#: stride s, projection channels N). MobileNetV2: Sandler et al. 2018, Table 2
+#: (expansion 6 except the first block). EfficientNet-B0: Tan & Le 2019, Table 1.
+MODEL_LAYERS: dict[str, tuple[tuple[int, int, int, int, int], ...]] = {
+    "MobileNetV2": (
+        (112, 32, 3, 1, 16),
+        (112, 96, 3, 2, 24),
+        (56, 144, 3, 1, 24),
+        (56, 144, 3, 2, 32),
+        (28, 192, 3, 1, 32),
+        (28, 192, 3, 2, 64),
+        (14, 384, 3, 1, 64),
+        (14, 384, 3, 1, 96),
+        (14, 576, 3, 1, 96),
+        (14, 576, 3, 2, 160),
+        (7, 960, 3, 1, 160),
+        (7, 960, 3, 1, 320),
+    ),
+    "EfficientNet-B0": (
+        (112, 32, 3, 1, 16),
+        (112, 96, 3, 2, 24),
+        (56, 144, 3, 1, 24),
+        (56, 144, 5, 2, 40),
+        (28, 240, 5, 1, 40),
+        (28, 240, 3, 2, 80),
+        (14, 480, 3, 1, 80),
+        (14, 480, 5, 1, 112),
+        (14, 672, 5, 1, 112),
+        (14, 672, 5, 2, 192),
+        (7, 1152, 5, 1, 192),
+        (7, 1152, 3, 1, 320),
+    ),
+}
+
+#: Small shapes for ``--quick``: enough to run every code path in seconds.
+QUICK_LAYERS: tuple[tuple[int, int, int, int, int], ...] = ((16, 32, 3, 1, 32), (8, 16, 5, 2, 24))
+
+PASSES = ("fwd", "fwd+bwd")
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """One depthwise (``k x k``, stride ``s``, ``C`` channels) + projection (``C -> N``) layer."""
+
+    size: int
+    channels: int
+    kernel: int
+    stride: int
+    out_channels: int
+    models: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return (
+            f"{self.size}x{self.size} C{self.channels} k{self.kernel} s{self.stride} "
+            f"N{self.out_channels}"
+        )
+
+    @property
+    def depthwise_name(self) -> str:
+        return f"{self.size}x{self.size} C{self.channels} k{self.kernel} s{self.stride}"
+
+    @property
+    def analytic_savings(self) -> float:
+        """Standard over separable mult-adds: ``k^2 C N / (k^2 C + C N)``."""
+        k2 = self.kernel**2
+        return k2 * self.out_channels / (k2 + self.out_channels)
+
+
+def layer_shapes(models: Sequence[str] = tuple(MODEL_LAYERS)) -> list[Layer]:
+    """The distinct layer shapes of ``models``, in order, each listing its models.
+
+    Args:
+      models: keys of :data:`MODEL_LAYERS`.
+
+    Returns:
+      One :class:`Layer` per distinct ``(size, C, k, s, N)``.
+
+    Raises:
+      ValueError: for an unknown model name.
+    """
+    found: dict[tuple[int, ...], list[str]] = {}
+    for model in models:
+        if model not in MODEL_LAYERS:
+            raise ValueError(f"`models` must be among {tuple(MODEL_LAYERS)}, got {model!r}")
+        for shape in MODEL_LAYERS[model]:
+            found.setdefault(shape, []).append(model)
+    return [Layer(*shape, models=tuple(names)) for shape, names in found.items()]
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def _best_time(call: Callable[[], Any], min_time: float, max_reps: int) -> tuple[float, int]:
+    """Best of up to ``max_reps`` calls, stopping once ``min_time`` seconds are spent.
+
+    The first call (after compilation) is a warm-up, unless it already took
+    ``min_time``: then it is the measurement.
+    """
+    start = time.perf_counter()
+    call()
+    first = time.perf_counter() - start
+    if first >= min_time:
+        return first, 1
+    times: list[float] = []
+    while len(times) < max_reps and sum(times) < min_time:
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return min(times), len(times)
+
+
+def _time_jax(fn: Callable, args: Sequence[Any], min_time: float, max_reps: int):
+    compiled = jax.jit(fn).lower(*args).compile()
+    return _best_time(lambda: jax.block_until_ready(compiled(*args)), min_time, max_reps)
+
+
+def _with_grads(fn: Callable, n_args: int) -> Callable:
+    """``(*args, cotangent) -> (y, grads of <y, cotangent> w.r.t. every arg)``."""
+
+    def forward_backward(*args_and_cotangent):
+        *args, cotangent = args_and_cotangent
+        y, vjp = jax.vjp(fn, *args[:n_args])
+        return y, vjp(cotangent)
+
+    return forward_backward
+
+
+# ----------------------------------------------------------------------------- columns
+
+
+def _jax_columns(layer: Layer, batch: int, dtype: Any) -> dict[str, tuple[Callable, list]]:
+    """Column name -> (function of arrays, its arguments) for one layer."""
+    import flax.linen as nn
+
+    key = jax.random.key(0)
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    s, k, c, n = layer.size, layer.kernel, layer.channels, layer.out_channels
+    x = jax.random.normal(k1, (batch, s, s, c), dtype)
+    dw = (jax.random.normal(k2, (k, k, 1, c)) / k).astype(dtype)
+    pw = (jax.random.normal(k3, (c, n)) / math.sqrt(c)).astype(dtype)
+    full = (jax.random.normal(k4, (k, k, c, n)) / (k * math.sqrt(c))).astype(dtype)
+    flax_conv = nn.Conv(
+        features=c,
+        kernel_size=(k, k),
+        strides=layer.stride,
+        padding="SAME",
+        feature_group_count=c,
+        use_bias=False,
+        dtype=dtype,
+        param_dtype=dtype,
+    )
+    columns: dict[str, tuple[Callable, list]] = {}
+    for impl in dispatch.DEPTHWISE:
+        columns[impl] = (
+            lambda x, dw, impl=impl: ops.depthwise_conv(
+                x, dw, strides=layer.stride, padding="SAME", impl=impl
+            ),
+            [x, dw],
+        )
+    columns["flax"] = (lambda x, dw: flax_conv.apply({"params": {"kernel": dw}}, x), [x, dw])
+    columns["separable"] = (
+        lambda x, dw, pw: ops.separable_conv(x, dw, pw, strides=layer.stride, padding="SAME"),
+        [x, dw, pw],
+    )
+    columns["standard"] = (
+        lambda x, full: lax.conv_general_dilated(
+            x,
+            full,
+            (layer.stride, layer.stride),
+            "SAME",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        ),
+        [x, full],
+    )
+    return columns
+
+
+def _torch_depthwise(layer: Layer, batch: int, dtype_name: str, pass_name: str):
+    """A no-argument callable running PyTorch's depthwise conv, or ``None``."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(dtype_name)
+    if torch_dtype is None:
+        return None
+    gen = torch.Generator().manual_seed(0)
+    s, k, c = layer.size, layer.kernel, layer.channels
+    x = torch.randn(batch, c, s, s, generator=gen).to(torch_dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    w = (torch.randn(c, 1, k, k, generator=gen) / k).to(torch_dtype)
+    conv = torch.nn.functional.conv2d
+    opts = {"stride": layer.stride, "padding": k // 2, "groups": c}
+    if pass_name == "fwd":
+
+        def call():
+            with torch.no_grad():
+                return conv(x, w, **opts)
+
+    else:
+        x.requires_grad_(True)
+        w.requires_grad_(True)
+        with torch.no_grad():
+            cotangent = torch.ones_like(conv(x, w, **opts))
+
+        def call():
+            x.grad = w.grad = None
+            conv(x, w, **opts).backward(cotangent)
+            return x.grad
+
+    try:
+        call()
+    except (RuntimeError, NotImplementedError):  # a dtype this build has no kernel for
+        return None
+    return call
+
+
+def _ours(layer: Layer, batch: int, dtype: Any) -> str:
+    """The impl ``depthwise_conv(impl="auto")`` runs for this layer here."""
+    spec = _spec.make_spec(
+        jax.ShapeDtypeStruct((batch, layer.size, layer.size, layer.channels), dtype),
+        jax.ShapeDtypeStruct((layer.kernel, layer.kernel, 1, layer.channels), dtype),
+        groups=None,
+        strides=layer.stride,
+        padding="SAME",
+        dilation=1,
+        padding_mode="zeros",
+        data_format="channels_last",
+    )
+    return dispatch.get_default_impl() or dispatch.auto_impl(spec)
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or denominator is None or denominator <= 0:
+        return None
+    return numerator / denominator
+
+
+def _ratios(seconds: dict[str, float | None], analytic: float, ours: str) -> dict:
+    ratios = {f"xla/{impl}": _ratio(seconds["xla"], seconds[impl]) for impl in dispatch.DEPTHWISE}
+    ratios["xla/ours"] = _ratio(seconds["xla"], seconds[ours])
+    ratios["flax/ours"] = _ratio(seconds["flax"], seconds[ours])
+    ratios["torch/ours"] = _ratio(seconds["torch"], seconds[ours])
+    realized = _ratio(seconds["standard"], seconds["separable"])
+    ratios["standard/separable"] = realized
+    ratios["realized/analytic"] = None if realized is None else realized / analytic
+    return ratios
+
+
+# ----------------------------------------------------------------------------- suite
+
+
+def measure_layers(
+    layers: Sequence[Layer],
+    batches: Sequence[int],
+    dtypes: Sequence[str],
+    *,
+    min_time: float,
+    max_reps: int,
+    torch_enabled: bool,
+    flax_max_batch: int | None = None,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    """Times every column for every layer, batch, dtype and pass.
+
+    ``flax.linen.Conv`` lowers to the same ``lax.conv_general_dilated`` as
+    ``impl="xla"``; ``flax_max_batch`` skips it (``None`` in the record) at larger
+    batches to save time.
+
+    Depthwise columns are measured once per distinct depthwise shape and shared by
+    the layers that differ only in ``N``.
+
+    Returns:
+      One record per (layer, batch, dtype, pass): the shape, ``seconds`` by column
+      (``None`` where a column could not run), ``reps`` by column, ``ours`` (the impl
+      ``"auto"`` picks) and ``ratios``.
+    """
+    records = []
+    depthwise_cache: dict[tuple, dict[str, tuple[float | None, int]]] = {}
+    depthwise_columns = (*dispatch.DEPTHWISE, "flax", "torch")
+    for layer in layers:
+        for batch in batches:
+            for dtype_name in dtypes:
+                dtype = jnp.dtype(dtype_name)
+                columns = _jax_columns(layer, batch, dtype)
+                for pass_name in PASSES:
+                    cached = depthwise_cache.get(
+                        (layer.depthwise_name, batch, dtype_name, pass_name), {}
+                    )
+                    timed: dict[str, tuple[float | None, int]] = dict(cached)
+                    for name, (fn, args) in columns.items():
+                        if name in timed:
+                            continue
+                        if name == "flax" and flax_max_batch is not None and batch > flax_max_batch:
+                            timed[name] = (None, 0)
+                            continue
+                        if pass_name == "fwd+bwd":
+                            cotangent = jnp.ones(jax.eval_shape(fn, *args).shape, dtype)
+                            fn, args = _with_grads(fn, len(args)), [*args, cotangent]
+                        timed[name] = _time_jax(fn, args, min_time, max_reps)
+                    if "torch" not in timed:
+                        call = None
+                        if torch_enabled:
+                            call = _torch_depthwise(layer, batch, dtype_name, pass_name)
+                        timed["torch"] = (
+                            (None, 0) if call is None else _best_time(call, min_time, max_reps)
+                        )
+                    depthwise_cache[(layer.depthwise_name, batch, dtype_name, pass_name)] = {
+                        name: timed[name] for name in depthwise_columns
+                    }
+                    seconds = {name: value[0] for name, value in timed.items()}
+                    ours = _ours(layer, batch, dtype)
+                    record = {
+                        "layer": layer.name,
+                        "depthwise": layer.depthwise_name,
+                        "models": list(layer.models),
+                        "size": layer.size,
+                        "channels": layer.channels,
+                        "kernel": layer.kernel,
+                        "stride": layer.stride,
+                        "out_channels": layer.out_channels,
+                        "batch": batch,
+                        "dtype": dtype_name,
+                        "pass": pass_name,
+                        "ours": ours,
+                        "seconds": seconds,
+                        "reps": {name: value[1] for name, value in timed.items()},
+                        "analytic_savings": layer.analytic_savings,
+                        "ratios": _ratios(seconds, layer.analytic_savings, ours),
+                    }
+                    records.append(record)
+                    log(_format_row(record))
+    return records
+
+
+def _model(architecture: str, impl: str, num_classes: int, width_multiplier: float):
+    """``"MobileNetV2"``, or ``"blocks"``: two of its inverted residuals and a head (quick)."""
+    import flax.linen as nn
+
+    from sepconv_jax.models import MobileNetV2
+    from sepconv_jax.models.blocks import InvertedResidual
+
+    if architecture == "MobileNetV2":
+        return MobileNetV2(num_classes=num_classes, width_multiplier=width_multiplier, impl=impl)
+
+    class Blocks(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            x = InvertedResidual(features=16, expand_ratio=1, impl=impl)(x, train)
+            x = InvertedResidual(features=24, expand_ratio=6, strides=2, impl=impl)(x, train)
+            return nn.Dense(num_classes)(x.mean(axis=(1, 2)))
+
+    return Blocks()
+
+
+def measure_model(
+    impls: Sequence[str],
+    *,
+    architecture: str = "MobileNetV2",
+    batch: int,
+    image_size: int,
+    width_multiplier: float,
+    num_classes: int,
+    min_time: float,
+    max_reps: int,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    """Images per second of a training step (forward, backward, SGD update).
+
+    ``architecture`` is ``"MobileNetV2"`` (:class:`sepconv_jax.models.MobileNetV2`)
+    or ``"blocks"``, two of its inverted-residual blocks and a classifier, which
+    compiles in seconds (``--quick``).
+
+    Returns:
+      One record per impl with ``seconds`` per step, ``images_per_second`` and the
+      compile time.
+    """
+    import optax
+
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    images = jax.random.normal(k1, (batch, image_size, image_size, 3))
+    labels = jax.random.randint(k2, (batch,), 0, num_classes)
+    optimizer = optax.sgd(0.01, momentum=0.9)
+    records = []
+    for impl in impls:
+        model = _model(architecture, impl, num_classes, width_multiplier)
+        variables = model.init(k3, images, train=False)
+        params, stats = variables["params"], variables["batch_stats"]
+        opt_state = optimizer.init(params)
+
+        def train_step(params, stats, opt_state, images, labels, model=model):
+            def loss_fn(params):
+                logits, updates = model.apply(
+                    {"params": params, "batch_stats": stats},
+                    images,
+                    train=True,
+                    mutable=["batch_stats"],
+                )
+                loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+                return loss, updates["batch_stats"]
+
+            (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), stats, opt_state, loss
+
+        args = [params, stats, opt_state, images, labels]
+        start = time.perf_counter()
+        compiled = jax.jit(train_step).lower(*args).compile()
+        compile_seconds = time.perf_counter() - start
+        seconds, reps = _best_time(
+            lambda compiled=compiled, args=args: jax.block_until_ready(compiled(*args)),
+            min_time,
+            max_reps,
+        )
+        record = {
+            "model": architecture,
+            "impl": impl,
+            # MobileNetV2's depthwise layers are all 3x3, so one layer tells for all.
+            "resolved_impl": impl
+            if impl != "auto"
+            else _ours(Layer(112, 32, 3, 1, 16), 1, "float32"),
+            "batch": batch,
+            "image_size": image_size,
+            "width_multiplier": width_multiplier,
+            "num_classes": num_classes,
+            "seconds": seconds,
+            "reps": reps,
+            "images_per_second": batch / seconds,
+            "compile_seconds": compile_seconds,
+        }
+        records.append(record)
+        log(
+            f"{architecture} train step impl={impl}: {1e3 * seconds:.1f} ms/step, "
+            f"{batch / seconds:.1f} images/s (batch {batch}, {image_size}x{image_size}, "
+            f"compiled in {compile_seconds:.1f} s)"
+        )
+    return records
+
+
+# ----------------------------------------------------------------------------- reports
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{1e3 * value:.2f}"
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+TABLE_HEADER = (
+    "layer",
+    "B",
+    "dtype",
+    "pass",
+    *(f"{impl} ms" for impl in dispatch.DEPTHWISE),
+    "flax ms",
+    "torch ms",
+    "xla/ours",
+    "torch/ours",
+    "sep ms",
+    "std ms",
+    "std/sep",
+    "analytic",
+    "real/anal",
+)
+
+
+def _row_cells(record: dict) -> list[str]:
+    seconds, ratios = record["seconds"], record["ratios"]
+    return [
+        record["layer"],
+        str(record["batch"]),
+        record["dtype"],
+        record["pass"],
+        *(_ms(seconds[impl]) for impl in dispatch.DEPTHWISE),
+        _ms(seconds["flax"]),
+        _ms(seconds["torch"]),
+        _x(ratios["xla/ours"]),
+        _x(ratios["torch/ours"]),
+        _ms(seconds["separable"]),
+        _ms(seconds["standard"]),
+        _x(ratios["standard/separable"]),
+        _x(record["analytic_savings"]),
+        _x(ratios["realized/analytic"]),
+    ]
+
+
+def _format_row(record: dict) -> str:
+    return "  ".join(
+        f"{cell:>{max(len(head), 8)}}" if i else f"{cell:<26}"
+        for i, (head, cell) in enumerate(zip(TABLE_HEADER, _row_cells(record), strict=True))
+    )
+
+
+def format_table(records: Sequence[dict]) -> str:
+    """The fixed-width table printed on stdout."""
+    head = "  ".join(
+        f"{h:>{max(len(h), 8)}}" if i else f"{h:<26}" for i, h in enumerate(TABLE_HEADER)
+    )
+    return "\n".join([head, *(_format_row(r) for r in records)])
+
+
+def markdown_table(records: Sequence[dict]) -> str:
+    """The same table in Markdown."""
+    lines = [
+        "| " + " | ".join(TABLE_HEADER) + " |",
+        "|" + "|".join("---" if i < 4 else "---:" for i in range(len(TABLE_HEADER))) + "|",
+    ]
+    lines += ["| " + " | ".join(_row_cells(r)) + " |" for r in records]
+    return "\n".join(lines)
+
+
+def _values(records: Sequence[dict], key: str, **match: Any) -> list[tuple[float, dict]]:
+    return [
+        (r["ratios"][key], r)
+        for r in records
+        if r["ratios"][key] is not None and all(r[k] == v for k, v in match.items())
+    ]
+
+
+def summarize(records: Sequence[dict], model: Sequence[dict] = ()) -> dict:
+    """The headline numbers the targets are stated in, per dtype and pass.
+
+    Returns:
+      ``{"<dtype> <pass>": {...}}`` with the minimum and median ``xla/ours`` (and the
+      layer of the minimum), the median ``torch/ours`` over distinct depthwise
+      shapes, and ``realized/analytic`` for layers with ``C, N >= 128``; plus the
+      whole-model speedup when measured.
+    """
+    summary: dict[str, Any] = {}
+    for dtype in sorted({r["dtype"] for r in records}):
+        for pass_name in PASSES:
+            sel = [r for r in records if r["dtype"] == dtype and r["pass"] == pass_name]
+            if not sel:
+                continue
+            entry: dict[str, Any] = {}
+            xla = _values(sel, "xla/ours")
+            if xla:
+                worst = min(xla, key=lambda v: v[0])
+                entry["xla/ours min"] = worst[0]
+                entry["xla/ours min at"] = f"{worst[1]['depthwise']} B{worst[1]['batch']}"
+                entry["xla/ours median"] = statistics.median(v for v, _ in xla)
+            distinct = {(r["depthwise"], r["batch"]): v for v, r in _values(sel, "torch/ours")}
+            if distinct:
+                entry["torch/ours median"] = statistics.median(distinct.values())
+                entry["torch/ours min"] = min(distinct.values())
+            wide = [
+                (v, r)
+                for v, r in _values(sel, "realized/analytic")
+                if r["channels"] >= 128 and r["out_channels"] >= 128
+            ]
+            if wide:
+                entry["realized/analytic min (C,N>=128)"] = min(v for v, _ in wide)
+                entry["realized/analytic median (C,N>=128)"] = statistics.median(v for v, _ in wide)
+            summary[f"{dtype} {pass_name}"] = entry
+    by_impl = {m["impl"]: m for m in model}
+    if "auto" in by_impl and "xla" in by_impl:
+        summary[f"{by_impl['auto']['model']} train step auto/xla images/s"] = (
+            by_impl["auto"]["images_per_second"] / by_impl["xla"]["images_per_second"]
+        )
+    return summary
+
+
+def machine_info() -> dict:
+    """Where the numbers came from: CPU, cores, load, library versions, backend."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "device": jax.devices()[0].device_kind,
+    }
+    if hasattr(os, "getloadavg"):
+        info["load_average"] = list(os.getloadavg())
+    try:
+        import flax
+
+        info["flax"] = flax.__version__
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        info["torch"] = None
+    return info
+
+
+def plot(records: Sequence[dict], path: Path, dtype: str = "float32") -> None:
+    """Ratios by layer (log scale): vs ``xla``, vs PyTorch, and realized vs analytic savings."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sel = [r for r in records if r["dtype"] == dtype] or list(records)
+    layers = list(dict.fromkeys(r["layer"] for r in sel))
+    batches = sorted({r["batch"] for r in sel})
+    fig, axes = plt.subplots(3, 1, figsize=(max(8.0, 0.55 * len(layers)), 11), sharex=True)
+    panels = (
+        ("xla/ours", "speedup of ours over impl='xla'", 1.0),
+        ("torch/ours", "PyTorch time / our time", 1.0),
+        ("realized/analytic", "realized / analytic separable savings", 0.6),
+    )
+    positions = np.arange(len(layers))
+    for ax, (key, title, line) in zip(axes, panels, strict=True):
+        plotted = False
+        for batch in batches:
+            for pass_name, marker in zip(PASSES, ("o", "s"), strict=True):
+                points = [
+                    (layers.index(r["layer"]), r["ratios"][key])
+                    for r in sel
+                    if r["batch"] == batch
+                    and r["pass"] == pass_name
+                    and r["ratios"][key] is not None
+                ]
+                if points:
+                    xs, ys = zip(*points, strict=True)
+                    ax.plot(xs, ys, marker=marker, linestyle="", label=f"B{batch} {pass_name}")
+                    plotted = True
+        ax.axhline(line, color="gray", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.set_title(f"{title} ({dtype})")
+        if plotted:
+            ax.legend(fontsize=7, ncol=4)
+        else:
+            ax.text(0.5, 0.5, "not measured", transform=ax.transAxes, ha="center")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[-1].set_xticks(positions)
+    axes[-1].set_xticklabels(layers, rotation=70, ha="right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def markdown_report(result: dict) -> str:
+    """A Markdown report: the machine, the summary, the whole-model line and the table."""
+    machine = result["machine"]
+    lines = ["## Machine", ""]
+    lines += [f"- {key}: {value}" for key, value in machine.items()]
+    lines += ["", "## Summary", ""]
+    for key, value in result["summary"].items():
+        if isinstance(value, dict):
+            parts = ", ".join(
+                f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items()
+            )
+            lines.append(f"- {key}: {parts}")
+        else:
+            lines.append(f"- {key}: {value:.2f}")
+    if result["model"]:
+        lines += ["", "## Whole model", ""]
+        for m in result["model"]:
+            lines.append(
+                f"- {m['model']} training step, impl={m['impl']} ({m['resolved_impl']}): "
+                f"{m['images_per_second']:.1f} images/s ({1e3 * m['seconds']:.0f} ms/step, "
+                f"batch {m['batch']}, {m['image_size']}x{m['image_size']}, width "
+                f"{m['width_multiplier']})"
+            )
+    lines += [
+        "",
+        "## Layers",
+        "",
+        "Times in ms (best of n).",
+        "",
+        markdown_table(result["records"]),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``bench`` subcommand: measure, print, and write JSON, PNG and Markdown.
+
+    Returns:
+      The process exit code: 0, or 2 when the plot was asked for without matplotlib.
+    """
+    if not args.no_plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print(
+                "sepconv-jax bench: the PNG plot needs matplotlib (pip install "
+                "'sepconv-jax[demo]'); install it or pass --no-plot",
+                file=sys.stderr,
+            )
+            return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.quick:
+        layers = [Layer(*shape, models=("quick",)) for shape in QUICK_LAYERS]
+        batches, dtypes = args.batch or [2], args.dtype or ["float32"]
+        min_time, max_reps = 0.0, 1
+        model_options = {
+            "architecture": "blocks",
+            "batch": 2,
+            "image_size": 16,
+            "width_multiplier": 1.0,
+            "num_classes": 10,
+        }
+    else:
+        layers = layer_shapes(args.models or tuple(MODEL_LAYERS))
+        batches, dtypes = args.batch or [8, 32], args.dtype or ["float32", "bfloat16"]
+        min_time, max_reps = args.min_time, args.max_reps
+        model_options = {
+            "batch": args.model_batch,
+            "image_size": args.model_image_size,
+            "width_multiplier": 1.0,
+            "num_classes": 1000,
+        }
+    started = time.perf_counter()
+    machine = machine_info()
+    print(f"sepconv-jax bench on {machine['backend']} ({machine['cpu']}, {machine['cores']} cores)")
+    print(format_table([]))
+    records = measure_layers(
+        layers,
+        batches,
+        dtypes,
+        min_time=min_time,
+        max_reps=max_reps,
+        torch_enabled=not args.no_torch,
+        flax_max_batch=None if args.quick else args.flax_max_batch,
+    )
+    model = []
+    if not args.no_model:
+        model = measure_model(
+            ("auto", "xla"), min_time=min_time, max_reps=max_reps, **model_options
+        )
+    if hasattr(os, "getloadavg"):
+        machine["load_average_end"] = list(os.getloadavg())
+    machine["suite_seconds"] = round(time.perf_counter() - started, 1)
+    result = {
+        "machine": machine,
+        "config": {
+            "quick": bool(args.quick),
+            "batches": list(batches),
+            "dtypes": list(dtypes),
+            "min_time": min_time,
+            "max_reps": max_reps,
+            "flax_max_batch": None if args.quick else args.flax_max_batch,
+            "impls": list(dispatch.DEPTHWISE),
+        },
+        "records": records,
+        "model": model,
+        "summary": summarize(records, model),
+    }
+    print("\nsummary:")
+    print(json.dumps(result["summary"], indent=2))
+    (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "bench.md").write_text(markdown_report(result))
+    written = [out / "bench.json", out / "bench.md"]
+    if not args.no_plot:
+        plot(records, out / "bench.png", dtype=dtypes[0])
+        written.append(out / "bench.png")
+    print("wrote " + ", ".join(str(path) for path in written))
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the ``bench`` options to ``parser``."""
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, one call each (CI)")
+    parser.add_argument("--out", default="bench-results", help="directory for JSON/PNG/Markdown")
+    parser.add_argument(
+        "--models", nargs="+", choices=tuple(MODEL_LAYERS), help="whose layer shapes to run"
+    )
+    parser.add_argument("--batch", nargs="+", type=int, help="batch sizes (default 8 32)")
+    parser.add_argument(
+        "--dtype",
+        nargs="+",
+        choices=("float32", "bfloat16"),
+        help="dtypes (default float32 bfloat16)",
+    )
+    parser.add_argument("--min-time", type=float, default=0.15, help="seconds per measurement")
+    parser.add_argument("--max-reps", type=int, default=7, help="calls per measurement at most")
+    parser.add_argument(
+        "--flax-max-batch",
+        type=int,
+        default=8,
+        help="time flax.linen.Conv only up to this batch (default 8; it lowers like impl='xla')",
+    )
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch column")
+    parser.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib)")
+    parser.add_argument("--no-model", action="store_true", help="skip the MobileNetV2 step")
+    parser.add_argument("--model-batch", type=int, default=8, help="batch of the model step")
+    parser.add_argument(
+        "--model-image-size", type=int, default=224, help="image size of the model step"
+    )
+
+
+def register_cli(subparsers: Any) -> None:
+    """Adds the ``bench`` subcommand to a ``sepconv-jax`` subparsers object."""
+    parser = subparsers.add_parser(
+        "bench",
+        help="benchmark our depthwise kernels against XLA, Flax and PyTorch",
+        description=__doc__.split("\n\n")[0],
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the suite as a script: ``python -m sepconv_jax.bench [options]``."""
+    parser = argparse.ArgumentParser(prog="sepconv-jax bench", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
