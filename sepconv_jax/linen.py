@@ -1,0 +1,340 @@
+"""Flax linen modules: :class:`DepthwiseConv`, :class:`PointwiseConv`, :class:`SeparableConv`.
+
+The modules own parameters and call the pure functions in :mod:`sepconv_jax.ops`;
+they accept the same inputs (channels-last or channels-first, 1, 2 or 3 spatial
+dims set by ``len(kernel_size)``, any number of leading batch dims). Like
+``flax.linen.Conv``, the input channel count is read from the input on the first
+call. Options are checked when the module is constructed, so a bad argument fails
+where it is written, not inside ``init``.
+
+Parameter names and shapes are part of the public API:
+
+================  ===========================================  ==========================
+module            parameter                                    shape
+================  ===========================================  ==========================
+DepthwiseConv     ``kernel``, ``bias``                         ``(*window, 1, C * M)``,
+                                                               ``(C * M,)``
+PointwiseConv     ``kernel``, ``bias``                         ``(C_in, C_out)``,
+                                                               ``(C_out,)``
+SeparableConv     ``depthwise_kernel``, ``pointwise_kernel``,  ``(*window, 1, C * M)``,
+                  ``bias``, ``depthwise_bias`` (if enabled)    ``(C * M, C_out)``,
+                                                               ``(C_out,)``, ``(C * M,)``
+================  ===========================================  ==========================
+
+``M`` is ``depth_multiplier``; depthwise output channel ``c * M + m`` reads input
+channel ``c``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from sepconv_jax import _module_common as common
+from sepconv_jax._spec import DataFormat, PaddingLike, PaddingMode
+from sepconv_jax.ops import PrecisionLike
+
+__all__ = ["DepthwiseConv", "PointwiseConv", "SeparableConv"]
+
+
+def _window_options(module: DepthwiseConv | SeparableConv) -> common.WindowOptions:
+    """Validated, canonical window options of a module (plain function: safe in __post_init__)."""
+    return common.window_options(
+        kernel_size=module.kernel_size,
+        strides=module.strides,
+        padding=module.padding,
+        padding_mode=module.padding_mode,
+        kernel_dilation=module.kernel_dilation,
+        depth_multiplier=module.depth_multiplier,
+        data_format=module.data_format,
+        impl=module.impl,
+    )
+
+
+class DepthwiseConv(nn.Module):
+    """Depthwise convolution: one filter bank per input channel, no channel mixing.
+
+    Computes :func:`sepconv_jax.depthwise_conv` with a ``kernel`` of shape
+    ``(*kernel_size, 1, C * depth_multiplier)`` created on the first call from the
+    input's channel count ``C``. Parameter count: ``prod(kernel_size) * C * M``
+    plus ``C * M`` for the bias.
+
+    Attributes:
+      kernel_size: window shape, one int per spatial dim, e.g. ``(3, 3)``; its
+        length (1, 2 or 3) sets the number of spatial dims. A bare int is rejected
+        because inputs may carry extra batch dims.
+      strides: one int for all spatial dims or one per dim.
+      padding: ``"SAME"`` (default; TensorFlow / Keras semantics), ``"VALID"``,
+        ``"CAUSAL"``, an int (PyTorch style, both sides), one int per dim or one
+        ``(low, high)`` pair per dim.
+      padding_mode: ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"``.
+      kernel_dilation: one int or one per dim.
+      depth_multiplier: output channels per input channel, ``M``.
+      use_bias: whether to add a ``(C * M,)`` bias.
+      data_format: ``"channels_last"`` (default) or ``"channels_first"``.
+      dtype: computation dtype; ``None`` promotes the input and parameters.
+      param_dtype: dtype the parameters are created in.
+      precision: passed to the convolution, e.g. ``"highest"``.
+      impl: depthwise implementation, ``"auto"`` or a name from
+        ``sepconv_jax.kernels.dispatch.IMPLS``.
+      depthwise_init: kernel initializer. The default is LeCun normal with the
+        depthwise fan-in ``prod(kernel_size)`` (each output reads one channel's
+        window), so unit-variance inputs give unit-variance outputs at init.
+      bias_init: bias initializer (zeros).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from sepconv_jax.linen import DepthwiseConv
+      >>> layer = DepthwiseConv(kernel_size=(3, 3), depth_multiplier=2, strides=2)
+      >>> x = jnp.ones((4, 16, 16, 8))
+      >>> variables = layer.init(jax.random.key(0), x)
+      >>> variables["params"]["kernel"].shape, variables["params"]["bias"].shape
+      ((3, 3, 1, 16), (16,))
+      >>> layer.apply(variables, x).shape
+      (4, 8, 8, 16)
+    """
+
+    kernel_size: Sequence[int]
+    strides: int | Sequence[int] = 1
+    padding: PaddingLike = "SAME"
+    padding_mode: PaddingMode = "zeros"
+    kernel_dilation: int | Sequence[int] = 1
+    depth_multiplier: int = 1
+    use_bias: bool = True
+    data_format: DataFormat = "channels_last"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: PrecisionLike = None
+    impl: str = "auto"
+    depthwise_init: common.Initializer = common.default_depthwise_init
+    bias_init: common.Initializer = common.default_bias_init
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _window_options(self)
+        common.check_common(
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            precision=self.precision,
+            use_bias=self.use_bias,
+        )
+        common.check_initializer(self.depthwise_init, "depthwise_init")
+        common.check_initializer(self.bias_init, "bias_init")
+
+    @nn.compact
+    def __call__(self, x: ArrayLike) -> jax.Array:
+        """Applies the layer.
+
+        Args:
+          x: ``(*batch, *spatial, C)``, or ``(*batch, C, *spatial)`` with
+            ``data_format="channels_first"``.
+
+        Returns:
+          ``(*batch, *out_spatial, C * depth_multiplier)`` (or channels-first).
+        """
+        opts = _window_options(self)
+        channels = common.window_channels(x, opts, "DepthwiseConv")
+        shape = common.depthwise_kernel_shape(opts, channels)
+        kernel = self.param("kernel", self.depthwise_init, shape, self.param_dtype)
+        bias = None
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, (shape[-1],), self.param_dtype)
+        return common.depthwise_forward(
+            x, kernel, bias, opts, dtype=self.dtype, precision=self.precision
+        )
+
+
+class PointwiseConv(nn.Module):
+    """Pointwise (1x1) convolution: a channel mix at every position.
+
+    Computes :func:`sepconv_jax.pointwise_conv` with a ``(C_in, features)``
+    ``kernel``. Parameter count: ``C_in * features`` plus ``features`` for the bias.
+
+    Attributes:
+      features: output channels.
+      use_bias: whether to add a ``(features,)`` bias.
+      data_format: ``"channels_last"`` (default) or ``"channels_first"``.
+      num_spatial_dims: for channels-first input, how many trailing dims are
+        spatial; ``None`` means ``x.ndim - 2`` (one batch dim). Unused for
+        channels-last input.
+      dtype: computation dtype; ``None`` promotes the input and parameters.
+      param_dtype: dtype the parameters are created in.
+      precision: passed to the matrix multiply.
+      pointwise_init: kernel initializer. The default is LeCun normal with fan-in
+        ``C_in``, so unit-variance inputs give unit-variance outputs at init.
+      bias_init: bias initializer (zeros).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from sepconv_jax.linen import PointwiseConv
+      >>> layer = PointwiseConv(features=32)
+      >>> x = jnp.ones((2, 8, 8, 16))
+      >>> variables = layer.init(jax.random.key(0), x)
+      >>> variables["params"]["kernel"].shape
+      (16, 32)
+      >>> layer.apply(variables, x).shape
+      (2, 8, 8, 32)
+    """
+
+    features: int
+    use_bias: bool = True
+    data_format: DataFormat = "channels_last"
+    num_spatial_dims: int | None = None
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: PrecisionLike = None
+    pointwise_init: common.Initializer = common.default_pointwise_init
+    bias_init: common.Initializer = common.default_bias_init
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        common.check_positive_int(self.features, "features")
+        common.check_data_format(self.data_format)
+        common.check_pointwise_spatial(self.num_spatial_dims)
+        common.check_common(
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            precision=self.precision,
+            use_bias=self.use_bias,
+        )
+        common.check_initializer(self.pointwise_init, "pointwise_init")
+        common.check_initializer(self.bias_init, "bias_init")
+
+    @nn.compact
+    def __call__(self, x: ArrayLike) -> jax.Array:
+        """Applies the layer.
+
+        Args:
+          x: ``(*batch, *spatial, C_in)``, or ``(*batch, C_in, *spatial)`` with
+            ``data_format="channels_first"``.
+
+        Returns:
+          ``x`` with its channel dim replaced by ``features``.
+        """
+        n = common.check_pointwise_spatial(self.num_spatial_dims)
+        channels = common.pointwise_channels(x, self.data_format, n)
+        kernel = self.param(
+            "kernel", self.pointwise_init, (channels, self.features), self.param_dtype
+        )
+        bias = None
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        return common.pointwise_forward(
+            x,
+            kernel,
+            bias,
+            data_format=self.data_format,
+            num_spatial_dims=n,
+            dtype=self.dtype,
+            precision=self.precision,
+        )
+
+
+class SeparableConv(nn.Module):
+    """Depthwise separable convolution (Keras / Xception ``SeparableConv``).
+
+    A depthwise convolution (``depthwise_kernel``, ``(*kernel_size, 1, C * M)``)
+    followed by a pointwise one (``pointwise_kernel``, ``(C * M, features)``),
+    computed by :func:`sepconv_jax.separable_conv`. Parameter count:
+    ``prod(kernel_size) * C * M + C * M * features``, plus ``features`` with
+    ``use_bias`` and ``C * M`` with ``use_depthwise_bias``.
+
+    Attributes:
+      features: output channels.
+      kernel_size: window shape, one int per spatial dim, e.g. ``(3, 3)``.
+      strides, padding, padding_mode, kernel_dilation, depth_multiplier,
+        data_format, dtype, param_dtype, precision, impl: as in
+        :class:`DepthwiseConv`; the window options apply to the depthwise step.
+      use_bias: whether to add a ``(features,)`` bias to the output.
+      use_depthwise_bias: whether to add a ``(C * M,)`` bias between the steps
+        (default ``False``, as Keras ``SeparableConv2D``).
+      depthwise_init: LeCun normal with fan-in ``prod(kernel_size)`` by default.
+      pointwise_init: LeCun normal with fan-in ``C * M`` by default. Together they
+        keep unit-variance inputs at unit variance through both steps at init.
+      bias_init: initializer of both biases (zeros).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from sepconv_jax.linen import SeparableConv
+      >>> layer = SeparableConv(features=32, kernel_size=(3, 3))
+      >>> x = jnp.ones((2, 8, 8, 16))
+      >>> params = layer.init(jax.random.key(0), x)["params"]
+      >>> {name: params[name].shape for name in sorted(params)}
+      {'bias': (32,), 'depthwise_kernel': (3, 3, 1, 16), 'pointwise_kernel': (16, 32)}
+      >>> layer.apply({"params": params}, x).shape
+      (2, 8, 8, 32)
+    """
+
+    features: int
+    kernel_size: Sequence[int]
+    strides: int | Sequence[int] = 1
+    padding: PaddingLike = "SAME"
+    padding_mode: PaddingMode = "zeros"
+    kernel_dilation: int | Sequence[int] = 1
+    depth_multiplier: int = 1
+    use_bias: bool = True
+    use_depthwise_bias: bool = False
+    data_format: DataFormat = "channels_last"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: PrecisionLike = None
+    impl: str = "auto"
+    depthwise_init: common.Initializer = common.default_depthwise_init
+    pointwise_init: common.Initializer = common.default_pointwise_init
+    bias_init: common.Initializer = common.default_bias_init
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        common.check_positive_int(self.features, "features")
+        _window_options(self)
+        common.check_common(
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            precision=self.precision,
+            use_bias=self.use_bias,
+        )
+        common.check_bool(self.use_depthwise_bias, "use_depthwise_bias")
+        common.check_initializer(self.depthwise_init, "depthwise_init")
+        common.check_initializer(self.pointwise_init, "pointwise_init")
+        common.check_initializer(self.bias_init, "bias_init")
+
+    @nn.compact
+    def __call__(self, x: ArrayLike) -> jax.Array:
+        """Applies the layer.
+
+        Args:
+          x: ``(*batch, *spatial, C)``, or ``(*batch, C, *spatial)`` with
+            ``data_format="channels_first"``.
+
+        Returns:
+          ``(*batch, *out_spatial, features)`` (or channels-first).
+        """
+        opts = _window_options(self)
+        channels = common.window_channels(x, opts, "SeparableConv")
+        dw_shape = common.depthwise_kernel_shape(opts, channels)
+        mid = dw_shape[-1]
+        dw_kernel = self.param("depthwise_kernel", self.depthwise_init, dw_shape, self.param_dtype)
+        pw_kernel = self.param(
+            "pointwise_kernel", self.pointwise_init, (mid, self.features), self.param_dtype
+        )
+        dw_bias = None
+        if self.use_depthwise_bias:
+            dw_bias = self.param("depthwise_bias", self.bias_init, (mid,), self.param_dtype)
+        bias = None
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        return common.separable_forward(
+            x,
+            dw_kernel,
+            pw_kernel,
+            dw_bias,
+            bias,
+            opts,
+            dtype=self.dtype,
+            precision=self.precision,
+        )

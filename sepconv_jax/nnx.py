@@ -1,0 +1,393 @@
+"""Flax NNX modules: :class:`DepthwiseConv`, :class:`PointwiseConv`, :class:`SeparableConv`.
+
+The same layers as :mod:`sepconv_jax.linen`, with the same argument names,
+defaults, parameter names and shapes, in the ``flax.nnx`` style of
+``flax.nnx.Conv``: ``in_features`` comes first, options are keyword-only, and
+``rngs=`` is required. Parameters are created in ``__init__``, so every option
+and the input channel count are checked when the module is built.
+
+Given the same parameters, a module here and its :mod:`sepconv_jax.linen`
+counterpart compute the same function (both call :mod:`sepconv_jax.ops`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.typing import ArrayLike
+
+from sepconv_jax import _module_common as common
+from sepconv_jax._spec import DataFormat, PaddingLike, PaddingMode
+from sepconv_jax.ops import PrecisionLike
+
+__all__ = ["DepthwiseConv", "PointwiseConv", "SeparableConv"]
+
+
+class DepthwiseConv(nnx.Module):
+    """Depthwise convolution: one filter bank per input channel, no channel mixing.
+
+    Computes :func:`sepconv_jax.depthwise_conv` with a ``kernel`` of shape
+    ``(*kernel_size, 1, in_features * depth_multiplier)``. Parameter count:
+    ``prod(kernel_size) * C * M`` plus ``C * M`` for the bias.
+
+    Args:
+      in_features: input channels ``C``.
+      kernel_size: window shape, one int per spatial dim, e.g. ``(3, 3)``; its
+        length (1, 2 or 3) sets the number of spatial dims. A bare int is rejected
+        because inputs may carry extra batch dims.
+      strides: one int for all spatial dims or one per dim.
+      padding: ``"SAME"`` (default; TensorFlow / Keras semantics), ``"VALID"``,
+        ``"CAUSAL"``, an int (PyTorch style, both sides), one int per dim or one
+        ``(low, high)`` pair per dim.
+      padding_mode: ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"``.
+      kernel_dilation: one int or one per dim.
+      depth_multiplier: output channels per input channel, ``M``.
+      use_bias: whether to add a ``(C * M,)`` bias.
+      data_format: ``"channels_last"`` (default) or ``"channels_first"``.
+      dtype: computation dtype; ``None`` promotes the input and parameters.
+      param_dtype: dtype the parameters are created in.
+      precision: passed to the convolution, e.g. ``"highest"``.
+      impl: depthwise implementation, ``"auto"`` or a name from
+        ``sepconv_jax.kernels.dispatch.IMPLS``.
+      depthwise_init: kernel initializer. The default is LeCun normal with the
+        depthwise fan-in ``prod(kernel_size)`` (each output reads one channel's
+        window), so unit-variance inputs give unit-variance outputs at init.
+      bias_init: bias initializer (zeros).
+      rngs: random number streams; ``rngs.params()`` seeds the initializers.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from sepconv_jax.nnx import DepthwiseConv
+      >>> layer = DepthwiseConv(8, (3, 3), depth_multiplier=2, strides=2, rngs=nnx.Rngs(0))
+      >>> layer.kernel.shape, layer.bias.shape
+      ((3, 3, 1, 16), (16,))
+      >>> layer(jnp.ones((4, 16, 16, 8))).shape
+      (4, 8, 8, 16)
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        kernel_size: Sequence[int],
+        *,
+        strides: int | Sequence[int] = 1,
+        padding: PaddingLike = "SAME",
+        padding_mode: PaddingMode = "zeros",
+        kernel_dilation: int | Sequence[int] = 1,
+        depth_multiplier: int = 1,
+        use_bias: bool = True,
+        data_format: DataFormat = "channels_last",
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        precision: PrecisionLike = None,
+        impl: str = "auto",
+        depthwise_init: common.Initializer = common.default_depthwise_init,
+        bias_init: common.Initializer = common.default_bias_init,
+        rngs: nnx.Rngs,
+    ):
+        in_features = common.check_positive_int(in_features, "in_features")
+        opts = common.window_options(
+            kernel_size=kernel_size,
+            strides=strides,
+            padding=padding,
+            padding_mode=padding_mode,
+            kernel_dilation=kernel_dilation,
+            depth_multiplier=depth_multiplier,
+            data_format=data_format,
+            impl=impl,
+        )
+        common.check_common(
+            dtype=dtype, param_dtype=param_dtype, precision=precision, use_bias=use_bias
+        )
+        common.check_initializer(depthwise_init, "depthwise_init")
+        common.check_initializer(bias_init, "bias_init")
+
+        shape = common.depthwise_kernel_shape(opts, in_features)
+        self.kernel = nnx.Param(depthwise_init(rngs.params(), shape, param_dtype))
+        self.bias: nnx.Param | None
+        if use_bias:
+            self.bias = nnx.Param(bias_init(rngs.params(), (shape[-1],), param_dtype))
+        else:
+            self.bias = nnx.data(None)
+
+        self.in_features = in_features
+        self.kernel_size = opts.window
+        self.strides = opts.strides
+        self.padding = opts.padding
+        self.padding_mode = opts.padding_mode
+        self.kernel_dilation = opts.dilation
+        self.depth_multiplier = opts.depth_multiplier
+        self.use_bias = use_bias
+        self.data_format = opts.data_format
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.precision = precision
+        self.impl = opts.impl
+        self._options = opts
+
+    def __call__(self, x: ArrayLike) -> jax.Array:
+        """Applies the layer.
+
+        Args:
+          x: ``(*batch, *spatial, in_features)``, or ``(*batch, in_features,
+            *spatial)`` with ``data_format="channels_first"``.
+
+        Returns:
+          ``(*batch, *out_spatial, in_features * depth_multiplier)`` (or channels-first).
+        """
+        channels = common.window_channels(x, self._options, "DepthwiseConv")
+        common.check_in_features(channels, self.in_features, "DepthwiseConv")
+        bias = None if self.bias is None else self.bias[...]
+        return common.depthwise_forward(
+            x,
+            self.kernel[...],
+            bias,
+            self._options,
+            dtype=self.dtype,
+            precision=self.precision,
+        )
+
+
+class PointwiseConv(nnx.Module):
+    """Pointwise (1x1) convolution: a channel mix at every position.
+
+    Computes :func:`sepconv_jax.pointwise_conv` with an ``(in_features,
+    out_features)`` ``kernel``. Parameter count: ``in_features * out_features``
+    plus ``out_features`` for the bias.
+
+    Args:
+      in_features: input channels.
+      out_features: output channels.
+      use_bias: whether to add an ``(out_features,)`` bias.
+      data_format: ``"channels_last"`` (default) or ``"channels_first"``.
+      num_spatial_dims: for channels-first input, how many trailing dims are
+        spatial; ``None`` means ``x.ndim - 2`` (one batch dim). Unused for
+        channels-last input.
+      dtype: computation dtype; ``None`` promotes the input and parameters.
+      param_dtype: dtype the parameters are created in.
+      precision: passed to the matrix multiply.
+      pointwise_init: kernel initializer. The default is LeCun normal with fan-in
+        ``in_features``, so unit-variance inputs give unit-variance outputs at init.
+      bias_init: bias initializer (zeros).
+      rngs: random number streams; ``rngs.params()`` seeds the initializers.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from sepconv_jax.nnx import PointwiseConv
+      >>> layer = PointwiseConv(16, 32, rngs=nnx.Rngs(0))
+      >>> layer.kernel.shape
+      (16, 32)
+      >>> layer(jnp.ones((2, 8, 8, 16))).shape
+      (2, 8, 8, 32)
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        use_bias: bool = True,
+        data_format: DataFormat = "channels_last",
+        num_spatial_dims: int | None = None,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        precision: PrecisionLike = None,
+        pointwise_init: common.Initializer = common.default_pointwise_init,
+        bias_init: common.Initializer = common.default_bias_init,
+        rngs: nnx.Rngs,
+    ):
+        in_features = common.check_positive_int(in_features, "in_features")
+        out_features = common.check_positive_int(out_features, "out_features")
+        data_format = common.check_data_format(data_format)
+        num_spatial_dims = common.check_pointwise_spatial(num_spatial_dims)
+        common.check_common(
+            dtype=dtype, param_dtype=param_dtype, precision=precision, use_bias=use_bias
+        )
+        common.check_initializer(pointwise_init, "pointwise_init")
+        common.check_initializer(bias_init, "bias_init")
+
+        self.kernel = nnx.Param(
+            pointwise_init(rngs.params(), (in_features, out_features), param_dtype)
+        )
+        self.bias: nnx.Param | None
+        if use_bias:
+            self.bias = nnx.Param(bias_init(rngs.params(), (out_features,), param_dtype))
+        else:
+            self.bias = nnx.data(None)
+
+        self.in_features = in_features
+        self.out_features = out_features
+        self.use_bias = use_bias
+        self.data_format = data_format
+        self.num_spatial_dims = num_spatial_dims
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.precision = precision
+
+    def __call__(self, x: ArrayLike) -> jax.Array:
+        """Applies the layer.
+
+        Args:
+          x: ``(*batch, *spatial, in_features)``, or ``(*batch, in_features,
+            *spatial)`` with ``data_format="channels_first"``.
+
+        Returns:
+          ``x`` with its channel dim replaced by ``out_features``.
+        """
+        channels = common.pointwise_channels(x, self.data_format, self.num_spatial_dims)
+        common.check_in_features(channels, self.in_features, "PointwiseConv")
+        bias = None if self.bias is None else self.bias[...]
+        return common.pointwise_forward(
+            x,
+            self.kernel[...],
+            bias,
+            data_format=self.data_format,
+            num_spatial_dims=self.num_spatial_dims,
+            dtype=self.dtype,
+            precision=self.precision,
+        )
+
+
+class SeparableConv(nnx.Module):
+    """Depthwise separable convolution (Keras / Xception ``SeparableConv``).
+
+    A depthwise convolution (``depthwise_kernel``, ``(*kernel_size, 1, C * M)``)
+    followed by a pointwise one (``pointwise_kernel``, ``(C * M, out_features)``),
+    computed by :func:`sepconv_jax.separable_conv`. Parameter count:
+    ``prod(kernel_size) * C * M + C * M * out_features``, plus ``out_features``
+    with ``use_bias`` and ``C * M`` with ``use_depthwise_bias``.
+
+    Args:
+      in_features: input channels ``C``.
+      out_features: output channels.
+      kernel_size: window shape, one int per spatial dim, e.g. ``(3, 3)``.
+      strides, padding, padding_mode, kernel_dilation, depth_multiplier,
+        data_format, dtype, param_dtype, precision, impl: as in
+        :class:`DepthwiseConv`; the window options apply to the depthwise step.
+      use_bias: whether to add an ``(out_features,)`` bias to the output.
+      use_depthwise_bias: whether to add a ``(C * M,)`` bias between the steps
+        (default ``False``, as Keras ``SeparableConv2D``).
+      depthwise_init: LeCun normal with fan-in ``prod(kernel_size)`` by default.
+      pointwise_init: LeCun normal with fan-in ``C * M`` by default. Together they
+        keep unit-variance inputs at unit variance through both steps at init.
+      bias_init: initializer of both biases (zeros).
+      rngs: random number streams; ``rngs.params()`` seeds the initializers.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from sepconv_jax.nnx import SeparableConv
+      >>> layer = SeparableConv(16, 32, (3, 3), rngs=nnx.Rngs(0))
+      >>> layer.depthwise_kernel.shape, layer.pointwise_kernel.shape, layer.bias.shape
+      ((3, 3, 1, 16), (16, 32), (32,))
+      >>> layer(jnp.ones((2, 8, 8, 16))).shape
+      (2, 8, 8, 32)
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: Sequence[int],
+        *,
+        strides: int | Sequence[int] = 1,
+        padding: PaddingLike = "SAME",
+        padding_mode: PaddingMode = "zeros",
+        kernel_dilation: int | Sequence[int] = 1,
+        depth_multiplier: int = 1,
+        use_bias: bool = True,
+        use_depthwise_bias: bool = False,
+        data_format: DataFormat = "channels_last",
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        precision: PrecisionLike = None,
+        impl: str = "auto",
+        depthwise_init: common.Initializer = common.default_depthwise_init,
+        pointwise_init: common.Initializer = common.default_pointwise_init,
+        bias_init: common.Initializer = common.default_bias_init,
+        rngs: nnx.Rngs,
+    ):
+        in_features = common.check_positive_int(in_features, "in_features")
+        out_features = common.check_positive_int(out_features, "out_features")
+        opts = common.window_options(
+            kernel_size=kernel_size,
+            strides=strides,
+            padding=padding,
+            padding_mode=padding_mode,
+            kernel_dilation=kernel_dilation,
+            depth_multiplier=depth_multiplier,
+            data_format=data_format,
+            impl=impl,
+        )
+        common.check_common(
+            dtype=dtype, param_dtype=param_dtype, precision=precision, use_bias=use_bias
+        )
+        common.check_bool(use_depthwise_bias, "use_depthwise_bias")
+        common.check_initializer(depthwise_init, "depthwise_init")
+        common.check_initializer(pointwise_init, "pointwise_init")
+        common.check_initializer(bias_init, "bias_init")
+
+        dw_shape = common.depthwise_kernel_shape(opts, in_features)
+        mid = dw_shape[-1]
+        self.depthwise_kernel = nnx.Param(depthwise_init(rngs.params(), dw_shape, param_dtype))
+        self.pointwise_kernel = nnx.Param(
+            pointwise_init(rngs.params(), (mid, out_features), param_dtype)
+        )
+        self.depthwise_bias: nnx.Param | None
+        if use_depthwise_bias:
+            self.depthwise_bias = nnx.Param(bias_init(rngs.params(), (mid,), param_dtype))
+        else:
+            self.depthwise_bias = nnx.data(None)
+        self.bias: nnx.Param | None
+        if use_bias:
+            self.bias = nnx.Param(bias_init(rngs.params(), (out_features,), param_dtype))
+        else:
+            self.bias = nnx.data(None)
+
+        self.in_features = in_features
+        self.out_features = out_features
+        self.kernel_size = opts.window
+        self.strides = opts.strides
+        self.padding = opts.padding
+        self.padding_mode = opts.padding_mode
+        self.kernel_dilation = opts.dilation
+        self.depth_multiplier = opts.depth_multiplier
+        self.use_bias = use_bias
+        self.use_depthwise_bias = use_depthwise_bias
+        self.data_format = opts.data_format
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.precision = precision
+        self.impl = opts.impl
+        self._options = opts
+
+    def __call__(self, x: ArrayLike) -> jax.Array:
+        """Applies the layer.
+
+        Args:
+          x: ``(*batch, *spatial, in_features)``, or ``(*batch, in_features,
+            *spatial)`` with ``data_format="channels_first"``.
+
+        Returns:
+          ``(*batch, *out_spatial, out_features)`` (or channels-first).
+        """
+        channels = common.window_channels(x, self._options, "SeparableConv")
+        common.check_in_features(channels, self.in_features, "SeparableConv")
+        dw_bias = None if self.depthwise_bias is None else self.depthwise_bias[...]
+        bias = None if self.bias is None else self.bias[...]
+        return common.separable_forward(
+            x,
+            self.depthwise_kernel[...],
+            self.pointwise_kernel[...],
+            dw_bias,
+            bias,
+            self._options,
+            dtype=self.dtype,
+            precision=self.precision,
+        )
