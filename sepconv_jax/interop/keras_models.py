@@ -1,0 +1,547 @@
+"""Whole-model import from ``keras.applications``: a Keras model in, a Flax model out.
+
+:func:`convert` recognizes the Keras applications ``MobileNet``, ``MobileNetV2``,
+``EfficientNetB0`` and ``Xception`` (any ``alpha``, ``depth_multiplier``,
+``classes``, ``include_top``, ``pooling``, ``classifier_activation`` and input size
+Keras accepts), builds the matching :mod:`sepconv_jax.models` module and copies every
+weight into its ``params`` and ``batch_stats``, so that
+``module.apply(variables, x, train=False)`` computes ``keras_model(x,
+training=False)``. Keras is only needed to call it; nothing is downloaded.
+
+Weight layouts (Keras -> ours):
+
+* ``Conv2D`` kernel ``(kh, kw, in, out)``: unchanged (``flax.linen.Conv``); a 1x1
+  ``Conv2D`` that is a pointwise step becomes ``(in, out)``.
+* ``DepthwiseConv2D`` kernel ``(kh, kw, C, M)`` -> ``(kh, kw, 1, C * M)``.
+* ``SeparableConv2D``: ``depthwise_kernel`` as above, ``pointwise_kernel``
+  ``(1, 1, C * M, out)`` -> ``(C * M, out)``.
+* ``BatchNormalization``: ``gamma``, ``beta`` -> ``params`` ``scale``, ``bias``;
+  ``moving_mean``, ``moving_variance`` -> ``batch_stats`` ``mean``, ``var``.
+* ``Dense``: unchanged.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from sepconv_jax import models
+from sepconv_jax.models import efficientnet as efficientnet_lib
+from sepconv_jax.models import mobilenet_v1 as mobilenet_v1_lib
+from sepconv_jax.models import mobilenet_v2 as mobilenet_v2_lib
+from sepconv_jax.models import xception as xception_lib
+
+__all__ = ["convert"]
+
+Path = tuple[str, ...]
+Variables = dict[str, Any]
+
+#: Keras activation names of a classifier -> the function applied to our logits.
+_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array] | None] = {
+    "linear": None,
+    "softmax": jax.nn.softmax,
+    "sigmoid": jax.nn.sigmoid,
+}
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+def _weights(layer: Any) -> dict[str, np.ndarray]:
+    return {w.name: np.asarray(getattr(w, "value", w)) for w in layer.weights}
+
+
+def _class(layer: Any) -> str:
+    return type(layer).__name__
+
+
+def _activation_name(value: Any) -> str:
+    if value is None:
+        return "linear"
+    if isinstance(value, str):
+        return value
+    return getattr(value, "__name__", repr(value))
+
+
+class _Collector:
+    """Accumulates converted weights by our module path, tracking which layers were used."""
+
+    def __init__(self, keras_model: Any) -> None:
+        self.layers: dict[str, Any] = {layer.name: layer for layer in keras_model.layers}
+        self.used: set[str] = set()
+        self.params: dict[Path, np.ndarray] = {}
+        self.stats: dict[Path, np.ndarray] = {}
+
+    def layer(self, name: str) -> Any:
+        if name not in self.layers:
+            raise ValueError(
+                f"`keras_model` has no layer {name!r}; it does not look like an unmodified "
+                f"keras.applications model of the recognized kind"
+            )
+        self.used.add(name)
+        return self.layers[name]
+
+    def _bias(self, w: dict[str, np.ndarray], path: Path) -> None:
+        if "bias" in w:
+            self.params[(*path, "bias")] = w["bias"]
+
+    def conv(self, name: str, path: Path) -> None:
+        """A standard ``Conv2D`` -> ``flax.linen.Conv``."""
+        w = _weights(self.layer(name))
+        self.params[(*path, "kernel")] = w["kernel"]
+        self._bias(w, path)
+
+    def pointwise(self, name: str, path: Path) -> None:
+        """A 1x1 ``Conv2D`` -> our ``PointwiseConv`` (or a ``Dense``)."""
+        w = _weights(self.layer(name))
+        kernel = w["kernel"]
+        if kernel.shape[:2] != (1, 1):
+            raise ValueError(f"layer {name!r} has a {kernel.shape[:2]} kernel, expected 1x1")
+        self.params[(*path, "kernel")] = kernel.reshape(kernel.shape[2:])
+        self._bias(w, path)
+
+    def depthwise(self, name: str, path: Path) -> None:
+        """``DepthwiseConv2D`` ``(kh, kw, C, M)`` -> our ``(kh, kw, 1, C * M)``."""
+        w = _weights(self.layer(name))
+        kh, kw, c, m = w["kernel"].shape
+        self.params[(*path, "kernel")] = w["kernel"].reshape(kh, kw, 1, c * m)
+        self._bias(w, path)
+
+    def separable(self, name: str, path: Path) -> None:
+        """``SeparableConv2D`` -> our ``SeparableConv``."""
+        w = _weights(self.layer(name))
+        kh, kw, c, m = w["depthwise_kernel"].shape
+        self.params[(*path, "depthwise_kernel")] = w["depthwise_kernel"].reshape(kh, kw, 1, c * m)
+        pointwise = w["pointwise_kernel"]
+        self.params[(*path, "pointwise_kernel")] = pointwise.reshape(pointwise.shape[2:])
+        self._bias(w, path)
+
+    def dense(self, name: str, path: Path) -> None:
+        w = _weights(self.layer(name))
+        self.params[(*path, "kernel")] = w["kernel"]
+        self._bias(w, path)
+
+    def bn(self, name: str, path: Path) -> None:
+        """``BatchNormalization`` -> ``flax.linen.BatchNorm``, checking its constants."""
+        layer = self.layer(name)
+        config = layer.get_config()
+        if not np.isclose(config["epsilon"], 1e-3, rtol=1e-6, atol=0):
+            raise ValueError(
+                f"batch norm {name!r} has epsilon {config['epsilon']}; the reference "
+                f"architectures use Keras' 1e-3"
+            )
+        if not (config.get("center", True) and config.get("scale", True)):
+            raise ValueError(f"batch norm {name!r} must have both `center` and `scale`")
+        w = _weights(layer)
+        self.params[(*path, "scale")] = w["gamma"]
+        self.params[(*path, "bias")] = w["beta"]
+        self.stats[(*path, "mean")] = w["moving_mean"]
+        self.stats[(*path, "var")] = w["moving_variance"]
+
+    def unused_weighted_layers(self) -> list[str]:
+        return [
+            name
+            for name, layer in self.layers.items()
+            if name not in self.used and layer.weights and _class(layer) != "Normalization"
+        ]
+
+    def variables(self) -> Variables:
+        out: Variables = {
+            "params": traverse_util.unflatten_dict(
+                {k: jnp.asarray(v) for k, v in self.params.items()}
+            )
+        }
+        if self.stats:
+            out["batch_stats"] = traverse_util.unflatten_dict(
+                {k: jnp.asarray(v) for k, v in self.stats.items()}
+            )
+        return out
+
+
+# ----------------------------------------------------------------------------- model options
+
+
+def _spatial(keras_model: Any) -> tuple[int | None, int | None]:
+    shape = tuple(keras_model.input_shape)
+    if len(shape) != 4:
+        raise ValueError(
+            f"`keras_model` takes inputs of shape {shape}; expected images "
+            f"(batch, height, width, channels)"
+        )
+    return shape[1], shape[2]
+
+
+def _check_channels_last(keras_model: Any) -> None:
+    for layer in keras_model.layers:
+        data_format = getattr(layer, "data_format", None)
+        if data_format is not None and data_format != "channels_last":
+            raise ValueError(
+                f"layer {layer.name!r} of `keras_model` uses data_format={data_format!r}; only "
+                f"channels_last Keras models can be converted (build it with "
+                f"keras.config.set_image_data_format('channels_last'))"
+            )
+
+
+def _stride2_padding(keras_model: Any) -> str:
+    """``"same"`` when Keras knew the input size when building (its ``correct_pad``)."""
+    height, width = _spatial(keras_model)
+    return "fixed" if height is None or width is None else "same"
+
+
+def _head_options(
+    collector: _Collector,
+    keras_model: Any,
+    top: str,
+    *,
+    activation_layer: str | None = None,
+    dropout: str | None = None,
+) -> dict[str, Any]:
+    """``include_top``, ``num_classes``, ``pooling``, ``classifier_activation``, dropout."""
+    options: dict[str, Any] = {}
+    if top in collector.layers:
+        top_layer = collector.layers[top]
+        options["include_top"] = True
+        options["num_classes"] = int(_weights(top_layer)["kernel"].shape[-1])
+        act_layer = top_layer if activation_layer is None else collector.layer(activation_layer)
+        act = _activation_name(act_layer.get_config().get("activation"))
+        if act not in _ACTIVATIONS:
+            raise ValueError(
+                f"the classifier of `keras_model` ends with activation {act!r}; "
+                f"supported: {sorted(_ACTIVATIONS)}"
+            )
+        options["classifier_activation"] = _ACTIVATIONS[act]
+        if dropout is not None:
+            rate = 0.0
+            if dropout in collector.layers:
+                rate = float(collector.layer(dropout).get_config()["rate"])
+            options["dropout_rate"] = rate
+        return options
+    options["include_top"] = False
+    last = _class(keras_model.layers[-1])
+    options["pooling"] = {"GlobalAveragePooling2D": "avg", "GlobalMaxPooling2D": "max"}.get(last)
+    return options
+
+
+def _find_multiplier(
+    widths_of: Callable[[float], tuple[int, ...]],
+    observed: tuple[int, ...],
+    bases: Iterable[int],
+) -> float:
+    """A width multiplier that reproduces the ``observed`` channel counts.
+
+    The widths are piecewise-constant functions of the multiplier that change only
+    at ``k / base`` and ``k / (0.9 * base)``; a multiplier strictly between two
+    consecutive breakpoints stands for its whole interval.
+    """
+    bases = sorted(set(bases))
+    biggest = max(observed) + 16
+    points = {0.0}
+    for base in bases:
+        for k in range(1, 2 * biggest + 1):
+            points.add(k / base)
+            points.add(k / (0.9 * base))
+    ordered = sorted(points)
+    candidates = [1.0]
+    candidates += [(a + b) / 2 for a, b in itertools.pairwise(ordered)]
+    candidates += ordered[1:]
+    for alpha in candidates:
+        if widths_of(alpha) == observed:
+            # the shortest decimal that gives the same widths (0.25, not 0.2503)
+            for digits in range(1, 8):
+                if widths_of(round(alpha, digits)) == observed:
+                    return round(alpha, digits)
+            return float(alpha)
+    raise ValueError(
+        f"no width multiplier gives the channel counts of `keras_model` {observed}; it is not "
+        f"an unmodified keras.applications model"
+    )
+
+
+# ----------------------------------------------------------------------------- per model
+
+
+def _mobilenet_v1(keras_model: Any, c: _Collector) -> nn.Module:
+    dw1 = c.layer("conv_dw_1").get_config()
+    observed = (
+        int(_weights(c.layer("conv1"))["kernel"].shape[-1]),
+        *(int(_weights(c.layer(f"conv_pw_{i}"))["kernel"].shape[-1]) for i in range(1, 14)),
+    )
+    alpha = _find_multiplier(mobilenet_v1_lib.mobilenet_v1_widths, observed, [32, 1024])
+    options = _head_options(
+        c, keras_model, "conv_preds", activation_layer="predictions", dropout="dropout"
+    )
+    module = models.MobileNetV1(
+        width_multiplier=alpha, depth_multiplier=int(dw1["depth_multiplier"]), **options
+    )
+    c.conv("conv1", ("conv1",))
+    c.bn("conv1_bn", ("conv1_bn",))
+    for i in range(1, 14):
+        c.depthwise(f"conv_dw_{i}", (f"block{i}", "depthwise"))
+        c.bn(f"conv_dw_{i}_bn", (f"block{i}", "depthwise_bn"))
+        c.pointwise(f"conv_pw_{i}", (f"block{i}", "pointwise"))
+        c.bn(f"conv_pw_{i}_bn", (f"block{i}", "pointwise_bn"))
+    if module.include_top:
+        c.pointwise("conv_preds", ("predictions",))
+    return module
+
+
+def _mobilenet_v2(keras_model: Any, c: _Collector) -> nn.Module:
+    names = ["expanded_conv_"] + [f"block_{i}_" for i in range(1, 17)]
+    observed = (
+        int(_weights(c.layer("Conv1"))["kernel"].shape[-1]),
+        *(int(_weights(c.layer(f"{n}project"))["kernel"].shape[-1]) for n in names),
+        int(_weights(c.layer("Conv_1"))["kernel"].shape[-1]),
+    )
+    bases = [32, 1280, *(ch for _, ch, _, _ in mobilenet_v2_lib.STAGES)]
+    alpha = _find_multiplier(mobilenet_v2_lib.mobilenet_v2_widths, observed, bases)
+    options = _head_options(c, keras_model, "predictions")
+    module = models.MobileNetV2(
+        width_multiplier=alpha, stride2_padding=_stride2_padding(keras_model), **options
+    )
+    c.conv("Conv1", ("conv1",))
+    c.bn("bn_Conv1", ("conv1_bn",))
+    for i, name in enumerate(names):
+        block = f"block{i}"
+        if i > 0:
+            c.pointwise(f"{name}expand", (block, "expand"))
+            c.bn(f"{name}expand_BN", (block, "expand_bn"))
+        c.depthwise(f"{name}depthwise", (block, "depthwise"))
+        c.bn(f"{name}depthwise_BN", (block, "depthwise_bn"))
+        c.pointwise(f"{name}project", (block, "project"))
+        c.bn(f"{name}project_BN", (block, "project_bn"))
+    c.pointwise("Conv_1", ("conv_last",))
+    c.bn("Conv_1_bn", ("conv_last_bn",))
+    if module.include_top:
+        c.dense("predictions", ("predictions",))
+    return module
+
+
+def _preprocessing(keras_model: Any, c: _Collector) -> dict[str, Any]:
+    """Folds the Rescaling/Normalization layers before the stem into mean/variance.
+
+    The chain is an affine map ``x * a + b`` per channel; ours is
+    ``(x / 255 - mean) / sqrt(variance)``, so ``sqrt(variance) = 1 / (255 a)`` and
+    ``mean = -b sqrt(variance)``.
+    """
+    channels = int(keras_model.input_shape[-1])
+    a = np.ones(channels)
+    b = np.zeros(channels)
+    found = False
+    for layer in keras_model.layers:
+        kind = _class(layer)
+        if kind == "InputLayer":
+            continue
+        if kind == "Rescaling":
+            config = layer.get_config()
+            scale = np.broadcast_to(np.asarray(config["scale"], np.float64), (channels,))
+            offset = np.broadcast_to(np.asarray(config["offset"], np.float64), (channels,))
+            a, b = a * scale, b * scale + offset
+        elif kind == "Normalization":
+            if getattr(layer, "invert", False):
+                raise ValueError(f"layer {layer.name!r} inverts a normalization; not supported")
+            mean = np.asarray(layer.mean, np.float64).reshape(-1)
+            var = np.asarray(layer.variance, np.float64).reshape(-1)
+            std = np.maximum(np.sqrt(var), efficientnet_lib.NORMALIZATION_EPSILON)
+            a, b = a / std, (b - mean) / std
+        else:
+            break
+        c.used.add(layer.name)
+        found = True
+    if not found:
+        return {"include_preprocessing": False}
+    std = 1.0 / (255.0 * a)
+    return {
+        "include_preprocessing": True,
+        "input_mean": tuple(float(v) for v in -b * std),
+        "input_variance": tuple(float(v) for v in std**2),
+    }
+
+
+def _efficientnet_b0(keras_model: Any, c: _Collector) -> nn.Module:
+    block_names = [
+        f"block{i + 1}{chr(ord('a') + j)}"
+        for i, stage in enumerate(efficientnet_lib.STAGES)
+        for j in range(stage[1])
+    ]
+    if any(name.startswith("block") and name.split("_")[0] not in block_names for name in c.layers):
+        raise ValueError(
+            "`keras_model` has more MBConv blocks than EfficientNet-B0; only B0 is supported"
+        )
+    stem = int(_weights(c.layer("stem_conv"))["kernel"].shape[-1])
+    top = int(_weights(c.layer("top_conv"))["kernel"].shape[-1])
+    if (stem, top) != (32, 1280):
+        raise ValueError(
+            f"`keras_model` has stem and head widths {(stem, top)}; EfficientNet-B0 has (32, 1280)"
+        )
+    drop_connect_rate = 0.0
+    for index, name in enumerate(block_names):
+        if f"{name}_drop" in c.layers and index > 0:
+            rate = float(c.layer(f"{name}_drop").get_config()["rate"])
+            drop_connect_rate = rate * len(block_names) / index
+            break
+    options = _head_options(c, keras_model, "predictions", dropout="top_dropout")
+    module = models.EfficientNetB0(
+        drop_connect_rate=drop_connect_rate,
+        stride2_padding=_stride2_padding(keras_model),
+        **_preprocessing(keras_model, c),
+        **options,
+    )
+    c.conv("stem_conv", ("stem_conv",))
+    c.bn("stem_bn", ("stem_bn",))
+    for name in block_names:
+        if f"{name}_expand_conv" in c.layers:
+            c.pointwise(f"{name}_expand_conv", (name, "expand"))
+            c.bn(f"{name}_expand_bn", (name, "expand_bn"))
+        c.depthwise(f"{name}_dwconv", (name, "depthwise"))
+        c.bn(f"{name}_bn", (name, "depthwise_bn"))
+        c.pointwise(f"{name}_se_reduce", (name, "se", "reduce"))
+        c.pointwise(f"{name}_se_expand", (name, "se", "expand"))
+        c.pointwise(f"{name}_project_conv", (name, "project"))
+        c.bn(f"{name}_project_bn", (name, "project_bn"))
+    c.pointwise("top_conv", ("top_conv",))
+    c.bn("top_bn", ("top_bn",))
+    if module.include_top:
+        c.dense("predictions", ("predictions",))
+    return module
+
+
+def _xception(keras_model: Any, c: _Collector) -> nn.Module:
+    options = _head_options(c, keras_model, "predictions")
+    module = models.Xception(**options)
+    for name in ("block1_conv1", "block1_conv2"):
+        c.conv(name, (name,))
+        c.bn(f"{name}_bn", (f"{name}_bn",))
+    residual_blocks: dict[int, str] = {}
+    for i, (features, strides, _) in enumerate(xception_lib.BLOCKS, 2):
+        for j in range(1, len(features) + 1):
+            c.separable(f"block{i}_sepconv{j}", (f"block{i}", f"sepconv{j}"))
+            c.bn(f"block{i}_sepconv{j}_bn", (f"block{i}", f"sepconv{j}_bn"))
+        if strides != 1:
+            residual_blocks[features[-1]] = f"block{i}"
+    # The shortcut convolutions and their batch norms are unnamed in Keras (their
+    # automatic names depend on what else was built); each has a distinct width.
+    for layer in keras_model.layers:
+        if layer.name.startswith("block") or layer.name in c.used:
+            continue
+        kind = _class(layer)
+        if kind not in ("Conv2D", "BatchNormalization"):
+            continue
+        width = int(_weights(layer)["kernel" if kind == "Conv2D" else "gamma"].shape[-1])
+        if width not in residual_blocks:
+            raise ValueError(f"unexpected layer {layer.name!r} ({kind}, {width} channels)")
+        block = residual_blocks[width]
+        if kind == "Conv2D":
+            c.pointwise(layer.name, (block, "residual"))
+        else:
+            c.bn(layer.name, (block, "residual_bn"))
+    for j in (1, 2):
+        c.separable(f"block14_sepconv{j}", (f"block14_sepconv{j}",))
+        c.bn(f"block14_sepconv{j}_bn", (f"block14_sepconv{j}_bn",))
+    if module.include_top:
+        c.dense("predictions", ("predictions",))
+    return module
+
+
+_SIGNATURES: tuple[tuple[str, str, Callable[[Any, _Collector], nn.Module]], ...] = (
+    ("MobileNet", "conv_dw_1", _mobilenet_v1),
+    ("MobileNetV2", "expanded_conv_depthwise", _mobilenet_v2),
+    ("EfficientNetB0", "block1a_dwconv", _efficientnet_b0),
+    ("Xception", "block2_sepconv1", _xception),
+)
+
+
+def _check_shapes(module: nn.Module, variables: Variables, keras_model: Any) -> None:
+    """Raises unless ``variables`` has exactly the tree and shapes ``module`` expects."""
+    height, width = _spatial(keras_model)
+    size = 299 if isinstance(module, models.Xception) else 224
+    x = jax.ShapeDtypeStruct(
+        (1, height or size, width or size, keras_model.input_shape[-1]), jnp.float32
+    )
+    expected = jax.eval_shape(lambda x: module.init(jax.random.key(0), x, train=False), x)
+    want = {k: v.shape for k, v in traverse_util.flatten_dict(dict(expected)).items()}
+    got = {k: v.shape for k, v in traverse_util.flatten_dict(variables).items()}
+    if want != got:
+        missing = sorted("/".join(k) for k in want.keys() - got.keys())
+        extra = sorted("/".join(k) for k in got.keys() - want.keys())
+        wrong = sorted(
+            f"{'/'.join(k)}: {got[k]} (expected {want[k]})"
+            for k in want.keys() & got.keys()
+            if want[k] != got[k]
+        )
+        raise ValueError(
+            f"converted weights do not fit {type(module).__name__}: missing {missing[:5]}, "
+            f"unexpected {extra[:5]}, wrong shapes {wrong[:5]}"
+        )
+
+
+def convert(keras_model: Any) -> tuple[nn.Module, Variables]:
+    """Converts a ``keras.applications`` model to a :mod:`sepconv_jax.models` module.
+
+    Supports ``MobileNet`` (v1), ``MobileNetV2``, ``EfficientNetB0`` and ``Xception``,
+    channels-last, with or without the top, with any ``alpha`` / ``depth_multiplier``
+    / ``classes`` / ``pooling`` and input size Keras allows, including Keras' own
+    preprocessing layers (EfficientNet) and its stride-2 padding conventions (which
+    depend on whether the input size was known when the Keras model was built).
+    The classifier's activation (``"softmax"`` by default in Keras) is reproduced.
+
+    Args:
+      keras_model: the Keras model, built (e.g. ``keras.applications.MobileNet(
+        weights=None, input_shape=(32, 32, 3))``, then trained or loaded).
+
+    Returns:
+      ``(module, variables)`` with ``variables = {"params": ..., "batch_stats":
+      ...}`` such that ``module.apply(variables, x, train=False)`` equals
+      ``keras_model(x, training=False)`` for ``x`` of shape ``(batch, height,
+      width, channels)``.
+
+    Raises:
+      ValueError: for a model that is not one of the four (or was modified), a
+        channels-first model, or an unsupported classifier activation.
+
+    Example:
+      >>> import os
+      >>> os.environ.setdefault("KERAS_BACKEND", "jax")  # before keras is imported
+      'jax'
+      >>> import jax, keras, numpy as np
+      >>> from sepconv_jax.interop.keras_models import convert
+      >>> keras_model = keras.applications.MobileNet(
+      ...     weights=None, alpha=0.25, input_shape=(32, 32, 3), classes=4,
+      ...     classifier_activation=None)
+      >>> module, variables = convert(keras_model)
+      >>> type(module).__name__, module.width_multiplier, module.num_classes
+      ('MobileNetV1', 0.25, 4)
+      >>> x = np.zeros((2, 32, 32, 3), np.float32)
+      >>> jax.eval_shape(lambda v: module.apply(v, x, train=False), variables).shape
+      (2, 4)
+    """
+    if not hasattr(keras_model, "layers") or not hasattr(keras_model, "input_shape"):
+        raise TypeError(
+            f"`keras_model` must be a built Keras model, got {type(keras_model).__name__}"
+        )
+    _check_channels_last(keras_model)
+    names = {layer.name for layer in keras_model.layers}
+    for _, signature, build in _SIGNATURES:
+        if signature in names:
+            collector = _Collector(keras_model)
+            module = build(keras_model, collector)
+            break
+    else:
+        raise ValueError(
+            f"`keras_model` ({getattr(keras_model, 'name', '?')}) is not one of the supported "
+            f"keras.applications models: {', '.join(s[0] for s in _SIGNATURES)}"
+        )
+    leftover = collector.unused_weighted_layers()
+    if leftover:
+        raise ValueError(
+            f"`keras_model` has weighted layers this conversion does not know: {leftover[:5]}"
+        )
+    variables = collector.variables()
+    _check_shapes(module, variables, keras_model)
+    return module, variables

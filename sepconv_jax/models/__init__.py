@@ -1,0 +1,63 @@
+"""Reference architectures built from :mod:`sepconv_jax.linen` modules (flax.linen).
+
+* :class:`MobileNetV1` (Howard et al., 2017), with a ``full_convolution`` option for
+  the paper's Table 4 comparison;
+* :class:`MobileNetV2` (Sandler et al., 2018);
+* :class:`EfficientNetB0` / :class:`EfficientNet` (Tan & Le, 2019);
+* :class:`Xception` (Chollet, 2017);
+* their blocks in :mod:`sepconv_jax.models.blocks`.
+
+Every model takes channels-last images ``(batch, height, width, 3)`` and is used as
+any Flax model: ``variables = model.init(key, x, train=False)`` gives ``params``
+and ``batch_stats``; ``model.apply(variables, x, train=False)`` runs inference and
+``model.apply(variables, x, train=True, mutable=["batch_stats"],
+rngs={"dropout": key})`` a training step. Architectures, padding and batch-norm
+constants follow ``keras.applications`` so that Keras weights load exactly with
+:func:`sepconv_jax.interop.keras.convert`; parameter counts equal Keras' trainable
+parameter counts.
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> from sepconv_jax.models import MobileNetV1
+  >>> model = MobileNetV1(num_classes=10, width_multiplier=0.25)
+  >>> x = jnp.zeros((1, 32, 32, 3))
+  >>> variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+  >>> def train_step(variables, x, key):
+  ...     return model.apply(
+  ...         variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": key})
+  >>> logits, updates = jax.eval_shape(train_step, variables, x, jax.random.key(1))
+  >>> logits.shape, sorted(updates)
+  ((1, 10), ['batch_stats'])
+"""
+
+from sepconv_jax.models import blocks as blocks
+from sepconv_jax.models.blocks import DepthwiseSeparableBlock as DepthwiseSeparableBlock
+from sepconv_jax.models.blocks import InvertedResidual as InvertedResidual
+from sepconv_jax.models.blocks import MBConv as MBConv
+from sepconv_jax.models.blocks import SqueezeExcite as SqueezeExcite
+from sepconv_jax.models.blocks import XceptionBlock as XceptionBlock
+from sepconv_jax.models.efficientnet import EfficientNet as EfficientNet
+from sepconv_jax.models.efficientnet import EfficientNetB0 as EfficientNetB0
+from sepconv_jax.models.mobilenet_v1 import MobileNetV1 as MobileNetV1
+from sepconv_jax.models.mobilenet_v1 import mobilenet_v1_widths as mobilenet_v1_widths
+from sepconv_jax.models.mobilenet_v2 import MobileNetV2 as MobileNetV2
+from sepconv_jax.models.mobilenet_v2 import make_divisible as make_divisible
+from sepconv_jax.models.mobilenet_v2 import mobilenet_v2_widths as mobilenet_v2_widths
+from sepconv_jax.models.xception import Xception as Xception
+
+__all__ = [
+    "DepthwiseSeparableBlock",
+    "EfficientNet",
+    "EfficientNetB0",
+    "InvertedResidual",
+    "MBConv",
+    "MobileNetV1",
+    "MobileNetV2",
+    "SqueezeExcite",
+    "Xception",
+    "XceptionBlock",
+    "blocks",
+    "make_divisible",
+    "mobilenet_v1_widths",
+    "mobilenet_v2_widths",
+]

@@ -1,0 +1,413 @@
+"""The building blocks of the reference architectures, public so users can build their own.
+
+Every block takes channels-last input ``(batch, height, width, channels)`` and a
+``train`` flag: ``train=False`` normalizes with the running statistics in the
+``batch_stats`` collection and disables dropout; ``train=True`` normalizes with the
+batch statistics (call ``apply`` with ``mutable=["batch_stats"]``) and, where the
+block has stochastic depth, needs a ``"dropout"`` rng.
+
+The depthwise, pointwise and separable steps are :mod:`sepconv_jax.linen` modules.
+Batch normalization follows Keras' conventions (``epsilon`` added to the variance,
+``momentum`` the weight of the old running value), so that weights trained in Keras
+give the same outputs here.
+
+Blocks:
+
+* :class:`DepthwiseSeparableBlock`: MobileNet (v1) 3x3 depthwise + BN + ReLU6,
+  1x1 pointwise + BN + ReLU6 (Howard et al., 2017, Fig. 3), or the standard 3x3
+  convolution it replaces.
+* :class:`InvertedResidual` (alias :data:`MBConv`): 1x1 expansion, depthwise
+  convolution, optional squeeze-and-excitation, linear 1x1 projection, identity
+  shortcut with optional stochastic depth (Sandler et al., 2018; Tan & Le, 2019).
+* :class:`SqueezeExcite`: channel gating by a two-layer bottleneck over the global
+  average (Hu et al., 2018).
+* :class:`XceptionBlock`: a stack of (ReLU, separable 3x3 conv, BN) units with an
+  optional stride-2 max-pool and a residual shortcut (Chollet, 2017, Fig. 5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from sepconv_jax.linen import DepthwiseConv, PointwiseConv, SeparableConv
+
+__all__ = [
+    "DepthwiseSeparableBlock",
+    "InvertedResidual",
+    "MBConv",
+    "SqueezeExcite",
+    "XceptionBlock",
+    "conv_padding",
+]
+
+Activation = Callable[[jax.Array], jax.Array]
+Stride2Padding = Literal["same", "fixed"]
+Dtype = Any
+
+#: Keras' default batch-norm epsilon, used by every reference architecture.
+BN_EPSILON = 1e-3
+
+
+def conv_padding(
+    kernel_size: int, strides: int, stride2_padding: Stride2Padding
+) -> str | tuple[tuple[int, int], tuple[int, int]]:
+    """The padding a reference architecture uses for a square ``kernel_size`` window.
+
+    Stride-1 convolutions are ``"SAME"``. Strided ones follow ``stride2_padding``:
+
+    * ``"same"``: TensorFlow ``"SAME"`` (for stride 2: ``(k // 2 - 1, k // 2)`` on an
+      even size, ``(k // 2, k // 2)`` on an odd one). This equals what Keras'
+      ``imagenet_utils.correct_pad`` computes when the input size is known when the
+      model is built.
+    * ``"fixed"``: ``(k // 2 - 1, k // 2)`` on every size. Keras' MobileNet (v1)
+      always pads this way (``ZeroPadding2D(((0, 1), (0, 1)))``), and so do
+      MobileNetV2 and EfficientNet when built with an unknown input size. It differs
+      from ``"same"`` only on odd sizes.
+
+    Args:
+      kernel_size: the window's side.
+      strides: the stride, the same along height and width.
+      stride2_padding: ``"same"`` or ``"fixed"``.
+
+    Returns:
+      ``"SAME"`` or ``((low, high), (low, high))`` for height and width.
+
+    Raises:
+      ValueError: for an unknown ``stride2_padding``.
+
+    Example:
+      >>> from sepconv_jax.models.blocks import conv_padding
+      >>> conv_padding(3, 1, "fixed"), conv_padding(5, 2, "fixed")
+      ('SAME', ((1, 2), (1, 2)))
+    """
+    if stride2_padding not in ("same", "fixed"):
+        raise ValueError(f"`stride2_padding` must be 'same' or 'fixed', got {stride2_padding!r}")
+    if strides == 1 or stride2_padding == "same":
+        return "SAME"
+    pair = (kernel_size // 2 - 1, kernel_size // 2)
+    return (pair, pair)
+
+
+def check_image(x: ArrayLike, owner: str) -> jax.Array:
+    """``x`` as an array of rank 4 (batch, height, width, channels), or a clear error."""
+    shape = jnp.shape(x)
+    if len(shape) != 4:
+        raise ValueError(
+            f"`x` has shape {tuple(shape)} (rank {len(shape)}) but {owner} takes "
+            f"channels-last images (batch, height, width, channels), rank 4"
+        )
+    return jnp.asarray(x)
+
+
+class _Numerics(nn.Module):
+    """Shared fields: the numerics options passed to every layer."""
+
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    precision: Any = None
+    impl: str = "auto"
+
+    def _depthwise(
+        self, kernel_size: int, strides: int, padding: Any, name: str, multiplier: int = 1
+    ) -> DepthwiseConv:
+        return DepthwiseConv(
+            kernel_size=(kernel_size, kernel_size),
+            strides=(strides, strides),
+            padding=padding,
+            depth_multiplier=multiplier,
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            precision=self.precision,
+            impl=self.impl,
+            name=name,
+        )
+
+    def _pointwise(self, features: int, name: str, use_bias: bool = False) -> PointwiseConv:
+        return PointwiseConv(
+            features=features,
+            use_bias=use_bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            precision=self.precision,
+            name=name,
+        )
+
+
+class _Normalized(_Numerics):
+    """Shared fields: numerics options and the batch-norm hyperparameters."""
+
+    bn_momentum: float = 0.99
+    bn_epsilon: float = BN_EPSILON
+
+    def _bn(self, name: str, train: bool) -> nn.BatchNorm:
+        return nn.BatchNorm(
+            use_running_average=not train,
+            momentum=self.bn_momentum,
+            epsilon=self.bn_epsilon,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name=name,
+        )
+
+
+class DepthwiseSeparableBlock(_Normalized):
+    """MobileNet (v1) block: depthwise 3x3, BN, ReLU6, pointwise 1x1, BN, ReLU6.
+
+    With ``full_convolution=True`` the two convolutions are replaced by one standard
+    3x3 convolution with the same input, output and stride, followed by BN and
+    ReLU6: the "Conv MobileNet" of Howard et al. (2017), Table 4.
+
+    Attributes:
+      features: output channels of the pointwise step.
+      strides: stride of the depthwise step (1 or 2).
+      depth_multiplier: depthwise outputs per input channel (Keras' MobileNet
+        ``depth_multiplier``).
+      full_convolution: use one standard 3x3 convolution instead.
+      stride2_padding: padding of a strided window, see :func:`conv_padding`;
+        Keras' MobileNet uses ``"fixed"``.
+      activation: applied after each batch norm; ReLU6 in the paper's Keras port.
+      bn_momentum, bn_epsilon: batch-norm hyperparameters (Keras defaults).
+      dtype, param_dtype, precision, impl: passed to every layer.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from sepconv_jax.models.blocks import DepthwiseSeparableBlock
+      >>> block = DepthwiseSeparableBlock(features=16, strides=2)
+      >>> x = jnp.ones((2, 8, 8, 4))
+      >>> variables = block.init(jax.random.key(0), x)
+      >>> sorted(variables), sorted(variables["params"])
+      (['batch_stats', 'params'], ['depthwise', 'depthwise_bn', 'pointwise', 'pointwise_bn'])
+      >>> block.apply(variables, x).shape
+      (2, 4, 4, 16)
+    """
+
+    features: int = 64
+    strides: int = 1
+    depth_multiplier: int = 1
+    full_convolution: bool = False
+    stride2_padding: Stride2Padding = "fixed"
+    activation: Activation = nn.relu6
+
+    @nn.compact
+    def __call__(self, x: ArrayLike, train: bool = False) -> jax.Array:
+        """``(batch, height, width, channels)`` -> ``(batch, height', width', features)``."""
+        x = check_image(x, type(self).__name__)
+        padding = conv_padding(3, self.strides, self.stride2_padding)
+        if self.full_convolution:
+            x = nn.Conv(
+                self.features,
+                (3, 3),
+                strides=(self.strides, self.strides),
+                padding=padding,
+                use_bias=False,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                precision=self.precision,
+                name="conv",
+            )(x)
+            return self.activation(self._bn("conv_bn", train)(x))
+        x = self._depthwise(3, self.strides, padding, "depthwise", self.depth_multiplier)(x)
+        x = self.activation(self._bn("depthwise_bn", train)(x))
+        x = self._pointwise(self.features, "pointwise")(x)
+        return self.activation(self._bn("pointwise_bn", train)(x))
+
+
+class SqueezeExcite(_Numerics):
+    """Squeeze-and-excitation: rescales channels by a gate computed from their means.
+
+    ``y = x * gate(expand(activation(reduce(mean_hw(x)))))`` where ``reduce`` and
+    ``expand`` are 1x1 convolutions with bias (``channels -> features -> channels``).
+
+    Attributes:
+      features: width of the bottleneck (EfficientNet: a quarter of the MBConv
+        block's input channels, at least 1).
+      activation: after the reduction; swish in EfficientNet.
+      gate: after the expansion; the logistic sigmoid.
+      dtype, param_dtype, precision: passed to both convolutions.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from sepconv_jax.models.blocks import SqueezeExcite
+      >>> se = SqueezeExcite(features=2)
+      >>> x = jnp.ones((1, 4, 4, 8))
+      >>> variables = se.init(jax.random.key(0), x)
+      >>> jax.tree.map(jnp.shape, variables["params"]["reduce"])
+      {'bias': (2,), 'kernel': (8, 2)}
+      >>> se.apply(variables, x).shape
+      (1, 4, 4, 8)
+    """
+
+    features: int = 8
+    activation: Activation = nn.swish
+    gate: Activation = nn.sigmoid
+
+    @nn.compact
+    def __call__(self, x: ArrayLike, train: bool = False) -> jax.Array:
+        """``(batch, height, width, channels)`` -> the same shape."""
+        del train  # no batch norm, no dropout
+        x = check_image(x, type(self).__name__)
+        channels = x.shape[-1]
+        s = jnp.mean(x, axis=(1, 2), keepdims=True)
+        s = self.activation(self._pointwise(self.features, "reduce", use_bias=True)(s))
+        s = self.gate(self._pointwise(channels, "expand", use_bias=True)(s))
+        return x * s
+
+
+class InvertedResidual(_Normalized):
+    """Inverted residual with linear bottleneck (MobileNetV2), or MBConv (EfficientNet).
+
+    ``expand`` (1x1, BN, activation; skipped when ``expand_ratio == 1``), then a
+    ``kernel_size`` depthwise convolution (BN, activation), then optional
+    squeeze-and-excitation, then a linear 1x1 projection (BN, no activation). When
+    the stride is 1, ``id_skip`` is set and the input has ``features`` channels, the
+    input is added back; in training the residual branch is then dropped per sample
+    with probability ``drop_rate`` (stochastic depth, as Keras' EfficientNet:
+    surviving samples are scaled by ``1 / (1 - drop_rate)``).
+
+    Attributes:
+      features: output channels.
+      expand_ratio: expanded width over input width (``t`` in MobileNetV2's Table 2).
+      kernel_size: depthwise window side.
+      strides: depthwise stride (1 or 2).
+      se_ratio: squeeze width over *input* channels; 0 disables squeeze-excite.
+      drop_rate: stochastic depth rate of the residual branch.
+      id_skip: allow the identity shortcut.
+      stride2_padding: see :func:`conv_padding`; ``"same"`` matches Keras models
+        built with a known input size.
+      activation: ReLU6 for MobileNetV2, swish for EfficientNet.
+      bn_momentum, bn_epsilon: 0.999 / 1e-3 in Keras' MobileNetV2, 0.99 / 1e-3 in
+        its EfficientNet.
+      dtype, param_dtype, precision, impl: passed to every layer.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from sepconv_jax.models.blocks import InvertedResidual
+      >>> block = InvertedResidual(features=8, expand_ratio=6, se_ratio=0.25)
+      >>> x = jnp.ones((2, 6, 6, 8))
+      >>> variables = block.init(jax.random.key(0), x)
+      >>> sorted(variables["params"])
+      ['depthwise', 'depthwise_bn', 'expand', 'expand_bn', 'project', 'project_bn', 'se']
+      >>> block.apply(variables, x).shape
+      (2, 6, 6, 8)
+    """
+
+    features: int = 16
+    expand_ratio: int = 6
+    kernel_size: int = 3
+    strides: int = 1
+    se_ratio: float = 0.0
+    drop_rate: float = 0.0
+    id_skip: bool = True
+    stride2_padding: Stride2Padding = "same"
+    activation: Activation = nn.relu6
+
+    @nn.compact
+    def __call__(self, x: ArrayLike, train: bool = False) -> jax.Array:
+        """``(batch, height, width, channels)`` -> ``(batch, height', width', features)``."""
+        x = check_image(x, type(self).__name__)
+        channels = x.shape[-1]
+        h = x
+        if self.expand_ratio != 1:
+            h = self._pointwise(channels * self.expand_ratio, "expand")(h)
+            h = self.activation(self._bn("expand_bn", train)(h))
+        padding = conv_padding(self.kernel_size, self.strides, self.stride2_padding)
+        h = self._depthwise(self.kernel_size, self.strides, padding, "depthwise")(h)
+        h = self.activation(self._bn("depthwise_bn", train)(h))
+        if 0 < self.se_ratio <= 1:
+            h = SqueezeExcite(
+                features=max(1, int(channels * self.se_ratio)),
+                activation=self.activation,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                precision=self.precision,
+                name="se",
+            )(h)
+        h = self._pointwise(self.features, "project")(h)
+        h = self._bn("project_bn", train)(h)
+        if self.id_skip and self.strides == 1 and channels == self.features:
+            if self.drop_rate > 0:
+                h = nn.Dropout(self.drop_rate, broadcast_dims=(1, 2, 3), deterministic=not train)(h)
+            h = h + x.astype(h.dtype)
+        return h
+
+
+#: EfficientNet's name for :class:`InvertedResidual` with squeeze-excite and swish.
+MBConv = InvertedResidual
+
+
+class XceptionBlock(_Normalized):
+    """Xception block: (ReLU, separable 3x3 conv, BN) units, optional pool, residual.
+
+    For each entry of ``features``: ReLU (skipped before the first unit when
+    ``activate_first=False``), a 3x3 :class:`~sepconv_jax.linen.SeparableConv`
+    without bias, and batch norm. With ``strides=2`` a 3x3 max-pool of stride 2
+    ("SAME") follows. The shortcut is the identity when the shape is unchanged,
+    otherwise a strided 1x1 convolution and batch norm (Chollet, 2017, Fig. 5).
+
+    Attributes:
+      features: output channels of each separable convolution, e.g. ``(728,) * 3``
+        for a middle-flow block.
+      strides: 1, or 2 for the entry- and exit-flow blocks that end in a max-pool.
+      activate_first: ReLU before the first separable convolution (False only for
+        the first entry-flow block, which follows a ReLU already).
+      activation: ReLU in the paper.
+      bn_momentum, bn_epsilon: batch-norm hyperparameters (Keras defaults).
+      dtype, param_dtype, precision, impl: passed to every layer.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from sepconv_jax.models.blocks import XceptionBlock
+      >>> block = XceptionBlock(features=(16, 16), strides=2)
+      >>> x = jnp.ones((1, 9, 9, 8))
+      >>> variables = block.init(jax.random.key(0), x)
+      >>> sorted(variables["params"])
+      ['residual', 'residual_bn', 'sepconv1', 'sepconv1_bn', 'sepconv2', 'sepconv2_bn']
+      >>> block.apply(variables, x).shape
+      (1, 5, 5, 16)
+    """
+
+    features: Sequence[int] = (728, 728, 728)
+    strides: int = 1
+    activate_first: bool = True
+    activation: Activation = nn.relu
+
+    @nn.compact
+    def __call__(self, x: ArrayLike, train: bool = False) -> jax.Array:
+        """``(batch, height, width, channels)`` -> ``(batch, height', width', features[-1])``."""
+        x = check_image(x, type(self).__name__)
+        if len(self.features) == 0:
+            raise ValueError("`features` is empty; an XceptionBlock needs at least one unit")
+        h = x
+        for i, features in enumerate(self.features):
+            if i > 0 or self.activate_first:
+                h = self.activation(h)
+            h = SeparableConv(
+                features=features,
+                kernel_size=(3, 3),
+                padding="SAME",
+                use_bias=False,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                precision=self.precision,
+                impl=self.impl,
+                name=f"sepconv{i + 1}",
+            )(h)
+            h = self._bn(f"sepconv{i + 1}_bn", train)(h)
+        if self.strides != 1:
+            s = self.strides
+            h = nn.max_pool(h, (3, 3), strides=(s, s), padding="SAME")
+        if self.strides == 1 and x.shape[-1] == self.features[-1]:
+            return h + x.astype(h.dtype)
+        # A 1x1 convolution of stride s with "SAME" padding reads rows and columns
+        # 0, s, 2s, ...: subsample, then mix channels.
+        r = x[:, :: self.strides, :: self.strides, :]
+        r = self._pointwise(self.features[-1], "residual")(r)
+        r = self._bn("residual_bn", train)(r)
+        return h + r.astype(h.dtype)

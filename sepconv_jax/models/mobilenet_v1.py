@@ -1,0 +1,154 @@
+"""MobileNet (v1): Howard et al., 2017, "MobileNets: Efficient Convolutional Neural
+Networks for Mobile Vision Applications", Table 1, as in ``keras.applications.MobileNet``."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from sepconv_jax.models import _common
+from sepconv_jax.models.blocks import (
+    Activation,
+    DepthwiseSeparableBlock,
+    Stride2Padding,
+    check_image,
+)
+
+__all__ = ["MobileNetV1", "mobilenet_v1_widths"]
+
+#: (pointwise output channels, stride) of the 13 depthwise-separable blocks (Table 1).
+BLOCKS: tuple[tuple[int, int], ...] = (
+    (64, 1),
+    (128, 2),
+    (128, 1),
+    (256, 2),
+    (256, 1),
+    (512, 2),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (1024, 2),
+    (1024, 1),
+)
+STEM = 32
+
+#: Keras' batch-norm momentum for MobileNet (its default).
+BN_MOMENTUM = 0.99
+
+
+def mobilenet_v1_widths(width_multiplier: float) -> tuple[int, ...]:
+    """Channel counts of the stem and the 13 blocks for a width multiplier.
+
+    Each base width ``c`` becomes ``int(c * width_multiplier)`` (rounded down), as in
+    Keras.
+
+    Example:
+      >>> from sepconv_jax.models import mobilenet_v1_widths
+      >>> mobilenet_v1_widths(0.25)[:4]
+      (8, 16, 32, 32)
+    """
+    alpha = _common.check_multiplier(width_multiplier, "width_multiplier")
+    return tuple(int(c * alpha) for c in (STEM, *(f for f, _ in BLOCKS)))
+
+
+class MobileNetV1(nn.Module):
+    """MobileNet (v1): a 3x3 stem and 13 depthwise-separable blocks, then a classifier.
+
+    Layout (Howard et al., 2017, Table 1): a standard 3x3 convolution of stride 2
+    with 32 filters, 13 :class:`~sepconv_jax.models.blocks.DepthwiseSeparableBlock`
+    (widths 64 to 1024, five of stride 2), global average pooling, dropout and a
+    dense layer. Every convolution is followed by batch norm and ReLU6. With a width
+    multiplier ``a`` every width ``c`` becomes ``int(c * a)``.
+
+    The padding, batch-norm constants and head follow ``keras.applications.MobileNet``
+    so its weights convert exactly (:func:`sepconv_jax.interop.keras.convert`): the
+    stem pads "SAME", strided depthwise convolutions pad one row and column at the
+    bottom/right (``stride2_padding="fixed"``), batch norm uses epsilon 1e-3 and
+    momentum 0.99.
+
+    Attributes:
+      num_classes: outputs of the classifier.
+      width_multiplier: the paper's alpha (Keras' ``alpha``); 0.25, 0.5, 0.75, 1.0
+        in the paper, any positive value works.
+      depth_multiplier: depthwise outputs per input channel (Keras'
+        ``depth_multiplier``; 1 in the paper).
+      full_convolution: replace every depthwise-separable block by a standard 3x3
+        convolution (the "Conv MobileNet" row of the paper's Table 4).
+      include_top: end with the classifier; otherwise return features.
+      pooling: without the top, ``None`` returns ``(batch, h, w, channels)``,
+        ``"avg"`` or ``"max"`` pools them to ``(batch, channels)``.
+      dropout_rate: dropout before the classifier (Keras' default 1e-3).
+      classifier_activation: applied to the logits, e.g. ``jax.nn.softmax``;
+        ``None`` returns logits.
+      stride2_padding: padding of the strided depthwise steps, see
+        :func:`~sepconv_jax.models.blocks.conv_padding`.
+      dtype: computation dtype (e.g. ``jnp.bfloat16``); ``None`` infers it.
+      param_dtype: parameter dtype.
+      precision: passed to every convolution and the dense layer.
+      impl: depthwise implementation, see :mod:`sepconv_jax.kernels.dispatch`.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from sepconv_jax.models import MobileNetV1
+      >>> model = MobileNetV1(num_classes=10, width_multiplier=0.25)
+      >>> x = jnp.zeros((2, 32, 32, 3))
+      >>> variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+      >>> sorted(variables)
+      ['batch_stats', 'params']
+      >>> jax.eval_shape(lambda v: model.apply(v, x, train=False), variables).shape
+      (2, 10)
+    """
+
+    num_classes: int = 1000
+    width_multiplier: float = 1.0
+    depth_multiplier: int = 1
+    full_convolution: bool = False
+    include_top: bool = True
+    pooling: Literal["avg", "max"] | None = None
+    dropout_rate: float = 1e-3
+    classifier_activation: Activation | None = None
+    stride2_padding: Stride2Padding = "fixed"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+    impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, x: ArrayLike, train: bool = False) -> jax.Array:
+        """Classifies images.
+
+        Args:
+          x: ``(batch, height, width, 3)`` images (any size; Keras requires >= 32).
+          train: batch statistics and dropout when True (then pass
+            ``mutable=["batch_stats"]`` and a ``"dropout"`` rng to ``apply``).
+
+        Returns:
+          ``(batch, num_classes)``, or the features when ``include_top=False``.
+        """
+        x = check_image(x, "MobileNetV1")
+        _common.check_head(self)
+        _common.check_positive_int(self.depth_multiplier, "depth_multiplier")
+        stem, *widths = mobilenet_v1_widths(self.width_multiplier)
+        x = _common.conv(self, stem, 3, 2, "SAME", "conv1")(x)
+        x = nn.relu6(_common.batch_norm(self, "conv1_bn", train, BN_MOMENTUM)(x))
+        for i, (features, (_, strides)) in enumerate(zip(widths, BLOCKS, strict=True), 1):
+            x = DepthwiseSeparableBlock(
+                features=features,
+                strides=strides,
+                depth_multiplier=self.depth_multiplier,
+                full_convolution=self.full_convolution,
+                stride2_padding=self.stride2_padding,
+                bn_momentum=BN_MOMENTUM,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                precision=self.precision,
+                impl=self.impl,
+                name=f"block{i}",
+            )(x, train)
+        return _common.head(self, x, train)

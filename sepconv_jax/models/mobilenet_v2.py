@@ -1,0 +1,156 @@
+"""MobileNetV2: Sandler et al., 2018, "MobileNetV2: Inverted Residuals and Linear
+Bottlenecks", Table 2, as in ``keras.applications.MobileNetV2``."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from sepconv_jax.models import _common
+from sepconv_jax.models.blocks import (
+    Activation,
+    InvertedResidual,
+    Stride2Padding,
+    check_image,
+)
+
+__all__ = ["MobileNetV2", "make_divisible", "mobilenet_v2_widths"]
+
+#: (expansion t, output channels c, repeats n, first stride s), Table 2.
+STAGES: tuple[tuple[int, int, int, int], ...] = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
+#: Keras' batch-norm momentum for MobileNetV2.
+BN_MOMENTUM = 0.999
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Rounds ``value`` to the nearest multiple of ``divisor`` without losing over 10%.
+
+    The rule of the reference MobileNetV2 / EfficientNet code: round to the nearest
+    multiple (at least ``divisor``), then add ``divisor`` if that fell below 90% of
+    ``value``.
+
+    Example:
+      >>> from sepconv_jax.models import make_divisible
+      >>> make_divisible(32 * 0.35), make_divisible(1280 * 1.4), make_divisible(12)
+      (16, 1792, 16)
+    """
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+def mobilenet_v2_widths(width_multiplier: float) -> tuple[int, ...]:
+    """Channel counts: the stem, each of the 17 blocks, and the final 1x1 conv.
+
+    As in Keras: the stem is ``make_divisible(32 * a)``, a block of base width ``c``
+    has ``make_divisible(int(c * a))``, and the last convolution keeps 1280 channels
+    unless ``a > 1``, when it is ``make_divisible(1280 * a)``.
+
+    Example:
+      >>> from sepconv_jax.models import mobilenet_v2_widths
+      >>> w = mobilenet_v2_widths(0.35)
+      >>> w[0], w[1:4], w[-1]
+      (16, (8, 8, 8), 1280)
+    """
+    alpha = _common.check_multiplier(width_multiplier, "width_multiplier")
+    blocks = [make_divisible(int(c * alpha)) for _, c, n, _ in STAGES for _ in range(n)]
+    last = make_divisible(1280 * alpha) if alpha > 1.0 else 1280
+    return (make_divisible(32 * alpha), *blocks, last)
+
+
+class MobileNetV2(nn.Module):
+    """MobileNetV2: inverted residuals with linear bottlenecks and ReLU6.
+
+    Layout (Sandler et al., 2018, Table 2): a 3x3 convolution of stride 2, 17
+    :class:`~sepconv_jax.models.blocks.InvertedResidual` blocks in seven stages, a
+    1x1 convolution to 1280 channels, global average pooling and a dense layer. The
+    widths follow :func:`mobilenet_v2_widths`; the padding and batch-norm constants
+    (epsilon 1e-3, momentum 0.999) follow ``keras.applications.MobileNetV2`` so its
+    weights convert exactly.
+
+    Attributes:
+      num_classes: outputs of the classifier.
+      width_multiplier: the paper's width multiplier (Keras' ``alpha``).
+      include_top: end with the classifier; otherwise return features.
+      pooling: without the top: ``None``, ``"avg"`` or ``"max"``.
+      dropout_rate: dropout before the classifier; 0 as in Keras.
+      classifier_activation: applied to the logits; ``None`` returns logits.
+      stride2_padding: padding of strided depthwise steps, see
+        :func:`~sepconv_jax.models.blocks.conv_padding`. ``"same"`` matches a Keras
+        model built for a known input size, ``"fixed"`` one built for ``None``.
+      dtype, param_dtype, precision, impl: numerics, passed to every layer.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from sepconv_jax.models import MobileNetV2
+      >>> model = MobileNetV2(num_classes=10, width_multiplier=0.35)
+      >>> x = jnp.zeros((1, 32, 32, 3))
+      >>> variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+      >>> jax.eval_shape(lambda v: model.apply(v, x, train=False), variables).shape
+      (1, 10)
+    """
+
+    num_classes: int = 1000
+    width_multiplier: float = 1.0
+    include_top: bool = True
+    pooling: Literal["avg", "max"] | None = None
+    dropout_rate: float = 0.0
+    classifier_activation: Activation | None = None
+    stride2_padding: Stride2Padding = "same"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+    impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, x: ArrayLike, train: bool = False) -> jax.Array:
+        """Classifies images.
+
+        Args:
+          x: ``(batch, height, width, 3)`` images (any size; Keras requires >= 32).
+          train: batch statistics and dropout when True (then pass
+            ``mutable=["batch_stats"]``, and a ``"dropout"`` rng if
+            ``dropout_rate > 0``).
+
+        Returns:
+          ``(batch, num_classes)``, or the features when ``include_top=False``.
+        """
+        x = check_image(x, "MobileNetV2")
+        _common.check_head(self)
+        stem, *widths, last = mobilenet_v2_widths(self.width_multiplier)
+        x = _common.conv(self, stem, 3, 2, "SAME", "conv1")(x)
+        x = nn.relu6(_common.batch_norm(self, "conv1_bn", train, BN_MOMENTUM)(x))
+        block = 0
+        for expand_ratio, _, repeats, first_stride in STAGES:
+            for j in range(repeats):
+                x = InvertedResidual(
+                    features=widths[block],
+                    expand_ratio=expand_ratio,
+                    kernel_size=3,
+                    strides=first_stride if j == 0 else 1,
+                    activation=nn.relu6,
+                    stride2_padding=self.stride2_padding,
+                    bn_momentum=BN_MOMENTUM,
+                    dtype=self.dtype,
+                    param_dtype=self.param_dtype,
+                    precision=self.precision,
+                    impl=self.impl,
+                    name=f"block{block}",
+                )(x, train)
+                block += 1
+        x = _common.pointwise(self, last, "conv_last")(x)
+        x = nn.relu6(_common.batch_norm(self, "conv_last_bn", train, BN_MOMENTUM)(x))
+        return _common.head(self, x, train)
