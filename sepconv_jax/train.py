@@ -1,0 +1,409 @@
+"""Data-parallel training of a Flax linen classifier with optax and ``jax.sharding``.
+
+One loop for a laptop CPU, a GPU box or a TPU pod slice: the devices form a 1-D
+:class:`jax.sharding.Mesh` with the axis ``"data"``; each global batch is split along
+that axis (``NamedSharding(mesh, P("data"))``), parameters and optimizer state are
+replicated (``NamedSharding(mesh, P())``), and ``jax.jit`` partitions the step, so
+XLA inserts the gradient all-reduce. The loss is the mean over the *global* batch,
+hence the same number (up to float32 summation order) on 1 device or 8.
+
+Across hosts, call :func:`jax.distributed.initialize` first; :func:`data_mesh` then
+spans every device of every process and :func:`shard_batch` builds the global batch
+with :func:`jax.make_array_from_callback`, each process filling only the shards of
+its own devices. Every process runs the same loop with the same seed, so all of them
+draw the same global batches.
+
+To try several devices on one CPU, set ``XLA_FLAGS=--xla_force_host_platform_device_count=8``
+(or ``jax.config.update("jax_num_cpu_devices", 8)``) before JAX starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from jax.typing import ArrayLike
+
+__all__ = [
+    "DATA_AXIS",
+    "EpochStats",
+    "TrainResult",
+    "data_mesh",
+    "evaluate",
+    "replicate",
+    "shard_batch",
+    "train_classifier",
+]
+
+#: Name of the mesh axis the batch is split along.
+DATA_AXIS = "data"
+
+
+def data_mesh(num_devices: int | None = None) -> Mesh:
+    """A 1-D mesh over the first ``num_devices`` devices, with the axis ``"data"``.
+
+    Args:
+      num_devices: how many devices to use; ``None`` means all of them (of every
+        process after :func:`jax.distributed.initialize`).
+
+    Returns:
+      A :class:`jax.sharding.Mesh` of shape ``(num_devices,)``.
+
+    Raises:
+      TypeError: when ``num_devices`` is not an int.
+      ValueError: when ``num_devices`` is not between 1 and the number of devices,
+        or is a strict subset of the devices of a multi-process run.
+
+    Example:
+      >>> from sepconv_jax.train import data_mesh
+      >>> mesh = data_mesh(1)
+      >>> mesh.axis_names, mesh.devices.shape
+      (('data',), (1,))
+    """
+    devices = jax.devices()
+    if num_devices is None:
+        num_devices = len(devices)
+    if isinstance(num_devices, bool) or not isinstance(num_devices, int):
+        raise TypeError(f"`num_devices` must be an int, got {type(num_devices).__name__}")
+    if not 1 <= num_devices <= len(devices):
+        raise ValueError(
+            f"`num_devices`={num_devices} but {len(devices)} {jax.default_backend()} "
+            f"device(s) are available; pass a number from 1 to {len(devices)} (on a CPU, "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count={num_devices} simulates more)"
+        )
+    if jax.process_count() > 1 and num_devices != len(devices):
+        raise ValueError(
+            f"`num_devices`={num_devices}: a run over {jax.process_count()} processes "
+            f"uses all {len(devices)} devices; pass None"
+        )
+    return jax.make_mesh(
+        (num_devices,), (DATA_AXIS,), (AxisType.Auto,), devices=devices[:num_devices]
+    )
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Places every leaf of ``tree`` whole on every device of ``mesh``.
+
+    Args:
+      tree: a pytree of arrays (parameters, optimizer state), the same on every
+        process.
+      mesh: the mesh from :func:`data_mesh`.
+
+    Returns:
+      The pytree with each leaf a :class:`jax.Array` sharded as ``P()``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from sepconv_jax.train import data_mesh, replicate
+      >>> replicate({"w": jnp.ones(3)}, data_mesh(1))["w"].sharding.spec
+      P()
+    """
+    sharding = NamedSharding(mesh, P())
+    return jax.tree.map(lambda leaf: jax.device_put(leaf, sharding), tree)
+
+
+def shard_batch(batch: ArrayLike, mesh: Mesh) -> jax.Array:
+    """Splits a global batch along its first dim over the ``"data"`` axis of ``mesh``.
+
+    Every process passes the whole global batch (the same on all processes, as
+    the loop below draws it from a shared seed); each keeps only the rows its own
+    devices hold, so the host-to-device traffic is the local share.
+
+    Args:
+      batch: ``(global_batch, ...)``; ``global_batch`` must be a multiple of the
+        number of devices in ``mesh``.
+      mesh: the mesh from :func:`data_mesh`.
+
+    Returns:
+      A :class:`jax.Array` of the same shape, sharded as ``P("data")``.
+
+    Raises:
+      ValueError: when the batch does not split evenly over the devices.
+
+    Example:
+      >>> import numpy as np
+      >>> from sepconv_jax.train import data_mesh, shard_batch
+      >>> x = shard_batch(np.zeros((8, 3), np.float32), data_mesh(1))
+      >>> x.shape, x.sharding.spec
+      ((8, 3), P('data',))
+    """
+    batch = np.asarray(batch)
+    devices = mesh.devices.size
+    if batch.ndim == 0 or batch.shape[0] % devices:
+        raise ValueError(
+            f"`batch` of shape {batch.shape} must have a leading batch dim that is a "
+            f"multiple of the {devices} devices of the mesh; pick a batch size divisible "
+            f"by {devices}"
+        )
+    sharding = NamedSharding(mesh, P(DATA_AXIS))
+    if jax.process_count() == 1:
+        return jax.device_put(batch, sharding)
+    # Each process fills only the shards of its own devices from the global batch.
+    return jax.make_array_from_callback(batch.shape, sharding, lambda index: batch[index])
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochStats:
+    """Figures of one finished epoch.
+
+    Attributes:
+      epoch: 1-based epoch number.
+      mean_loss: mean training loss over the epoch's steps.
+      test_accuracy: accuracy on the test set after the epoch, in ``[0, 1]``.
+    """
+
+    epoch: int
+    mean_loss: float
+    test_accuracy: float
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train_classifier` returns.
+
+    Attributes:
+      params: the trained parameters (replicated over the mesh).
+      losses: ``(steps,)`` training loss of every step, in order.
+      epochs: one :class:`EpochStats` per epoch.
+      test_accuracy: accuracy on the test set after the last epoch.
+      step_time_s: median wall time of one training step (compiled, after the
+        first), in seconds.
+      compile_time_s: time to compile the training step, in seconds.
+      num_devices: devices the batch was split over.
+    """
+
+    params: Any
+    losses: np.ndarray
+    epochs: tuple[EpochStats, ...]
+    test_accuracy: float
+    step_time_s: float
+    compile_time_s: float
+    num_devices: int
+
+
+def _check_data(x: ArrayLike, y: ArrayLike, name: str) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if y.ndim != 1 or x.ndim < 2 or x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"`{name}` must be (inputs, labels) with inputs (n, ...) and labels (n,); "
+            f"got shapes {x.shape} and {y.shape}"
+        )
+    if not np.issubdtype(y.dtype, np.integer):
+        raise TypeError(f"`{name}` labels must be integers, got dtype {y.dtype}")
+    return x.astype(np.float32), y.astype(np.int32)
+
+
+def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def evaluate(
+    apply_fn: Callable[..., jax.Array],
+    params: Any,
+    x: ArrayLike,
+    y: ArrayLike,
+    mesh: Mesh,
+    *,
+    batch_size: int = 512,
+) -> float:
+    """Classification accuracy of ``apply_fn`` on ``(x, y)``, batches split over ``mesh``.
+
+    Args:
+      apply_fn: ``apply_fn({"params": params}, x) -> logits`` of shape ``(batch, classes)``,
+        e.g. a linen module's ``apply``.
+      params: parameters, replicated on ``mesh`` (see :func:`replicate`).
+      x: ``(n, ...)`` inputs.
+      y: ``(n,)`` integer labels.
+      mesh: the mesh from :func:`data_mesh`.
+      batch_size: evaluation batch size, rounded up to a multiple of the devices;
+        the last batch is padded and the padding ignored.
+
+    Returns:
+      The fraction of correct argmax predictions, in ``[0, 1]``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from sepconv_jax.train import data_mesh, evaluate, replicate
+      >>> mesh = data_mesh(1)
+      >>> apply_fn = lambda v, x: x @ v["params"]["w"]
+      >>> params = replicate({"w": jnp.eye(2)}, mesh)
+      >>> evaluate(apply_fn, params, [[1.0, 0.0], [0.0, 1.0], [2.0, 3.0]], [0, 1, 0], mesh)
+      0.6666666666666666
+    """
+    x, y = _check_data(x, y, "(x, y)")
+    return _accuracy(_predict_fn(apply_fn, mesh), params, x, y, mesh, batch_size)
+
+
+def _predict_fn(apply_fn: Callable, mesh: Mesh) -> Callable:
+    replicated = NamedSharding(mesh, P())
+    data = NamedSharding(mesh, P(DATA_AXIS))
+
+    def predict(params, x):
+        return jnp.argmax(apply_fn({"params": params}, x), axis=-1)
+
+    return jax.jit(predict, in_shardings=(replicated, data), out_shardings=replicated)
+
+
+def _accuracy(
+    predict: Callable, params: Any, x: np.ndarray, y: np.ndarray, mesh: Mesh, batch_size: int
+) -> float:
+    devices = mesh.devices.size
+    batch_size = max(devices, math.ceil(batch_size / devices) * devices)
+    correct = 0
+    for start in range(0, len(x), batch_size):
+        chunk = x[start : start + batch_size]
+        n = len(chunk)
+        pad = (-n) % devices
+        if pad:
+            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+        labels = np.asarray(predict(params, shard_batch(chunk, mesh)))[:n]
+        correct += int((labels == y[start : start + n]).sum())
+    return correct / len(x)
+
+
+def train_classifier(
+    model: Any,
+    train_data: tuple[ArrayLike, ArrayLike],
+    test_data: tuple[ArrayLike, ArrayLike],
+    *,
+    epochs: int = 10,
+    batch_size: int = 64,
+    learning_rate: float = 3e-3,
+    seed: int = 0,
+    mesh: Mesh | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+) -> TrainResult:
+    """Trains a linen classifier with AdamW and softmax cross-entropy, data-parallel.
+
+    The data order (a NumPy permutation per epoch) and the initialization depend on
+    ``seed`` only, not on the number of devices, so runs on 1 and on 8 devices see the
+    same batches and compute the same losses up to float32 summation order. Each epoch
+    runs ``len(train) // batch_size`` full batches (the remainder is dropped).
+
+    Args:
+      model: a ``flax.linen.Module`` called as ``model.apply({"params": p}, x)`` and
+        returning ``(batch, classes)`` logits; no mutable collections.
+      train_data: ``(x, y)``: inputs ``(n, ...)`` and integer labels ``(n,)``.
+      test_data: ``(x, y)`` for the accuracy after each epoch.
+      epochs: number of passes over the training data.
+      batch_size: global batch size, a multiple of the mesh's devices.
+      learning_rate: peak AdamW learning rate, decayed to zero by a cosine schedule.
+      seed: seeds the initialization and the data order.
+      mesh: the devices to use (:func:`data_mesh`); ``None`` means all devices.
+      on_step: called as ``on_step(step, loss)`` after every step (reading the loss
+        waits for the step).
+      on_epoch: called with the :class:`EpochStats` after every epoch.
+
+    Returns:
+      A :class:`TrainResult`.
+
+    Raises:
+      ValueError: for a batch size that is not a positive multiple of the devices or
+        larger than the training set, non-positive ``epochs``, or malformed data.
+      TypeError: for non-integer labels.
+
+    Example:
+      >>> import flax.linen as nn, numpy as np
+      >>> from sepconv_jax.train import train_classifier
+      >>> rng = np.random.default_rng(0)
+      >>> x = rng.normal(size=(64, 4)).astype(np.float32)
+      >>> y = (x[:, 0] > 0).astype(np.int32)
+      >>> result = train_classifier(nn.Dense(2), (x, y), (x, y), epochs=2, batch_size=16)
+      >>> result.losses.shape, result.num_devices
+      ((8,), 1)
+    """
+    x_train, y_train = _check_data(*train_data, "train_data")
+    x_test, y_test = _check_data(*test_data, "test_data")
+    mesh = data_mesh() if mesh is None else mesh
+    devices = mesh.devices.size
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"`epochs` must be a positive int, got {epochs!r}")
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, int)
+        or batch_size < 1
+        or batch_size % devices
+        or batch_size > len(x_train)
+    ):
+        raise ValueError(
+            f"`batch_size`={batch_size!r} must be a positive multiple of the {devices} "
+            f"device(s) and at most the {len(x_train)} training examples"
+        )
+    steps_per_epoch = len(x_train) // batch_size
+    schedule = optax.cosine_decay_schedule(learning_rate, epochs * steps_per_epoch)
+    optimizer = optax.adamw(schedule, weight_decay=1e-4)
+
+    init_key = jax.random.key(seed)
+    params = jax.jit(model.init)(init_key, jnp.asarray(x_train[:1]))["params"]
+    params = replicate(params, mesh)
+    opt_state = replicate(optimizer.init(params), mesh)
+
+    replicated = NamedSharding(mesh, P())
+    data = NamedSharding(mesh, P(DATA_AXIS))
+
+    def step(params, opt_state, x, y):
+        def loss_fn(p):
+            return _cross_entropy(model.apply({"params": p}, x), y)
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    jitted = jax.jit(
+        step,
+        in_shardings=(replicated, replicated, data, data),
+        out_shardings=(replicated, replicated, replicated),
+        donate_argnums=(0, 1),
+    )
+    start = time.perf_counter()
+    x_spec = jax.ShapeDtypeStruct((batch_size, *x_train.shape[1:]), jnp.float32, sharding=data)
+    y_spec = jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=data)
+    compiled = jitted.lower(params, opt_state, x_spec, y_spec).compile()
+    compile_time = time.perf_counter() - start
+
+    predict = _predict_fn(model.apply, mesh)
+    order_rng = np.random.default_rng(seed)
+    losses: list[float] = []
+    step_times: list[float] = []
+    history: list[EpochStats] = []
+    for epoch in range(1, epochs + 1):
+        order = order_rng.permutation(len(x_train))
+        epoch_losses = []
+        for i in range(steps_per_epoch):
+            rows = order[i * batch_size : (i + 1) * batch_size]
+            xb = shard_batch(x_train[rows], mesh)
+            yb = shard_batch(y_train[rows], mesh)
+            t0 = time.perf_counter()
+            params, opt_state, loss = compiled(params, opt_state, xb, yb)
+            loss = float(loss)
+            step_times.append(time.perf_counter() - t0)
+            epoch_losses.append(loss)
+            losses.append(loss)
+            if on_step is not None:
+                on_step(len(losses), loss)
+        accuracy = _accuracy(predict, params, x_test, y_test, mesh, 512)
+        stats = EpochStats(epoch, float(np.mean(epoch_losses)), accuracy)
+        history.append(stats)
+        if on_epoch is not None:
+            on_epoch(stats)
+    timed = step_times[1:] if len(step_times) > 1 else step_times
+    return TrainResult(
+        params=params,
+        losses=np.asarray(losses, np.float32),
+        epochs=tuple(history),
+        test_accuracy=history[-1].test_accuracy,
+        step_time_s=float(np.median(timed)),
+        compile_time_s=compile_time,
+        num_devices=devices,
+    )
