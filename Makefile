@@ -5,14 +5,22 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TORCH ?= torch==2.13.0
 
 .PHONY: demo test lint format bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "sepconv_jax needs Python 3.11 or newer, found " + sys.version' 
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@# PyTorch is a test-only peer. Install it only where a CPU wheel of the pinned
+	@# version is on hand locally (pip's find-links), never a multi-GB CUDA download.
+	@if $(BIN)/python -m pip download --quiet --no-index --no-deps -d "$$(mktemp -d)" "$(TORCH)" >/dev/null 2>&1; then \
+		echo "installing $(TORCH) from the local wheel for the PyTorch parity tests"; \
+		$(BIN)/python -m pip install --quiet "$(TORCH)"; \
+	else \
+		echo "no local wheel for $(TORCH): the PyTorch parity tests will be skipped"; \
+	fi
 	touch $(STAMP)
 
 demo: $(STAMP)

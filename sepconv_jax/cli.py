@@ -13,9 +13,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Depthwise separable convolutions for JAX and Flax.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    from sepconv_jax import demo
+    from sepconv_jax import bench, cost, demo
 
     demo.register_cli(sub)
+    cost.register_cli(sub)
+    bench.register_cli(sub)
     return parser
 
 
