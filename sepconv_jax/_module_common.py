@@ -10,7 +10,6 @@ section holds the array checks of the weight converters in :mod:`sepconv_jax.int
 from __future__ import annotations
 
 import dataclasses
-import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -59,23 +58,12 @@ class WindowOptions:
 # ----------------------------------------------------------------------------- checks
 
 
-def _is_int(value: Any) -> bool:
-    return _spec._is_int(value)
-
-
-def check_positive_int(value: Any, name: str) -> int:
-    """An int >= 1 (bools rejected)."""
-    if not _is_int(value):
-        raise TypeError(f"`{name}` must be a positive int, got {type(value).__name__} {value!r}")
-    value = operator.index(value)
-    if value < 1:
-        raise ValueError(f"`{name}` must be >= 1, got {value}")
-    return value
+check_positive_int = _spec.check_positive_int
 
 
 def check_kernel_size(kernel_size: Any) -> tuple[int, ...]:
     """A sequence of 1, 2 or 3 positive ints, one per spatial dim."""
-    if _is_int(kernel_size):
+    if _spec.is_int(kernel_size):
         raise TypeError(
             f"`kernel_size` must be a sequence with one int per spatial dim, e.g. (3, 3) for "
             f"images or (3,) for sequences; got the int {kernel_size!r}. A bare int is ambiguous "

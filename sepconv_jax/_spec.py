@@ -103,7 +103,7 @@ class ConvSpec:
 # ----------------------------------------------------------------------------- scalars
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
     """True for Python and NumPy integers, False for bools and everything else."""
     if isinstance(value, bool | np.bool_):
         return False
@@ -114,9 +114,19 @@ def _is_int(value: Any) -> bool:
     return True
 
 
+def check_positive_int(value: Any, name: str) -> int:
+    """``value`` as an int >= 1 (bools rejected), or an error naming ``name``."""
+    if not is_int(value):
+        raise TypeError(f"`{name}` must be a positive int, got {type(value).__name__} {value!r}")
+    value = operator.index(value)
+    if value < 1:
+        raise ValueError(f"`{name}` must be >= 1, got {value}")
+    return value
+
+
 def canonicalize_tuple(value: Any, n: int, name: str, *, minimum: int = 1) -> tuple[int, ...]:
     """An int or a length-``n`` sequence of ints -> a tuple of ``n`` ints >= ``minimum``."""
-    if _is_int(value):
+    if is_int(value):
         values = (operator.index(value),) * n
     elif isinstance(value, Sequence) and not isinstance(value, str):
         if len(value) != n:
@@ -124,7 +134,7 @@ def canonicalize_tuple(value: Any, n: int, name: str, *, minimum: int = 1) -> tu
                 f"`{name}` has {len(value)} entries {tuple(value)!r} but the kernel has {n} spatial "
                 f"dim(s); pass one int for all dims or exactly {n} ints"
             )
-        if not all(_is_int(v) for v in value):
+        if not all(is_int(v) for v in value):
             raise TypeError(f"`{name}` must contain only ints, got {tuple(value)!r}")
         values = tuple(operator.index(v) for v in value)
     else:
@@ -151,7 +161,7 @@ def canonicalize_padding(padding: Any, n: int) -> str | tuple[tuple[int, int], .
                 f"(low, high) pairs; got {padding!r}"
             )
         return upper
-    if _is_int(padding):
+    if is_int(padding):
         pairs = ((operator.index(padding),) * 2,) * n
     elif isinstance(padding, Sequence):
         if len(padding) != n:
@@ -161,13 +171,13 @@ def canonicalize_padding(padding: Any, n: int) -> str | tuple[tuple[int, int], .
             )
         pairs = []
         for entry in padding:
-            if _is_int(entry):
+            if is_int(entry):
                 pairs.append((operator.index(entry),) * 2)
             elif (
                 isinstance(entry, Sequence)
                 and not isinstance(entry, str)
                 and len(entry) == 2
-                and all(_is_int(v) for v in entry)
+                and all(is_int(v) for v in entry)
             ):
                 pairs.append((operator.index(entry[0]), operator.index(entry[1])))
             else:
@@ -343,7 +353,7 @@ def make_spec(
             )
         groups = channels
     else:
-        if not _is_int(groups):
+        if not is_int(groups):
             raise TypeError(f"`groups` must be an int, got {type(groups).__name__} {groups!r}")
         groups = operator.index(groups)
         if groups < 1:

@@ -31,7 +31,6 @@ import contextlib
 import dataclasses
 import io
 import math
-import operator
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -39,6 +38,8 @@ from typing import Any
 import jax
 import numpy as np
 from jax.extend import core as jcore
+
+from sepconv_jax import _spec
 
 __all__ = [
     "KINDS",
@@ -93,31 +94,12 @@ class Cost:
         return 2 * self.mult_adds
 
 
-def _is_int(value: Any) -> bool:
-    if isinstance(value, bool | np.bool_):
-        return False
-    try:
-        operator.index(value)
-    except TypeError:
-        return False
-    return True
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if not _is_int(value):
-        raise TypeError(f"`{name}` must be a positive int, got {type(value).__name__} {value!r}")
-    value = operator.index(value)
-    if value < 1:
-        raise ValueError(f"`{name}` must be >= 1, got {value}")
-    return value
-
-
 def _dims(value: Any, name: str) -> tuple[int, ...] | int:
     """An int, or a non-empty sequence of positive ints, checked."""
-    if _is_int(value):
-        return _positive_int(value, name)
+    if _spec.is_int(value):
+        return _spec.check_positive_int(value, name)
     if isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0:
-        return tuple(_positive_int(v, name) for v in value)
+        return tuple(_spec.check_positive_int(v, name) for v in value)
     raise TypeError(
         f"`{name}` must be a positive int or a non-empty sequence of positive ints, got "
         f"{type(value).__name__} {value!r}"
@@ -132,7 +114,7 @@ def _window_and_positions(
     out = _dims(output_spatial, "output_spatial")
     ranks = {len(v) for v in (window, out) if isinstance(v, tuple)}
     if num_spatial_dims is not None:
-        ranks.add(_positive_int(num_spatial_dims, "num_spatial_dims"))
+        ranks.add(_spec.check_positive_int(num_spatial_dims, "num_spatial_dims"))
     if len(ranks) > 1:
         raise ValueError(
             f"`kernel_size` {window!r}, `output_spatial` {out!r} and `num_spatial_dims` "
@@ -180,8 +162,8 @@ def standard_conv_cost(
       Cost(mult_adds=462422016, params=589824)
     """
     taps, positions = _window_and_positions(kernel_size, output_spatial, num_spatial_dims)
-    c = _positive_int(in_channels, "in_channels")
-    n = _positive_int(out_channels, "out_channels")
+    c = _spec.check_positive_int(in_channels, "in_channels")
+    n = _spec.check_positive_int(out_channels, "out_channels")
     weights = taps * c * n
     return Cost(weights * positions, weights + (n if use_bias else 0))
 
@@ -217,9 +199,9 @@ def grouped_conv_cost(
       Cost(mult_adds=18432, params=18432)
     """
     taps, positions = _window_and_positions(kernel_size, output_spatial, num_spatial_dims)
-    c = _positive_int(in_channels, "in_channels")
-    n = _positive_int(out_channels, "out_channels")
-    g = _positive_int(groups, "groups")
+    c = _spec.check_positive_int(in_channels, "in_channels")
+    n = _spec.check_positive_int(out_channels, "out_channels")
+    g = _spec.check_positive_int(groups, "groups")
     if c % g or n % g:
         raise ValueError(f"`groups`={g} must divide both `in_channels`={c} and `out_channels`={n}")
     weights = taps * (c // g) * n
@@ -260,10 +242,14 @@ def depthwise_conv_cost(
       Cost(mult_adds=1806336, params=2304)
     """
     taps, positions = _window_and_positions(kernel_size, output_spatial, num_spatial_dims)
-    c = _positive_int(in_channels, "in_channels")
-    m = None if depth_multiplier is None else _positive_int(depth_multiplier, "depth_multiplier")
+    c = _spec.check_positive_int(in_channels, "in_channels")
+    m = (
+        None
+        if depth_multiplier is None
+        else _spec.check_positive_int(depth_multiplier, "depth_multiplier")
+    )
     if out_channels is not None:
-        n = _positive_int(out_channels, "out_channels")
+        n = _spec.check_positive_int(out_channels, "out_channels")
         if n % c or (m is not None and n != c * m):
             expected = f"{c} * {m} = {c * m}" if m is not None else f"a multiple of {c}"
             raise ValueError(
@@ -346,7 +332,7 @@ def separable_conv_cost(
       >>> separable_conv_cost(3, 256, 256, output_spatial=28)  # (9 * 256 + 256 * 256) * 784
       Cost(mult_adds=53186560, params=67840)
     """
-    m = _positive_int(depth_multiplier, "depth_multiplier")
+    m = _spec.check_positive_int(depth_multiplier, "depth_multiplier")
     depthwise = depthwise_conv_cost(
         kernel_size,
         in_channels,
@@ -356,7 +342,7 @@ def separable_conv_cost(
         num_spatial_dims=num_spatial_dims,
     )
     pointwise = pointwise_conv_cost(
-        _positive_int(in_channels, "in_channels") * m,
+        _spec.check_positive_int(in_channels, "in_channels") * m,
         out_channels,
         output_spatial=output_spatial,
         use_bias=use_bias,
@@ -399,7 +385,7 @@ def savings_factor(kernel_size: int | Sequence[int], out_channels: int) -> float
     """
     window = _dims(kernel_size, "kernel_size")
     taps = window * window if isinstance(window, int) else math.prod(window)
-    n = _positive_int(out_channels, "out_channels")
+    n = _spec.check_positive_int(out_channels, "out_channels")
     return taps * n / (taps + n)
 
 
@@ -1267,7 +1253,7 @@ def model_profile(
       (1419264, 470072)
     """
     model = _model(name, width, full_convolution, num_classes)
-    r = _positive_int(resolution, "resolution")
+    r = _spec.check_positive_int(resolution, "resolution")
     x = jax.ShapeDtypeStruct((1, r, r, 3), np.float32)
     return profile(model, x, train=False)
 

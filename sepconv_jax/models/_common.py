@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import operator
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sepconv_jax import _spec
 from sepconv_jax.linen import PointwiseConv
 
 POOLINGS = (None, "avg", "max")
 
 
-def check_positive_int(value: Any, name: str) -> int:
-    """``value`` as an int >= 1, or a ``TypeError``/``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise TypeError(f"`{name}` must be a positive int, got {type(value).__name__} {value!r}")
-    value = operator.index(value)
-    if value < 1:
-        raise ValueError(f"`{name}` must be >= 1, got {value}")
-    return value
+check_positive_int = _spec.check_positive_int
 
 
 def check_rate(value: Any, name: str) -> float:
