@@ -27,6 +27,19 @@ from sepconv_jax.ops import PrecisionLike
 __all__ = ["DepthwiseConv", "PointwiseConv", "SeparableConv"]
 
 
+def _store_window_options(module: nnx.Module, opts: common.WindowOptions) -> None:
+    """Keeps the canonical window options as the module's public attributes."""
+    module.kernel_size = opts.window
+    module.strides = opts.strides
+    module.padding = opts.padding
+    module.padding_mode = opts.padding_mode
+    module.kernel_dilation = opts.dilation
+    module.depth_multiplier = opts.depth_multiplier
+    module.data_format = opts.data_format
+    module.impl = opts.impl
+    module._options = opts
+
+
 class DepthwiseConv(nnx.Module):
     """Depthwise convolution: one filter bank per input channel, no channel mixing.
 
@@ -116,19 +129,11 @@ class DepthwiseConv(nnx.Module):
             self.bias = nnx.data(None)
 
         self.in_features = in_features
-        self.kernel_size = opts.window
-        self.strides = opts.strides
-        self.padding = opts.padding
-        self.padding_mode = opts.padding_mode
-        self.kernel_dilation = opts.dilation
-        self.depth_multiplier = opts.depth_multiplier
+        _store_window_options(self, opts)
         self.use_bias = use_bias
-        self.data_format = opts.data_format
         self.dtype = dtype
         self.param_dtype = param_dtype
         self.precision = precision
-        self.impl = opts.impl
-        self._options = opts
 
     def __call__(self, x: ArrayLike) -> jax.Array:
         """Applies the layer.
@@ -352,20 +357,12 @@ class SeparableConv(nnx.Module):
 
         self.in_features = in_features
         self.out_features = out_features
-        self.kernel_size = opts.window
-        self.strides = opts.strides
-        self.padding = opts.padding
-        self.padding_mode = opts.padding_mode
-        self.kernel_dilation = opts.dilation
-        self.depth_multiplier = opts.depth_multiplier
+        _store_window_options(self, opts)
         self.use_bias = use_bias
         self.use_depthwise_bias = use_depthwise_bias
-        self.data_format = opts.data_format
         self.dtype = dtype
         self.param_dtype = param_dtype
         self.precision = precision
-        self.impl = opts.impl
-        self._options = opts
 
     def __call__(self, x: ArrayLike) -> jax.Array:
         """Applies the layer.
