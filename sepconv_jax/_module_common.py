@@ -59,6 +59,7 @@ class WindowOptions:
 
 
 check_positive_int = _spec.check_positive_int
+check_bias = _spec.check_bias
 
 
 def check_kernel_size(kernel_size: Any) -> tuple[int, ...]:
@@ -313,10 +314,7 @@ def as_array(value: Any, name: str) -> np.ndarray:
             f"`{name}` could not be read as a NumPy array ({e}); pass "
             f"`tensor.detach().cpu().numpy()` or, for a Keras variable, `np.asarray(variable.value)`"
         ) from None
-    if array.dtype == np.bool_ or not (
-        np.issubdtype(array.dtype, np.number) or array.dtype.name == "bfloat16"
-    ):
-        raise TypeError(f"`{name}` must have a numeric dtype, got {array.dtype}")
+    _spec.check_numeric(array, name)
     return array
 
 
@@ -329,14 +327,6 @@ def check_rank(array: np.ndarray, ranks: tuple[int, ...], name: str, layout: str
         raise ValueError(
             f"`{name}` has shape {array.shape} (rank {array.ndim}); expected rank "
             f"{' or '.join(map(str, ranks))}: {layout}"
-        )
-
-
-def check_bias(bias: np.ndarray | None, channels: int, name: str) -> None:
-    if bias is not None and bias.shape != (channels,):
-        raise ValueError(
-            f"`{name}` has shape {bias.shape} but the layer has {channels} output channels; "
-            f"expected ({channels},)"
         )
 
 
@@ -359,3 +349,16 @@ def with_bias(params: dict[str, np.ndarray], name: str, bias: np.ndarray | None)
     if bias is not None:
         params[name] = bias
     return params
+
+
+def pointwise_for_export(
+    kernel: Any, bias: Any, num_spatial_dims: Any
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Checks a pointwise ``kernel`` ``(C_in, C_out)``, its bias and a 0-3 export rank."""
+    kernel = as_array(kernel, "kernel")
+    check_rank(kernel, (2,), "kernel", "(C_in, C_out)")
+    if num_spatial_dims not in (0, 1, 2, 3):
+        raise ValueError(f"`num_spatial_dims` must be 0, 1, 2 or 3, got {num_spatial_dims!r}")
+    bias = optional_array(bias, "bias")
+    check_bias(bias, kernel.shape[1], "bias")
+    return kernel, bias

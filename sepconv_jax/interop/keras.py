@@ -150,12 +150,7 @@ def pointwise_to_keras(
       >>> pointwise_to_keras(np.zeros((16, 32)))["kernel"].shape
       (1, 1, 16, 32)
     """
-    kernel = common.as_array(kernel, "kernel")
-    common.check_rank(kernel, (2,), "kernel", "(C_in, C_out)")
-    if num_spatial_dims not in (0, 1, 2, 3):
-        raise ValueError(f"`num_spatial_dims` must be 0, 1, 2 or 3, got {num_spatial_dims!r}")
-    bias = common.optional_array(bias, "bias")
-    common.check_bias(bias, kernel.shape[1], "bias")
+    kernel, bias = common.pointwise_for_export(kernel, bias, num_spatial_dims)
     out = kernel.reshape(*(1,) * num_spatial_dims, *kernel.shape)
     return common.with_bias({"kernel": out}, "bias", bias)
 

@@ -204,12 +204,7 @@ def pointwise_to_torch(
       >>> pointwise_to_torch(np.zeros((16, 32)))["weight"].shape
       (32, 16, 1, 1)
     """
-    kernel = common.as_array(kernel, "kernel")
-    common.check_rank(kernel, (2,), "kernel", "(C_in, C_out)")
-    if num_spatial_dims not in (0, 1, 2, 3):
-        raise ValueError(f"`num_spatial_dims` must be 0, 1, 2 or 3, got {num_spatial_dims!r}")
-    bias = common.optional_array(bias, "bias")
-    common.check_bias(bias, kernel.shape[1], "bias")
+    kernel, bias = common.pointwise_for_export(kernel, bias, num_spatial_dims)
     weight = np.ascontiguousarray(kernel.T.reshape(*kernel.T.shape, *(1,) * num_spatial_dims))
     return common.with_bias({"weight": weight}, "bias", bias)
 
