@@ -404,9 +404,11 @@ def pointwise_conv(
 
     # A 1x1 conv over the flattened positions: shows up as a pointwise conv (window 1,
     # one group) to `sepconv_jax.cost`, and XLA lowers it to a matrix multiply.
+    # Channels-last positions go in the batch dim, which gives XLA:CPU a faster
+    # kernel gradient (a plain contraction over the batch) than one long window.
     lead, rest = x.shape[:axis], x.shape[axis + 1 :]
     if data_format == "channels_last":
-        flat = x.reshape(1, math.prod(lead), channels)
+        flat = x.reshape(math.prod(lead), 1, channels)
         dims = ("NWC", "WIO", "NWC")
     else:
         flat = x.reshape(math.prod(lead), channels, math.prod(rest))
