@@ -7,7 +7,8 @@ sizes and dtypes, forward and forward+backward, it measures side by side in one 
 * ``depthwise_conv`` with each impl of :data:`sepconv_jax.kernels.dispatch.DEPTHWISE`;
 * ``flax.linen.Conv(feature_group_count=C)`` (by default up to batch 8 only: it
   lowers to the same ``lax`` op as ``impl="xla"``, and is as slow);
-* PyTorch's ``conv2d(groups=C)`` on a channels-last tensor, when torch is installed;
+* PyTorch's ``conv2d(groups=C)`` on a channels-last tensor, when torch is installed
+  (timed in a separate process, see :func:`measure_torch`);
 * our ``separable_conv`` (``impl="auto"``) and the standard ``k x k`` convolution from
   ``C`` to ``N`` channels it replaces;
 
@@ -282,6 +283,53 @@ def _torch_depthwise(layer: Layer, batch: int, dtype_name: str, pass_name: str):
     return call
 
 
+def _torch_worker(jobs: list[tuple], min_time: float, max_reps: int) -> dict:
+    """Times PyTorch for every ``(layer, batch, dtype name, pass)`` job (in a child process)."""
+    results = {}
+    for layer, batch, dtype_name, pass_name in jobs:
+        call = _torch_depthwise(layer, batch, dtype_name, pass_name)
+        key = (layer.depthwise_name, batch, dtype_name, pass_name)
+        results[key] = (None, 0) if call is None else _best_time(call, min_time, max_reps)
+    return results
+
+
+def measure_torch(
+    layers: Sequence[Layer],
+    batches: Sequence[int],
+    dtypes: Sequence[str],
+    *,
+    min_time: float,
+    max_reps: int,
+) -> dict[tuple, tuple[float | None, int]]:
+    """PyTorch's depthwise conv for every distinct shape, timed in a separate process.
+
+    In the process that runs JAX, XLA's worker threads compete with PyTorch's OpenMP
+    threads on a small machine and PyTorch's times jump by whole scheduler time
+    slices (measured: 0.14 ms alone, 16 ms in-process), so PyTorch runs in a fresh
+    ``spawn`` process that never touches JAX.
+
+    Returns:
+      ``(depthwise name, batch, dtype, pass) -> (seconds or None, calls)``; empty when
+      torch is not installed.
+    """
+    import importlib.util
+    import multiprocessing
+
+    if importlib.util.find_spec("torch") is None:
+        return {}
+    jobs, seen = [], set()
+    for layer in layers:
+        for batch in batches:
+            for dtype_name in dtypes:
+                for pass_name in PASSES:
+                    key = (layer.depthwise_name, batch, dtype_name, pass_name)
+                    if key not in seen:
+                        seen.add(key)
+                        jobs.append((layer, batch, dtype_name, pass_name))
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_torch_worker, (jobs, min_time, max_reps))
+
+
 def _ours(layer: Layer, batch: int, dtype: Any) -> str:
     """The impl ``depthwise_conv(impl="auto")`` runs for this layer here."""
     spec = _spec.make_spec(
@@ -342,6 +390,10 @@ def measure_layers(
       (``None`` where a column could not run), ``reps`` by column, ``ours`` (the impl
       ``"auto"`` picks) and ``ratios``.
     """
+    torch_times = {}
+    if torch_enabled:
+        log("timing PyTorch in a separate process...")
+        torch_times = measure_torch(layers, batches, dtypes, min_time=min_time, max_reps=max_reps)
     records = []
     depthwise_cache: dict[tuple, dict[str, tuple[float | None, int]]] = {}
     depthwise_columns = (*dispatch.DEPTHWISE, "flax", "torch")
@@ -366,11 +418,8 @@ def measure_layers(
                             fn, args = _with_grads(fn, len(args)), [*args, cotangent]
                         timed[name] = _time_jax(fn, args, min_time, max_reps)
                     if "torch" not in timed:
-                        call = None
-                        if torch_enabled:
-                            call = _torch_depthwise(layer, batch, dtype_name, pass_name)
-                        timed["torch"] = (
-                            (None, 0) if call is None else _best_time(call, min_time, max_reps)
+                        timed["torch"] = torch_times.get(
+                            (layer.depthwise_name, batch, dtype_name, pass_name), (None, 0)
                         )
                     depthwise_cache[(layer.depthwise_name, batch, dtype_name, pass_name)] = {
                         name: timed[name] for name in depthwise_columns

@@ -4,8 +4,9 @@ The rule, applied when a function is traced, by the backend JAX runs on
 (:func:`jax.default_backend`) and the shape:
 
 * ``cpu``: ``"shift"`` (shifted multiply-accumulates with hand-written gradients),
-  which measured 20-40x faster than ``"xla"`` forward and 10-20x forward+backward on
-  the MobileNetV2 and EfficientNet-B0 depthwise layers (see ``benchmarks/RESULTS.md``),
+  which measured 13-70x faster than ``"xla"`` forward (median 32x) and 17-106x
+  forward+backward (median 46x) on the MobileNetV2 and EfficientNet-B0 depthwise
+  layers at batch 8 in float32 on a 2-core CPU (see ``benchmarks/RESULTS.md``),
   unless the window has more than :data:`MAX_SHIFT_TAPS` taps (more than a 7x7x7
   3-D window), where the unrolled loop would trace and compile slowly; then ``"xla"``.
 * ``gpu``, ``tpu`` and any other backend: ``"xla"`` (``lax.conv_general_dilated``
