@@ -22,44 +22,24 @@ from jax.test_util import check_grads
 from sepconv_jax import _spec, bench, ops
 from sepconv_jax.kernels import dispatch, shift, xla
 from tests import reference as ref
+from tests.helpers import ATOL, HIGHEST, RTOL, call, ref_batched
+from tests.helpers import rand as _rand
+from tests.helpers import to_first as _to_first
+from tests.helpers import to_last as _to_last
 
 IMPLS = tuple(dispatch.DEPTHWISE)
-RTOL = ATOL = 2e-5  # float32 result vs float64 reference, on O(1) data with <= ~100 terms
-HIGHEST = jax.lax.Precision.HIGHEST
-
-
-def _rand(seed, shape):
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-
-
-def _to_first(a, n):
-    """(*batch, *spatial, C) -> (*batch, C, *spatial) for n spatial dims."""
-    return np.moveaxis(a, -1, -n - 1)
-
-
-def _to_last(a, n):
-    return np.moveaxis(a, -n - 1, -1)
 
 
 def _reference(x, kernel, **kw):
     """The float64 reference on channels-last ``x`` with any number of batch dims."""
-    n = kernel.ndim - 2
-    batch = x.shape[: x.ndim - n - 1]
-    flat = x.reshape((math.prod(batch), *x.shape[-n - 1 :]))
-    y = ref.depthwise_conv_nd(flat, kernel, **kw)
-    return y.reshape((*batch, *y.shape[1:]))
+    return ref_batched(ref.depthwise_conv_nd, x, kernel, n=kernel.ndim - 2, **kw)
 
 
 def _depthwise(x, kernel, *, impl, data_format="channels_last", **kw):
     """Our depthwise conv under jit, channels-last in and out whatever ``data_format``."""
-    n = kernel.ndim - 2
-    if data_format == "channels_first":
-        x = _to_first(x, n)
-    fn = functools.partial(
-        ops.depthwise_conv, impl=impl, data_format=data_format, precision=HIGHEST, **kw
+    return call(
+        ops.depthwise_conv, x, kernel, n=kernel.ndim - 2, impl=impl, data_format=data_format, **kw
     )
-    y = np.asarray(jax.jit(fn)(x, kernel))
-    return _to_last(y, n) if data_format == "channels_first" else y
 
 
 # ----------------------------------------------------------------------------- forward

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -15,40 +14,10 @@ from jax.test_util import check_grads
 
 from sepconv_jax import ops
 from tests import reference as ref
-
-RTOL = ATOL = 2e-5  # float32 result vs float64 reference, on O(1) data with <= ~100 terms
-HIGHEST = jax.lax.Precision.HIGHEST
-
-
-def _rand(seed, shape):
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-
-
-def _to_first(a, n):
-    """(*batch, *spatial, C) -> (*batch, C, *spatial) for n spatial dims."""
-    return np.moveaxis(a, -1, -n - 1)
-
-
-def _to_last(a, n):
-    return np.moveaxis(a, -n - 1, -1)
-
-
-def _call(fn, x, *arrays, n, data_format="channels_last", **kw):
-    """Calls ``fn`` under jit with ``x`` given channels-last; returns channels-last output."""
-    if data_format == "channels_first":
-        x = _to_first(x, n)
-    jitted = jax.jit(functools.partial(fn, data_format=data_format, precision=HIGHEST, **kw))
-    y = np.asarray(jitted(x, *arrays))
-    return _to_last(y, n) if data_format == "channels_first" else y
-
-
-def _ref_batched(ref_fn, x, *args, n, **kw):
-    """Runs a ``(B, *spatial, C)`` reference on ``x`` with any number of batch dims."""
-    batch = x.shape[: x.ndim - n - 1]
-    flat = x.reshape((math.prod(batch), *x.shape[-n - 1 :]))
-    y = ref_fn(flat, *args, **kw)
-    return y.reshape((*batch, *y.shape[1:]))
-
+from tests.helpers import ATOL, HIGHEST, RTOL
+from tests.helpers import call as _call
+from tests.helpers import rand as _rand
+from tests.helpers import ref_batched as _ref_batched
 
 # ----------------------------------------------------------------------------- reference
 
