@@ -2,9 +2,9 @@
 
 import os
 
-# Keras (used as a peer reference in the interop tests) must use the JAX backend;
-# this has to be set before keras is first imported.
-os.environ.setdefault("KERAS_BACKEND", "jax")
+# Keras (the peer reference of the interop and model-import tests) runs on the JAX
+# backend; this has to be set before keras is first imported.
+os.environ["KERAS_BACKEND"] = "jax"
 
 import jax
 from hypothesis import settings

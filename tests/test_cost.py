@@ -21,7 +21,7 @@ import pytest
 from flax import nnx
 from jax import lax
 
-from sepconv_jax import cost, ops
+from sepconv_jax import cost, models, ops
 from sepconv_jax.cost import (
     Cost,
     count,
@@ -638,7 +638,7 @@ class TestProfileNnx:
 
 
 def _mobilenet():
-    return pytest.importorskip("sepconv_jax.models").MobileNetV1
+    return models.MobileNetV1
 
 
 @functools.cache
@@ -860,7 +860,6 @@ def test_other_models_match_their_papers():
     * Xception at 299: 22,855,952 parameters (Chollet, 2017, Table 3), exactly: the
       paper's count is of trainable weights, which is our ``params`` collection.
     """
-    pytest.importorskip("sepconv_jax.models")
     v2 = cost.model_profile("mobilenet_v2")
     assert abs(v2.mult_adds / 1e6 - 300) < 1
     b0 = cost.model_profile("efficientnet_b0")

@@ -14,17 +14,14 @@ import math
 
 import jax
 import jax.numpy as jnp
+import keras
 import numpy as np
 import pytest
 
 from sepconv_jax import models
 from sepconv_jax.interop.keras_models import convert
 
-keras = pytest.importorskip("keras")
-
-pytestmark = pytest.mark.skipif(
-    keras.backend.backend() != "jax", reason="the Keras reference runs on the JAX backend"
-)
+assert keras.backend.backend() == "jax", "conftest.py sets KERAS_BACKEND=jax before keras loads"
 
 RTOL = 1e-4
 

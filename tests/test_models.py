@@ -18,7 +18,7 @@ import numpy as np
 import optax
 import pytest
 
-from sepconv_jax import models
+from sepconv_jax import cost, models
 from sepconv_jax.models import blocks
 
 #: XLA:CPU options that cut the compile time of the whole-model programs severalfold
@@ -356,7 +356,6 @@ def test_a_few_optax_steps_lower_the_loss(name):
 
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_cost_profile_works_on_every_model(name):
-    cost = pytest.importorskip("sepconv_jax.cost")
     model, side = SMALL[name]
     p = cost.profile(model, sds(1, side, side, 3), train=False)
     variables = abstract_init(model, (1, side, side, 3))
