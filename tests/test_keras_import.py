@@ -202,10 +202,15 @@ def test_convert_matches_keras_eager_call(imported):
 
 
 def test_widths_recovered_from_keras(imported):
+    """The width multiplier comes back as the Keras model's alpha, with its widths."""
     module = imported["mobilenet_alpha0.5_dm2_odd"][1]
     assert models.mobilenet_v1_widths(module.width_multiplier) == models.mobilenet_v1_widths(0.5)
+    assert module.width_multiplier == 0.5
+    module = imported["mobilenet_v2_alpha0.35_features_unknown_size"][1]
+    assert module.width_multiplier == 0.35  # 0.34 gives the same widths; the name says 0.35
     module = imported["mobilenet_v2_alpha1.3_softmax_odd"][1]
     assert models.mobilenet_v2_widths(module.width_multiplier) == models.mobilenet_v2_widths(1.3)
+    assert module.width_multiplier == 1.3
     assert module.classifier_activation is jax.nn.softmax
 
 

@@ -23,6 +23,7 @@ Weight layouts (Keras -> ours):
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -229,17 +230,30 @@ def _head_options(
     return options
 
 
+def _named_alpha(keras_model: Any) -> float | None:
+    """The ``alpha`` in a Keras application's name (``mobilenetv2_0.35_224``, ``..._None``)."""
+    match = re.fullmatch(
+        r"mobilenet(?:v2)?_(\d+\.\d+)_(?:\d+|None)", str(getattr(keras_model, "name", ""))
+    )
+    return float(match.group(1)) if match else None
+
+
 def _find_multiplier(
     widths_of: Callable[[float], tuple[int, ...]],
     observed: tuple[int, ...],
     bases: Iterable[int],
+    preferred: float | None = None,
 ) -> float:
     """A width multiplier that reproduces the ``observed`` channel counts.
 
-    The widths are piecewise-constant functions of the multiplier that change only
-    at ``k / base`` and ``k / (0.9 * base)``; a multiplier strictly between two
-    consecutive breakpoints stands for its whole interval.
+    ``preferred`` (the ``alpha`` in the Keras model's name) is returned when it
+    gives those widths. Otherwise: the widths are piecewise-constant functions of
+    the multiplier that change only at ``k / base`` and ``k / (0.9 * base)``; a
+    multiplier strictly between two consecutive breakpoints stands for its whole
+    interval.
     """
+    if preferred is not None and widths_of(preferred) == observed:
+        return preferred
     bases = sorted(set(bases))
     biggest = max(observed) + 16
     points = {0.0}
@@ -273,7 +287,9 @@ def _mobilenet_v1(keras_model: Any, c: _Collector) -> nn.Module:
         int(_weights(c.layer("conv1"))["kernel"].shape[-1]),
         *(int(_weights(c.layer(f"conv_pw_{i}"))["kernel"].shape[-1]) for i in range(1, 14)),
     )
-    alpha = _find_multiplier(mobilenet_v1_lib.mobilenet_v1_widths, observed, [32, 1024])
+    alpha = _find_multiplier(
+        mobilenet_v1_lib.mobilenet_v1_widths, observed, [32, 1024], _named_alpha(keras_model)
+    )
     options = _head_options(
         c, keras_model, "conv_preds", activation_layer="predictions", dropout="dropout"
     )
@@ -300,7 +316,9 @@ def _mobilenet_v2(keras_model: Any, c: _Collector) -> nn.Module:
         int(_weights(c.layer("Conv_1"))["kernel"].shape[-1]),
     )
     bases = [32, 1280, *(ch for _, ch, _, _ in mobilenet_v2_lib.STAGES)]
-    alpha = _find_multiplier(mobilenet_v2_lib.mobilenet_v2_widths, observed, bases)
+    alpha = _find_multiplier(
+        mobilenet_v2_lib.mobilenet_v2_widths, observed, bases, _named_alpha(keras_model)
+    )
     options = _head_options(c, keras_model, "predictions")
     module = models.MobileNetV2(
         width_multiplier=alpha, stride2_padding=_stride2_padding(keras_model), **options
