@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from sepconv_jax import _spec
-from sepconv_jax.linen import PointwiseConv
+from sepconv_jax.linen import PointwiseConv, SeparableConv
 
 POOLINGS = (None, "avg", "max")
 
@@ -118,5 +118,20 @@ def pointwise(module: nn.Module, features: int, name: str) -> PointwiseConv:
         dtype=module.dtype,
         param_dtype=module.param_dtype,
         precision=module.precision,
+        name=name,
+    )
+
+
+def separable(module: nn.Module, features: int, name: str) -> SeparableConv:
+    """A 3x3 ``SAME`` separable conv without bias (Xception's unit), ``module``'s numerics."""
+    return SeparableConv(
+        features=features,
+        kernel_size=(3, 3),
+        padding="SAME",
+        use_bias=False,
+        dtype=module.dtype,
+        param_dtype=module.param_dtype,
+        precision=module.precision,
+        impl=module.impl,
         name=name,
     )

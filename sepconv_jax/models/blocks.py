@@ -35,7 +35,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from sepconv_jax.linen import DepthwiseConv, PointwiseConv, SeparableConv
+from sepconv_jax.linen import DepthwiseConv, PointwiseConv
+from sepconv_jax.models import _common
 
 __all__ = [
     "DepthwiseSeparableBlock",
@@ -388,17 +389,7 @@ class XceptionBlock(_Normalized):
         for i, features in enumerate(self.features):
             if i > 0 or self.activate_first:
                 h = self.activation(h)
-            h = SeparableConv(
-                features=features,
-                kernel_size=(3, 3),
-                padding="SAME",
-                use_bias=False,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                precision=self.precision,
-                impl=self.impl,
-                name=f"sepconv{i + 1}",
-            )(h)
+            h = _common.separable(self, features, f"sepconv{i + 1}")(h)
             h = self._bn(f"sepconv{i + 1}_bn", train)(h)
         if self.strides != 1:
             s = self.strides

@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from sepconv_jax.linen import SeparableConv
 from sepconv_jax.models import _common
 from sepconv_jax.models.blocks import Activation, XceptionBlock, check_image
 
@@ -113,16 +112,6 @@ class Xception(nn.Module):
                 name=f"block{i}",
             )(x, train)
         for j, features in enumerate((1536, 2048), 1):
-            x = SeparableConv(
-                features=features,
-                kernel_size=(3, 3),
-                padding="SAME",
-                use_bias=False,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                precision=self.precision,
-                impl=self.impl,
-                name=f"block14_sepconv{j}",
-            )(x)
+            x = _common.separable(self, features, f"block14_sepconv{j}")(x)
             x = nn.relu(bn(f"block14_sepconv{j}_bn")(x))
         return _common.head(self, x, train)
