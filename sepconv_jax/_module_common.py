@@ -146,7 +146,7 @@ def window_options(
     _spec.check_choice(padding_mode, _spec.PADDING_MODES, "padding_mode")
     data_format = check_data_format(data_format)
     depth_multiplier = check_positive_int(depth_multiplier, "depth_multiplier")
-    _spec.check_choice(impl, ("auto", *dispatch.DEPTHWISE), "impl")
+    _spec.check_choice(impl, ("auto", *dispatch.KERNELS), "impl")
     return WindowOptions(
         window=window,
         strides=strides,

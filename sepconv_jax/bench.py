@@ -4,7 +4,7 @@ Runs on whatever backend JAX finds. For every distinct depthwise / separable lay
 shape of MobileNetV2 and EfficientNet-B0 (224x224 input), at the requested batch
 sizes and dtypes, forward and forward+backward, it measures side by side in one run:
 
-* ``depthwise_conv`` with each impl of :data:`sepconv_jax.kernels.dispatch.DEPTHWISE`;
+* ``depthwise_conv`` with each impl of :data:`sepconv_jax.kernels.dispatch.KERNELS`;
 * ``flax.linen.Conv(feature_group_count=C)`` (by default up to batch 8 only: it
   lowers to the same ``lax`` op as ``impl="xla"``, and is as slow);
 * PyTorch's ``conv2d(groups=C)`` on a channels-last tensor, when torch is installed
@@ -218,7 +218,7 @@ def _jax_columns(layer: Layer, batch: int, dtype: Any) -> dict[str, tuple[Callab
         param_dtype=dtype,
     )
     columns: dict[str, tuple[Callable, list]] = {}
-    for impl in dispatch.DEPTHWISE:
+    for impl in dispatch.KERNELS:
         columns[impl] = (
             lambda x, dw, impl=impl: ops.depthwise_conv(
                 x, dw, strides=layer.stride, padding="SAME", impl=impl
@@ -352,7 +352,7 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 
 def _ratios(seconds: dict[str, float | None], analytic: float, ours: str) -> dict:
-    ratios = {f"xla/{impl}": _ratio(seconds["xla"], seconds[impl]) for impl in dispatch.DEPTHWISE}
+    ratios = {f"xla/{impl}": _ratio(seconds["xla"], seconds[impl]) for impl in dispatch.KERNELS}
     ratios["xla/ours"] = _ratio(seconds["xla"], seconds[ours])
     ratios["flax/ours"] = _ratio(seconds["flax"], seconds[ours])
     ratios["torch/ours"] = _ratio(seconds["torch"], seconds[ours])
@@ -396,7 +396,7 @@ def measure_layers(
         torch_times = measure_torch(layers, batches, dtypes, min_time=min_time, max_reps=max_reps)
     records = []
     depthwise_cache: dict[tuple, dict[str, tuple[float | None, int]]] = {}
-    depthwise_columns = (*dispatch.DEPTHWISE, "flax", "torch")
+    depthwise_columns = (*dispatch.KERNELS, "flax", "torch")
     for layer in layers:
         for batch in batches:
             for dtype_name in dtypes:
@@ -569,7 +569,7 @@ TABLE_HEADER = (
     "B",
     "dtype",
     "pass",
-    *(f"{impl} ms" for impl in dispatch.DEPTHWISE),
+    *(f"{impl} ms" for impl in dispatch.KERNELS),
     "flax ms",
     "torch ms",
     "xla/ours",
@@ -589,7 +589,7 @@ def _row_cells(record: dict) -> list[str]:
         str(record["batch"]),
         record["dtype"],
         record["pass"],
-        *(_ms(seconds[impl]) for impl in dispatch.DEPTHWISE),
+        *(_ms(seconds[impl]) for impl in dispatch.KERNELS),
         _ms(seconds["flax"]),
         _ms(seconds["torch"]),
         _x(ratios["xla/ours"]),
@@ -870,7 +870,7 @@ def run(args: argparse.Namespace) -> int:
             "min_time": min_time,
             "max_reps": max_reps,
             "flax_max_batch": None if args.quick else args.flax_max_batch,
-            "impls": list(dispatch.DEPTHWISE),
+            "impls": list(dispatch.KERNELS),
         },
         "records": records,
         "model": model,

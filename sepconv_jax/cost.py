@@ -27,11 +27,11 @@ on padding, so its figure is smaller by twice the number of such taps.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import io
 import math
 import sys
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -43,11 +43,13 @@ from sepconv_jax import _spec
 
 __all__ = [
     "KINDS",
+    "OPAQUE_PRIMITIVES",
     "Cost",
     "Count",
     "LayerCost",
     "OpCost",
     "Profile",
+    "UnattributedWarning",
     "count",
     "depthwise_conv_cost",
     "grouped_conv_cost",
@@ -429,11 +431,15 @@ class Count:
       mult_adds: total mult-adds.
       by_kind: mult-adds per kind, for every kind in :data:`KINDS` (zeros included).
       ops: every counted operation in trace order.
+      unattributed: opaque primitives met (name -> executions per call), whose
+        arithmetic the jaxpr does not show (:data:`OPAQUE_PRIMITIVES`); their
+        mult-adds are missing from the totals. Empty when everything was seen.
     """
 
     mult_adds: int
     by_kind: Mapping[str, int]
     ops: tuple[OpCost, ...]
+    unattributed: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def flops(self) -> int:
@@ -446,6 +452,7 @@ class Count:
             "mult_adds": self.mult_adds,
             "by_kind": dict(self.by_kind),
             "ops": [dataclasses.asdict(op) for op in self.ops],
+            "unattributed": dict(self.unattributed),
         }
 
 
@@ -510,7 +517,41 @@ def _dot_op(eqn: Any) -> tuple[str, int, tuple[int, ...], tuple[int, ...], int]:
     return "dense", mult_adds, out, (), 1
 
 
-_COUNTED = {"conv_general_dilated": _conv_op, "dot_general": _dot_op}
+def _depthwise_op(eqn: Any) -> tuple[str, int, tuple[int, ...], tuple[int, ...], int]:
+    """A primitive of :mod:`sepconv_jax.kernels.op`: the convolution or a transpose.
+
+    Each of the three bilinear maps pairs every output element of the convolution
+    with every tap of its window once, so each costs the forward's mult-adds:
+    ``batch * prod(out_spatial) * C * M * prod(window)``, whatever kernel runs it.
+    """
+    spec = eqn.params["spec"]
+    out = tuple(eqn.outvars[0].aval.shape)
+    positions = math.prod(spec.batch_shape) * math.prod(spec.out_spatial)
+    mult_adds = positions * spec.out_channels * math.prod(spec.window)
+    return "depthwise", mult_adds, out, tuple(spec.window), spec.groups
+
+
+_COUNTED = {
+    "conv_general_dilated": _conv_op,
+    "dot_general": _dot_op,
+    "depthwise_conv": _depthwise_op,
+    "depthwise_conv_input_transpose": _depthwise_op,
+    "depthwise_conv_kernel_transpose": _depthwise_op,
+}
+#: Primitives whose arithmetic is hidden from the jaxpr (a hand-written kernel, a
+#: foreign function, a host callback): :func:`count` cannot attribute their work,
+#: reports them in ``unattributed`` and warns, rather than counting them as zero.
+OPAQUE_PRIMITIVES = frozenset(
+    {
+        "pallas_call",
+        "custom_call",
+        "ffi_call",
+        "pure_callback",
+        "io_callback",
+        "callback",
+        "triton_kernel_call",
+    }
+)
 _SHAPE_FOLLOWERS = frozenset({"reshape", "convert_element_type", "add", "copy", "squeeze"})
 
 
@@ -558,6 +599,8 @@ class _Walker:
         # adds: its shape is the layer's output shape (e.g. a pointwise conv traced
         # on flattened positions and reshaped back).
         self.tails: dict[Any, int] = {}
+        # Opaque primitives met (name -> executions per call), see OPAQUE_PRIMITIVES.
+        self.unattributed: dict[str, int] = {}
 
     # -- attribution
 
@@ -604,6 +647,9 @@ class _Walker:
             if prim in _COUNTED:
                 outs = [self._counted(eqn, ins, calls, name)] * len(eqn.outvars)
                 self.tails[eqn.outvars[0]] = outs[0].last_op
+            elif prim in OPAQUE_PRIMITIVES:
+                self.unattributed[prim] = self.unattributed.get(prim, 0) + calls
+                outs = [self._combine(ins)] * len(eqn.outvars)
             else:
                 outs = self._higher_order(eqn, ins, calls, name)
                 self._follow_shape(eqn, ins)
@@ -710,26 +756,8 @@ def _trace(fn: Callable, args: tuple, kwargs: dict) -> tuple[jcore.ClosedJaxpr, 
         a, k = jax.tree.unflatten(treedef, full)
         return fn(*a, **k)
 
-    with _reference_kernels():
-        closed = jax.make_jaxpr(flat_fn)(*(leaves[i] for i in dynamic))
+    closed = jax.make_jaxpr(flat_fn)(*(leaves[i] for i in dynamic))
     return closed, len(dynamic)
-
-
-def _reference_kernels() -> contextlib.AbstractContextManager:
-    """Makes ``impl="auto"`` pick the ``lax`` kernel while tracing.
-
-    Every depthwise kernel computes the same function with the same mult-adds, but
-    only the ``"xla"`` one shows up as a ``conv_general_dilated`` in the jaxpr; the
-    ``"shift"`` kernel (``"auto"``'s choice on CPU) is a chain of elementwise
-    products that no walker can tell from other elementwise work.
-    """
-    try:
-        from sepconv_jax.kernels import dispatch
-    except ImportError:  # pragma: no cover - the kernels ship with the package
-        return contextlib.nullcontext()
-    if not hasattr(dispatch, "default_impl") or "xla" not in getattr(dispatch, "IMPLS", ()):
-        return contextlib.nullcontext()
-    return dispatch.default_impl("xla")
 
 
 def _check_callable(fn: Any, name: str) -> None:
@@ -762,12 +790,14 @@ def count(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Count:
     otherwise, ``"dense"`` for every ``dot_general`` (including ``jnp.einsum`` and
     ``@``). Elementwise work (bias, normalization, activations) is not counted.
 
-    Tracing happens with ``impl="auto"`` resolving to the ``"xla"`` depthwise kernel
-    (:func:`sepconv_jax.kernels.dispatch.default_impl`), so a depthwise convolution
-    from :mod:`sepconv_jax` is counted whichever kernel would run it. An explicit
-    ``impl="shift"``, a function already traced by ``jax.jit`` with another kernel,
-    or any hand-written elementwise multiply-accumulate is not counted: only the two
-    primitives above are.
+    A depthwise convolution of :mod:`sepconv_jax` is one primitive in the jaxpr
+    (:mod:`sepconv_jax.kernels.op`), whichever kernel ``impl`` names: it and its two
+    transposes (the input and kernel gradients) count ``prod(out) * prod(w)`` each,
+    with ``out`` the convolution's output, of kind ``"depthwise"``. Hand-written
+    elementwise multiply-accumulates are elementwise work and not counted.
+    Primitives whose arithmetic the jaxpr hides (``pallas_call``, foreign function
+    calls, host callbacks: :data:`OPAQUE_PRIMITIVES`) are listed in
+    ``Count.unattributed`` with a warning, never counted as zero in silence.
 
     Args:
       fn: any function of arrays.
@@ -798,6 +828,7 @@ def count(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Count:
     closed, n_in = _trace(fn, args, kwargs)
     walker = _Walker(track=False)
     walker.walk(closed, [_EMPTY] * n_in, 1, "")
+    _warn_unattributed(walker.unattributed)
     by_kind = dict.fromkeys(KINDS, 0)
     for op in walker.ops:
         by_kind[op.kind] += op.mult_adds
@@ -805,7 +836,23 @@ def count(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Count:
         mult_adds=sum(by_kind.values()),
         by_kind=by_kind,
         ops=tuple(op.public() for op in walker.ops),
+        unattributed=dict(walker.unattributed),
     )
+
+
+class UnattributedWarning(UserWarning):
+    """Some of a counted function's arithmetic is hidden in opaque primitives."""
+
+
+def _warn_unattributed(unattributed: Mapping[str, int]) -> None:
+    if unattributed:
+        found = ", ".join(f"{name} x{n}" for name, n in sorted(unattributed.items()))
+        warnings.warn(
+            f"the traced function calls primitives whose arithmetic is not visible to the "
+            f"cost model ({found}); their mult-adds are not in the totals",
+            UnattributedWarning,
+            stacklevel=3,
+        )
 
 
 # ----------------------------------------------------------------------------- profile
@@ -853,6 +900,7 @@ class Profile:
         followed by the ``"other"`` parameters (per module) first met on its output.
       by_kind: a :class:`Cost` per kind present, in :data:`KINDS` order, then
         ``"other"``.
+      unattributed: opaque primitives met, as in :attr:`Count.unattributed`.
 
     ``print(profile)`` shows both tables; ``rich.print(profile)`` renders them in
     colour; :meth:`to_dict` gives plain data.
@@ -862,6 +910,7 @@ class Profile:
     params: int
     layers: tuple[LayerCost, ...]
     by_kind: Mapping[str, Cost]
+    unattributed: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly dict: totals, ``by_kind`` and ``layers``."""
@@ -870,6 +919,7 @@ class Profile:
             "params": self.params,
             "by_kind": {k: dataclasses.asdict(v) for k, v in self.by_kind.items()},
             "layers": [dataclasses.asdict(row) for row in self.layers],
+            "unattributed": dict(self.unattributed),
         }
 
     def kind_table(self, title: str | None = "Cost by kind"):
@@ -1057,6 +1107,7 @@ def profile(module: Any, *inputs: Any, variables: Any = None, **apply_kwargs: An
     states = [_State(frozenset({i}), None) for i in range(len(paths))]
     states += [_EMPTY] * (n_in - len(paths))
     walker.walk(closed, states, 1, "")
+    _warn_unattributed(walker.unattributed)
 
     for op in walker.ops:  # a linen name stack starts with the root module's name
         if root is not None and op.path == op.name:
@@ -1092,6 +1143,7 @@ def profile(module: Any, *inputs: Any, variables: Any = None, **apply_kwargs: An
         params=sum(sizes),
         layers=tuple(rows),
         by_kind=by_kind,
+        unattributed=dict(walker.unattributed),
     )
 
 

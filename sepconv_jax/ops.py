@@ -10,6 +10,7 @@ works under ``jax.jit``, ``jax.vmap`` and ``jax.grad``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -21,7 +22,7 @@ from jax.typing import ArrayLike
 
 from sepconv_jax import _spec
 from sepconv_jax._spec import ConvSpec, DataFormat, PaddingLike, PaddingMode
-from sepconv_jax.kernels import dispatch
+from sepconv_jax.kernels import op as _op
 from sepconv_jax.kernels import xla as _xla
 
 __all__ = ["depthwise_conv", "grouped_conv", "pointwise_conv", "separable_conv"]
@@ -151,11 +152,11 @@ def _run_windowed(
     preferred_element_type: Any,
 ) -> jax.Array:
     """Runs a validated conv: a depthwise kernel chosen by ``impl``, or (``None``) grouped."""
-    fn = _xla.conv if impl is None else dispatch.resolve(impl, spec)
     x, kernel, bias = _promote(x, kernel, bias)
     x = x.reshape(spec.flat_shape(spec.in_spatial, spec.in_channels))
     x, spec_padded = _pad_mode(x, spec)
-    y = fn(
+    run = _xla.conv if impl is None else functools.partial(_op.depthwise, impl=impl)
+    y = run(
         x,
         kernel,
         spec_padded,

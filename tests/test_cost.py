@@ -10,6 +10,7 @@ Expected values are plain arithmetic written from the definitions (a standard
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import math
 
@@ -33,6 +34,7 @@ from sepconv_jax.cost import (
     separable_conv_cost,
     standard_conv_cost,
 )
+from sepconv_jax.kernels import dispatch
 
 F32 = jnp.float32
 
@@ -202,11 +204,60 @@ class TestCountKinds:
             c.by_kind["grouped"] == grouped_conv_cost(3, 8, 8, groups=4, output_spatial=5).mult_adds
         )
 
-    def test_depthwise_counted_whatever_the_kernel(self):
-        # impl="auto" resolves to the lax kernel while counting, even on CPU where it
-        # would run the shifted multiply-accumulate kernel.
-        c = count(ops.depthwise_conv, sds(1, 8, 8, 4), sds(3, 3, 1, 4))
+    @pytest.mark.parametrize("impl", dispatch.IMPLS)
+    def test_depthwise_counted_whatever_the_kernel(self, impl):
+        # The depthwise op is one primitive in the jaxpr whichever kernel runs it, so
+        # every impl counts the same, without switching impls while tracing.
+        c = count(
+            functools.partial(ops.depthwise_conv, impl=impl), sds(1, 8, 8, 4), sds(3, 3, 1, 4)
+        )
         assert c.by_kind["depthwise"] == depthwise_conv_cost(3, 4, output_spatial=8).mult_adds
+        assert [op.primitive for op in c.ops] == ["depthwise_conv"]
+        assert c.unattributed == {}
+
+    @pytest.mark.parametrize("impl", dispatch.IMPLS)
+    def test_depthwise_gradients_count_one_forward_each(self, impl):
+        # Each transpose pairs every output element with every tap once, as the
+        # forward does: 2 * 4 * 4 * 6 outputs (M = 2, stride 2 on 8x8) x 9 taps.
+        def loss(x, k):
+            return ops.depthwise_conv(x, k, strides=2, impl=impl).sum()
+
+        c = count(jax.grad(loss, argnums=(0, 1)), sds(2, 8, 8, 3), sds(3, 3, 1, 6))
+        one = 2 * 4 * 4 * 6 * 9
+        assert sorted(op.primitive for op in c.ops) == [
+            "depthwise_conv",
+            "depthwise_conv_input_transpose",
+            "depthwise_conv_kernel_transpose",
+        ]
+        assert c.by_kind["depthwise"] == 3 * one
+
+    def test_profile_is_the_same_under_every_impl(self):
+        x = sds(2, 16, 16, 3)
+        model = models.MobileNetV2(width_multiplier=0.35, num_classes=10)
+        rows = {
+            impl: profile(dataclasses.replace(model, impl=impl), x, train=False)
+            for impl in dispatch.IMPLS
+        }
+        first = rows["xla"]
+        for p in rows.values():
+            assert p.layers == first.layers and p.by_kind == first.by_kind
+        assert first.by_kind["depthwise"].mult_adds > 0
+
+    def test_opaque_primitives_are_reported_not_counted_as_zero(self):
+        from jax.experimental import pallas as pl
+
+        def kernel(x_ref, o_ref):
+            o_ref[...] = x_ref[...] * 2.0
+
+        def f(x):
+            return pl.pallas_call(
+                kernel, out_shape=jax.ShapeDtypeStruct(x.shape, x.dtype), interpret=True
+            )(x)
+
+        with pytest.warns(cost.UnattributedWarning, match="pallas_call x1"):
+            c = count(f, sds(8, 128))
+        assert c.unattributed == {"pallas_call": 1}
+        assert c.to_dict()["unattributed"] == {"pallas_call": 1}
 
     def test_einsum_and_batched_matmul(self):
         # (b, q, d) x (b, k, d) -> (b, q, k): b*q*k outputs of d mult-adds each.

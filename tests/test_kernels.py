@@ -1,6 +1,6 @@
 """Every depthwise kernel against the same float64 references, forward and gradients.
 
-The suite is parametrized over :data:`sepconv_jax.kernels.dispatch.DEPTHWISE`, so a
+The suite is parametrized over :data:`sepconv_jax.kernels.dispatch.KERNELS`, so a
 kernel registered there is tested like ``xla``. Also: the ``auto`` rule, its
 overrides, and a smoke run of the benchmark suite.
 """
@@ -8,6 +8,7 @@ overrides, and a smoke run of the benchmark suite.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import itertools
 import json
@@ -20,14 +21,14 @@ import pytest
 from jax.test_util import check_grads
 
 from sepconv_jax import _spec, bench, ops
-from sepconv_jax.kernels import dispatch, shift, xla
+from sepconv_jax.kernels import dispatch, shift
 from tests import reference as ref
 from tests.helpers import ATOL, HIGHEST, RTOL, call, ref_batched
 from tests.helpers import rand as _rand
 from tests.helpers import to_first as _to_first
 from tests.helpers import to_last as _to_last
 
-IMPLS = tuple(dispatch.DEPTHWISE)
+IMPLS = tuple(dispatch.KERNELS)
 
 
 def _reference(x, kernel, **kw):
@@ -288,14 +289,23 @@ def test_matches_pytorch_depthwise_forward_and_backward(impl):
     np.testing.assert_allclose(np.asarray(dk), want_dk, rtol=RTOL, atol=1e-4)
 
 
-def test_xla_supports_forward_mode_and_shift_says_it_does_not():
-    """``shift`` is a ``custom_vjp``: forward-mode autodiff is ``xla``'s job."""
+@pytest.mark.parametrize("impl", IMPLS)
+def test_forward_mode_runs_the_same_kernel(impl):
+    """``jax.jvp`` works on every impl, and its tangent runs that impl's loops: the
+    tangent of the bilinear map is the map itself, ``f(dx, k) + f(x, dk)``."""
     x, kernel = _rand(17, (1, 5, 5, 2)), _rand(18, (3, 3, 1, 2))
-    f = lambda impl: lambda x: ops.depthwise_conv(x, kernel, impl=impl, precision=HIGHEST)
-    _, tangent = jax.jvp(f("xla"), (x,), (x,))
-    np.testing.assert_allclose(np.asarray(tangent), _reference(x, kernel), rtol=RTOL, atol=ATOL)
-    with pytest.raises(TypeError, match="forward-mode"):
-        jax.jvp(f("shift"), (x,), (x,))
+    dx, dk = _rand(19, x.shape), _rand(20, kernel.shape)
+    f = lambda x, k: ops.depthwise_conv(x, k, impl=impl, precision=HIGHEST)
+    jvp = jax.jit(lambda *a: jax.jvp(f, a[:2], a[2:]))
+    y, tangent = jvp(x, kernel, dx, dk)
+    np.testing.assert_allclose(np.asarray(y), _reference(x, kernel), rtol=RTOL, atol=ATOL)
+    want = _reference(dx, kernel) + _reference(x, dk)
+    np.testing.assert_allclose(np.asarray(tangent), want, rtol=RTOL, atol=1e-4)
+    hlo = jvp.lower(x, kernel, dx, dk).as_text()
+    if impl == "shift":  # no silent switch to lax: the same shifted loops, no convolution
+        assert "convolution" not in hlo and "slice" in hlo
+    else:
+        assert "convolution" in hlo
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -331,11 +341,11 @@ def _spec_for(window=(3, 3)):
     )
 
 
-def test_auto_rule_by_backend_and_shape():
+def test_auto_rule_by_platform_and_shape():
     spec = _spec_for()
     assert dispatch.auto_impl(spec, "cpu") == "shift"
-    assert dispatch.auto_impl(spec, "gpu") == "xla"
-    assert dispatch.auto_impl(spec, "tpu") == "xla"
+    for platform in ("gpu", "cuda", "rocm", "tpu"):
+        assert dispatch.auto_impl(spec, platform) == "xla"
     big = _spec.make_spec(
         jax.ShapeDtypeStruct((1, 9, 9, 9, 4), jnp.float32),
         jax.ShapeDtypeStruct((8, 8, 8, 1, 4), jnp.float32),
@@ -348,48 +358,68 @@ def test_auto_rule_by_backend_and_shape():
     )
     assert math.prod(big.window) > dispatch.MAX_SHIFT_TAPS
     assert dispatch.auto_impl(big, "cpu") == "xla"
-    expected = dispatch.auto_impl(spec, jax.default_backend())
-    assert dispatch.resolve("auto", spec) is dispatch.DEPTHWISE[expected]
+    assert dispatch.auto_impl(spec) == dispatch.auto_impl(spec, jax.default_backend())
+    # "auto" is resolved per platform when lowered; a platform without a rule of its
+    # own gets the reference kernel.
+    assert dispatch.kernel_for("auto", spec, "cpu") is dispatch.KERNELS["shift"]
+    assert dispatch.kernel_for("auto", spec, "cuda") is dispatch.KERNELS["xla"]
+    assert dispatch.kernel_for("auto", spec, None) is dispatch.KERNELS["xla"]
+    assert dispatch.kernel_for("shift", spec, "tpu") is dispatch.KERNELS["shift"]
 
 
 def test_explicit_impl_wins_and_context_manager_overrides_auto():
-    spec = _spec_for()
-    assert dispatch.resolve("xla", spec) is xla.depthwise
-    assert dispatch.resolve("shift", spec) is shift.depthwise
+    assert dispatch.resolve_override("auto") == "auto"
+    assert dispatch.resolve_override("xla") == "xla"
+    assert dispatch.resolve_override("shift") == "shift"
     with dispatch.default_impl("xla"):
         assert dispatch.get_default_impl() == "xla"
-        assert dispatch.resolve("auto", spec) is xla.depthwise
-        assert dispatch.resolve("shift", spec) is shift.depthwise
+        assert dispatch.resolve_override("auto") == "xla"
+        assert dispatch.resolve_override("shift") == "shift"
         with dispatch.default_impl("shift"):
-            assert dispatch.resolve("auto", spec) is shift.depthwise
-        assert dispatch.resolve("auto", spec) is xla.depthwise
+            assert dispatch.resolve_override("auto") == "shift"
+        assert dispatch.resolve_override("auto") == "xla"
     assert dispatch.get_default_impl() is None
 
 
 def test_config_setter_and_context_precedence():
-    spec = _spec_for()
-    rule = dispatch.DEPTHWISE[dispatch.auto_impl(spec)]
     try:
         dispatch.set_default_impl("xla")
-        assert dispatch.resolve("auto", spec) is xla.depthwise
+        assert dispatch.resolve_override("auto") == "xla"
         with dispatch.default_impl("shift"):
-            assert dispatch.resolve("auto", spec) is shift.depthwise
+            assert dispatch.resolve_override("auto") == "shift"
         with dispatch.default_impl("auto"):  # the rule itself, under a process default
-            assert dispatch.resolve("auto", spec) is rule
-        assert dispatch.resolve("auto", spec) is xla.depthwise
+            assert dispatch.resolve_override("auto") == "auto"
+        assert dispatch.resolve_override("auto") == "xla"
     finally:
         dispatch.set_default_impl(None)
-    assert dispatch.resolve("auto", spec) is rule
+    assert dispatch.resolve_override("auto") == "auto"
+
+
+def _recorded_impls(fn, *args):
+    return [
+        eqn.params["impl"]
+        for eqn in jax.make_jaxpr(fn)(*args).eqns
+        if eqn.primitive.name == "depthwise_conv"
+    ]
 
 
 def test_context_manager_reaches_the_public_function(monkeypatch):
     calls = []
-    spy = lambda x, *a, **kw: calls.append("spy") or xla.depthwise(x, *a, **kw)
-    monkeypatch.setitem(dispatch.DEPTHWISE, "xla", spy)
+    reference = dispatch.KERNELS["xla"]
+
+    def spy(*a, **kw):
+        calls.append("spy")
+        return reference.forward(*a, **kw)
+
+    monkeypatch.setitem(dispatch.KERNELS, "xla", dataclasses.replace(reference, forward=spy))
     x, kernel = _rand(21, (1, 5, 5, 2)), _rand(22, (3, 3, 1, 2))
+    # A fresh function per trace: JAX reuses the trace of a function it has seen.
+    make = lambda: lambda x: ops.depthwise_conv(x, kernel, precision=HIGHEST)
+    assert _recorded_impls(make(), x) == ["auto"]
     with dispatch.default_impl("xla"):
-        y = ops.depthwise_conv(x, kernel, precision=HIGHEST)
-    assert calls == ["spy"]
+        assert _recorded_impls(make(), x) == ["xla"]
+        y = jax.jit(make())(x)
+    assert calls == ["spy"]  # the override reached the kernel when lowered
     np.testing.assert_allclose(np.asarray(y), _reference(x, kernel), rtol=RTOL, atol=ATOL)
 
 
@@ -398,7 +428,7 @@ def test_context_manager_reaches_the_public_function(monkeypatch):
     [
         lambda: dispatch.set_default_impl("fast"),
         lambda: dispatch.default_impl("fast").__enter__(),
-        lambda: dispatch.resolve("fast", _spec_for()),
+        lambda: dispatch.resolve_override("fast"),
     ],
 )
 def test_unknown_impl_names_the_argument(call):
@@ -444,7 +474,7 @@ def test_bench_quick_runs_and_writes_json(tmp_path, capsys):
     records = result["records"]
     assert len(records) == len(bench.QUICK_LAYERS) * len(bench.PASSES)
     for record in records:
-        for column in (*dispatch.DEPTHWISE, "flax", "separable", "standard"):
+        for column in (*dispatch.KERNELS, "flax", "separable", "standard"):
             assert record["seconds"][column] > 0
         assert record["seconds"]["torch"] is None  # disabled
         assert record["ratios"]["xla/xla"] == pytest.approx(1.0)

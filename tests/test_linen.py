@@ -177,7 +177,7 @@ def test_bfloat16_params_and_input_compute_in_bfloat16():
     np.testing.assert_allclose(np.asarray(y, np.float64), want, rtol=3e-2, atol=0.15)
 
 
-@pytest.mark.parametrize("impl", sorted(dispatch.DEPTHWISE))
+@pytest.mark.parametrize("impl", sorted(dispatch.KERNELS))
 def test_every_impl_matches_reference(impl):
     c, m, f = 3, 2, 4
     x = _rand(0, (2, 7, 6, c))

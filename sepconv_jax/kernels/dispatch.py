@@ -1,35 +1,50 @@
-"""Chooses a kernel for ``impl="auto"`` and checks explicit choices.
+"""The kernel registry, and the rule that picks a kernel for ``impl="auto"``.
 
-The rule, applied when a function is traced, by the backend JAX runs on
-(:func:`jax.default_backend`) and the shape:
+A kernel is three maps (:class:`Kernel`): the depthwise convolution and its two
+transposes, each a function of two arrays and the resolved
+:class:`~sepconv_jax._spec.ConvSpec`. The primitives of
+:mod:`sepconv_jax.kernels.op` look a kernel up here **when they are lowered**, per
+platform, so ``"auto"`` means the best kernel of the platform the code is compiled
+or exported for, not of the machine that traced it.
 
-* ``cpu``: ``"shift"`` (shifted multiply-accumulates with hand-written gradients),
-  which measured 13-70x faster than ``"xla"`` forward (median 32x) and 17-106x
-  forward+backward (median 46x) on the MobileNetV2 and EfficientNet-B0 depthwise
-  layers at batch 8 in float32 on a 2-core CPU (see ``benchmarks/RESULTS.md``),
-  unless the window has more than :data:`MAX_SHIFT_TAPS` taps (more than a 7x7x7
-  3-D window), where the unrolled loop would trace and compile slowly; then ``"xla"``.
-* ``gpu``, ``tpu`` and any other backend: ``"xla"`` (``lax.conv_general_dilated``
-  with ``feature_group_count``), the best measured there until a kernel beats it.
+The rule for ``"auto"``, by platform and shape:
 
-The rule can be overridden, in order of precedence:
+* ``cpu``: ``"shift"`` (shifted multiply-accumulates), which measured 13-70x faster
+  than ``"xla"`` forward (median 32x) and 17-106x forward+backward (median 46x) on
+  the MobileNetV2 and EfficientNet-B0 depthwise layers at batch 8 in float32 on a
+  2-core CPU (see ``benchmarks/RESULTS.md``), unless the window has more than
+  :data:`MAX_SHIFT_TAPS` taps (more than a 7x7x7 3-D window), where the unrolled
+  loop would compile slowly; then ``"xla"``.
+* ``cuda``, ``rocm``, ``tpu`` and any other platform: ``"xla"``
+  (``lax.conv_general_dilated`` with ``feature_group_count``).
+
+The rule can be overridden, in order of precedence, when a function is traced:
 
 1. per call: ``depthwise_conv(..., impl="shift")`` (any name but ``"auto"``);
 2. for a block of code: ``with default_impl("xla"): ...``;
 3. for the process: ``set_default_impl("xla")`` (``set_default_impl(None)`` restores
    the rule).
 
-The choice is made at trace time: a function already compiled by ``jax.jit`` keeps the
-kernel it was traced with, so enter the context before the first call (or pass
-``impl=`` explicitly).
+An override names one kernel for every platform. It is read when the function is
+traced: a function already compiled by ``jax.jit`` keeps what it was traced with,
+so enter the context before the first call (or pass ``impl=`` explicitly).
+
+Adding a kernel: write its three maps with the signature of
+:func:`sepconv_jax.kernels.xla.forward`, add a :class:`Kernel` to :data:`KERNELS`
+and its name to :data:`Impl`, and, where it measures faster, return its name from
+:func:`auto_impl` for that platform. The reference suite in ``tests/test_kernels.py``
+runs over every registered kernel.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import math
+import typing
 from collections.abc import Callable, Iterator
+from typing import Literal
 
 import jax
 
@@ -37,21 +52,54 @@ from sepconv_jax._spec import ConvSpec, check_choice
 from sepconv_jax.kernels import shift, xla
 
 __all__ = [
-    "DEPTHWISE",
     "IMPLS",
+    "KERNELS",
     "MAX_SHIFT_TAPS",
+    "Impl",
+    "Kernel",
     "auto_impl",
     "default_impl",
     "get_default_impl",
-    "resolve",
+    "kernel_for",
+    "resolve_override",
     "set_default_impl",
 ]
 
-#: Depthwise implementations by name. Each takes ``(x, kernel, spec, *, precision,
-#: preferred_element_type)`` on flattened, promoted, zero-padded-or-not input.
-DEPTHWISE: dict[str, Callable] = {"xla": xla.depthwise, "shift": shift.depthwise}
+#: The names ``impl`` accepts.
+Impl = Literal["auto", "xla", "shift"]
+#: :data:`Impl` as a tuple, ``"auto"`` first.
+IMPLS: tuple[str, ...] = typing.get_args(Impl)
 
-IMPLS = ("auto", *DEPTHWISE)
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    """One implementation of the depthwise operation: its three bilinear maps.
+
+    Each map is called as ``map(a, b, spec, *, platform, precision,
+    preferred_element_type, out_dtype)`` on flattened arrays (one batch dim) and
+    returns an array of ``out_dtype``; ``spec.padding`` is zero padding and
+    ``platform`` the platform it is lowered for (``"cpu"``, ``"cuda"``, ``"rocm"``,
+    ``"tpu"``, or ``None`` for any other).
+
+    Attributes:
+      name: the ``impl`` name.
+      forward: ``(x, kernel) -> y``.
+      input_transpose: ``(g, kernel) -> dx``, the transpose of ``forward`` in ``x``.
+      kernel_transpose: ``(x, g) -> dkernel``, the transpose of ``forward`` in ``kernel``.
+    """
+
+    name: str
+    forward: Callable
+    input_transpose: Callable
+    kernel_transpose: Callable
+
+
+def _kernel(name: str, module) -> Kernel:
+    return Kernel(name, module.forward, module.input_transpose, module.kernel_transpose)
+
+
+#: Registered kernels by name.
+KERNELS: dict[str, Kernel] = {"xla": _kernel("xla", xla), "shift": _kernel("shift", shift)}
 
 #: Largest window (number of taps, e.g. 5 * 5 = 25) for which "auto" picks "shift". At
 #: 7 * 7 * 7 = 343 taps its forward+backward measured ~10x faster than "xla" on CPU and
@@ -63,23 +111,20 @@ _CONTEXT_DEFAULT: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "sepconv_jax_default_impl", default=None
 )
 
-
-def _check_override(impl: str | None, name: str) -> str | None:
-    if impl is None:
-        return None
-    return check_choice(impl, IMPLS, name)
+# jax.default_backend() says "gpu"; lowering rules say "cuda" or "rocm".
+_PLATFORM_ALIASES = {"gpu": "cuda"}
 
 
-def auto_impl(spec: ConvSpec, backend: str | None = None) -> str:
-    """The documented rule: the impl ``"auto"`` picks for ``spec`` on ``backend``.
+def auto_impl(spec: ConvSpec, platform: str | None = None) -> str:
+    """The documented rule: the kernel ``"auto"`` picks for ``spec`` on ``platform``.
 
     Args:
       spec: the resolved convolution.
-      backend: ``"cpu"``, ``"gpu"``, ``"tpu"``...; ``None`` means
-        :func:`jax.default_backend`.
+      platform: ``"cpu"``, ``"cuda"`` (or ``"gpu"``), ``"rocm"``, ``"tpu"``...;
+        ``None`` means the platform of :func:`jax.default_backend`.
 
     Returns:
-      A key of :data:`DEPTHWISE`.
+      A key of :data:`KERNELS`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -87,11 +132,12 @@ def auto_impl(spec: ConvSpec, backend: str | None = None) -> str:
       >>> spec = _spec.make_spec(jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 1, 4)), groups=None,
       ...     strides=1, padding="SAME", dilation=1, padding_mode="zeros",
       ...     data_format="channels_last")
-      >>> auto_impl(spec, "cpu"), auto_impl(spec, "gpu")
-      ('shift', 'xla')
+      >>> auto_impl(spec, "cpu"), auto_impl(spec, "cuda"), auto_impl(spec, "tpu")
+      ('shift', 'xla', 'xla')
     """
-    backend = jax.default_backend() if backend is None else backend
-    if backend == "cpu" and math.prod(spec.window) <= MAX_SHIFT_TAPS:
+    platform = jax.default_backend() if platform is None else platform
+    platform = _PLATFORM_ALIASES.get(platform, platform)
+    if platform == "cpu" and math.prod(spec.window) <= MAX_SHIFT_TAPS:
         return "shift"
     return "xla"
 
@@ -112,7 +158,8 @@ def set_default_impl(impl: str | None) -> None:
       >>> set_default_impl(None)
     """
     global _GLOBAL_DEFAULT
-    impl = _check_override(impl, "impl")
+    if impl is not None:
+        check_choice(impl, IMPLS, "impl")
     _GLOBAL_DEFAULT = None if impl == "auto" else impl
 
 
@@ -153,9 +200,25 @@ def default_impl(impl: str) -> Iterator[None]:
         _CONTEXT_DEFAULT.reset(token)
 
 
-def resolve(impl: str, spec: ConvSpec) -> Callable:
-    """Returns the depthwise kernel for ``impl`` (``"auto"`` applies overrides, then the rule)."""
+def resolve_override(impl: str) -> str:
+    """What a traced call records: ``impl``, or for ``"auto"`` the override in force,
+    or ``"auto"`` (the per-platform rule, applied when lowered) when there is none.
+
+    Raises:
+      ValueError: for an unknown name. TypeError: for a non-string.
+    """
     check_choice(impl, IMPLS, "impl")
     if impl == "auto":
-        impl = get_default_impl() or auto_impl(spec)
-    return DEPTHWISE[impl]
+        return get_default_impl() or "auto"
+    return impl
+
+
+def kernel_for(impl: str, spec: ConvSpec, platform: str | None) -> Kernel:
+    """The kernel that runs ``impl`` for ``spec`` when lowered for ``platform``.
+
+    ``platform=None`` stands for a platform without a lowering rule of its own,
+    where ``"auto"`` means ``"xla"``.
+    """
+    if impl == "auto":
+        impl = "xla" if platform is None else auto_impl(spec, platform)
+    return KERNELS[impl]

@@ -18,9 +18,10 @@ tap reads a unit-stride window of one phase; the loop then has no strided or
 bounds-checked reads. Inputs whose padded copy would reach ``MATERIALIZE_BYTES`` are
 read in place instead, with zeros filled in per tap (see that constant).
 
-The three bilinear maps of a depthwise layer are implemented the same way and
-differentiate into each other, so every order of reverse-mode differentiation runs
-through shifted loops rather than through ``lax`` convolutions:
+The three bilinear maps of a depthwise layer (the operation of
+:mod:`sepconv_jax.kernels.op` and its two transposes) are implemented the same way,
+so every order of differentiation, forward or reverse, runs through shifted loops
+rather than through ``lax`` convolutions:
 
 * ``forward(x, kernel) -> y``: the convolution above.
 * ``input_grad(g, kernel) -> dx``: the transposed convolution. Each tap's
@@ -33,8 +34,8 @@ through shifted loops rather than through ``lax`` convolutions:
 
 With ``<a, b>`` the (non-conjugating) sum of elementwise products,
 ``<h, input_grad(g, k)> = <forward(h, k), g>`` and
-``<H, kernel_grad(x, g)> = <forward(x, H), g>``, which gives the
-:func:`jax.custom_vjp` rules of all three.
+``<H, kernel_grad(x, g)> = <forward(x, H), g>``: each map is the transpose of the
+forward map in one argument, as :mod:`sepconv_jax.kernels.op` declares.
 
 Numerics: products and sums are formed in the accumulation dtype, which is
 ``preferred_element_type`` when given, ``float32`` for 16-bit floating inputs, and
@@ -44,16 +45,13 @@ effect: no matrix unit is involved, and elementwise products and sums run at the
 accumulation dtype's full precision on every backend (what ``Precision.HIGHEST``
 asks of a convolution).
 
-Limitations: forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``,
-``jax.hessian``) is not defined for :func:`jax.custom_vjp` functions; use
-``impl="xla"`` there. The loop over taps is unrolled at trace time, so very large
-windows trace and compile slowly (``"auto"`` falls back to ``"xla"`` for them).
+Limitations: the loop over taps is unrolled when lowered, so very large windows
+compile slowly (``"auto"`` falls back to ``"xla"`` for them).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import math
 from typing import Any
@@ -65,7 +63,7 @@ from jax import lax
 
 from sepconv_jax._spec import ConvSpec
 
-__all__ = ["depthwise"]
+__all__ = ["MATERIALIZE_BYTES", "forward", "input_transpose", "kernel_transpose"]
 
 
 #: Inputs whose zero-padded copy is smaller than this are padded once up front (the
@@ -413,89 +411,27 @@ def _kernel_grad_raw(x, g, geom: _Geometry, acc: np.dtype, out: np.dtype) -> jax
     return sums.reshape(*geom.window, 1, cm).astype(out)
 
 
-# ----------------------------------------------------------------------------- custom_vjp
+# ----------------------------------------------------------------------------- the maps
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _forward(x, kernel, geom, acc, out):
-    return _forward_raw(x, kernel, geom, acc, out)
+def _numerics(a, b, preferred_element_type, out_dtype) -> np.dtype:
+    """The accumulation dtype: ``preferred_element_type``, else the widest of the
+    operands and the result, with 16-bit floats widened to ``float32``."""
+    widest = jnp.result_type(a.dtype, b.dtype, out_dtype)
+    return _accumulation_dtype(widest, preferred_element_type)
 
 
-def _forward_fwd(x, kernel, geom, acc, out):
-    return _forward_raw(x, kernel, geom, acc, out), (x, kernel)
+def _geometry(spec: ConvSpec, acc: np.dtype) -> _Geometry:
+    return _Geometry.from_spec(spec, spec.batch_shape[0], acc.itemsize)
 
 
-def _forward_bwd(geom, acc, out, residuals, g):
-    x, kernel = residuals
-    return (
-        _input_grad(g, kernel, geom, acc, x.dtype),
-        _kernel_grad(x, g, geom, acc, kernel.dtype),
-    )
+def forward(x, kernel, spec: ConvSpec, *, platform, precision, preferred_element_type, out_dtype):
+    """``y = f(x, kernel)`` by shifted multiply-accumulates.
 
-
-_forward.defvjp(_forward_fwd, _forward_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _input_grad(g, kernel, geom, acc, out):
-    return _input_grad_raw(g, kernel, geom, acc, out)
-
-
-def _input_grad_fwd(g, kernel, geom, acc, out):
-    return _input_grad_raw(g, kernel, geom, acc, out), (g, kernel)
-
-
-def _input_grad_bwd(geom, acc, out, residuals, h):
-    g, kernel = residuals
-    return (
-        _forward(h, kernel, geom, acc, g.dtype),
-        _kernel_grad(h, g, geom, acc, kernel.dtype),
-    )
-
-
-_input_grad.defvjp(_input_grad_fwd, _input_grad_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _kernel_grad(x, g, geom, acc, out):
-    return _kernel_grad_raw(x, g, geom, acc, out)
-
-
-def _kernel_grad_fwd(x, g, geom, acc, out):
-    return _kernel_grad_raw(x, g, geom, acc, out), (x, g)
-
-
-def _kernel_grad_bwd(geom, acc, out, residuals, h):
-    x, g = residuals
-    return (
-        _input_grad(g, h, geom, acc, x.dtype),
-        _forward(x, h, geom, acc, g.dtype),
-    )
-
-
-_kernel_grad.defvjp(_kernel_grad_fwd, _kernel_grad_bwd)
-
-
-# ----------------------------------------------------------------------------- entry point
-
-
-def depthwise(x, kernel, spec: ConvSpec, *, precision=None, preferred_element_type=None):
-    """Depthwise convolution of flattened ``x`` by shifted multiply-accumulates.
-
-    The kernel signature shared by every entry of
-    :data:`sepconv_jax.kernels.dispatch.DEPTHWISE`.
-
-    Args:
-      x: ``(batch, *spatial, C)`` or ``(batch, C, *spatial)`` per ``spec.data_format``,
-        already padded by ``ops`` when ``padding_mode`` is not ``"zeros"``.
-      kernel: ``(*window, 1, C * M)``, the same dtype as ``x``.
-      spec: the resolved :class:`~sepconv_jax._spec.ConvSpec`; its ``padding`` is
-        applied here as zero padding.
-      precision: accepted and ignored; see the module docstring.
-      preferred_element_type: accumulation and output dtype.
-
-    Returns:
-      ``(batch, *out_spatial, C * M)`` or channels-first.
+    The signature shared by every kernel's maps (see :mod:`sepconv_jax.kernels.op`):
+    ``x`` is ``spec.flat_shape(spec.in_spatial, spec.in_channels)``, ``kernel`` is
+    ``(*window, 1, C * M)``, ``spec.padding`` is zero padding, and ``precision`` is
+    accepted and ignored (see the module docstring).
 
     Example:
       >>> import jax.numpy as jnp
@@ -504,8 +440,24 @@ def depthwise(x, kernel, spec: ConvSpec, *, precision=None, preferred_element_ty
       >>> y[0, :, :, 0].tolist()  # 4, 6 or 9 taps inside the image
       [[4.0, 6.0, 6.0, 4.0], [6.0, 9.0, 9.0, 6.0], [6.0, 9.0, 9.0, 6.0], [4.0, 6.0, 6.0, 4.0]]
     """
-    del precision  # elementwise products in the accumulation dtype: see the module docstring
-    out = np.dtype(preferred_element_type or x.dtype)
-    acc = _accumulation_dtype(x.dtype, preferred_element_type)
-    geom = _Geometry.from_spec(spec, x.shape[0], acc.itemsize)
-    return _forward(x, kernel, geom, acc, out)
+    del platform, precision
+    acc = _numerics(x, kernel, preferred_element_type, out_dtype)
+    return _forward_raw(x, kernel, _geometry(spec, acc), acc, np.dtype(out_dtype))
+
+
+def input_transpose(
+    g, kernel, spec: ConvSpec, *, platform, precision, preferred_element_type, out_dtype
+):
+    """``dx``: the transposed convolution of ``g`` (see :func:`forward` for the signature)."""
+    del platform, precision
+    acc = _numerics(g, kernel, preferred_element_type, out_dtype)
+    return _input_grad_raw(g, kernel, _geometry(spec, acc), acc, np.dtype(out_dtype))
+
+
+def kernel_transpose(
+    x, g, spec: ConvSpec, *, platform, precision, preferred_element_type, out_dtype
+):
+    """``dkernel``: per tap and channel, ``sum xpad * g`` (see :func:`forward`)."""
+    del platform, precision
+    acc = _numerics(x, g, preferred_element_type, out_dtype)
+    return _kernel_grad_raw(x, g, _geometry(spec, acc), acc, np.dtype(out_dtype))

@@ -1,10 +1,25 @@
-"""The reference path: ``lax.conv_general_dilated`` with ``feature_group_count``."""
+"""The reference kernel: ``lax.conv_general_dilated`` with ``feature_group_count``.
+
+Its two transposes are JAX's own transposes of that convolution
+(through :func:`jax.vjp`): the input transpose is a grouped convolution of
+the cotangent with the flipped kernel, the kernel transpose a convolution with
+``batch_group_count``. These are what ``jax.grad`` of the convolution ran before
+the depthwise operation had primitives of its own.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from sepconv_jax._spec import ConvSpec
+from sepconv_jax.kernels._jax_compat import match_manual_axes
+
+__all__ = ["conv", "dimension_numbers", "forward", "input_transpose", "kernel_transpose"]
 
 _SPATIAL_LETTERS = "DHW"
 
@@ -31,5 +46,68 @@ def conv(x, kernel, spec: ConvSpec, *, precision=None, preferred_element_type=No
     )
 
 
-# A depthwise conv is the grouped conv with one group per input channel.
-depthwise = conv
+def _compute_dtype(*dtypes: Any) -> np.dtype:
+    return np.dtype(jnp.result_type(*dtypes))
+
+
+def forward(x, kernel, spec: ConvSpec, *, platform, precision, preferred_element_type, out_dtype):
+    """``y = f(x, kernel)``: the grouped convolution with one group per channel."""
+    del platform
+    dtype = _compute_dtype(x.dtype, kernel.dtype)
+    y = conv(
+        x.astype(dtype),
+        kernel.astype(dtype),
+        spec,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+    return y.astype(out_dtype)
+
+
+def _transpose(f, primal_shape, dtype, like, cotangent, preferred_element_type):
+    """The transpose of the linear ``f`` at ``cotangent``, by :func:`jax.vjp`.
+
+    The primal placeholder varies over the same ``shard_map`` axes as ``like`` (the
+    other operand), so the transpose stays local to each shard: summing over the
+    axes is the business of the ``pvary`` the caller inserted, not of this map.
+    """
+    (primal,) = match_manual_axes(jnp.zeros(primal_shape, dtype), like)[:1]
+    _, vjp = jax.vjp(f, primal)
+    (result,) = vjp(cotangent.astype(preferred_element_type or dtype))
+    return result
+
+
+def input_transpose(
+    g, kernel, spec: ConvSpec, *, platform, precision, preferred_element_type, out_dtype
+):
+    """``dx``: the transpose of :func:`forward` in ``x``, applied to ``g``."""
+    del platform
+    dtype = _compute_dtype(kernel.dtype, out_dtype)
+    kernel = kernel.astype(dtype)
+
+    def f(x):
+        return conv(
+            x, kernel, spec, precision=precision, preferred_element_type=preferred_element_type
+        )
+
+    x_shape = spec.flat_shape(spec.in_spatial, spec.in_channels)
+    dx = _transpose(f, x_shape, dtype, g, g, preferred_element_type)
+    return dx.astype(out_dtype)
+
+
+def kernel_transpose(
+    x, g, spec: ConvSpec, *, platform, precision, preferred_element_type, out_dtype
+):
+    """``dkernel``: the transpose of :func:`forward` in ``kernel``, applied to ``g``."""
+    del platform
+    dtype = _compute_dtype(x.dtype, out_dtype)
+    x = x.astype(dtype)
+
+    def f(kernel):
+        return conv(
+            x, kernel, spec, precision=precision, preferred_element_type=preferred_element_type
+        )
+
+    kernel_shape = (*spec.window, 1, spec.out_channels)
+    dk = _transpose(f, kernel_shape, dtype, x, g, preferred_element_type)
+    return dk.astype(out_dtype)
