@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from sepconv_jax import _spec, ops
 from sepconv_jax._spec import DataFormat, WindowOptions
@@ -93,9 +94,9 @@ def check_common(*, dtype: Any, param_dtype: Any, precision: Any, use_bias: Any)
 
 
 def depthwise_forward(
-    x: jax.Array,
-    kernel: jax.Array,
-    bias: jax.Array | None,
+    x: ArrayLike,
+    kernel: ArrayLike,
+    bias: ArrayLike | None,
     opts: WindowOptions,
     *,
     impl: Impl,
@@ -117,11 +118,11 @@ def depthwise_forward(
 
 
 def separable_forward(
-    x: jax.Array,
-    depthwise_kernel: jax.Array,
-    pointwise_kernel: jax.Array,
-    depthwise_bias: jax.Array | None,
-    bias: jax.Array | None,
+    x: ArrayLike,
+    depthwise_kernel: ArrayLike,
+    pointwise_kernel: ArrayLike,
+    depthwise_bias: ArrayLike | None,
+    bias: ArrayLike | None,
     opts: WindowOptions,
     *,
     impl: Impl,

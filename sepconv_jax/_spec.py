@@ -181,7 +181,7 @@ def canonicalize_padding(padding: Any, n: int) -> PaddingString | PaddingPairs:
                 f"`padding` must be one of {PADDING_STRINGS} (any case), an int, or per-dim ints or "
                 f"(low, high) pairs; got {padding!r}"
             )
-        return typing.cast(PaddingString, upper)
+        return upper
     pairs: list[tuple[int, int]]
     if is_int(padding):
         index = operator.index(padding)
@@ -256,9 +256,10 @@ def check_choice(value: Any, choices: Sequence[_Choice], name: str) -> _Choice:
     """Checks that ``value`` is one of the string ``choices``, and returns it."""
     if not isinstance(value, str):
         raise TypeError(f"`{name}` must be a string, one of {tuple(choices)}, got {value!r}")
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {tuple(choices)}, got {value!r}")
-    return value
+    for choice in choices:
+        if value == choice:
+            return choice
+    raise ValueError(f"`{name}` must be one of {tuple(choices)}, got {value!r}")
 
 
 def check_precision(precision: Any) -> None:
@@ -609,6 +610,8 @@ def pointwise_after(spec: ConvSpec, kernel: Any, bias: Any) -> PointwiseSpec:
             f"{spec.out_channels} channels; expected ({spec.out_channels}, out_channels)"
         )
     check_bias(bias, k_shape[1], "bias")
+    leading: tuple[int, ...]
+    trailing: tuple[int, ...]
     if spec.channels_last:
         leading, trailing = (*spec.batch_shape, *spec.out_spatial), ()
     else:
