@@ -69,29 +69,6 @@ class _Windowed(nnx.Module):
         self._options = opts
 
 
-def _window_options(
-    *,
-    kernel_size: Any,
-    strides: Any,
-    padding: Any,
-    padding_mode: Any,
-    kernel_dilation: Any,
-    depth_multiplier: Any,
-    data_format: Any,
-    impl: Any,
-) -> tuple[WindowOptions, Impl]:
-    opts = _spec.window_options(
-        kernel_size=kernel_size,
-        strides=strides,
-        padding=padding,
-        padding_mode=padding_mode,
-        kernel_dilation=kernel_dilation,
-        depth_multiplier=depth_multiplier,
-        data_format=data_format,
-    )
-    return opts, _layers.check_impl(impl)
-
-
 class DepthwiseConv(_Windowed):
     """Depthwise convolution: one filter bank per input channel, no channel mixing.
 
@@ -156,7 +133,7 @@ class DepthwiseConv(_Windowed):
         rngs: nnx.Rngs,
     ):
         in_features = _spec.check_positive_int(in_features, "in_features")
-        opts, impl = _window_options(
+        opts = _spec.window_options(
             kernel_size=kernel_size,
             strides=strides,
             padding=padding,
@@ -164,8 +141,8 @@ class DepthwiseConv(_Windowed):
             kernel_dilation=kernel_dilation,
             depth_multiplier=depth_multiplier,
             data_format=data_format,
-            impl=impl,
         )
+        impl = _layers.check_impl(impl)
         _layers.check_common(
             dtype=dtype, param_dtype=param_dtype, precision=precision, use_bias=use_bias
         )
@@ -368,7 +345,7 @@ class SeparableConv(_Windowed):
     ):
         in_features = _spec.check_positive_int(in_features, "in_features")
         out_features = _spec.check_positive_int(out_features, "out_features")
-        opts, impl = _window_options(
+        opts = _spec.window_options(
             kernel_size=kernel_size,
             strides=strides,
             padding=padding,
@@ -376,8 +353,8 @@ class SeparableConv(_Windowed):
             kernel_dilation=kernel_dilation,
             depth_multiplier=depth_multiplier,
             data_format=data_format,
-            impl=impl,
         )
+        impl = _layers.check_impl(impl)
         _layers.check_common(
             dtype=dtype, param_dtype=param_dtype, precision=precision, use_bias=use_bias
         )
