@@ -154,12 +154,12 @@ def _run_pointwise(
     # one group) to `sepconv_jax.cost`, and XLA lowers it to a matrix multiply.
     # Channels-last positions go in the batch dim, which gives XLA:CPU a faster
     # kernel gradient (a plain contraction over the batch) than one long window.
-    positions = math.prod(spec.leading_shape)
+    leading = math.prod(spec.leading_shape)
     if spec.channels_last:
-        flat = x.reshape(positions, 1, spec.in_channels)
+        flat = x.reshape(leading, 1, spec.in_channels)
         dims = ("NWC", "WIO", "NWC")
     else:
-        flat = x.reshape(positions, spec.in_channels, math.prod(spec.trailing_shape))
+        flat = x.reshape(leading, spec.in_channels, math.prod(spec.trailing_shape))
         dims = ("NCW", "WIO", "NCW")
     y = lax.conv_general_dilated(
         flat,
