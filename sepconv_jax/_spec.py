@@ -1,8 +1,14 @@
 """Argument canonicalization and validation: one place, one frozen record out.
 
 Every public function in :mod:`sepconv_jax.ops` calls into this module before it
-touches ``lax``. Shapes are static under ``jax.jit``, so every check here runs at
-trace time and a bad argument never reaches XLA.
+touches ``lax``, and so do the modules of :mod:`sepconv_jax.linen` and
+:mod:`sepconv_jax.nnx` for their options and input channels. Shapes are static under
+``jax.jit``, so every check here runs at trace time and a bad argument never
+reaches XLA.
+
+Records out: :class:`ConvSpec` (a windowed convolution, resolved against its input),
+:class:`PointwiseSpec` (a 1x1 convolution) and :class:`WindowOptions` (a module's
+window options, canonical but not yet bound to an input).
 """
 
 from __future__ import annotations
@@ -10,21 +16,36 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
+import typing
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
+from jax import lax
 from jax import numpy as jnp
 
 PaddingLike = str | int | Sequence[int | tuple[int, int] | Sequence[int]]
+#: Where the channels are: last, ``(*batch, *spatial, C)``, or first, ``(*batch, C, *spatial)``.
 DataFormat = Literal["channels_last", "channels_first"]
+#: How padded positions are filled (PyTorch's names).
 PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
+#: The padding strings, upper case (any case is accepted on input).
+PaddingString = Literal["SAME", "VALID", "CAUSAL"]
+#: One ``(low, high)`` pair per spatial dim.
+PaddingPairs = tuple[tuple[int, int], ...]
 
-PADDING_STRINGS = ("SAME", "VALID", "CAUSAL")
-PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
-DATA_FORMATS = ("channels_last", "channels_first")
+PADDING_STRINGS: tuple[PaddingString, ...] = typing.get_args(PaddingString)
+PADDING_MODES: tuple[PaddingMode, ...] = typing.get_args(PaddingMode)
+DATA_FORMATS: tuple[DataFormat, ...] = typing.get_args(DataFormat)
 # Our names for the modes, mapped to ``numpy.pad`` / ``jax.numpy.pad`` modes.
-NP_PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+NP_PAD_MODES: dict[PaddingMode, str] = {
+    "zeros": "constant",
+    "reflect": "reflect",
+    "replicate": "edge",
+    "circular": "wrap",
+}
+
+_Choice = TypeVar("_Choice", bound=str)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,9 +78,9 @@ class ConvSpec:
     window: tuple[int, ...]
     strides: tuple[int, ...]
     dilation: tuple[int, ...]
-    padding: tuple[tuple[int, int], ...]
-    padding_mode: str
-    data_format: str
+    padding: PaddingPairs
+    padding_mode: PaddingMode
+    data_format: DataFormat
 
     @property
     def depth_multiplier(self) -> int:
@@ -117,7 +138,7 @@ def is_int(value: Any) -> bool:
 def check_positive_int(value: Any, name: str) -> int:
     """``value`` as an int >= 1 (bools rejected), or an error naming ``name``."""
     if not is_int(value):
-        raise TypeError(f"`{name}` must be a positive int, got {type(value).__name__} {value!r}")
+        raise TypeError(f"`{name}` must be an int >= 1, got {type(value).__name__} {value!r}")
     value = operator.index(value)
     if value < 1:
         raise ValueError(f"`{name}` must be >= 1, got {value}")
@@ -147,7 +168,7 @@ def canonicalize_tuple(value: Any, n: int, name: str, *, minimum: int = 1) -> tu
     return values
 
 
-def canonicalize_padding(padding: Any, n: int) -> str | tuple[tuple[int, int], ...]:
+def canonicalize_padding(padding: Any, n: int) -> PaddingString | PaddingPairs:
     """Normalizes every accepted padding form.
 
     Returns an upper-case string (``"SAME"``, ``"VALID"``, ``"CAUSAL"``) or one
@@ -161,8 +182,10 @@ def canonicalize_padding(padding: Any, n: int) -> str | tuple[tuple[int, int], .
                 f"(low, high) pairs; got {padding!r}"
             )
         return upper
+    pairs: list[tuple[int, int]]
     if is_int(padding):
-        pairs = ((operator.index(padding),) * 2,) * n
+        index = operator.index(padding)
+        pairs = [(index, index)] * n
     elif isinstance(padding, Sequence):
         if len(padding) != n:
             raise ValueError(
@@ -172,7 +195,8 @@ def canonicalize_padding(padding: Any, n: int) -> str | tuple[tuple[int, int], .
         pairs = []
         for entry in padding:
             if is_int(entry):
-                pairs.append((operator.index(entry),) * 2)
+                index = operator.index(entry)
+                pairs.append((index, index))
             elif (
                 isinstance(entry, Sequence)
                 and not isinstance(entry, str)
@@ -185,24 +209,24 @@ def canonicalize_padding(padding: Any, n: int) -> str | tuple[tuple[int, int], .
                     f"each entry of `padding` must be an int or a (low, high) pair of ints, got {entry!r} "
                     f"in {padding!r}"
                 )
-        pairs = tuple(pairs)
     else:
         raise TypeError(
             f"`padding` must be a string, an int or a sequence, got {type(padding).__name__} "
             f"{padding!r}"
         )
-    if any(v < 0 for pair in pairs for v in pair):
-        raise ValueError(f"`padding` must be non-negative, got {pairs!r}")
-    return tuple(pairs)
+    result = tuple(pairs)
+    if any(v < 0 for pair in result for v in pair):
+        raise ValueError(f"`padding` must be non-negative, got {result!r}")
+    return result
 
 
 def resolve_padding(
-    padding: str | tuple[tuple[int, int], ...],
+    padding: PaddingString | PaddingPairs,
     in_spatial: Sequence[int],
     window: Sequence[int],
     strides: Sequence[int],
     dilation: Sequence[int],
-) -> tuple[tuple[int, int], ...]:
+) -> PaddingPairs:
     """Turns a canonical padding into explicit ``(low, high)`` pairs for this input.
 
     * ``SAME``: output size ``ceil(in / stride)``; the total pad
@@ -214,7 +238,7 @@ def resolve_padding(
     """
     if not isinstance(padding, str):
         return padding
-    pairs = []
+    pairs: list[tuple[int, int]] = []
     for size, k, s, d in zip(in_spatial, window, strides, dilation, strict=True):
         eff = (k - 1) * d + 1
         if padding == "VALID":
@@ -228,13 +252,58 @@ def resolve_padding(
     return tuple(pairs)
 
 
-def check_choice(value: Any, choices: Sequence[str], name: str) -> str:
-    """Checks that ``value`` is one of the string ``choices``."""
+def check_choice(value: Any, choices: Sequence[_Choice], name: str) -> _Choice:
+    """Checks that ``value`` is one of the string ``choices``, and returns it."""
     if not isinstance(value, str):
         raise TypeError(f"`{name}` must be a string, one of {tuple(choices)}, got {value!r}")
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {tuple(choices)}, got {value!r}")
-    return value
+    for choice in choices:
+        if value == choice:
+            return choice
+    raise ValueError(f"`{name}` must be one of {tuple(choices)}, got {value!r}")
+
+
+def check_precision(precision: Any) -> None:
+    """``None``, a :class:`jax.lax.Precision`, one of its names, or a pair of them."""
+    if precision is None:
+        return
+    values = precision if isinstance(precision, tuple | list) else (precision,)
+    if len(values) not in (1, 2):
+        raise ValueError(f"`precision` must be one value or a pair, got {precision!r}")
+    for value in values:
+        if isinstance(value, lax.Precision):
+            continue
+        try:
+            lax.Precision(value)
+        except (ValueError, TypeError, KeyError):
+            raise ValueError(
+                f"`precision` must be None, a `jax.lax.Precision` or one of 'default', 'high', "
+                f"'highest', got {precision!r}"
+            ) from None
+
+
+def check_preferred_element_type(preferred_element_type: Any) -> np.dtype | None:
+    """``None`` or a floating or complex dtype, as a NumPy dtype."""
+    if preferred_element_type is None:
+        return None
+    try:
+        dtype = np.dtype(preferred_element_type)
+    except TypeError:
+        raise TypeError(
+            f"`preferred_element_type` must be None or a dtype such as jnp.float32, got "
+            f"{preferred_element_type!r}"
+        ) from None
+    if not np.issubdtype(dtype, np.inexact):
+        raise TypeError(
+            f"`preferred_element_type` must be a floating or complex dtype, got {dtype}"
+        )
+    return dtype
+
+
+def check_num_spatial_dims(num_spatial_dims: Any) -> int | None:
+    """``None``, or how many trailing dims of a channels-first input are spatial (>= 0)."""
+    if num_spatial_dims is None:
+        return None
+    return canonicalize_tuple(num_spatial_dims, 1, "num_spatial_dims", minimum=0)[0]
 
 
 # ----------------------------------------------------------------------------- arrays
@@ -280,8 +349,14 @@ def check_bias(bias: Any, channels: int, name: str) -> None:
         )
 
 
-def _split_x(x_shape: tuple[int, ...], n: int, data_format: str, x_name: str, k_name: str):
-    """Splits ``x``'s shape into (batch dims, spatial dims, channels)."""
+def _split_x(
+    x_shape: tuple[int, ...], n: int, data_format: DataFormat, x_name: str, why: str
+) -> tuple[tuple[int, ...], tuple[int, ...], int]:
+    """Splits ``x``'s shape into (batch dims, spatial dims, channels) for ``n`` spatial dims.
+
+    ``why`` says where ``n`` comes from, for the error message (e.g. "`kernel` has 2
+    spatial dim(s)").
+    """
     if len(x_shape) < n + 1:
         layout = (
             "(*batch, *spatial, channels)"
@@ -289,8 +364,8 @@ def _split_x(x_shape: tuple[int, ...], n: int, data_format: str, x_name: str, k_
             else ("(*batch, channels, *spatial)")
         )
         raise ValueError(
-            f"`{x_name}` has shape {x_shape} (rank {len(x_shape)}) but `{k_name}` has {n} spatial "
-            f"dim(s), so `{x_name}` needs rank >= {n + 1}: {layout}"
+            f"`{x_name}` has shape {x_shape} (rank {len(x_shape)}) but {why}, so `{x_name}` needs "
+            f"rank >= {n + 1}: {layout}"
         )
     if data_format == "channels_last":
         return x_shape[: -n - 1], x_shape[-n - 1 : -1], x_shape[-1]
@@ -322,8 +397,8 @@ def make_spec(
     """
     check_numeric(x, x_name)
     check_numeric(kernel, kernel_name)
-    check_choice(data_format, DATA_FORMATS, "data_format")
-    check_choice(padding_mode, PADDING_MODES, "padding_mode")
+    data_format = check_choice(data_format, DATA_FORMATS, "data_format")
+    padding_mode = check_choice(padding_mode, PADDING_MODES, "padding_mode")
 
     k_shape = shape_of(kernel)
     if len(k_shape) not in (3, 4, 5):
@@ -335,7 +410,9 @@ def make_spec(
     window, k_in, k_out = k_shape[:n], k_shape[-2], k_shape[-1]
     if any(w < 1 for w in window) or k_out < 1:
         raise ValueError(f"`{kernel_name}` has shape {k_shape}; every dim must be >= 1")
-    batch_shape, in_spatial, channels = _split_x(shape_of(x), n, data_format, x_name, kernel_name)
+    batch_shape, in_spatial, channels = _split_x(
+        shape_of(x), n, data_format, x_name, f"`{kernel_name}` has {n} spatial dim(s)"
+    )
     if channels < 1:
         raise ValueError(f"`{x_name}` has shape {shape_of(x)} with 0 channels")
 
@@ -353,11 +430,7 @@ def make_spec(
             )
         groups = channels
     else:
-        if not is_int(groups):
-            raise TypeError(f"`groups` must be an int, got {type(groups).__name__} {groups!r}")
-        groups = operator.index(groups)
-        if groups < 1:
-            raise ValueError(f"`groups` must be >= 1, got {groups}")
+        groups = check_positive_int(groups, "groups")
         if channels % groups:
             raise ValueError(
                 f"`{x_name}` has {channels} channels, which `groups`={groups} does not divide; "
@@ -378,7 +451,7 @@ def make_spec(
     dilation = canonicalize_tuple(dilation, n, "dilation")
     pad = resolve_padding(canonicalize_padding(padding, n), in_spatial, window, strides, dilation)
 
-    out_spatial = []
+    out_spatial: list[int] = []
     for i, (size, k, s, d, (lo, hi)) in enumerate(
         zip(in_spatial, window, strides, dilation, pad, strict=True)
     ):
@@ -420,3 +493,217 @@ def make_spec(
         padding_mode=padding_mode,
         data_format=data_format,
     )
+
+
+# ----------------------------------------------------------------------------- pointwise
+
+
+@dataclasses.dataclass(frozen=True)
+class PointwiseSpec:
+    """A validated pointwise (1x1) convolution: a channel mix at every position.
+
+    Attributes:
+      leading_shape: the dims of ``x`` before its channel axis (the batch dims, and
+        the spatial dims when channels-last).
+      trailing_shape: the dims after it (the spatial dims when channels-first).
+      in_channels: channels of ``x``.
+      out_channels: channels of the result.
+      data_format: ``"channels_last"`` or ``"channels_first"``.
+    """
+
+    leading_shape: tuple[int, ...]
+    trailing_shape: tuple[int, ...]
+    in_channels: int
+    out_channels: int
+    data_format: DataFormat
+
+    @property
+    def channels_last(self) -> bool:
+        return self.data_format == "channels_last"
+
+    def output_shape(self) -> tuple[int, ...]:
+        """Shape of the result: ``x``'s shape with ``out_channels`` channels."""
+        return (*self.leading_shape, self.out_channels, *self.trailing_shape)
+
+
+def _pointwise_channel_axis(
+    x_shape: tuple[int, ...], data_format: DataFormat, num_spatial_dims: int | None
+) -> int:
+    """The axis of ``x``'s channels for a pointwise conv (arguments already checked)."""
+    if num_spatial_dims is not None:
+        need = num_spatial_dims + 1
+        if len(x_shape) < need:
+            raise ValueError(
+                f"`x` has shape {x_shape} (rank {len(x_shape)}) but num_spatial_dims="
+                f"{num_spatial_dims} with {data_format} needs rank >= {need}"
+            )
+    elif data_format == "channels_first" and len(x_shape) < 2:
+        raise ValueError(
+            f"`x` has shape {x_shape}; channels-first input needs rank >= 2: "
+            f"(batch, channels, *spatial)"
+        )
+    if len(x_shape) < 1:
+        raise ValueError("`x` is a scalar; pointwise_conv needs at least a channel dim")
+    if data_format == "channels_last":
+        return len(x_shape) - 1
+    n = len(x_shape) - 2 if num_spatial_dims is None else num_spatial_dims
+    return len(x_shape) - n - 1
+
+
+def pointwise_channels(x: Any, data_format: DataFormat, num_spatial_dims: int | None) -> int:
+    """The channel count of ``x`` as a pointwise conv reads it (a module's input lookup).
+
+    Args:
+      x: the input; it must be numeric.
+      data_format: checked already (e.g. by the module's constructor).
+      num_spatial_dims: canonical, from :func:`check_num_spatial_dims`.
+    """
+    check_numeric(x, "x")
+    x_shape = shape_of(x)
+    return x_shape[_pointwise_channel_axis(x_shape, data_format, num_spatial_dims)]
+
+
+def pointwise_spec(
+    x: Any, kernel: Any, bias: Any, *, data_format: Any, num_spatial_dims: Any
+) -> PointwiseSpec:
+    """Validates a pointwise conv of ``x`` with a ``(in_channels, out_channels)`` kernel.
+
+    Args:
+      x: the input, channels-last or channels-first.
+      kernel: ``(in_channels, out_channels)``.
+      bias: ``None`` or ``(out_channels,)``.
+      data_format, num_spatial_dims: as in :func:`sepconv_jax.pointwise_conv`.
+    """
+    check_numeric(x, "x")
+    check_numeric(kernel, "kernel")
+    data_format = check_choice(data_format, DATA_FORMATS, "data_format")
+    x_shape, k_shape = shape_of(x), shape_of(kernel)
+    if len(k_shape) != 2:
+        raise ValueError(
+            f"`kernel` has shape {k_shape}; a pointwise kernel is (in_channels, out_channels)"
+        )
+    n = check_num_spatial_dims(num_spatial_dims)
+    axis = _pointwise_channel_axis(x_shape, data_format, n)
+    channels = x_shape[axis]
+    if k_shape[0] != channels:
+        raise ValueError(
+            f"`kernel` has in-dim {k_shape[0]} but `x` has {channels} channels (axis {axis} of "
+            f"shape {x_shape}); expected kernel shape ({channels}, out_channels)"
+        )
+    check_bias(bias, k_shape[1], "bias")
+    return PointwiseSpec(x_shape[:axis], x_shape[axis + 1 :], channels, k_shape[1], data_format)
+
+
+def pointwise_after(spec: ConvSpec, kernel: Any, bias: Any) -> PointwiseSpec:
+    """Validates the pointwise step of a separable conv whose depthwise step is ``spec``.
+
+    Args:
+      spec: the validated depthwise step.
+      kernel: the ``pointwise_kernel``, ``(spec.out_channels, out_channels)``.
+      bias: ``None`` or ``(out_channels,)``.
+    """
+    check_numeric(kernel, "pointwise_kernel")
+    k_shape = shape_of(kernel)
+    if len(k_shape) != 2 or k_shape[0] != spec.out_channels:
+        raise ValueError(
+            f"`pointwise_kernel` has shape {k_shape} but the depthwise step gives "
+            f"{spec.out_channels} channels; expected ({spec.out_channels}, out_channels)"
+        )
+    check_bias(bias, k_shape[1], "bias")
+    leading: tuple[int, ...]
+    trailing: tuple[int, ...]
+    if spec.channels_last:
+        leading, trailing = (*spec.batch_shape, *spec.out_spatial), ()
+    else:
+        leading, trailing = spec.batch_shape, spec.out_spatial
+    return PointwiseSpec(leading, trailing, spec.out_channels, k_shape[1], spec.data_format)
+
+
+# ----------------------------------------------------------------------------- module options
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowOptions:
+    """The canonical window options of a module, before an input is bound.
+
+    Attributes:
+      window: the kernel's spatial shape (``kernel_size``), 1 to 3 dims.
+      strides: one stride per spatial dim.
+      padding: a padding string or one ``(low, high)`` pair per spatial dim.
+      padding_mode: how padded positions are filled.
+      dilation: one kernel dilation per spatial dim (``kernel_dilation``).
+      depth_multiplier: depthwise outputs per input channel.
+      data_format: ``"channels_last"`` or ``"channels_first"``.
+    """
+
+    window: tuple[int, ...]
+    strides: tuple[int, ...]
+    padding: PaddingString | PaddingPairs
+    padding_mode: PaddingMode
+    dilation: tuple[int, ...]
+    depth_multiplier: int
+    data_format: DataFormat
+
+    @property
+    def num_spatial(self) -> int:
+        return len(self.window)
+
+    def depthwise_kernel_shape(self, channels: int) -> tuple[int, ...]:
+        """``(*window, 1, channels * depth_multiplier)``."""
+        return (*self.window, 1, channels * self.depth_multiplier)
+
+
+def check_kernel_size(kernel_size: Any) -> tuple[int, ...]:
+    """A module's ``kernel_size``: a sequence of 1, 2 or 3 positive ints, one per spatial dim."""
+    if is_int(kernel_size):
+        raise TypeError(
+            f"`kernel_size` must be a sequence with one int per spatial dim, e.g. (3, 3) for "
+            f"images or (3,) for sequences; got the int {kernel_size!r}. A bare int is ambiguous "
+            f"here because inputs may carry extra leading batch dims"
+        )
+    if not isinstance(kernel_size, Sequence) or isinstance(kernel_size, str):
+        raise TypeError(
+            f"`kernel_size` must be a sequence of 1, 2 or 3 ints, got "
+            f"{type(kernel_size).__name__} {kernel_size!r}"
+        )
+    if len(kernel_size) not in (1, 2, 3):
+        raise ValueError(
+            f"`kernel_size` has {len(kernel_size)} entries {tuple(kernel_size)!r}; 1, 2 or 3 "
+            f"spatial dims are supported"
+        )
+    return canonicalize_tuple(tuple(kernel_size), len(kernel_size), "kernel_size")
+
+
+def window_options(
+    *,
+    kernel_size: Any,
+    strides: Any,
+    padding: Any,
+    padding_mode: Any,
+    kernel_dilation: Any,
+    depth_multiplier: Any,
+    data_format: Any,
+) -> WindowOptions:
+    """Validates the options of a module with a spatial window, canonicalized."""
+    window = check_kernel_size(kernel_size)
+    n = len(window)
+    strides = canonicalize_tuple(strides, n, "strides")
+    dilation = canonicalize_tuple(kernel_dilation, n, "kernel_dilation")
+    padding = canonicalize_padding(padding, n)
+    return WindowOptions(
+        window=window,
+        strides=strides,
+        padding=padding,
+        padding_mode=check_choice(padding_mode, PADDING_MODES, "padding_mode"),
+        dilation=dilation,
+        data_format=check_choice(data_format, DATA_FORMATS, "data_format"),
+        depth_multiplier=check_positive_int(depth_multiplier, "depth_multiplier"),
+    )
+
+
+def window_channels(x: Any, opts: WindowOptions, owner: str) -> int:
+    """The channel count of ``x`` for the module ``owner`` with window options ``opts``."""
+    check_numeric(x, "x")
+    n = opts.num_spatial
+    why = f"this {owner} has a {n}-d `kernel_size` {opts.window}"
+    return _split_x(shape_of(x), n, opts.data_format, "x", why)[2]

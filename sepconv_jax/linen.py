@@ -33,18 +33,20 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.linen.dtypes import promote_dtype
 from jax.typing import ArrayLike
 
-from sepconv_jax import _module_common as common
-from sepconv_jax._spec import DataFormat, PaddingLike, PaddingMode
+from sepconv_jax import _layers, _spec, ops
+from sepconv_jax._spec import DataFormat, PaddingLike, PaddingMode, WindowOptions
+from sepconv_jax.kernels.dispatch import Impl
 from sepconv_jax.ops import PrecisionLike
 
 __all__ = ["DepthwiseConv", "PointwiseConv", "SeparableConv"]
 
 
-def _window_options(module: DepthwiseConv | SeparableConv) -> common.WindowOptions:
+def _window_options(module: DepthwiseConv | SeparableConv) -> WindowOptions:
     """Validated, canonical window options of a module (plain function: safe in __post_init__)."""
-    return common.window_options(
+    opts = _spec.window_options(
         kernel_size=module.kernel_size,
         strides=module.strides,
         padding=module.padding,
@@ -52,8 +54,9 @@ def _window_options(module: DepthwiseConv | SeparableConv) -> common.WindowOptio
         kernel_dilation=module.kernel_dilation,
         depth_multiplier=module.depth_multiplier,
         data_format=module.data_format,
-        impl=module.impl,
     )
+    _layers.check_impl(module.impl)
+    return opts
 
 
 class DepthwiseConv(nn.Module):
@@ -110,21 +113,21 @@ class DepthwiseConv(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     precision: PrecisionLike = None
-    impl: str = "auto"
-    depthwise_init: common.Initializer = common.default_depthwise_init
-    bias_init: common.Initializer = common.default_bias_init
+    impl: Impl = "auto"
+    depthwise_init: _layers.Initializer = _layers.default_depthwise_init
+    bias_init: _layers.Initializer = _layers.default_bias_init
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _window_options(self)
-        common.check_common(
+        _layers.check_common(
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             precision=self.precision,
             use_bias=self.use_bias,
         )
-        common.check_initializer(self.depthwise_init, "depthwise_init")
-        common.check_initializer(self.bias_init, "bias_init")
+        _layers.check_initializer(self.depthwise_init, "depthwise_init")
+        _layers.check_initializer(self.bias_init, "bias_init")
 
     @nn.compact
     def __call__(self, x: ArrayLike) -> jax.Array:
@@ -138,14 +141,15 @@ class DepthwiseConv(nn.Module):
           ``(*batch, *out_spatial, C * depth_multiplier)`` (or channels-first).
         """
         opts = _window_options(self)
-        channels = common.window_channels(x, opts, "DepthwiseConv")
-        shape = common.depthwise_kernel_shape(opts, channels)
+        channels = _spec.window_channels(x, opts, "DepthwiseConv")
+        shape = opts.depthwise_kernel_shape(channels)
         kernel = self.param("kernel", self.depthwise_init, shape, self.param_dtype)
         bias = None
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (shape[-1],), self.param_dtype)
-        return common.depthwise_forward(
-            x, kernel, bias, opts, dtype=self.dtype, precision=self.precision
+        x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+        return _layers.depthwise_forward(
+            x, kernel, bias, opts, impl=self.impl, precision=self.precision
         )
 
 
@@ -188,22 +192,22 @@ class PointwiseConv(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     precision: PrecisionLike = None
-    pointwise_init: common.Initializer = common.default_pointwise_init
-    bias_init: common.Initializer = common.default_bias_init
+    pointwise_init: _layers.Initializer = _layers.default_pointwise_init
+    bias_init: _layers.Initializer = _layers.default_bias_init
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        common.check_positive_int(self.features, "features")
-        common.check_data_format(self.data_format)
-        common.check_pointwise_spatial(self.num_spatial_dims)
-        common.check_common(
+        _spec.check_positive_int(self.features, "features")
+        _layers.check_data_format(self.data_format)
+        _spec.check_num_spatial_dims(self.num_spatial_dims)
+        _layers.check_common(
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             precision=self.precision,
             use_bias=self.use_bias,
         )
-        common.check_initializer(self.pointwise_init, "pointwise_init")
-        common.check_initializer(self.bias_init, "bias_init")
+        _layers.check_initializer(self.pointwise_init, "pointwise_init")
+        _layers.check_initializer(self.bias_init, "bias_init")
 
     @nn.compact
     def __call__(self, x: ArrayLike) -> jax.Array:
@@ -216,21 +220,21 @@ class PointwiseConv(nn.Module):
         Returns:
           ``x`` with its channel dim replaced by ``features``.
         """
-        n = common.check_pointwise_spatial(self.num_spatial_dims)
-        channels = common.pointwise_channels(x, self.data_format, n)
+        n = _spec.check_num_spatial_dims(self.num_spatial_dims)
+        channels = _spec.pointwise_channels(x, self.data_format, n)
         kernel = self.param(
             "kernel", self.pointwise_init, (channels, self.features), self.param_dtype
         )
         bias = None
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-        return common.pointwise_forward(
+        x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+        return ops.pointwise_conv(
             x,
             kernel,
-            bias,
+            bias=bias,
             data_format=self.data_format,
             num_spatial_dims=n,
-            dtype=self.dtype,
             precision=self.precision,
         )
 
@@ -283,25 +287,25 @@ class SeparableConv(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     precision: PrecisionLike = None
-    impl: str = "auto"
-    depthwise_init: common.Initializer = common.default_depthwise_init
-    pointwise_init: common.Initializer = common.default_pointwise_init
-    bias_init: common.Initializer = common.default_bias_init
+    impl: Impl = "auto"
+    depthwise_init: _layers.Initializer = _layers.default_depthwise_init
+    pointwise_init: _layers.Initializer = _layers.default_pointwise_init
+    bias_init: _layers.Initializer = _layers.default_bias_init
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        common.check_positive_int(self.features, "features")
+        _spec.check_positive_int(self.features, "features")
         _window_options(self)
-        common.check_common(
+        _layers.check_common(
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             precision=self.precision,
             use_bias=self.use_bias,
         )
-        common.check_bool(self.use_depthwise_bias, "use_depthwise_bias")
-        common.check_initializer(self.depthwise_init, "depthwise_init")
-        common.check_initializer(self.pointwise_init, "pointwise_init")
-        common.check_initializer(self.bias_init, "bias_init")
+        _layers.check_bool(self.use_depthwise_bias, "use_depthwise_bias")
+        _layers.check_initializer(self.depthwise_init, "depthwise_init")
+        _layers.check_initializer(self.pointwise_init, "pointwise_init")
+        _layers.check_initializer(self.bias_init, "bias_init")
 
     @nn.compact
     def __call__(self, x: ArrayLike) -> jax.Array:
@@ -315,8 +319,8 @@ class SeparableConv(nn.Module):
           ``(*batch, *out_spatial, features)`` (or channels-first).
         """
         opts = _window_options(self)
-        channels = common.window_channels(x, opts, "SeparableConv")
-        dw_shape = common.depthwise_kernel_shape(opts, channels)
+        channels = _spec.window_channels(x, opts, "SeparableConv")
+        dw_shape = opts.depthwise_kernel_shape(channels)
         mid = dw_shape[-1]
         dw_kernel = self.param("depthwise_kernel", self.depthwise_init, dw_shape, self.param_dtype)
         pw_kernel = self.param(
@@ -328,13 +332,16 @@ class SeparableConv(nn.Module):
         bias = None
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-        return common.separable_forward(
+        x, dw_kernel, pw_kernel, dw_bias, bias = promote_dtype(
+            x, dw_kernel, pw_kernel, dw_bias, bias, dtype=self.dtype
+        )
+        return _layers.separable_forward(
             x,
             dw_kernel,
             pw_kernel,
             dw_bias,
             bias,
             opts,
-            dtype=self.dtype,
+            impl=self.impl,
             precision=self.precision,
         )

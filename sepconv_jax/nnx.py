@@ -18,29 +18,58 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.nnx.nn.dtypes import promote_dtype
 from jax.typing import ArrayLike
 
-from sepconv_jax import _module_common as common
-from sepconv_jax._spec import DataFormat, PaddingLike, PaddingMode
+from sepconv_jax import _layers, _spec, ops
+from sepconv_jax._spec import (
+    DataFormat,
+    PaddingLike,
+    PaddingMode,
+    PaddingPairs,
+    PaddingString,
+    WindowOptions,
+)
+from sepconv_jax.kernels.dispatch import Impl
 from sepconv_jax.ops import PrecisionLike
 
 __all__ = ["DepthwiseConv", "PointwiseConv", "SeparableConv"]
 
 
-def _store_window_options(module: nnx.Module, opts: common.WindowOptions) -> None:
-    """Keeps the canonical window options as the module's public attributes."""
-    module.kernel_size = opts.window
-    module.strides = opts.strides
-    module.padding = opts.padding
-    module.padding_mode = opts.padding_mode
-    module.kernel_dilation = opts.dilation
-    module.depth_multiplier = opts.depth_multiplier
-    module.data_format = opts.data_format
-    module.impl = opts.impl
-    module._options = opts
+def _check_in_features(channels: int, in_features: int, owner: str) -> None:
+    if channels != in_features:
+        raise ValueError(
+            f"`x` has {channels} channels but this {owner} was built with "
+            f"in_features={in_features}; build it with in_features={channels} or fix the input"
+        )
 
 
-class DepthwiseConv(nnx.Module):
+class _Windowed(nnx.Module):
+    """A layer with a spatial window: its options, canonical, as public attributes."""
+
+    kernel_size: tuple[int, ...]
+    strides: tuple[int, ...]
+    padding: PaddingString | PaddingPairs
+    padding_mode: PaddingMode
+    kernel_dilation: tuple[int, ...]
+    depth_multiplier: int
+    data_format: DataFormat
+    impl: Impl
+    _options: WindowOptions
+
+    def _store_window_options(self, opts: WindowOptions, impl: Impl) -> None:
+        self.kernel_size = opts.window
+        self.strides = opts.strides
+        self.padding = opts.padding
+        self.padding_mode = opts.padding_mode
+        self.kernel_dilation = opts.dilation
+        self.depth_multiplier = opts.depth_multiplier
+        self.data_format = opts.data_format
+        self.impl = impl
+        self._options = opts
+
+
+class DepthwiseConv(_Windowed):
     """Depthwise convolution: one filter bank per input channel, no channel mixing.
 
     Computes :func:`sepconv_jax.depthwise_conv` with a ``kernel`` of shape
@@ -98,13 +127,13 @@ class DepthwiseConv(nnx.Module):
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
         precision: PrecisionLike = None,
-        impl: str = "auto",
-        depthwise_init: common.Initializer = common.default_depthwise_init,
-        bias_init: common.Initializer = common.default_bias_init,
+        impl: Impl = "auto",
+        depthwise_init: _layers.Initializer = _layers.default_depthwise_init,
+        bias_init: _layers.Initializer = _layers.default_bias_init,
         rngs: nnx.Rngs,
     ):
-        in_features = common.check_positive_int(in_features, "in_features")
-        opts = common.window_options(
+        in_features = _spec.check_positive_int(in_features, "in_features")
+        opts = _spec.window_options(
             kernel_size=kernel_size,
             strides=strides,
             padding=padding,
@@ -112,15 +141,15 @@ class DepthwiseConv(nnx.Module):
             kernel_dilation=kernel_dilation,
             depth_multiplier=depth_multiplier,
             data_format=data_format,
-            impl=impl,
         )
-        common.check_common(
+        impl = _layers.check_impl(impl)
+        _layers.check_common(
             dtype=dtype, param_dtype=param_dtype, precision=precision, use_bias=use_bias
         )
-        common.check_initializer(depthwise_init, "depthwise_init")
-        common.check_initializer(bias_init, "bias_init")
+        _layers.check_initializer(depthwise_init, "depthwise_init")
+        _layers.check_initializer(bias_init, "bias_init")
 
-        shape = common.depthwise_kernel_shape(opts, in_features)
+        shape = opts.depthwise_kernel_shape(in_features)
         self.kernel = nnx.Param(depthwise_init(rngs.params(), shape, param_dtype))
         self.bias: nnx.Param | None
         if use_bias:
@@ -129,7 +158,7 @@ class DepthwiseConv(nnx.Module):
             self.bias = nnx.data(None)
 
         self.in_features = in_features
-        _store_window_options(self, opts)
+        self._store_window_options(opts, impl)
         self.use_bias = use_bias
         self.dtype = dtype
         self.param_dtype = param_dtype
@@ -145,16 +174,12 @@ class DepthwiseConv(nnx.Module):
         Returns:
           ``(*batch, *out_spatial, in_features * depth_multiplier)`` (or channels-first).
         """
-        channels = common.window_channels(x, self._options, "DepthwiseConv")
-        common.check_in_features(channels, self.in_features, "DepthwiseConv")
+        channels = _spec.window_channels(x, self._options, "DepthwiseConv")
+        _check_in_features(channels, self.in_features, "DepthwiseConv")
         bias = None if self.bias is None else self.bias[...]
-        return common.depthwise_forward(
-            x,
-            self.kernel[...],
-            bias,
-            self._options,
-            dtype=self.dtype,
-            precision=self.precision,
+        x, kernel, bias = promote_dtype((x, self.kernel[...], bias), dtype=self.dtype)
+        return _layers.depthwise_forward(
+            x, kernel, bias, self._options, impl=self.impl, precision=self.precision
         )
 
 
@@ -203,19 +228,19 @@ class PointwiseConv(nnx.Module):
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
         precision: PrecisionLike = None,
-        pointwise_init: common.Initializer = common.default_pointwise_init,
-        bias_init: common.Initializer = common.default_bias_init,
+        pointwise_init: _layers.Initializer = _layers.default_pointwise_init,
+        bias_init: _layers.Initializer = _layers.default_bias_init,
         rngs: nnx.Rngs,
     ):
-        in_features = common.check_positive_int(in_features, "in_features")
-        out_features = common.check_positive_int(out_features, "out_features")
-        data_format = common.check_data_format(data_format)
-        num_spatial_dims = common.check_pointwise_spatial(num_spatial_dims)
-        common.check_common(
+        in_features = _spec.check_positive_int(in_features, "in_features")
+        out_features = _spec.check_positive_int(out_features, "out_features")
+        data_format = _layers.check_data_format(data_format)
+        num_spatial_dims = _spec.check_num_spatial_dims(num_spatial_dims)
+        _layers.check_common(
             dtype=dtype, param_dtype=param_dtype, precision=precision, use_bias=use_bias
         )
-        common.check_initializer(pointwise_init, "pointwise_init")
-        common.check_initializer(bias_init, "bias_init")
+        _layers.check_initializer(pointwise_init, "pointwise_init")
+        _layers.check_initializer(bias_init, "bias_init")
 
         self.kernel = nnx.Param(
             pointwise_init(rngs.params(), (in_features, out_features), param_dtype)
@@ -245,21 +270,21 @@ class PointwiseConv(nnx.Module):
         Returns:
           ``x`` with its channel dim replaced by ``out_features``.
         """
-        channels = common.pointwise_channels(x, self.data_format, self.num_spatial_dims)
-        common.check_in_features(channels, self.in_features, "PointwiseConv")
+        channels = _spec.pointwise_channels(x, self.data_format, self.num_spatial_dims)
+        _check_in_features(channels, self.in_features, "PointwiseConv")
         bias = None if self.bias is None else self.bias[...]
-        return common.pointwise_forward(
+        x, kernel, bias = promote_dtype((x, self.kernel[...], bias), dtype=self.dtype)
+        return ops.pointwise_conv(
             x,
-            self.kernel[...],
-            bias,
+            kernel,
+            bias=bias,
             data_format=self.data_format,
             num_spatial_dims=self.num_spatial_dims,
-            dtype=self.dtype,
             precision=self.precision,
         )
 
 
-class SeparableConv(nnx.Module):
+class SeparableConv(_Windowed):
     """Depthwise separable convolution (Keras / Xception ``SeparableConv``).
 
     A depthwise convolution (``depthwise_kernel``, ``(*kernel_size, 1, C * M)``)
@@ -312,15 +337,15 @@ class SeparableConv(nnx.Module):
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
         precision: PrecisionLike = None,
-        impl: str = "auto",
-        depthwise_init: common.Initializer = common.default_depthwise_init,
-        pointwise_init: common.Initializer = common.default_pointwise_init,
-        bias_init: common.Initializer = common.default_bias_init,
+        impl: Impl = "auto",
+        depthwise_init: _layers.Initializer = _layers.default_depthwise_init,
+        pointwise_init: _layers.Initializer = _layers.default_pointwise_init,
+        bias_init: _layers.Initializer = _layers.default_bias_init,
         rngs: nnx.Rngs,
     ):
-        in_features = common.check_positive_int(in_features, "in_features")
-        out_features = common.check_positive_int(out_features, "out_features")
-        opts = common.window_options(
+        in_features = _spec.check_positive_int(in_features, "in_features")
+        out_features = _spec.check_positive_int(out_features, "out_features")
+        opts = _spec.window_options(
             kernel_size=kernel_size,
             strides=strides,
             padding=padding,
@@ -328,17 +353,17 @@ class SeparableConv(nnx.Module):
             kernel_dilation=kernel_dilation,
             depth_multiplier=depth_multiplier,
             data_format=data_format,
-            impl=impl,
         )
-        common.check_common(
+        impl = _layers.check_impl(impl)
+        _layers.check_common(
             dtype=dtype, param_dtype=param_dtype, precision=precision, use_bias=use_bias
         )
-        common.check_bool(use_depthwise_bias, "use_depthwise_bias")
-        common.check_initializer(depthwise_init, "depthwise_init")
-        common.check_initializer(pointwise_init, "pointwise_init")
-        common.check_initializer(bias_init, "bias_init")
+        _layers.check_bool(use_depthwise_bias, "use_depthwise_bias")
+        _layers.check_initializer(depthwise_init, "depthwise_init")
+        _layers.check_initializer(pointwise_init, "pointwise_init")
+        _layers.check_initializer(bias_init, "bias_init")
 
-        dw_shape = common.depthwise_kernel_shape(opts, in_features)
+        dw_shape = opts.depthwise_kernel_shape(in_features)
         mid = dw_shape[-1]
         self.depthwise_kernel = nnx.Param(depthwise_init(rngs.params(), dw_shape, param_dtype))
         self.pointwise_kernel = nnx.Param(
@@ -357,7 +382,7 @@ class SeparableConv(nnx.Module):
 
         self.in_features = in_features
         self.out_features = out_features
-        _store_window_options(self, opts)
+        self._store_window_options(opts, impl)
         self.use_bias = use_bias
         self.use_depthwise_bias = use_depthwise_bias
         self.dtype = dtype
@@ -374,17 +399,21 @@ class SeparableConv(nnx.Module):
         Returns:
           ``(*batch, *out_spatial, out_features)`` (or channels-first).
         """
-        channels = common.window_channels(x, self._options, "SeparableConv")
-        common.check_in_features(channels, self.in_features, "SeparableConv")
+        channels = _spec.window_channels(x, self._options, "SeparableConv")
+        _check_in_features(channels, self.in_features, "SeparableConv")
         dw_bias = None if self.depthwise_bias is None else self.depthwise_bias[...]
         bias = None if self.bias is None else self.bias[...]
-        return common.separable_forward(
+        x, dw_kernel, pw_kernel, dw_bias, bias = promote_dtype(
+            (x, self.depthwise_kernel[...], self.pointwise_kernel[...], dw_bias, bias),
+            dtype=self.dtype,
+        )
+        return _layers.separable_forward(
             x,
-            self.depthwise_kernel[...],
-            self.pointwise_kernel[...],
+            dw_kernel,
+            pw_kernel,
             dw_bias,
             bias,
             self._options,
-            dtype=self.dtype,
+            impl=self.impl,
             precision=self.precision,
         )

@@ -21,9 +21,10 @@ from jax import lax
 from jax.typing import ArrayLike
 
 from sepconv_jax import _spec
-from sepconv_jax._spec import ConvSpec, DataFormat, PaddingLike, PaddingMode
+from sepconv_jax._spec import ConvSpec, DataFormat, PaddingLike, PaddingMode, PointwiseSpec
 from sepconv_jax.kernels import op as _op
 from sepconv_jax.kernels import xla as _xla
+from sepconv_jax.kernels.dispatch import Impl
 
 __all__ = ["depthwise_conv", "grouped_conv", "pointwise_conv", "separable_conv"]
 
@@ -33,39 +34,9 @@ PrecisionLike = None | str | lax.Precision | tuple[Any, Any]
 # ----------------------------------------------------------------------------- helpers
 
 
-def _check_precision(precision: Any) -> None:
-    if precision is None:
-        return
-    values = precision if isinstance(precision, tuple | list) else (precision,)
-    if len(values) not in (1, 2):
-        raise ValueError(f"`precision` must be one value or a pair, got {precision!r}")
-    for value in values:
-        if isinstance(value, lax.Precision):
-            continue
-        try:
-            lax.Precision(value)
-        except (ValueError, TypeError, KeyError):
-            raise ValueError(
-                f"`precision` must be None, a `jax.lax.Precision` or one of 'default', 'high', "
-                f"'highest', got {precision!r}"
-            ) from None
-
-
-def _check_preferred(preferred_element_type: Any) -> np.dtype | None:
-    if preferred_element_type is None:
-        return None
-    try:
-        dtype = np.dtype(preferred_element_type)
-    except TypeError:
-        raise TypeError(
-            f"`preferred_element_type` must be None or a dtype such as jnp.float32, got "
-            f"{preferred_element_type!r}"
-        ) from None
-    if not np.issubdtype(dtype, np.inexact):
-        raise TypeError(
-            f"`preferred_element_type` must be a floating or complex dtype, got {dtype}"
-        )
-    return dtype
+def _check_numerics(precision: Any, preferred_element_type: Any) -> None:
+    _spec.check_precision(precision)
+    _spec.check_preferred_element_type(preferred_element_type)
 
 
 def _compute_dtype(*arrays: ArrayLike | None) -> np.dtype:
@@ -76,15 +47,16 @@ def _compute_dtype(*arrays: ArrayLike | None) -> np.dtype:
     return dtype
 
 
-def _promote(*arrays: ArrayLike | None) -> list[jax.Array | None]:
-    """Promotes the given arrays (skipping ``None``) to their :func:`_compute_dtype`."""
-    dtype = _compute_dtype(*arrays)
-    return [None if a is None else jnp.asarray(a, dtype) for a in arrays]
-
-
-def _common_checks(precision: Any, preferred_element_type: Any) -> None:
-    _check_precision(precision)
-    _check_preferred(preferred_element_type)
+def _promote(
+    x: ArrayLike, kernel: ArrayLike, bias: ArrayLike | None
+) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """Promotes ``x``, ``kernel`` and ``bias`` (if given) to their :func:`_compute_dtype`."""
+    dtype = _compute_dtype(x, kernel, bias)
+    return (
+        jnp.asarray(x, dtype),
+        jnp.asarray(kernel, dtype),
+        None if bias is None else jnp.asarray(bias, dtype),
+    )
 
 
 def _pad_mode(x: jax.Array, spec: ConvSpec) -> tuple[jax.Array, ConvSpec]:
@@ -137,7 +109,7 @@ def _check_windowed(
         kernel_name=kernel_name,
     )
     _spec.check_bias(bias, spec.out_channels, bias_name)
-    _common_checks(precision, preferred_element_type)
+    _check_numerics(precision, preferred_element_type)
     return spec
 
 
@@ -147,7 +119,7 @@ def _run_windowed(
     kernel: ArrayLike,
     bias: ArrayLike | None,
     *,
-    impl: str | None,
+    impl: Impl | None,
     precision: PrecisionLike,
     preferred_element_type: Any,
 ) -> jax.Array:
@@ -167,6 +139,41 @@ def _run_windowed(
     return y.reshape(spec.output_shape())
 
 
+def _run_pointwise(
+    spec: PointwiseSpec,
+    x: ArrayLike,
+    kernel: ArrayLike,
+    bias: ArrayLike | None,
+    *,
+    precision: PrecisionLike,
+    preferred_element_type: Any,
+) -> jax.Array:
+    """Runs a validated pointwise conv."""
+    x, kernel, bias = _promote(x, kernel, bias)
+    # A 1x1 conv over the flattened positions: shows up as a pointwise conv (window 1,
+    # one group) to `sepconv_jax.cost`, and XLA lowers it to a matrix multiply.
+    # Channels-last positions go in the batch dim, which gives XLA:CPU a faster
+    # kernel gradient (a plain contraction over the batch) than one long window.
+    leading = math.prod(spec.leading_shape)
+    if spec.channels_last:
+        flat = x.reshape(leading, 1, spec.in_channels)
+        dims = ("NWC", "WIO", "NWC")
+    else:
+        flat = x.reshape(leading, spec.in_channels, math.prod(spec.trailing_shape))
+        dims = ("NCW", "WIO", "NCW")
+    y = lax.conv_general_dilated(
+        flat,
+        kernel.reshape(1, spec.in_channels, spec.out_channels),
+        window_strides=(1,),
+        padding=((0, 0),),
+        dimension_numbers=dims,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+    y = _add_bias(y, bias, -1 if spec.channels_last else 1)
+    return y.reshape(spec.output_shape())
+
+
 # ----------------------------------------------------------------------------- public API
 
 
@@ -182,7 +189,7 @@ def depthwise_conv(
     bias: ArrayLike | None = None,
     precision: PrecisionLike = None,
     preferred_element_type: Any = None,
-    impl: str = "auto",
+    impl: Impl = "auto",
 ) -> jax.Array:
     """Depthwise convolution: one filter bank per input channel, no channel mixing.
 
@@ -367,64 +374,18 @@ def pointwise_conv(
       >>> y.shape, y[0, 0, 0].tolist()
       ((2, 4, 4, 5), [3.0, 4.0, 5.0, 6.0, 7.0])
     """
-    _spec.check_numeric(x, "x")
-    _spec.check_numeric(kernel, "kernel")
-    _spec.check_choice(data_format, _spec.DATA_FORMATS, "data_format")
-    _common_checks(precision, preferred_element_type)
-    x_shape, k_shape = _spec.shape_of(x), _spec.shape_of(kernel)
-    if len(k_shape) != 2:
-        raise ValueError(
-            f"`kernel` has shape {k_shape}; a pointwise kernel is (in_channels, out_channels)"
-        )
-    if num_spatial_dims is not None:
-        n = _spec.canonicalize_tuple(num_spatial_dims, 1, "num_spatial_dims", minimum=0)[0]
-        need = n + 1
-        if len(x_shape) < need:
-            raise ValueError(
-                f"`x` has shape {x_shape} (rank {len(x_shape)}) but num_spatial_dims={n} with "
-                f"{data_format} needs rank >= {need}"
-            )
-    elif data_format == "channels_first":
-        if len(x_shape) < 2:
-            raise ValueError(
-                f"`x` has shape {x_shape}; channels-first input needs rank >= 2: "
-                f"(batch, channels, *spatial)"
-            )
-        n = len(x_shape) - 2
-    if len(x_shape) < 1:
-        raise ValueError("`x` is a scalar; pointwise_conv needs at least a channel dim")
-    axis = len(x_shape) - 1 if data_format == "channels_last" else len(x_shape) - n - 1
-    channels = x_shape[axis]
-    if k_shape[0] != channels:
-        raise ValueError(
-            f"`kernel` has in-dim {k_shape[0]} but `x` has {channels} channels (axis {axis} of "
-            f"shape {x_shape}); expected kernel shape ({channels}, out_channels)"
-        )
-    _spec.check_bias(bias, k_shape[1], "bias")
-    x, kernel, bias = _promote(x, kernel, bias)
-
-    # A 1x1 conv over the flattened positions: shows up as a pointwise conv (window 1,
-    # one group) to `sepconv_jax.cost`, and XLA lowers it to a matrix multiply.
-    # Channels-last positions go in the batch dim, which gives XLA:CPU a faster
-    # kernel gradient (a plain contraction over the batch) than one long window.
-    lead, rest = x.shape[:axis], x.shape[axis + 1 :]
-    if data_format == "channels_last":
-        flat = x.reshape(math.prod(lead), 1, channels)
-        dims = ("NWC", "WIO", "NWC")
-    else:
-        flat = x.reshape(math.prod(lead), channels, math.prod(rest))
-        dims = ("NCW", "WIO", "NCW")
-    y = lax.conv_general_dilated(
-        flat,
-        kernel.reshape(1, *k_shape),
-        window_strides=(1,),
-        padding=((0, 0),),
-        dimension_numbers=dims,
+    _check_numerics(precision, preferred_element_type)
+    spec = _spec.pointwise_spec(
+        x, kernel, bias, data_format=data_format, num_spatial_dims=num_spatial_dims
+    )
+    return _run_pointwise(
+        spec,
+        x,
+        kernel,
+        bias,
         precision=precision,
         preferred_element_type=preferred_element_type,
     )
-    y = _add_bias(y, bias, -1 if data_format == "channels_last" else 1)
-    return y.reshape(*lead, k_shape[1], *rest)
 
 
 def separable_conv(
@@ -441,7 +402,7 @@ def separable_conv(
     bias: ArrayLike | None = None,
     precision: PrecisionLike = None,
     preferred_element_type: Any = None,
-    impl: str = "auto",
+    impl: Impl = "auto",
 ) -> jax.Array:
     """Depthwise separable convolution: :func:`pointwise_conv` after :func:`depthwise_conv`.
 
@@ -493,14 +454,7 @@ def separable_conv(
         kernel_name="depthwise_kernel",
         bias_name="depthwise_bias",
     )
-    _spec.check_numeric(pointwise_kernel, "pointwise_kernel")
-    pw_shape = _spec.shape_of(pointwise_kernel)
-    if len(pw_shape) != 2 or pw_shape[0] != spec.out_channels:
-        raise ValueError(
-            f"`pointwise_kernel` has shape {pw_shape} but the depthwise step gives "
-            f"{spec.out_channels} channels; expected ({spec.out_channels}, out_channels)"
-        )
-    _spec.check_bias(bias, pw_shape[1], "bias")
+    pointwise = _spec.pointwise_after(spec, pointwise_kernel, bias)
     compute_dtype = _compute_dtype(x, depthwise_kernel, depthwise_bias)
     y = _run_windowed(
         spec,
@@ -511,12 +465,11 @@ def separable_conv(
         precision=precision,
         preferred_element_type=preferred_element_type,
     ).astype(compute_dtype)
-    return pointwise_conv(
+    return _run_pointwise(
+        pointwise,
         y,
         pointwise_kernel,
-        bias=bias,
-        data_format=data_format,
-        num_spatial_dims=spec.num_spatial,
+        bias,
         precision=precision,
         preferred_element_type=preferred_element_type,
     )

@@ -7,6 +7,8 @@ or from definitions written out here; the Keras comparisons (parameter counts of
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import itertools
 import math
 
@@ -305,6 +307,65 @@ def test_errors_name_the_argument():
         abstract_init(models.MobileNetV1(depth_multiplier=1.5), x.shape)
 
 
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda: models.MobileNetV2(num_classes=0), ValueError, "`num_classes` must be >= 1"),
+        (lambda: models.Xception(num_classes=2.5), TypeError, "`num_classes`"),
+        (lambda: models.EfficientNetB0(include_top="yes"), TypeError, "`include_top`"),
+        (lambda: models.Xception(include_top=False, pooling="mean"), ValueError, "`pooling`"),
+        (lambda: models.MobileNetV2(dropout_rate=1.0), ValueError, "`dropout_rate`"),
+        (lambda: models.MobileNetV1(classifier_activation="softmax"), TypeError, "`classifier_"),
+        (lambda: models.MobileNetV1(width_multiplier=0.0), ValueError, "`width_multiplier`"),
+        (lambda: models.MobileNetV2(width_multiplier=True), TypeError, "`width_multiplier`"),
+        (lambda: models.MobileNetV1(depth_multiplier=0), ValueError, "`depth_multiplier`"),
+        (lambda: models.MobileNetV1(stride2_padding="valid"), ValueError, "`stride2_padding`"),
+        (lambda: models.EfficientNetB0(drop_connect_rate=-0.1), ValueError, "`drop_connect_rate`"),
+        (lambda: models.EfficientNetB0(depth_coefficient=0), ValueError, "`depth_coefficient`"),
+        (lambda: models.EfficientNetB0(include_preprocessing=1), TypeError, "`include_prepro"),
+        (lambda: models.Xception(impl="magic"), ValueError, "`impl` must be one of"),
+        (lambda: models.MobileNetV2(dtype=jnp.int32), TypeError, "`dtype`"),
+        (lambda: models.MobileNetV1(param_dtype=None), TypeError, "`param_dtype`"),
+        (lambda: models.EfficientNetB0(precision="max"), ValueError, "`precision`"),
+        (lambda: blocks.InvertedResidual(impl="cuda"), ValueError, "`impl` must be one of"),
+    ],
+)
+def test_bad_options_fail_at_construction(make, error, match):
+    """A bad option fails where the model is written, before any input is seen."""
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_bad_options_fail_in_clone_and_replace():
+    model = models.MobileNetV1(num_classes=10, width_multiplier=0.25)
+    with pytest.raises(ValueError, match="`num_classes`"):
+        model.clone(num_classes=-1)
+    with pytest.raises(ValueError, match="`width_multiplier`"):
+        dataclasses.replace(model, width_multiplier=-0.5)
+
+
+@pytest.mark.parametrize(
+    "cls", [models.MobileNetV1, models.MobileNetV2, models.EfficientNetB0, models.Xception]
+)
+def test_shared_fields_defaults_and_keywords(cls):
+    """The fields every model shares come first (``num_classes`` positional), each
+    model's own follow, and the numerics fields are keyword-only."""
+    shared = ["num_classes", "include_top", "pooling", "dropout_rate", "classifier_activation"]
+    numerics = {"dtype", "param_dtype", "precision", "impl"}
+    signature = inspect.signature(cls)
+    positional = [n for n, p in signature.parameters.items() if p.kind is p.POSITIONAL_OR_KEYWORD]
+    keyword_only = {n for n, p in signature.parameters.items() if p.kind is p.KEYWORD_ONLY}
+    assert positional[: len(shared)] == shared
+    assert keyword_only == numerics
+    assert cls(7).num_classes == 7
+    # the defaults of Keras' applications (dropout: MobileNet 1e-3, EfficientNet 0.2)
+    dropout = {"MobileNetV1": 1e-3, "EfficientNetB0": 0.2}.get(cls.__name__, 0.0)
+    assert cls().dropout_rate == dropout
+    model = cls(num_classes=3, impl="xla", dtype=jnp.bfloat16)
+    changed = dataclasses.replace(model, num_classes=4)
+    assert (changed.num_classes, changed.impl, changed.dtype) == (4, "xla", jnp.bfloat16)
+
+
 # ----------------------------------------------------------------------------- training
 
 
@@ -354,13 +415,40 @@ def test_a_few_optax_steps_lower_the_loss(name):
 # ----------------------------------------------------------------------------- cost
 
 
+def _mult_adds_by_definition(model, variables, shape) -> int:
+    """Mult-adds of every layer with a kernel, from the definition: each output
+    position of a layer costs one mult-add per kernel entry (``prod(kernel.shape)``;
+    both kernels for a separable conv), the paper's convention. Output positions are
+    read from each layer's output (``capture_intermediates``)."""
+    _, state = jax.eval_shape(
+        lambda v, x: model.apply(v, x, capture_intermediates=True, mutable=["intermediates"]),
+        variables,
+        sds(*shape),
+    )
+    inter = state["intermediates"]
+    kernels = {"kernel", "depthwise_kernel", "pointwise_kernel"}
+    layers: dict[tuple[str, ...], int] = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(variables["params"])[0]:
+        keys = tuple(k.key for k in path)
+        if keys[-1] in kernels:
+            layers[keys[:-1]] = layers.get(keys[:-1], 0) + math.prod(leaf.shape)
+    total = 0
+    for layer, per_position in layers.items():
+        node = inter
+        for key in layer:
+            node = node[key]
+        (out,) = node["__call__"]
+        total += math.prod(out.shape[:-1]) * per_position
+    return total
+
+
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_cost_profile_works_on_every_model(name):
     model, side = SMALL[name]
     p = cost.profile(model, sds(1, side, side, 3), train=False)
     variables = abstract_init(model, (1, side, side, 3))
     assert p.params == count(variables["params"])
-    assert p.mult_adds > 0
+    assert p.mult_adds == _mult_adds_by_definition(model, variables, (1, side, side, 3))
     assert "depthwise" in p.by_kind and "pointwise" in p.by_kind
     # every depthwise step of the architecture is counted as a depthwise operation
     depthwise = 0

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from jax.typing import ArrayLike
 
-from sepconv_jax import _module_common as common
+from sepconv_jax.interop import _checks
 from sepconv_jax.interop.keras_models import convert as convert
 
 __all__ = [
@@ -72,12 +72,12 @@ def depthwise_from_keras(kernel: ArrayLike, bias: ArrayLike | None = None) -> di
       >>> depthwise_from_keras(kernel)["kernel"].shape
       (3, 3, 1, 16)
     """
-    kernel = common.as_array(kernel, "kernel")
-    common.check_rank(kernel, (3, 4, 5), "kernel", "(*window, C, depth_multiplier)")
+    kernel = _checks.as_array(kernel, "kernel")
+    _checks.check_rank(kernel, (3, 4, 5), "kernel", "(*window, C, depth_multiplier)")
     *window, c, m = kernel.shape
-    bias = common.optional_array(bias, "bias")
-    common.check_bias(bias, c * m, "bias")
-    return common.with_bias({"kernel": kernel.reshape(*window, 1, c * m)}, "bias", bias)
+    bias = _checks.optional_array(bias, "bias")
+    _checks.check_bias(bias, c * m, "bias")
+    return _checks.with_bias({"kernel": kernel.reshape(*window, 1, c * m)}, "bias", bias)
 
 
 def depthwise_to_keras(
@@ -98,17 +98,17 @@ def depthwise_to_keras(
       >>> depthwise_to_keras(np.zeros((3, 3, 1, 16)), depth_multiplier=2)["kernel"].shape
       (3, 3, 8, 2)
     """
-    kernel = common.as_array(kernel, "kernel")
-    common.check_rank(kernel, (3, 4, 5), "kernel", "(*window, 1, C * depth_multiplier)")
+    kernel = _checks.as_array(kernel, "kernel")
+    _checks.check_rank(kernel, (3, 4, 5), "kernel", "(*window, 1, C * depth_multiplier)")
     if kernel.shape[-2] != 1:
         raise ValueError(
             f"`kernel` has shape {kernel.shape}; a depthwise kernel is (*window, 1, C * M)"
         )
     *window, _, cm = kernel.shape
-    m = common.check_multiplier(depth_multiplier, cm)
-    bias = common.optional_array(bias, "bias")
-    common.check_bias(bias, cm, "bias")
-    return common.with_bias({"kernel": kernel.reshape(*window, cm // m, m)}, "bias", bias)
+    m = _checks.check_depth_multiplier(depth_multiplier, cm)
+    bias = _checks.optional_array(bias, "bias")
+    _checks.check_bias(bias, cm, "bias")
+    return _checks.with_bias({"kernel": kernel.reshape(*window, cm // m, m)}, "bias", bias)
 
 
 def pointwise_from_keras(kernel: ArrayLike, bias: ArrayLike | None = None) -> dict[str, np.ndarray]:
@@ -126,16 +126,16 @@ def pointwise_from_keras(kernel: ArrayLike, bias: ArrayLike | None = None) -> di
       >>> pointwise_from_keras(np.zeros((1, 1, 16, 32)))["kernel"].shape
       (16, 32)
     """
-    kernel = common.as_array(kernel, "kernel")
-    common.check_rank(kernel, (2, 3, 4, 5), "kernel", "(1, ..., C_in, C_out) or (C_in, C_out)")
+    kernel = _checks.as_array(kernel, "kernel")
+    _checks.check_rank(kernel, (2, 3, 4, 5), "kernel", "(1, ..., C_in, C_out) or (C_in, C_out)")
     if any(k != 1 for k in kernel.shape[:-2]):
         raise ValueError(
             f"`kernel` has shape {kernel.shape}, a {kernel.shape[:-2]} window; a pointwise conv "
             f"has a window of ones. Use `conv_from_keras` for larger windows"
         )
-    bias = common.optional_array(bias, "bias")
-    common.check_bias(bias, kernel.shape[-1], "bias")
-    return common.with_bias({"kernel": kernel.reshape(kernel.shape[-2:])}, "bias", bias)
+    bias = _checks.optional_array(bias, "bias")
+    _checks.check_bias(bias, kernel.shape[-1], "bias")
+    return _checks.with_bias({"kernel": kernel.reshape(kernel.shape[-2:])}, "bias", bias)
 
 
 def pointwise_to_keras(
@@ -150,9 +150,9 @@ def pointwise_to_keras(
       >>> pointwise_to_keras(np.zeros((16, 32)))["kernel"].shape
       (1, 1, 16, 32)
     """
-    kernel, bias = common.pointwise_for_export(kernel, bias, num_spatial_dims)
+    kernel, bias = _checks.pointwise_for_export(kernel, bias, num_spatial_dims)
     out = kernel.reshape(*(1,) * num_spatial_dims, *kernel.shape)
-    return common.with_bias({"kernel": out}, "bias", bias)
+    return _checks.with_bias({"kernel": out}, "bias", bias)
 
 
 def conv_from_keras(kernel: ArrayLike, bias: ArrayLike | None = None) -> dict[str, np.ndarray]:
@@ -166,11 +166,11 @@ def conv_from_keras(kernel: ArrayLike, bias: ArrayLike | None = None) -> dict[st
       >>> conv_from_keras(np.zeros((3, 3, 4, 8)), np.zeros(8))["kernel"].shape
       (3, 3, 4, 8)
     """
-    kernel = common.as_array(kernel, "kernel")
-    common.check_rank(kernel, (3, 4, 5), "kernel", "(*window, C // groups, filters)")
-    bias = common.optional_array(bias, "bias")
-    common.check_bias(bias, kernel.shape[-1], "bias")
-    return common.with_bias({"kernel": kernel}, "bias", bias)
+    kernel = _checks.as_array(kernel, "kernel")
+    _checks.check_rank(kernel, (3, 4, 5), "kernel", "(*window, C // groups, filters)")
+    bias = _checks.optional_array(bias, "bias")
+    _checks.check_bias(bias, kernel.shape[-1], "bias")
+    return _checks.with_bias({"kernel": kernel}, "bias", bias)
 
 
 def conv_to_keras(kernel: ArrayLike, bias: ArrayLike | None = None) -> dict[str, np.ndarray]:
@@ -219,7 +219,7 @@ def separable_from_keras(
             f"(*ones, {dw.shape[-1]}, filters)"
         )
     params = {"depthwise_kernel": dw, "pointwise_kernel": pw["kernel"]}
-    return common.with_bias(params, "bias", pw.get("bias"))
+    return _checks.with_bias(params, "bias", pw.get("bias"))
 
 
 def separable_to_keras(
@@ -257,7 +257,7 @@ def separable_to_keras(
     n = dw["kernel"].ndim - 2
     pw = pointwise_to_keras(params["pointwise_kernel"], params.get("bias"), num_spatial_dims=n)
     out = {"depthwise_kernel": dw["kernel"], "pointwise_kernel": pw["kernel"]}
-    return common.with_bias(out, "bias", pw.get("bias"))
+    return _checks.with_bias(out, "bias", pw.get("bias"))
 
 
 _PADDING = {"same": "SAME", "valid": "VALID", "causal": "CAUSAL"}

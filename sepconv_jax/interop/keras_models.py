@@ -38,6 +38,7 @@ from sepconv_jax.models import efficientnet as efficientnet_lib
 from sepconv_jax.models import mobilenet_v1 as mobilenet_v1_lib
 from sepconv_jax.models import mobilenet_v2 as mobilenet_v2_lib
 from sepconv_jax.models import xception as xception_lib
+from sepconv_jax.models.blocks import BN_EPSILON, Stride2Padding
 
 __all__ = ["convert"]
 
@@ -133,7 +134,7 @@ class _Collector:
         """``BatchNormalization`` -> ``flax.linen.BatchNorm``, checking its constants."""
         layer = self.layer(name)
         config = layer.get_config()
-        if not np.isclose(config["epsilon"], 1e-3, rtol=1e-6, atol=0):
+        if not np.isclose(config["epsilon"], BN_EPSILON, rtol=1e-6, atol=0):
             raise ValueError(
                 f"batch norm {name!r} has epsilon {config['epsilon']}; the reference "
                 f"architectures use Keras' 1e-3"
@@ -190,7 +191,7 @@ def _check_channels_last(keras_model: Any) -> None:
             )
 
 
-def _stride2_padding(keras_model: Any) -> str:
+def _stride2_padding(keras_model: Any) -> Stride2Padding:
     """``"same"`` when Keras knew the input size when building (its ``correct_pad``)."""
     height, width = _spatial(keras_model)
     return "fixed" if height is None or width is None else "same"

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from jax.typing import ArrayLike
 
-from sepconv_jax import _module_common as common
+from sepconv_jax.interop import _checks
 
 __all__ = [
     "conv_kwargs_from_torch",
@@ -77,11 +77,11 @@ def grouped_from_torch(weight: ArrayLike, bias: ArrayLike | None = None) -> dict
       >>> grouped_from_torch(w)["kernel"].shape
       (3, 3, 2, 8)
     """
-    weight = common.as_array(weight, "weight")
-    common.check_rank(weight, (3, 4, 5), "weight", _LAYOUT)
-    bias = common.optional_array(bias, "bias")
-    common.check_bias(bias, weight.shape[0], "bias")
-    return common.with_bias({"kernel": _to_ours(weight)}, "bias", bias)
+    weight = _checks.as_array(weight, "weight")
+    _checks.check_rank(weight, (3, 4, 5), "weight", _LAYOUT)
+    bias = _checks.optional_array(bias, "bias")
+    _checks.check_bias(bias, weight.shape[0], "bias")
+    return _checks.with_bias({"kernel": _to_ours(weight)}, "bias", bias)
 
 
 def grouped_to_torch(kernel: ArrayLike, bias: ArrayLike | None = None) -> dict[str, np.ndarray]:
@@ -92,11 +92,11 @@ def grouped_to_torch(kernel: ArrayLike, bias: ArrayLike | None = None) -> dict[s
       >>> grouped_to_torch(np.zeros((3, 3, 2, 8)))["weight"].shape
       (8, 2, 3, 3)
     """
-    kernel = common.as_array(kernel, "kernel")
-    common.check_rank(kernel, (3, 4, 5), "kernel", "(*window, in_channels // groups, out)")
-    bias = common.optional_array(bias, "bias")
-    common.check_bias(bias, kernel.shape[-1], "bias")
-    return common.with_bias({"weight": _to_torch(kernel)}, "bias", bias)
+    kernel = _checks.as_array(kernel, "kernel")
+    _checks.check_rank(kernel, (3, 4, 5), "kernel", "(*window, in_channels // groups, out)")
+    bias = _checks.optional_array(bias, "bias")
+    _checks.check_bias(bias, kernel.shape[-1], "bias")
+    return _checks.with_bias({"weight": _to_torch(kernel)}, "bias", bias)
 
 
 def depthwise_from_torch(weight: ArrayLike, bias: ArrayLike | None = None) -> dict[str, np.ndarray]:
@@ -122,8 +122,8 @@ def depthwise_from_torch(weight: ArrayLike, bias: ArrayLike | None = None) -> di
       >>> depthwise_from_torch(w, np.zeros(16))["kernel"].shape
       (3, 3, 1, 16)
     """
-    weight = common.as_array(weight, "weight")
-    common.check_rank(weight, (3, 4, 5), "weight", "(C * M, 1, *window)")
+    weight = _checks.as_array(weight, "weight")
+    _checks.check_rank(weight, (3, 4, 5), "weight", "(C * M, 1, *window)")
     if weight.shape[1] != 1:
         raise ValueError(
             f"`weight` has shape {weight.shape}, with in-dim {weight.shape[1]}; a depthwise "
@@ -143,8 +143,8 @@ def depthwise_to_torch(kernel: ArrayLike, bias: ArrayLike | None = None) -> dict
       >>> depthwise_to_torch(np.zeros((3, 3, 1, 16)))["weight"].shape
       (16, 1, 3, 3)
     """
-    kernel = common.as_array(kernel, "kernel")
-    common.check_rank(kernel, (3, 4, 5), "kernel", "(*window, 1, C * M)")
+    kernel = _checks.as_array(kernel, "kernel")
+    _checks.check_rank(kernel, (3, 4, 5), "kernel", "(*window, 1, C * M)")
     if kernel.shape[-2] != 1:
         raise ValueError(
             f"`kernel` has shape {kernel.shape}; a depthwise kernel is (*window, 1, C * M)"
@@ -171,18 +171,18 @@ def pointwise_from_torch(weight: ArrayLike, bias: ArrayLike | None = None) -> di
       >>> pointwise_from_torch(np.zeros((32, 16, 1, 1)))["kernel"].shape
       (16, 32)
     """
-    weight = common.as_array(weight, "weight")
-    common.check_rank(weight, (2, 3, 4, 5), "weight", "(C_out, C_in, 1, ...) or (C_out, C_in)")
+    weight = _checks.as_array(weight, "weight")
+    _checks.check_rank(weight, (2, 3, 4, 5), "weight", "(C_out, C_in, 1, ...) or (C_out, C_in)")
     if any(k != 1 for k in weight.shape[2:]):
         raise ValueError(
             f"`weight` has shape {weight.shape}, a {weight.shape[2:]} window; a pointwise conv "
             f"has a window of ones, e.g. (C_out, C_in, 1, 1). Use `grouped_from_torch` for "
             f"larger windows"
         )
-    bias = common.optional_array(bias, "bias")
-    common.check_bias(bias, weight.shape[0], "bias")
+    bias = _checks.optional_array(bias, "bias")
+    _checks.check_bias(bias, weight.shape[0], "bias")
     kernel = np.ascontiguousarray(weight.reshape(weight.shape[:2]).T)
-    return common.with_bias({"kernel": kernel}, "bias", bias)
+    return _checks.with_bias({"kernel": kernel}, "bias", bias)
 
 
 def pointwise_to_torch(
@@ -204,9 +204,9 @@ def pointwise_to_torch(
       >>> pointwise_to_torch(np.zeros((16, 32)))["weight"].shape
       (32, 16, 1, 1)
     """
-    kernel, bias = common.pointwise_for_export(kernel, bias, num_spatial_dims)
+    kernel, bias = _checks.pointwise_for_export(kernel, bias, num_spatial_dims)
     weight = np.ascontiguousarray(kernel.T.reshape(*kernel.T.shape, *(1,) * num_spatial_dims))
-    return common.with_bias({"weight": weight}, "bias", bias)
+    return _checks.with_bias({"weight": weight}, "bias", bias)
 
 
 def separable_from_torch(
@@ -246,8 +246,8 @@ def separable_from_torch(
             f"(out_channels, {dw['kernel'].shape[-1]}, 1, ...)"
         )
     params = {"depthwise_kernel": dw["kernel"], "pointwise_kernel": pw["kernel"]}
-    common.with_bias(params, "depthwise_bias", dw.get("bias"))
-    return common.with_bias(params, "bias", pw.get("bias"))
+    _checks.with_bias(params, "depthwise_bias", dw.get("bias"))
+    return _checks.with_bias(params, "bias", pw.get("bias"))
 
 
 def separable_to_torch(params: dict[str, ArrayLike]) -> tuple[dict, dict]:

@@ -68,7 +68,7 @@ __all__ = [
 #: The names ``impl`` accepts.
 Impl = Literal["auto", "xla", "shift"]
 #: :data:`Impl` as a tuple, ``"auto"`` first.
-IMPLS: tuple[str, ...] = typing.get_args(Impl)
+IMPLS: tuple[Impl, ...] = typing.get_args(Impl)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -52,8 +52,10 @@ compile slowly (``"auto"`` falls back to ``"xla"`` for them).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
+import operator
 from typing import Any
 
 import jax
@@ -293,15 +295,15 @@ def _forward_raw(x, kernel, geom: _Geometry, acc: np.dtype, out: np.dtype) -> ja
     source = geom.prepare(x.astype(acc))
     weights = _kernel_taps(kernel, geom, acc)
     m = geom.multiplier
-    total = None
+    terms = []
     for t, offsets in enumerate(geom.taps):
         xs = geom.tap_view(source, offsets)
         if m == 1:
-            term = xs * weights[t, :, 0].reshape(geom.weight_shape(geom.channels))
+            terms.append(xs * weights[t, :, 0].reshape(geom.weight_shape(geom.channels)))
         else:
             xs = xs.reshape(geom.channel_shape(geom.out_spatial, geom.channels, 1))
-            term = xs * weights[t].reshape(geom.weight_shape(geom.channels, m))
-        total = term if total is None else total + term
+            terms.append(xs * weights[t].reshape(geom.weight_shape(geom.channels, m)))
+    total = functools.reduce(operator.add, terms)  # in tap order, left to right
     y = total.reshape(geom.channel_shape(geom.out_spatial, geom.channels * m))
     return y.astype(out)
 
@@ -322,11 +324,11 @@ def _input_grad_raw(g, kernel, geom: _Geometry, acc: np.dtype, out: np.dtype) ->
             contributions.append(product.sum(axis=m_axis))
     if geom.strided:
         return _interleave_phases(contributions, geom, acc).astype(out)
-    total = None
-    for contribution, offsets in zip(contributions, geom.taps, strict=True):
-        placed = geom.place_tap(contribution, offsets)
-        total = placed if total is None else total + placed
-    return total.astype(out)
+    placed = [
+        geom.place_tap(contribution, offsets)
+        for contribution, offsets in zip(contributions, geom.taps, strict=True)
+    ]
+    return functools.reduce(operator.add, placed).astype(out)  # in tap order, left to right
 
 
 def _interleave_phases(contributions: list[jax.Array], geom: _Geometry, acc: np.dtype):

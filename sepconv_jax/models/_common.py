@@ -1,20 +1,40 @@
-"""What the reference architectures share: option checks and the classification head."""
+"""What the reference architectures and their blocks share.
+
+* :class:`Numerics`: the numerics fields (``dtype``, ``param_dtype``, ``precision``,
+  ``impl``, keyword-only) and the one family of layer factories that passes them to
+  every layer: ``_conv``, ``_depthwise``, ``_pointwise``, ``_separable``,
+  ``_batch_norm``.
+* :class:`Normalized`: adds the batch-norm fields of a block.
+* :class:`Classifier`: the fields every model has (``num_classes``, ``include_top``,
+  ``pooling``, ``dropout_rate``, ``classifier_activation``), checked when the model is
+  constructed, and the classification head.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sepconv_jax import _spec
-from sepconv_jax.linen import PointwiseConv, SeparableConv
+from sepconv_jax import _layers, _spec
+from sepconv_jax.kernels.dispatch import Impl
+from sepconv_jax.linen import DepthwiseConv, PointwiseConv, SeparableConv
+from sepconv_jax.ops import PrecisionLike
+
+Activation = Callable[[jax.Array], jax.Array]
+Dtype = Any
+Pooling = Literal["avg", "max"] | None
 
 POOLINGS = (None, "avg", "max")
+#: Keras' batch-norm epsilon (the ``BatchNormalization`` default), which all four
+#: reference architectures use in ``keras.applications``.
+BN_EPSILON = 1e-3
 
 
-check_positive_int = _spec.check_positive_int
+# ----------------------------------------------------------------------------- checks
 
 
 def check_rate(value: Any, name: str) -> float:
@@ -26,8 +46,8 @@ def check_rate(value: Any, name: str) -> float:
     return float(value)
 
 
-def check_multiplier(value: Any, name: str) -> float:
-    """``value`` as a positive float, or an error naming ``name``."""
+def check_positive_float(value: Any, name: str) -> float:
+    """``value`` (a width multiplier or a scaling coefficient) as a float > 0."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"`{name}` must be a positive float, got {type(value).__name__}")
     if not value > 0:
@@ -35,103 +55,159 @@ def check_multiplier(value: Any, name: str) -> float:
     return float(value)
 
 
-def check_head(module: nn.Module) -> None:
-    """Checks the fields every model has: classes, top, pooling, dropout."""
-    check_positive_int(module.num_classes, "num_classes")
-    check_rate(module.dropout_rate, "dropout_rate")
-    if module.pooling not in POOLINGS:
-        raise ValueError(f"`pooling` must be None, 'avg' or 'max', got {module.pooling!r}")
-    if module.classifier_activation is not None and not callable(module.classifier_activation):
-        raise TypeError(
-            f"`classifier_activation` must be None or a callable such as jax.nn.softmax, got "
-            f"{type(module.classifier_activation).__name__}"
+# ----------------------------------------------------------------------------- layers
+
+
+class Numerics(nn.Module, kw_only=True):
+    """The numerics options, passed to every layer by the factories below.
+
+    Keyword-only, so that a subclass's own fields come first in positional order.
+    """
+
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    precision: PrecisionLike = None
+    impl: Impl = "auto"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _layers.check_dtype(self.dtype, "dtype", allow_none=True)
+        _layers.check_dtype(self.param_dtype, "param_dtype", allow_none=False)
+        _spec.check_precision(self.precision)
+        _layers.check_impl(self.impl)
+
+    def _conv(
+        self, features: int, kernel_size: int, strides: int, padding: Any, name: str
+    ) -> nn.Conv:
+        """A standard square convolution without bias."""
+        return nn.Conv(
+            features,
+            (kernel_size, kernel_size),
+            strides=(strides, strides),
+            padding=padding,
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            precision=self.precision,
+            name=name,
+        )
+
+    def _depthwise(
+        self, kernel_size: int, strides: int, padding: Any, name: str, multiplier: int = 1
+    ) -> DepthwiseConv:
+        """A square depthwise convolution without bias (our :class:`DepthwiseConv`)."""
+        return DepthwiseConv(
+            kernel_size=(kernel_size, kernel_size),
+            strides=(strides, strides),
+            padding=padding,
+            depth_multiplier=multiplier,
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            precision=self.precision,
+            impl=self.impl,
+            name=name,
+        )
+
+    def _pointwise(self, features: int, name: str, use_bias: bool = False) -> PointwiseConv:
+        """A 1x1 convolution (our :class:`PointwiseConv`), without bias by default."""
+        return PointwiseConv(
+            features=features,
+            use_bias=use_bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            precision=self.precision,
+            name=name,
+        )
+
+    def _separable(self, features: int, name: str) -> SeparableConv:
+        """A 3x3 ``SAME`` separable conv without bias (Xception's unit)."""
+        return SeparableConv(
+            features=features,
+            kernel_size=(3, 3),
+            padding="SAME",
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            precision=self.precision,
+            impl=self.impl,
+            name=name,
+        )
+
+    def _batch_norm(
+        self, name: str, train: bool, momentum: float, epsilon: float = BN_EPSILON
+    ) -> nn.BatchNorm:
+        """A batch norm with Keras' conventions (``momentum`` weighs the old running value)."""
+        return nn.BatchNorm(
+            use_running_average=not train,
+            momentum=momentum,
+            epsilon=epsilon,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name=name,
         )
 
 
-def head(module: nn.Module, x: jax.Array, train: bool) -> jax.Array:
-    """Global average pool, dropout, dense ``num_classes`` (or the feature output).
+class Normalized(Numerics, kw_only=True):
+    """Numerics options and the batch-norm hyperparameters of a block (keyword-only)."""
 
-    Must be called from the ``nn.compact`` method of ``module``, which provides
-    ``include_top``, ``pooling``, ``dropout_rate``, ``num_classes``,
-    ``classifier_activation`` and the numerics fields.
+    bn_momentum: float = 0.99
+    bn_epsilon: float = BN_EPSILON
+
+    def _bn(self, name: str, train: bool) -> nn.BatchNorm:
+        return self._batch_norm(name, train, self.bn_momentum, self.bn_epsilon)
+
+
+# ----------------------------------------------------------------------------- models
+
+
+class Classifier(Numerics):
+    """The fields every reference architecture has, checked at construction, and its head.
+
+    A subclass adds its own fields after these (and may change a default, e.g.
+    ``dropout_rate``); the numerics fields of :class:`Numerics` are keyword-only.
     """
-    if not module.include_top:
-        if module.pooling == "avg":
-            return jnp.mean(x, axis=(1, 2))
-        if module.pooling == "max":
-            return jnp.max(x, axis=(1, 2))
+
+    num_classes: int = 1000
+    include_top: bool = True
+    pooling: Pooling = None
+    dropout_rate: float = 0.0
+    classifier_activation: Activation | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _spec.check_positive_int(self.num_classes, "num_classes")
+        _layers.check_bool(self.include_top, "include_top")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"`pooling` must be None, 'avg' or 'max', got {self.pooling!r}")
+        check_rate(self.dropout_rate, "dropout_rate")
+        if self.classifier_activation is not None and not callable(self.classifier_activation):
+            raise TypeError(
+                f"`classifier_activation` must be None or a callable such as jax.nn.softmax, got "
+                f"{type(self.classifier_activation).__name__}"
+            )
+
+    def _head(self, x: jax.Array, train: bool) -> jax.Array:
+        """Global average pool, dropout, dense ``num_classes`` (or the feature output).
+
+        Call it from the model's ``nn.compact`` method.
+        """
+        if not self.include_top:
+            if self.pooling == "avg":
+                return jnp.mean(x, axis=(1, 2))
+            if self.pooling == "max":
+                return jnp.max(x, axis=(1, 2))
+            return x
+        x = jnp.mean(x, axis=(1, 2))
+        if self.dropout_rate > 0:
+            x = nn.Dropout(self.dropout_rate, deterministic=not train, name="top_dropout")(x)
+        x = nn.Dense(
+            self.num_classes,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            precision=self.precision,
+            name="predictions",
+        )(x)
+        if self.classifier_activation is not None:
+            x = self.classifier_activation(x)
         return x
-    x = jnp.mean(x, axis=(1, 2))
-    if module.dropout_rate > 0:
-        x = nn.Dropout(module.dropout_rate, deterministic=not train, name="top_dropout")(x)
-    x = nn.Dense(
-        module.num_classes,
-        dtype=module.dtype,
-        param_dtype=module.param_dtype,
-        precision=module.precision,
-        name="predictions",
-    )(x)
-    if module.classifier_activation is not None:
-        x = module.classifier_activation(x)
-    return x
-
-
-def batch_norm(module: nn.Module, name: str, train: bool, momentum: float) -> nn.BatchNorm:
-    """A Keras-convention batch norm (epsilon 1e-3) with ``module``'s numerics."""
-    return nn.BatchNorm(
-        use_running_average=not train,
-        momentum=momentum,
-        epsilon=1e-3,
-        dtype=module.dtype,
-        param_dtype=module.param_dtype,
-        name=name,
-    )
-
-
-def conv(
-    module: nn.Module,
-    features: int,
-    kernel_size: int,
-    strides: int,
-    padding: Any,
-    name: str,
-) -> nn.Conv:
-    """A standard square convolution without bias, with ``module``'s numerics."""
-    return nn.Conv(
-        features,
-        (kernel_size, kernel_size),
-        strides=(strides, strides),
-        padding=padding,
-        use_bias=False,
-        dtype=module.dtype,
-        param_dtype=module.param_dtype,
-        precision=module.precision,
-        name=name,
-    )
-
-
-def pointwise(module: nn.Module, features: int, name: str) -> PointwiseConv:
-    """A 1x1 convolution without bias (our :class:`PointwiseConv`), ``module``'s numerics."""
-    return PointwiseConv(
-        features=features,
-        use_bias=False,
-        dtype=module.dtype,
-        param_dtype=module.param_dtype,
-        precision=module.precision,
-        name=name,
-    )
-
-
-def separable(module: nn.Module, features: int, name: str) -> SeparableConv:
-    """A 3x3 ``SAME`` separable conv without bias (Xception's unit), ``module``'s numerics."""
-    return SeparableConv(
-        features=features,
-        kernel_size=(3, 3),
-        padding="SAME",
-        use_bias=False,
-        dtype=module.dtype,
-        param_dtype=module.param_dtype,
-        precision=module.precision,
-        impl=module.impl,
-        name=name,
-    )

@@ -27,7 +27,8 @@ Blocks:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import typing
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import flax.linen as nn
@@ -35,8 +36,9 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from sepconv_jax.linen import DepthwiseConv, PointwiseConv
-from sepconv_jax.models import _common
+from sepconv_jax.models._common import BN_EPSILON as BN_EPSILON
+from sepconv_jax.models._common import Activation as Activation
+from sepconv_jax.models._common import Normalized, Numerics
 
 __all__ = [
     "DepthwiseSeparableBlock",
@@ -47,12 +49,18 @@ __all__ = [
     "conv_padding",
 ]
 
-Activation = Callable[[jax.Array], jax.Array]
 Stride2Padding = Literal["same", "fixed"]
-Dtype = Any
 
-#: Keras' default batch-norm epsilon, used by every reference architecture.
-BN_EPSILON = 1e-3
+
+STRIDE2_PADDINGS: tuple[Stride2Padding, ...] = typing.get_args(Stride2Padding)
+
+
+def check_stride2_padding(stride2_padding: Any) -> Stride2Padding:
+    """``"same"`` or ``"fixed"``, see :func:`conv_padding`."""
+    for choice in STRIDE2_PADDINGS:
+        if isinstance(stride2_padding, str) and stride2_padding == choice:
+            return choice
+    raise ValueError(f"`stride2_padding` must be 'same' or 'fixed', got {stride2_padding!r}")
 
 
 def conv_padding(
@@ -87,8 +95,7 @@ def conv_padding(
       >>> conv_padding(3, 1, "fixed"), conv_padding(5, 2, "fixed")
       ('SAME', ((1, 2), (1, 2)))
     """
-    if stride2_padding not in ("same", "fixed"):
-        raise ValueError(f"`stride2_padding` must be 'same' or 'fixed', got {stride2_padding!r}")
+    check_stride2_padding(stride2_padding)
     if strides == 1 or stride2_padding == "same":
         return "SAME"
     pair = (kernel_size // 2 - 1, kernel_size // 2)
@@ -106,59 +113,7 @@ def check_image(x: ArrayLike, owner: str) -> jax.Array:
     return jnp.asarray(x)
 
 
-class _Numerics(nn.Module):
-    """Shared fields: the numerics options passed to every layer."""
-
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-    precision: Any = None
-    impl: str = "auto"
-
-    def _depthwise(
-        self, kernel_size: int, strides: int, padding: Any, name: str, multiplier: int = 1
-    ) -> DepthwiseConv:
-        return DepthwiseConv(
-            kernel_size=(kernel_size, kernel_size),
-            strides=(strides, strides),
-            padding=padding,
-            depth_multiplier=multiplier,
-            use_bias=False,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            precision=self.precision,
-            impl=self.impl,
-            name=name,
-        )
-
-    def _pointwise(self, features: int, name: str, use_bias: bool = False) -> PointwiseConv:
-        return PointwiseConv(
-            features=features,
-            use_bias=use_bias,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            precision=self.precision,
-            name=name,
-        )
-
-
-class _Normalized(_Numerics):
-    """Shared fields: numerics options and the batch-norm hyperparameters."""
-
-    bn_momentum: float = 0.99
-    bn_epsilon: float = BN_EPSILON
-
-    def _bn(self, name: str, train: bool) -> nn.BatchNorm:
-        return nn.BatchNorm(
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name=name,
-        )
-
-
-class DepthwiseSeparableBlock(_Normalized):
+class DepthwiseSeparableBlock(Normalized):
     """MobileNet (v1) block: depthwise 3x3, BN, ReLU6, pointwise 1x1, BN, ReLU6.
 
     With ``full_convolution=True`` the two convolutions are replaced by one standard
@@ -202,17 +157,7 @@ class DepthwiseSeparableBlock(_Normalized):
         x = check_image(x, type(self).__name__)
         padding = conv_padding(3, self.strides, self.stride2_padding)
         if self.full_convolution:
-            x = nn.Conv(
-                self.features,
-                (3, 3),
-                strides=(self.strides, self.strides),
-                padding=padding,
-                use_bias=False,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                precision=self.precision,
-                name="conv",
-            )(x)
+            x = self._conv(self.features, 3, self.strides, padding, "conv")(x)
             return self.activation(self._bn("conv_bn", train)(x))
         x = self._depthwise(3, self.strides, padding, "depthwise", self.depth_multiplier)(x)
         x = self.activation(self._bn("depthwise_bn", train)(x))
@@ -220,7 +165,7 @@ class DepthwiseSeparableBlock(_Normalized):
         return self.activation(self._bn("pointwise_bn", train)(x))
 
 
-class SqueezeExcite(_Numerics):
+class SqueezeExcite(Numerics):
     """Squeeze-and-excitation: rescales channels by a gate computed from their means.
 
     ``y = x * gate(expand(activation(reduce(mean_hw(x)))))`` where ``reduce`` and
@@ -261,7 +206,7 @@ class SqueezeExcite(_Numerics):
         return x * s
 
 
-class InvertedResidual(_Normalized):
+class InvertedResidual(Normalized):
     """Inverted residual with linear bottleneck (MobileNetV2), or MBConv (EfficientNet).
 
     ``expand`` (1x1, BN, activation; skipped when ``expand_ratio == 1``), then a
@@ -343,7 +288,7 @@ class InvertedResidual(_Normalized):
 MBConv = InvertedResidual
 
 
-class XceptionBlock(_Normalized):
+class XceptionBlock(Normalized):
     """Xception block: (ReLU, separable 3x3 conv, BN) units, optional pool, residual.
 
     For each entry of ``features``: ReLU (skipped before the first unit when
@@ -389,7 +334,7 @@ class XceptionBlock(_Normalized):
         for i, features in enumerate(self.features):
             if i > 0 or self.activate_first:
                 h = self.activation(h)
-            h = _common.separable(self, features, f"sepconv{i + 1}")(h)
+            h = self._separable(features, f"sepconv{i + 1}")(h)
             h = self._bn(f"sepconv{i + 1}_bn", train)(h)
         if self.strides != 1:
             s = self.strides

@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from sepconv_jax import _layers
 from sepconv_jax.models import _common
 from sepconv_jax.models.blocks import (
-    Activation,
     InvertedResidual,
     Stride2Padding,
     check_image,
+    check_stride2_padding,
     conv_padding,
 )
 from sepconv_jax.models.mobilenet_v2 import make_divisible
@@ -42,7 +42,7 @@ BN_MOMENTUM = 0.99
 NORMALIZATION_EPSILON = 1e-7
 
 
-class EfficientNet(nn.Module):
+class EfficientNet(_common.Classifier):
     """EfficientNet: MBConv blocks with squeeze-excite, swish and stochastic depth.
 
     Layout (Tan & Le, 2019, Table 1, scaled by ``width_coefficient`` and
@@ -82,22 +82,22 @@ class EfficientNet(nn.Module):
       (1, 10)
     """
 
-    num_classes: int = 1000
+    dropout_rate: float = 0.2
     width_coefficient: float = 1.0
     depth_coefficient: float = 1.0
-    include_top: bool = True
-    pooling: Literal["avg", "max"] | None = None
-    dropout_rate: float = 0.2
     drop_connect_rate: float = 0.2
     include_preprocessing: bool = True
     input_mean: Sequence[float] = (0.0, 0.0, 0.0)
     input_variance: Sequence[float] = (1.0, 1.0, 1.0)
-    classifier_activation: Activation | None = None
     stride2_padding: Stride2Padding = "same"
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    precision: Any = None
-    impl: str = "auto"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _common.check_positive_float(self.width_coefficient, "width_coefficient")
+        _common.check_positive_float(self.depth_coefficient, "depth_coefficient")
+        _common.check_rate(self.drop_connect_rate, "drop_connect_rate")
+        _layers.check_bool(self.include_preprocessing, "include_preprocessing")
+        check_stride2_padding(self.stride2_padding)
 
     def _round_filters(self, filters: int) -> int:
         return make_divisible(filters * self.width_coefficient, 8)
@@ -133,15 +133,11 @@ class EfficientNet(nn.Module):
           ``(batch, num_classes)``, or the features when ``include_top=False``.
         """
         x = check_image(x, type(self).__name__)
-        _common.check_head(self)
-        _common.check_rate(self.drop_connect_rate, "drop_connect_rate")
-        _common.check_multiplier(self.width_coefficient, "width_coefficient")
-        _common.check_multiplier(self.depth_coefficient, "depth_coefficient")
         if self.include_preprocessing:
             x = self._preprocess(x)
         padding = conv_padding(3, 2, self.stride2_padding)
-        x = _common.conv(self, self._round_filters(32), 3, 2, padding, "stem_conv")(x)
-        x = nn.swish(_common.batch_norm(self, "stem_bn", train, BN_MOMENTUM)(x))
+        x = self._conv(self._round_filters(32), 3, 2, padding, "stem_conv")(x)
+        x = nn.swish(self._batch_norm("stem_bn", train, BN_MOMENTUM)(x))
         total = sum(self._round_repeats(stage[1]) for stage in STAGES)
         index = 0
         for i, (kernel, repeats, _, out, expand, first_stride) in enumerate(STAGES):
@@ -163,9 +159,9 @@ class EfficientNet(nn.Module):
                     name=f"block{i + 1}{chr(ord('a') + j)}",
                 )(x, train)
                 index += 1
-        x = _common.pointwise(self, self._round_filters(1280), "top_conv")(x)
-        x = nn.swish(_common.batch_norm(self, "top_bn", train, BN_MOMENTUM)(x))
-        return _common.head(self, x, train)
+        x = self._pointwise(self._round_filters(1280), "top_conv")(x)
+        x = nn.swish(self._batch_norm("top_bn", train, BN_MOMENTUM)(x))
+        return self._head(x, train)
 
 
 class EfficientNetB0(EfficientNet):

@@ -3,19 +3,17 @@ Networks for Mobile Vision Applications", Table 1, as in ``keras.applications.Mo
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from sepconv_jax import _spec
 from sepconv_jax.models import _common
 from sepconv_jax.models.blocks import (
-    Activation,
     DepthwiseSeparableBlock,
     Stride2Padding,
     check_image,
+    check_stride2_padding,
 )
 
 __all__ = ["MobileNetV1", "mobilenet_v1_widths"]
@@ -53,11 +51,11 @@ def mobilenet_v1_widths(width_multiplier: float) -> tuple[int, ...]:
       >>> mobilenet_v1_widths(0.25)[:4]
       (8, 16, 32, 32)
     """
-    alpha = _common.check_multiplier(width_multiplier, "width_multiplier")
+    alpha = _common.check_positive_float(width_multiplier, "width_multiplier")
     return tuple(int(c * alpha) for c in (STEM, *(f for f, _ in BLOCKS)))
 
 
-class MobileNetV1(nn.Module):
+class MobileNetV1(_common.Classifier):
     """MobileNet (v1): a 3x3 stem and 13 depthwise-separable blocks, then a classifier.
 
     Layout (Howard et al., 2017, Table 1): a standard 3x3 convolution of stride 2
@@ -105,19 +103,17 @@ class MobileNetV1(nn.Module):
       (2, 10)
     """
 
-    num_classes: int = 1000
+    dropout_rate: float = 1e-3
     width_multiplier: float = 1.0
     depth_multiplier: int = 1
     full_convolution: bool = False
-    include_top: bool = True
-    pooling: Literal["avg", "max"] | None = None
-    dropout_rate: float = 1e-3
-    classifier_activation: Activation | None = None
     stride2_padding: Stride2Padding = "fixed"
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    precision: Any = None
-    impl: str = "auto"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _common.check_positive_float(self.width_multiplier, "width_multiplier")
+        _spec.check_positive_int(self.depth_multiplier, "depth_multiplier")
+        check_stride2_padding(self.stride2_padding)
 
     @nn.compact
     def __call__(self, x: ArrayLike, train: bool = False) -> jax.Array:
@@ -132,11 +128,9 @@ class MobileNetV1(nn.Module):
           ``(batch, num_classes)``, or the features when ``include_top=False``.
         """
         x = check_image(x, "MobileNetV1")
-        _common.check_head(self)
-        _common.check_positive_int(self.depth_multiplier, "depth_multiplier")
         stem, *widths = mobilenet_v1_widths(self.width_multiplier)
-        x = _common.conv(self, stem, 3, 2, "SAME", "conv1")(x)
-        x = nn.relu6(_common.batch_norm(self, "conv1_bn", train, BN_MOMENTUM)(x))
+        x = self._conv(stem, 3, 2, "SAME", "conv1")(x)
+        x = nn.relu6(self._batch_norm("conv1_bn", train, BN_MOMENTUM)(x))
         for i, (features, (_, strides)) in enumerate(zip(widths, BLOCKS, strict=True), 1):
             x = DepthwiseSeparableBlock(
                 features=features,
@@ -151,4 +145,4 @@ class MobileNetV1(nn.Module):
                 impl=self.impl,
                 name=f"block{i}",
             )(x, train)
-        return _common.head(self, x, train)
+        return self._head(x, train)

@@ -3,19 +3,16 @@ Bottlenecks", Table 2, as in ``keras.applications.MobileNetV2``."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from sepconv_jax.models import _common
 from sepconv_jax.models.blocks import (
-    Activation,
     InvertedResidual,
     Stride2Padding,
     check_image,
+    check_stride2_padding,
 )
 
 __all__ = ["MobileNetV2", "make_divisible", "mobilenet_v2_widths"]
@@ -65,13 +62,13 @@ def mobilenet_v2_widths(width_multiplier: float) -> tuple[int, ...]:
       >>> w[0], w[1:4], w[-1]
       (16, (8, 8, 8), 1280)
     """
-    alpha = _common.check_multiplier(width_multiplier, "width_multiplier")
+    alpha = _common.check_positive_float(width_multiplier, "width_multiplier")
     blocks = [make_divisible(int(c * alpha)) for _, c, n, _ in STAGES for _ in range(n)]
     last = make_divisible(1280 * alpha) if alpha > 1.0 else 1280
     return (make_divisible(32 * alpha), *blocks, last)
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(_common.Classifier):
     """MobileNetV2: inverted residuals with linear bottlenecks and ReLU6.
 
     Layout (Sandler et al., 2018, Table 2): a 3x3 convolution of stride 2, 17
@@ -103,17 +100,13 @@ class MobileNetV2(nn.Module):
       (1, 10)
     """
 
-    num_classes: int = 1000
     width_multiplier: float = 1.0
-    include_top: bool = True
-    pooling: Literal["avg", "max"] | None = None
-    dropout_rate: float = 0.0
-    classifier_activation: Activation | None = None
     stride2_padding: Stride2Padding = "same"
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    precision: Any = None
-    impl: str = "auto"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _common.check_positive_float(self.width_multiplier, "width_multiplier")
+        check_stride2_padding(self.stride2_padding)
 
     @nn.compact
     def __call__(self, x: ArrayLike, train: bool = False) -> jax.Array:
@@ -129,10 +122,9 @@ class MobileNetV2(nn.Module):
           ``(batch, num_classes)``, or the features when ``include_top=False``.
         """
         x = check_image(x, "MobileNetV2")
-        _common.check_head(self)
         stem, *widths, last = mobilenet_v2_widths(self.width_multiplier)
-        x = _common.conv(self, stem, 3, 2, "SAME", "conv1")(x)
-        x = nn.relu6(_common.batch_norm(self, "conv1_bn", train, BN_MOMENTUM)(x))
+        x = self._conv(stem, 3, 2, "SAME", "conv1")(x)
+        x = nn.relu6(self._batch_norm("conv1_bn", train, BN_MOMENTUM)(x))
         block = 0
         for expand_ratio, _, repeats, first_stride in STAGES:
             for j in range(repeats):
@@ -151,6 +143,6 @@ class MobileNetV2(nn.Module):
                     name=f"block{block}",
                 )(x, train)
                 block += 1
-        x = _common.pointwise(self, last, "conv_last")(x)
-        x = nn.relu6(_common.batch_norm(self, "conv_last_bn", train, BN_MOMENTUM)(x))
-        return _common.head(self, x, train)
+        x = self._pointwise(last, "conv_last")(x)
+        x = nn.relu6(self._batch_norm("conv_last_bn", train, BN_MOMENTUM)(x))
+        return self._head(x, train)

@@ -3,15 +3,12 @@ Convolutions", Fig. 5, as in ``keras.applications.Xception``."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from sepconv_jax.models import _common
-from sepconv_jax.models.blocks import Activation, XceptionBlock, check_image
+from sepconv_jax.models.blocks import XceptionBlock, check_image
 
 __all__ = ["Xception"]
 
@@ -30,7 +27,7 @@ BN_MOMENTUM = 0.99
 MIN_SIZE = 7
 
 
-class Xception(nn.Module):
+class Xception(_common.Classifier):
     """Xception: entry, middle and exit flows of separable convolutions with shortcuts.
 
     Layout (Chollet, 2017, Fig. 5): two unpadded 3x3 convolutions (32 filters of
@@ -62,16 +59,6 @@ class Xception(nn.Module):
       (1, 10)
     """
 
-    num_classes: int = 1000
-    include_top: bool = True
-    pooling: Literal["avg", "max"] | None = None
-    dropout_rate: float = 0.0
-    classifier_activation: Activation | None = None
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    precision: Any = None
-    impl: str = "auto"
-
     @nn.compact
     def __call__(self, x: ArrayLike, train: bool = False) -> jax.Array:
         """Classifies images.
@@ -87,7 +74,6 @@ class Xception(nn.Module):
           ``(batch, num_classes)``, or the features when ``include_top=False``.
         """
         x = check_image(x, "Xception")
-        _common.check_head(self)
         if min(x.shape[1:3]) < MIN_SIZE:
             raise ValueError(
                 f"`x` has shape {x.shape}; Xception's unpadded stem needs height and width "
@@ -95,10 +81,10 @@ class Xception(nn.Module):
             )
 
         def bn(name: str) -> nn.BatchNorm:
-            return _common.batch_norm(self, name, train, BN_MOMENTUM)
+            return self._batch_norm(name, train, BN_MOMENTUM)
 
-        x = nn.relu(bn("block1_conv1_bn")(_common.conv(self, 32, 3, 2, "VALID", "block1_conv1")(x)))
-        x = nn.relu(bn("block1_conv2_bn")(_common.conv(self, 64, 3, 1, "VALID", "block1_conv2")(x)))
+        x = nn.relu(bn("block1_conv1_bn")(self._conv(32, 3, 2, "VALID", "block1_conv1")(x)))
+        x = nn.relu(bn("block1_conv2_bn")(self._conv(64, 3, 1, "VALID", "block1_conv2")(x)))
         for i, (features, strides, activate_first) in enumerate(BLOCKS, 2):
             x = XceptionBlock(
                 features=features,
@@ -111,7 +97,7 @@ class Xception(nn.Module):
                 impl=self.impl,
                 name=f"block{i}",
             )(x, train)
-        for j, features in enumerate((1536, 2048), 1):
-            x = _common.separable(self, features, f"block14_sepconv{j}")(x)
+        for j, width in enumerate((1536, 2048), 1):
+            x = self._separable(width, f"block14_sepconv{j}")(x)
             x = nn.relu(bn(f"block14_sepconv{j}_bn")(x))
-        return _common.head(self, x, train)
+        return self._head(x, train)

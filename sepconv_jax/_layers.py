@@ -1,0 +1,145 @@
+"""What the linen and NNX layers share: default initializers, option checks, forward calls.
+
+The modules in :mod:`sepconv_jax.linen` and :mod:`sepconv_jax.nnx` own parameters
+and nothing else. What both APIs do the same way lives here, so they cannot drift
+apart: the same defaults, the same option checks (with the same messages), and the
+same call into :mod:`sepconv_jax.ops`. Window options and input channels are
+validated by :mod:`sepconv_jax._spec`; inputs and parameters are promoted to one
+dtype by each API's own ``promote_dtype`` before the call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from sepconv_jax import _spec, ops
+from sepconv_jax._spec import DataFormat, WindowOptions
+from sepconv_jax.kernels import dispatch
+from sepconv_jax.kernels.dispatch import Impl
+
+Initializer = Callable[..., jax.Array]
+
+#: Default depthwise initializer. LeCun normal (truncated normal with variance
+#: ``1 / fan_in``) where, for the ``(*window, 1, C * M)`` layout, the fan-in is the
+#: true fan-in of a depthwise output: ``prod(window)`` taps of a single input channel.
+default_depthwise_init: Initializer = jax.nn.initializers.variance_scaling(
+    1.0, "fan_in", "truncated_normal", in_axis=-2, out_axis=-1
+)
+#: Default pointwise initializer. LeCun normal over the ``(C_in, C_out)`` kernel:
+#: variance ``1 / C_in``, the fan-in of a 1x1 channel mix.
+default_pointwise_init: Initializer = jax.nn.initializers.variance_scaling(
+    1.0, "fan_in", "truncated_normal", in_axis=-2, out_axis=-1
+)
+#: Default bias initializer: zeros.
+default_bias_init: Initializer = jax.nn.initializers.zeros
+
+
+# ----------------------------------------------------------------------------- option checks
+
+
+def check_dtype(value: Any, name: str, *, allow_none: bool) -> None:
+    """A floating or complex dtype (or ``None`` when allowed)."""
+    if value is None:
+        if allow_none:
+            return
+        raise TypeError(f"`{name}` must be a dtype such as jnp.float32, got None")
+    try:
+        dtype = np.dtype(value)
+    except TypeError:
+        raise TypeError(f"`{name}` must be a dtype such as jnp.float32, got {value!r}") from None
+    if not jnp.issubdtype(dtype, jnp.inexact):
+        raise TypeError(
+            f"`{name}` must be a floating or complex dtype such as jnp.float32 or jnp.bfloat16, "
+            f"got {dtype}"
+        )
+
+
+def check_initializer(value: Any, name: str) -> None:
+    """Initializers are callables ``(key, shape, dtype) -> array``."""
+    if not callable(value):
+        raise TypeError(
+            f"`{name}` must be an initializer, a callable (key, shape, dtype) -> array such as "
+            f"jax.nn.initializers.lecun_normal(), got {type(value).__name__} {value!r}"
+        )
+
+
+def check_bool(value: Any, name: str) -> None:
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"`{name}` must be a bool, got {type(value).__name__} {value!r}")
+
+
+def check_data_format(data_format: Any) -> DataFormat:
+    return _spec.check_choice(data_format, _spec.DATA_FORMATS, "data_format")
+
+
+def check_impl(impl: Any) -> Impl:
+    return _spec.check_choice(impl, dispatch.IMPLS, "impl")
+
+
+def check_common(*, dtype: Any, param_dtype: Any, precision: Any, use_bias: Any) -> None:
+    """Options every layer has."""
+    check_dtype(dtype, "dtype", allow_none=True)
+    check_dtype(param_dtype, "param_dtype", allow_none=False)
+    _spec.check_precision(precision)
+    check_bool(use_bias, "use_bias")
+
+
+# ----------------------------------------------------------------------------- forward
+
+
+def depthwise_forward(
+    x: ArrayLike,
+    kernel: ArrayLike,
+    bias: ArrayLike | None,
+    opts: WindowOptions,
+    *,
+    impl: Impl,
+    precision: Any,
+) -> jax.Array:
+    """:func:`sepconv_jax.depthwise_conv` with a layer's options."""
+    return ops.depthwise_conv(
+        x,
+        kernel,
+        strides=opts.strides,
+        padding=opts.padding,
+        dilation=opts.dilation,
+        padding_mode=opts.padding_mode,
+        data_format=opts.data_format,
+        bias=bias,
+        precision=precision,
+        impl=impl,
+    )
+
+
+def separable_forward(
+    x: ArrayLike,
+    depthwise_kernel: ArrayLike,
+    pointwise_kernel: ArrayLike,
+    depthwise_bias: ArrayLike | None,
+    bias: ArrayLike | None,
+    opts: WindowOptions,
+    *,
+    impl: Impl,
+    precision: Any,
+) -> jax.Array:
+    """:func:`sepconv_jax.separable_conv` with a layer's options."""
+    return ops.separable_conv(
+        x,
+        depthwise_kernel,
+        pointwise_kernel,
+        strides=opts.strides,
+        padding=opts.padding,
+        dilation=opts.dilation,
+        padding_mode=opts.padding_mode,
+        data_format=opts.data_format,
+        depthwise_bias=depthwise_bias,
+        bias=bias,
+        precision=precision,
+        impl=impl,
+    )
