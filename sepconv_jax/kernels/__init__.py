@@ -1,7 +1,17 @@
-"""Interchangeable implementations of the same convolutions, chosen by ``impl``.
+"""The depthwise operation and its interchangeable kernels.
 
-Every kernel receives arrays already flattened to one batch dim, promoted to one
-dtype, and padded when ``padding_mode`` is not ``"zeros"``, together with the
-resolved :class:`sepconv_jax._spec.ConvSpec`. Every kernel computes the same
-function; the test suite runs one reference suite over all of them.
+* :mod:`~sepconv_jax.kernels.op`: the depthwise convolution as three JAX primitives
+  (the convolution and its two transposes) with their jvp, transposes, batching and
+  one lowering rule per platform. Every transformation is defined here, once.
+* :mod:`~sepconv_jax.kernels.dispatch`: the registry of kernels and the rule that
+  picks one for ``impl="auto"`` per platform when the primitives are lowered.
+* :mod:`~sepconv_jax.kernels.xla` (``lax.conv_general_dilated`` with
+  ``feature_group_count``, the reference) and :mod:`~sepconv_jax.kernels.shift`
+  (shifted multiply-accumulates, fast on XLA:CPU): each is three maps, called on
+  arrays flattened to one batch dim, promoted to one dtype, and padded when
+  ``padding_mode`` is not ``"zeros"``.
+
+A new kernel is three such maps registered in :mod:`~sepconv_jax.kernels.dispatch`;
+the reference suite of ``tests/test_kernels.py`` and the transformation matrix of
+``tests/test_transforms.py`` then run over it.
 """
