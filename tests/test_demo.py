@@ -18,11 +18,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from sepconv_jax import cli
 from sepconv_jax.apps import data, demo, networks
-from sepconv_jax.apps.train import data_mesh, evaluate, replicate, shard_batch, train_classifier
+from sepconv_jax.apps.train import (
+    data_mesh,
+    evaluate,
+    replicate,
+    shard_batch,
+    train_classifier,
+    train_step,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -196,6 +204,43 @@ def test_train_classifier_learns_a_linear_rule():
     assert [s.epoch for s in stats] == [1, 2, 3]
     assert result.losses[-1] < result.losses[0]
     assert result.test_accuracy > 0.9
+
+
+def test_train_step_updates_batch_statistics_and_parameters():
+    """The one train step on a model with batch norm: the running mean moves by the
+    batch mean (flax's momentum 0.99), the loss is the softmax cross-entropy of the
+    train-mode logits, and SGD moves the parameters by the learning rate times the
+    gradient, all written out here from their definitions."""
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            x = nn.BatchNorm(use_running_average=not train)(x)
+            return nn.Dense(3)(x)
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(1.0, 2.0, size=(8, 4)).astype(np.float32)
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 1], np.int32)
+    model, optimizer = Net(), optax.sgd(0.1)
+    variables = model.init(jax.random.key(0), x)
+    params, state = variables["params"], {"batch_stats": variables["batch_stats"]}
+    step = jax.jit(train_step(model, optimizer, train=True))
+    new_params, new_state, _, loss = step(params, state, optimizer.init(params), x, y)
+
+    np.testing.assert_allclose(
+        new_state["batch_stats"]["BatchNorm_0"]["mean"], 0.01 * x.mean(axis=0), rtol=1e-5
+    )
+    # Train mode normalizes with the batch's own statistics (biased variance, eps 1e-5).
+    normalized = (x - x.mean(axis=0)) / np.sqrt(x.var(axis=0) + 1e-5)
+    w = np.asarray(params["Dense_0"]["kernel"], np.float64)
+    logits = normalized @ w + np.asarray(params["Dense_0"]["bias"], np.float64)
+    log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(float(loss), -log_p[np.arange(8), y].mean(), rtol=1e-5)
+    # d loss / d kernel = normalized^T (softmax - onehot) / batch, one SGD step of 0.1.
+    grad = normalized.T @ (np.exp(log_p) - np.eye(3)[y]) / 8
+    np.testing.assert_allclose(
+        new_params["Dense_0"]["kernel"], w - 0.1 * grad, rtol=1e-4, atol=1e-6
+    )
 
 
 def test_evaluate_pads_the_last_batch():

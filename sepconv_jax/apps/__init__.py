@@ -11,5 +11,6 @@ package; everything here imports the library, as an example or a script would.
   by side; :mod:`~sepconv_jax.apps.demo_report` prints, plots and saves its outcome.
 * :mod:`~sepconv_jax.apps.cost_report`: ``sepconv-jax cost``, a layer's or a model's cost.
 * :mod:`~sepconv_jax.apps.bench`: ``sepconv-jax bench``, the benchmark suite;
+  :mod:`~sepconv_jax.apps.bench_torch` times its PyTorch column in a child process and
   :mod:`~sepconv_jax.apps.bench_report` turns its records into tables, a summary and a plot.
 """

@@ -8,7 +8,7 @@ sizes and dtypes, forward and forward+backward, it measures side by side in one 
 * ``flax.linen.Conv(feature_group_count=C)`` (by default up to batch 8 only: it
   lowers to the same ``lax`` op as ``impl="xla"``, and is as slow);
 * PyTorch's ``conv2d(groups=C)`` on a channels-last tensor, when torch is installed
-  (timed in a separate process, see :func:`measure_torch`);
+  (timed in a separate process, see :mod:`sepconv_jax.apps.bench_torch`);
 * our ``separable_conv`` (``impl="auto"``) and the standard ``k x k`` convolution from
   ``C`` to ``N`` channels it replaces;
 
@@ -56,7 +56,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from sepconv_jax import _spec, cost, ops
-from sepconv_jax.apps import bench_report
+from sepconv_jax.apps import bench_report, bench_torch
 from sepconv_jax.apps.timing import best_time, time_jitted
 from sepconv_jax.apps.train import train_step
 from sepconv_jax.kernels import dispatch
@@ -72,7 +72,6 @@ __all__ = [
     "main",
     "measure_layers",
     "measure_model",
-    "measure_torch",
     "register_cli",
     "run",
 ]
@@ -230,95 +229,6 @@ def _jax_columns(layer: Layer, batch: int, dtype: Any) -> dict[str, tuple[Callab
     return columns
 
 
-def _torch_depthwise(layer: Layer, batch: int, dtype_name: str, pass_name: str):
-    """A no-argument callable running PyTorch's depthwise conv, or ``None``."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(dtype_name)
-    if torch_dtype is None:
-        return None
-    gen = torch.Generator().manual_seed(0)
-    s, k, c = layer.size, layer.kernel, layer.channels
-    x = torch.randn(batch, c, s, s, generator=gen).to(torch_dtype)
-    x = x.contiguous(memory_format=torch.channels_last)
-    w = (torch.randn(c, 1, k, k, generator=gen) / k).to(torch_dtype)
-    conv = torch.nn.functional.conv2d
-    opts = {"stride": layer.stride, "padding": k // 2, "groups": c}
-    if pass_name == "fwd":
-
-        def call():
-            with torch.no_grad():
-                return conv(x, w, **opts)
-
-    else:
-        x.requires_grad_(True)
-        w.requires_grad_(True)
-        with torch.no_grad():
-            cotangent = torch.ones_like(conv(x, w, **opts))
-
-        def call():
-            x.grad = w.grad = None
-            conv(x, w, **opts).backward(cotangent)
-            return x.grad
-
-    try:
-        call()
-    except (RuntimeError, NotImplementedError):  # a dtype this build has no kernel for
-        return None
-    return call
-
-
-def _torch_worker(jobs: list[tuple], min_time: float, max_reps: int) -> dict:
-    """Times PyTorch for every ``(layer, batch, dtype name, pass)`` job (in a child process)."""
-    results = {}
-    for layer, batch, dtype_name, pass_name in jobs:
-        call = _torch_depthwise(layer, batch, dtype_name, pass_name)
-        key = (layer.depthwise_name, batch, dtype_name, pass_name)
-        results[key] = (
-            (None, 0) if call is None else best_time(call, max_reps=max_reps, min_time=min_time)
-        )
-    return results
-
-
-def measure_torch(
-    layers: Sequence[Layer],
-    batches: Sequence[int],
-    dtypes: Sequence[str],
-    *,
-    min_time: float,
-    max_reps: int,
-) -> dict[tuple, tuple[float | None, int]]:
-    """PyTorch's depthwise conv for every distinct shape, timed in a separate process.
-
-    In the process that runs JAX, XLA's worker threads compete with PyTorch's OpenMP
-    threads on a small machine and PyTorch's times jump by whole scheduler time
-    slices (measured: 0.14 ms alone, 16 ms in-process), so PyTorch runs in a fresh
-    ``spawn`` process that never touches JAX.
-
-    Returns:
-      ``(depthwise name, batch, dtype, pass) -> (seconds or None, calls)``; empty when
-      torch is not installed.
-    """
-    import importlib.util
-    import multiprocessing
-
-    if importlib.util.find_spec("torch") is None:
-        return {}
-    jobs, seen = [], set()
-    for layer in layers:
-        for batch in batches:
-            for dtype_name in dtypes:
-                for pass_name in PASSES:
-                    key = (layer.depthwise_name, batch, dtype_name, pass_name)
-                    if key not in seen:
-                        seen.add(key)
-                        jobs.append((layer, batch, dtype_name, pass_name))
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_torch_worker, (jobs, min_time, max_reps))
-
-
 def _ours(layer: Layer, batch: int, dtype: Any) -> str:
     """The impl ``depthwise_conv(impl="auto")`` runs for this layer here."""
     spec = _spec.make_spec(
@@ -382,7 +292,9 @@ def measure_layers(
     torch_times = {}
     if torch_enabled:
         log("timing PyTorch in a separate process...")
-        torch_times = measure_torch(layers, batches, dtypes, min_time=min_time, max_reps=max_reps)
+        torch_times = bench_torch.measure_torch(
+            layers, batches, dtypes, PASSES, min_time=min_time, max_reps=max_reps
+        )
     records = []
     depthwise_cache: dict[tuple, dict[str, tuple[float | None, int]]] = {}
     depthwise_columns = (*dispatch.KERNELS, "flax", "torch")

@@ -98,28 +98,15 @@ _OpFacts = tuple[Kind, int, tuple[int, ...], tuple[int, ...], int]
 
 @dataclasses.dataclass
 class _Op:
-    kind: Kind
-    primitive: str
-    mult_adds: int
-    calls: int
-    output_shape: tuple[int, ...]
-    window: tuple[int, ...]
-    feature_groups: int
-    name: str
+    """A counted operation during the walk: its figures, and where a profile shows it.
+
+    ``path`` (the module owning its parameters) and ``display_shape`` (the least
+    flattened view of its result) are settled as the walk goes on.
+    """
+
+    cost: OpCost
     path: str = ""
     display_shape: tuple[int, ...] = ()
-
-    def public(self) -> OpCost:
-        return OpCost(
-            kind=self.kind,
-            primitive=self.primitive,
-            mult_adds=self.mult_adds,
-            calls=self.calls,
-            output_shape=self.output_shape,
-            window=self.window,
-            feature_groups=self.feature_groups,
-            name=self.name,
-        )
 
 
 def _conv_op(eqn: Any) -> _OpFacts:
@@ -316,8 +303,10 @@ class _Walker:
     def _counted(self, eqn: Any, ins: list[_State], calls: int, name: str) -> _State:
         kind, mult_adds, out, window, groups = _COUNTED[eqn.primitive.name](eqn)
         index = len(self.ops)
-        op = _Op(kind, eqn.primitive.name, mult_adds * calls, calls, out, window, groups, name)
-        op.display_shape = out
+        figures = OpCost(
+            kind, eqn.primitive.name, mult_adds * calls, calls, out, window, groups, name
+        )
+        op = _Op(figures, display_shape=out)
         self.ops.append(op)
         if self.track:
             lhs, rhs = ins[0], ins[1]
@@ -347,7 +336,7 @@ class _Walker:
             for branch in branches:
                 dry = _Walker(track=False)
                 dry.walk(branch, [_EMPTY] * len(ins[1:]), calls, name)
-                totals.append(sum(op.mult_adds for op in dry.ops))
+                totals.append(sum(op.cost.mult_adds for op in dry.ops))
             chosen = branches[int(np.argmax(totals))]
             return self.walk(chosen, ins[1:], calls, name)
         subs = _subjaxprs(params)
@@ -472,11 +461,11 @@ def count(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Count:
     _warn_unattributed(walker.unattributed)
     by_kind = dict.fromkeys(KINDS, 0)
     for op in walker.ops:
-        by_kind[op.kind] += op.mult_adds
+        by_kind[op.cost.kind] += op.cost.mult_adds
     return Count(
         mult_adds=sum(by_kind.values()),
         by_kind=by_kind,
-        ops=tuple(op.public() for op in walker.ops),
+        ops=tuple(op.cost for op in walker.ops),
         unattributed=dict(walker.unattributed),
     )
 

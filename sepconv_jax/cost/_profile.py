@@ -286,9 +286,10 @@ def profile(module: Any, *inputs: Any, variables: Any = None, **apply_kwargs: An
     _warn_unattributed(walker.unattributed)
 
     for op in walker.ops:  # a linen name stack starts with the root module's name
-        if root is not None and op.path == op.name:
-            head, _, tail = op.name.partition("/")
-            op.path = tail if head == root else op.name
+        name = op.cost.name
+        if root is not None and op.path == name:
+            head, _, tail = name.partition("/")
+            op.path = tail if head == root else name
 
     op_params = [0] * len(walker.ops)
     others: dict[int | None, dict[str, int]] = {}
@@ -303,7 +304,9 @@ def profile(module: Any, *inputs: Any, variables: Any = None, **apply_kwargs: An
 
     rows: list[LayerCost] = []
     for i, op in enumerate(walker.ops):
-        rows.append(LayerCost(op.path, op.kind, op.display_shape, op.mult_adds, op_params[i]))
+        rows.append(
+            LayerCost(op.path, op.cost.kind, op.display_shape, op.cost.mult_adds, op_params[i])
+        )
         for path, size in others.get(i, {}).items():
             rows.append(LayerCost(path, OTHER, None, 0, size))
     for path, size in others.get(None, {}).items():
