@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import json
 import math
 import os
@@ -76,10 +77,13 @@ __all__ = [
     "run",
 ]
 
+#: ``(input size, channels C, kernel k, stride s, projection channels N)`` of one layer.
+Shape = tuple[int, int, int, int, int]
+
 #: Depthwise + projection layers at 224x224 input: (input size, channels C, kernel k,
 #: stride s, projection channels N). MobileNetV2: Sandler et al. 2018, Table 2
 #: (expansion 6 except the first block). EfficientNet-B0: Tan & Le 2019, Table 1.
-MODEL_LAYERS: dict[str, tuple[tuple[int, int, int, int, int], ...]] = {
+MODEL_LAYERS: dict[str, tuple[Shape, ...]] = {
     "MobileNetV2": (
         (112, 32, 3, 1, 16),
         (112, 96, 3, 2, 24),
@@ -111,7 +115,7 @@ MODEL_LAYERS: dict[str, tuple[tuple[int, int, int, int, int], ...]] = {
 }
 
 #: Small shapes for ``--quick``: enough to run every code path in seconds.
-QUICK_LAYERS: tuple[tuple[int, int, int, int, int], ...] = ((16, 32, 3, 1, 32), (8, 16, 5, 2, 24))
+QUICK_LAYERS: tuple[Shape, ...] = ((16, 32, 3, 1, 32), (8, 16, 5, 2, 24))
 
 PASSES = ("fwd", "fwd+bwd")
 
@@ -156,7 +160,7 @@ def layer_shapes(models: Sequence[str] = tuple(MODEL_LAYERS)) -> list[Layer]:
     Raises:
       ValueError: for an unknown model name.
     """
-    found: dict[tuple[int, ...], list[str]] = {}
+    found: dict[Shape, list[str]] = {}
     for model in models:
         if model not in MODEL_LAYERS:
             raise ValueError(f"`models` must be among {tuple(MODEL_LAYERS)}, got {model!r}")
@@ -373,6 +377,10 @@ def _model(architecture: str, impl: str, num_classes: int, width_multiplier: flo
     return Blocks()
 
 
+def _run_to_completion(compiled: Callable, args: Sequence[Any]) -> Any:
+    return jax.block_until_ready(compiled(*args))
+
+
 def measure_model(
     impls: Sequence[str],
     *,
@@ -412,7 +420,7 @@ def measure_model(
         compiled = jax.jit(step).lower(*args).compile()
         compile_seconds = time.perf_counter() - start
         seconds, reps = best_time(
-            lambda compiled=compiled, args=args: jax.block_until_ready(compiled(*args)),
+            functools.partial(_run_to_completion, compiled, args),
             max_reps=max_reps,
             min_time=min_time,
         )
@@ -499,6 +507,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    model_options: dict[str, Any]
     if args.quick:
         layers = [Layer(*shape, models=("quick",)) for shape in QUICK_LAYERS]
         batches, dtypes = args.batch or [2], args.dtype or ["float32"]

@@ -31,23 +31,25 @@ def _torch_depthwise(layer: Layer, batch: int, dtype_name: str, pass_name: str):
     x = torch.randn(batch, c, s, s, generator=gen).to(torch_dtype)
     x = x.contiguous(memory_format=torch.channels_last)
     w = (torch.randn(c, 1, k, k, generator=gen) / k).to(torch_dtype)
-    conv = torch.nn.functional.conv2d
-    opts = {"stride": layer.stride, "padding": k // 2, "groups": c}
+
+    def conv(x, w):
+        return torch.nn.functional.conv2d(x, w, stride=layer.stride, padding=k // 2, groups=c)
+
     if pass_name == "fwd":
 
         def call():
             with torch.no_grad():
-                return conv(x, w, **opts)
+                return conv(x, w)
 
     else:
         x.requires_grad_(True)
         w.requires_grad_(True)
         with torch.no_grad():
-            cotangent = torch.ones_like(conv(x, w, **opts))
+            cotangent = torch.ones_like(conv(x, w))
 
         def call():
             x.grad = w.grad = None
-            conv(x, w, **opts).backward(cotangent)
+            conv(x, w).backward(cotangent)
             return x.grad
 
     try:

@@ -131,7 +131,7 @@ def _print_layer(spec: str, console) -> None:
 
 
 def model_profile(
-    name: str,
+    name: models.Name,
     *,
     resolution: int = 224,
     width: float = 1.0,

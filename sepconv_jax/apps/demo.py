@@ -248,8 +248,8 @@ class _EpochBars:
 
     def __init__(self, name: str, epochs: int, steps: int, enabled: bool):
         self.name, self.epochs, self.steps, self.enabled = name, epochs, steps, enabled
-        self.progress = None
-        self.task = None
+        self.progress: Any = None  # a rich.progress.Progress while enabled
+        self.task: Any = None
         self.current = 0
 
     def __enter__(self) -> _EpochBars:
@@ -364,7 +364,7 @@ def _request_devices(devices: int | None) -> None:
     if devices is None or devices <= 1:
         return
     try:
-        if jax.config.jax_num_cpu_devices < devices:
+        if jax.config.jax_num_cpu_devices < devices:  # type: ignore[attr-defined]
             jax.config.update("jax_num_cpu_devices", devices)
     except RuntimeError:  # JAX already started: use the devices it has
         pass

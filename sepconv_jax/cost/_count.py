@@ -203,7 +203,7 @@ def _join(prefix: str, name: str) -> str:
 
 
 def _subjaxprs(params: Mapping[str, Any]) -> list[Any]:
-    found = []
+    found: list[Any] = []
     for value in params.values():
         values = value if isinstance(value, tuple | list) else (value,)
         found.extend(v for v in values if isinstance(v, jcore.Jaxpr | jcore.ClosedJaxpr))
@@ -273,8 +273,9 @@ class _Walker:
             name = _join(prefix, str(eqn.source_info.name_stack))
             prim = eqn.primitive.name
             if prim in _COUNTED:
-                outs = [self._counted(eqn, ins, calls, name)] * len(eqn.outvars)
-                self.tails[eqn.outvars[0]] = outs[0].last_op
+                index = self._counted(eqn, ins, calls, name)
+                outs = [_State(frozenset(), index)] * len(eqn.outvars)
+                self.tails[eqn.outvars[0]] = index
             elif prim in OPAQUE_PRIMITIVES:
                 self.unattributed[prim] = self.unattributed.get(prim, 0) + calls
                 outs = [self._combine(ins)] * len(eqn.outvars)
@@ -300,7 +301,8 @@ class _Walker:
             if len(shape) >= len(op.display_shape):  # the least flattened view
                 op.display_shape = shape
 
-    def _counted(self, eqn: Any, ins: list[_State], calls: int, name: str) -> _State:
+    def _counted(self, eqn: Any, ins: list[_State], calls: int, name: str) -> int:
+        """Records a counted eqn as a new op and returns its index."""
         kind, mult_adds, out, window, groups = _COUNTED[eqn.primitive.name](eqn)
         index = len(self.ops)
         figures = OpCost(
@@ -318,7 +320,7 @@ class _Walker:
             else:
                 op.path = name
             self._attach(frozenset().union(*(s.params for s in ins)), index)
-        return _State(frozenset(), index)
+        return index
 
     def _higher_order(self, eqn: Any, ins: list[_State], calls: int, name: str) -> list[_State]:
         prim, params = eqn.primitive.name, eqn.params

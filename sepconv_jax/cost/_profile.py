@@ -197,7 +197,8 @@ def _linen_program(module: Any, inputs: tuple, apply_kwargs: dict, variables: An
 def _nnx_program(module: Any, inputs: tuple, apply_kwargs: dict):
     from flax import nnx
 
-    graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+    graphdef, *states = nnx.split(module, nnx.Param, ...)
+    params, rest = states
 
     def program(params, rest, *args):
         return nnx.merge(graphdef, params, rest)(*args, **apply_kwargs)
@@ -294,11 +295,11 @@ def profile(module: Any, *inputs: Any, variables: Any = None, **apply_kwargs: An
     op_params = [0] * len(walker.ops)
     others: dict[int | None, dict[str, int]] = {}
     for leaf, size in enumerate(sizes):
-        where, index = walker.owner.get(leaf, (OTHER, None))
-        if where == "op":
-            op_params[index] += size
+        owner = walker.owner.get(leaf)
+        if owner is not None and owner[0] == "op":
+            op_params[owner[1]] += size
         else:
-            group = others.setdefault(index, {})
+            group = others.setdefault(None if owner is None else owner[1], {})
             module_path = "/".join(paths[leaf][:-1])
             group[module_path] = group.get(module_path, 0) + size
 
@@ -307,10 +308,10 @@ def profile(module: Any, *inputs: Any, variables: Any = None, **apply_kwargs: An
         rows.append(
             LayerCost(op.path, op.cost.kind, op.display_shape, op.cost.mult_adds, op_params[i])
         )
-        for path, size in others.get(i, {}).items():
-            rows.append(LayerCost(path, OTHER, None, 0, size))
-    for path, size in others.get(None, {}).items():
-        rows.append(LayerCost(path, OTHER, None, 0, size))
+        for module_path, size in others.get(i, {}).items():
+            rows.append(LayerCost(module_path, OTHER, None, 0, size))
+    for module_path, size in others.get(None, {}).items():
+        rows.append(LayerCost(module_path, OTHER, None, 0, size))
 
     by_kind: dict[RowKind, Cost] = {}
     for kind in (*KINDS, OTHER):

@@ -6,7 +6,7 @@
 * :class:`EfficientNetB0` / :class:`EfficientNet` (Tan & Le, 2019);
 * :class:`Xception` (Chollet, 2017);
 * their blocks in :mod:`sepconv_jax.models.blocks`;
-* :func:`from_name`, the architectures by name (:data:`NAMES`), as the command line
+* :func:`from_name`, the architectures by :data:`Name` (:data:`NAMES`), as the command line
   and configuration files name them.
 
 Every model takes channels-last images ``(batch, height, width, 3)`` and is used as
@@ -34,6 +34,7 @@ Example:
 
 from sepconv_jax.models import blocks as blocks
 from sepconv_jax.models._registry import NAMES as NAMES
+from sepconv_jax.models._registry import Name as Name
 from sepconv_jax.models._registry import from_name as from_name
 from sepconv_jax.models.blocks import DepthwiseSeparableBlock as DepthwiseSeparableBlock
 from sepconv_jax.models.blocks import InvertedResidual as InvertedResidual
@@ -58,6 +59,7 @@ __all__ = [
     "MBConv",
     "MobileNetV1",
     "MobileNetV2",
+    "Name",
     "SqueezeExcite",
     "Xception",
     "XceptionBlock",
