@@ -1,4 +1,4 @@
-"""Depthwise and separable layer benchmarks: ``sepconv_jax.bench`` as a script.
+"""Depthwise and separable layer benchmarks: ``sepconv_jax.apps.bench`` as a script.
 
 Usage (from the repository root)::
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from sepconv_jax import bench
+from sepconv_jax.apps import bench
 
 if __name__ == "__main__":
     argv = sys.argv[1:]

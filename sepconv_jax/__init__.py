@@ -1,20 +1,28 @@
 """sepconv_jax: depthwise separable convolutions for JAX and Flax.
 
-The pure functions are re-exported here; the Flax modules, the cost model, the
-reference models, weight conversion and the kernels live in documented
-submodules, imported with the package. Everything public is listed in ``__all__``.
+The pure functions are re-exported here; the Flax modules, the cost model and the
+kernels are documented submodules, imported with the package. The reference
+models (``sepconv_jax.models``) and weight conversion (``sepconv_jax.interop``)
+are imported when first used, so that ``import sepconv_jax`` stays light.
+Everything public is listed in ``__all__``. What the command line runs lives in
+``sepconv_jax.apps``, which is not library API.
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from sepconv_jax import cost as cost
-from sepconv_jax import interop as interop
 from sepconv_jax import kernels as kernels
 from sepconv_jax import linen as linen
-from sepconv_jax import models as models
 from sepconv_jax import nnx as nnx
 from sepconv_jax.ops import depthwise_conv as depthwise_conv
 from sepconv_jax.ops import grouped_conv as grouped_conv
 from sepconv_jax.ops import pointwise_conv as pointwise_conv
 from sepconv_jax.ops import separable_conv as separable_conv
+
+if TYPE_CHECKING:
+    from sepconv_jax import interop as interop
+    from sepconv_jax import models as models
 
 __version__ = "0.1.0"
 
@@ -30,3 +38,19 @@ __all__ = [
     "pointwise_conv",
     "separable_conv",
 ]
+
+# Submodules imported on first attribute access (PEP 562): the model zoo pulls in
+# every architecture, interop the Keras application tables.
+_LAZY_SUBMODULES = frozenset({"interop", "models"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_SUBMODULES:
+        module = importlib.import_module(f"{__name__}.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _LAZY_SUBMODULES)

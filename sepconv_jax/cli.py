@@ -1,4 +1,7 @@
-"""The ``sepconv-jax`` command line: ``demo``, ``cost`` and ``bench``."""
+"""The ``sepconv-jax`` command line: ``demo``, ``cost`` and ``bench``.
+
+The subcommands live in :mod:`sepconv_jax.apps`; this module only wires them up.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +16,10 @@ def _parser() -> argparse.ArgumentParser:
         description="Depthwise separable convolutions for JAX and Flax.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    from sepconv_jax import bench, cost, demo
+    from sepconv_jax.apps import bench, cost_report, demo
 
     demo.register_cli(sub)
-    cost.register_cli(sub)
+    cost_report.register_cli(sub)
     bench.register_cli(sub)
     return parser
 

@@ -23,6 +23,7 @@ from flax import nnx
 from jax import lax
 
 from sepconv_jax import cost, models, ops
+from sepconv_jax.apps import cost_report
 from sepconv_jax.cost import (
     Cost,
     count,
@@ -860,7 +861,7 @@ def test_mobilenet_table7_resolution(resolution, mult_adds_m):
 
 def _run_cli(argv):
     parser = argparse.ArgumentParser(prog="sepconv-jax")
-    cost.register_cli(parser.add_subparsers(dest="command", required=True))
+    cost_report.register_cli(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return args.func(args)
 
@@ -911,12 +912,12 @@ def test_other_models_match_their_papers():
     * Xception at 299: 22,855,952 parameters (Chollet, 2017, Table 3), exactly: the
       paper's count is of trainable weights, which is our ``params`` collection.
     """
-    v2 = cost.model_profile("mobilenet_v2")
+    v2 = cost_report.model_profile("mobilenet_v2")
     assert abs(v2.mult_adds / 1e6 - 300) < 1
-    b0 = cost.model_profile("efficientnet_b0")
+    b0 = cost_report.model_profile("efficientnet_b0")
     assert round(b0.mult_adds / 1e9, 2) == 0.39
     assert round(b0.params / 1e6, 1) == 5.3
-    xception = cost.model_profile("xception", resolution=299)
+    xception = cost_report.model_profile("xception", resolution=299)
     assert xception.params == 22_855_952
     # Every model spends most of its compute in pointwise convolutions.
     for p in (v2, b0, xception):
@@ -924,14 +925,14 @@ def test_other_models_match_their_papers():
 
 
 def test_model_profile_errors():
-    with pytest.raises(ValueError, match="`model` must be one of"):
-        cost.model_profile("resnet50")
+    with pytest.raises(ValueError, match="`name` must be one of"):
+        cost_report.model_profile("resnet50")
     with pytest.raises(ValueError, match="mobilenet_v1 only"):
-        cost.model_profile("xception", full_convolution=True)
+        cost_report.model_profile("xception", full_convolution=True)
     with pytest.raises(ValueError, match="no width multiplier"):
-        cost.model_profile("efficientnet_b0", width=0.5)
+        cost_report.model_profile("efficientnet_b0", width=0.5)
     with pytest.raises(TypeError, match="`resolution`"):
-        cost.model_profile("mobilenet_v1", resolution=1.5)
+        cost_report.model_profile("mobilenet_v1", resolution=1.5)
 
 
 def test_numpy_inputs_are_traced():

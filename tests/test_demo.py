@@ -18,10 +18,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from sepconv_jax import cli, demo
-from sepconv_jax.train import data_mesh, evaluate, replicate, shard_batch, train_classifier
+from sepconv_jax import cli
+from sepconv_jax.apps import data, demo, networks
+from sepconv_jax.apps.train import (
+    data_mesh,
+    evaluate,
+    replicate,
+    shard_batch,
+    train_classifier,
+    train_step,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -51,6 +60,15 @@ def _sequence_costs(separable: bool) -> tuple[int, int]:
     return params + 128 * 4 + 4, mult_adds + 128 * 4
 
 
+def _test_labels(task, settings):
+    """The test labels of a demo run, from the same fixed split the demo used."""
+    if task == "digits":
+        _, (_, labels) = data.digits_data()
+    else:
+        _, (_, labels) = data.waveform_data(n_train=settings["n_train"], n_test=settings["n_test"])
+    return labels
+
+
 def _check_outputs(tmp_path, task, expected, capsys):
     out = capsys.readouterr().out
     assert "standard / separable" in out
@@ -58,10 +76,16 @@ def _check_outputs(tmp_path, task, expected, capsys):
     png = tmp_path / f"{task}_accuracy_vs_mult_adds.png"
     assert png.read_bytes()[:8] == PNG_MAGIC
     figures = json.loads((tmp_path / f"{task}_results.json").read_text())
+    labels = _test_labels(task, figures["settings"])
     for name in ("standard", "separable"):
         run = figures[name]
         assert (run["params"], run["mult_adds"]) == expected(name == "separable")
-        assert 0.0 <= run["test_accuracy"] <= 1.0
+        # The accuracy is the fraction of the saved predictions that equal the true
+        # labels, drawn again here from the data module's fixed split.
+        predictions = np.asarray(run["test_predictions"])
+        assert predictions.shape == labels.shape
+        assert run["test_accuracy"] == np.count_nonzero(predictions == labels) / len(labels)
+        assert run["epoch_accuracy"][-1] == run["test_accuracy"]
         assert len(run["epoch_accuracy"]) == figures["settings"]["epochs"] == 1
         assert np.all(np.isfinite(run["losses"])) and run["step_ms"] > 0
     std, sep = expected(False), expected(True)
@@ -113,7 +137,7 @@ def test_demo_reports_bad_device_count(tmp_path, capsys):
 
 
 def test_sequence_model_is_causal():
-    model = demo.SequenceCNN(separable=True, stem=4, blocks=((8, 1), (8, 2), (8, 4)))
+    model = networks.SequenceCNN(separable=True, stem=4, blocks=((8, 1), (8, 2), (8, 4)))
     x = np.random.default_rng(0).normal(size=(1, 32, 1)).astype(np.float32)
     variables = jax.jit(model.init)(jax.random.key(0), x)
 
@@ -134,7 +158,7 @@ def test_sequence_model_is_causal():
 
 
 def test_waveform_data_classes():
-    (x, y), (xt, yt) = demo.waveform_data(n_train=40, n_test=8, length=48, noise=0.0)
+    (x, y), (xt, yt) = data.waveform_data(n_train=40, n_test=8, length=48, noise=0.0)
     assert x.shape == (40, 48, 1) and xt.shape == (8, 48, 1)
     assert np.bincount(y).tolist() == [10] * 4 and np.bincount(yt).tolist() == [2] * 4
     steps = np.diff(x[..., 0], axis=1)
@@ -150,14 +174,14 @@ def test_waveform_data_classes():
 def test_digits_data_split():
     from sklearn.datasets import load_digits
 
-    (x, y), (xt, yt) = demo.digits_data()
+    (x, y), (xt, yt) = data.digits_data()
     assert x.shape == (1437, 8, 8, 1) and xt.shape == (360, 8, 8, 1)
     assert x.dtype == np.float32 and y.dtype == np.int32
     np.testing.assert_allclose([x.mean(), x.std()], [0.0, 1.0], atol=1e-5)
     # Stratified: each class holds 20% of its images in the test set, to one image.
     counts = np.bincount(load_digits().target)
     assert np.all(np.abs(np.bincount(yt) - 0.2 * counts) <= 1)
-    _, (xt2, _) = demo.digits_data()
+    _, (xt2, _) = data.digits_data()
     np.testing.assert_array_equal(xt, xt2)
 
 
@@ -182,6 +206,43 @@ def test_train_classifier_learns_a_linear_rule():
     assert result.test_accuracy > 0.9
 
 
+def test_train_step_updates_batch_statistics_and_parameters():
+    """The one train step on a model with batch norm: the running mean moves by the
+    batch mean (flax's momentum 0.99), the loss is the softmax cross-entropy of the
+    train-mode logits, and SGD moves the parameters by the learning rate times the
+    gradient, all written out here from their definitions."""
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            x = nn.BatchNorm(use_running_average=not train)(x)
+            return nn.Dense(3)(x)
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(1.0, 2.0, size=(8, 4)).astype(np.float32)
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 1], np.int32)
+    model, optimizer = Net(), optax.sgd(0.1)
+    variables = model.init(jax.random.key(0), x)
+    params, state = variables["params"], {"batch_stats": variables["batch_stats"]}
+    step = jax.jit(train_step(model, optimizer, train=True))
+    new_params, new_state, _, loss = step(params, state, optimizer.init(params), x, y)
+
+    np.testing.assert_allclose(
+        new_state["batch_stats"]["BatchNorm_0"]["mean"], 0.01 * x.mean(axis=0), rtol=1e-5
+    )
+    # Train mode normalizes with the batch's own statistics (biased variance, eps 1e-5).
+    normalized = (x - x.mean(axis=0)) / np.sqrt(x.var(axis=0) + 1e-5)
+    w = np.asarray(params["Dense_0"]["kernel"], np.float64)
+    logits = normalized @ w + np.asarray(params["Dense_0"]["bias"], np.float64)
+    log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(float(loss), -log_p[np.arange(8), y].mean(), rtol=1e-5)
+    # d loss / d kernel = normalized^T (softmax - onehot) / batch, one SGD step of 0.1.
+    grad = normalized.T @ (np.exp(log_p) - np.eye(3)[y]) / 8
+    np.testing.assert_allclose(
+        new_params["Dense_0"]["kernel"], w - 0.1 * grad, rtol=1e-4, atol=1e-6
+    )
+
+
 def test_evaluate_pads_the_last_batch():
     mesh = data_mesh(1)
     params = replicate({"w": jnp.array([[1.0, 0.0], [0.0, 1.0]])}, mesh)
@@ -199,7 +260,7 @@ def test_evaluate_pads_the_last_batch():
     [
         ({"batch_size": 0}, "`batch_size`=0"),
         ({"batch_size": 1000}, "`batch_size`=1000"),
-        ({"epochs": 0}, "`epochs` must be a positive int"),
+        ({"epochs": 0}, "`epochs` must be >= 1"),
     ],
 )
 def test_train_classifier_rejects_bad_options(kwargs, match):
@@ -230,8 +291,9 @@ _EIGHT_DEVICES = textwrap.dedent(
     import jax
     jax.config.update("jax_numpy_rank_promotion", "raise")
     import numpy as np
-    from sepconv_jax.demo import DigitsCNN, digits_data
-    from sepconv_jax.train import data_mesh, shard_batch, train_classifier
+    from sepconv_jax.apps.data import digits_data
+    from sepconv_jax.apps.networks import DigitsCNN
+    from sepconv_jax.apps.train import data_mesh, shard_batch, train_classifier
 
     (x, y), (xt, yt) = digits_data()
     mesh8 = data_mesh(8)

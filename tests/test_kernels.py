@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from sepconv_jax import _spec, bench, ops
+from sepconv_jax import _spec, ops
+from sepconv_jax.apps import bench
 from sepconv_jax.kernels import dispatch, shift
 from tests import reference as ref
 from tests.helpers import ATOL, HIGHEST, RTOL, call, ref_batched
@@ -477,7 +478,17 @@ def test_bench_quick_runs_and_writes_json(tmp_path, capsys):
         for column in (*dispatch.KERNELS, "flax", "separable", "standard"):
             assert record["seconds"][column] > 0
         assert record["seconds"]["torch"] is None  # disabled
-        assert record["ratios"]["xla/xla"] == pytest.approx(1.0)
+        # Every ratio is the quotient of the two times it names, recomputed from the JSON.
+        seconds, ratios = record["seconds"], record["ratios"]
+        for impl in dispatch.KERNELS:
+            assert ratios[f"xla/{impl}"] == seconds["xla"] / seconds[impl]
+        assert record["ours"] in dispatch.KERNELS
+        assert ratios["xla/ours"] == seconds["xla"] / seconds[record["ours"]]
+        assert ratios["flax/ours"] == seconds["flax"] / seconds[record["ours"]]
+        assert ratios["torch/ours"] is None
+        realized = seconds["standard"] / seconds["separable"]
+        assert ratios["standard/separable"] == realized
+        assert ratios["realized/analytic"] == realized / record["analytic_savings"]
     assert (tmp_path / "bench.md").read_text().startswith("## Machine")
     assert (tmp_path / "bench.png").read_bytes().startswith(b"\x89PNG")
     assert "summary" in capsys.readouterr().out

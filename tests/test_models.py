@@ -473,3 +473,37 @@ def test_models_are_linen_modules_with_public_blocks():
         "SqueezeExcite",
         "XceptionBlock",
     }
+
+
+def test_from_name_builds_each_architecture_with_its_options():
+    expected = {
+        "mobilenet_v1": models.MobileNetV1,
+        "mobilenet_v2": models.MobileNetV2,
+        "efficientnet_b0": models.EfficientNetB0,
+        "xception": models.Xception,
+    }
+    assert models.NAMES == tuple(expected)
+    for name, cls in expected.items():
+        model = models.from_name(name, num_classes=7)
+        assert type(model) is cls and model.num_classes == 7
+    v2 = models.from_name("mobilenet_v2", width_multiplier=0.35)
+    assert v2.width_multiplier == 0.35
+    v1 = models.from_name("mobilenet_v1", width_multiplier=0.5, full_convolution=True)
+    assert (v1.width_multiplier, v1.full_convolution) == (0.5, True)
+
+
+@pytest.mark.parametrize(
+    "name, options, match",
+    [
+        (
+            "resnet50",
+            {},
+            "`name` must be one of mobilenet_v1, mobilenet_v2, efficientnet_b0, xception",
+        ),
+        ("xception", {"full_convolution": True}, "mobilenet_v1 only"),
+        ("efficientnet_b0", {"width_multiplier": 0.5}, "efficientnet_b0 has no width multiplier"),
+    ],
+)
+def test_from_name_rejects_unknown_names_and_options(name, options, match):
+    with pytest.raises(ValueError, match=match):
+        models.from_name(name, **options)

@@ -42,6 +42,8 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
 
     copy = tmp_path / path.name
     shutil.copy(path, copy)
+    # The first code cell imports the shared setup helper from the notebook's folder.
+    shutil.copy(path.parent / "_setup.py", tmp_path / "_setup.py")
     notebook = nbformat.read(copy, as_version=4)
     client = nbclient.NotebookClient(
         notebook,

@@ -5,7 +5,9 @@
 * :class:`MobileNetV2` (Sandler et al., 2018);
 * :class:`EfficientNetB0` / :class:`EfficientNet` (Tan & Le, 2019);
 * :class:`Xception` (Chollet, 2017);
-* their blocks in :mod:`sepconv_jax.models.blocks`.
+* their blocks in :mod:`sepconv_jax.models.blocks`;
+* :func:`from_name`, the architectures by :data:`Name` (:data:`NAMES`), as the command line
+  and configuration files name them.
 
 Every model takes channels-last images ``(batch, height, width, 3)`` and is used as
 any Flax model: ``variables = model.init(key, x, train=False)`` gives ``params``
@@ -31,6 +33,9 @@ Example:
 """
 
 from sepconv_jax.models import blocks as blocks
+from sepconv_jax.models._registry import NAMES as NAMES
+from sepconv_jax.models._registry import Name as Name
+from sepconv_jax.models._registry import from_name as from_name
 from sepconv_jax.models.blocks import DepthwiseSeparableBlock as DepthwiseSeparableBlock
 from sepconv_jax.models.blocks import InvertedResidual as InvertedResidual
 from sepconv_jax.models.blocks import MBConv as MBConv
@@ -46,6 +51,7 @@ from sepconv_jax.models.mobilenet_v2 import mobilenet_v2_widths as mobilenet_v2_
 from sepconv_jax.models.xception import Xception as Xception
 
 __all__ = [
+    "NAMES",
     "DepthwiseSeparableBlock",
     "EfficientNet",
     "EfficientNetB0",
@@ -53,10 +59,12 @@ __all__ = [
     "MBConv",
     "MobileNetV1",
     "MobileNetV2",
+    "Name",
     "SqueezeExcite",
     "Xception",
     "XceptionBlock",
     "blocks",
+    "from_name",
     "make_divisible",
     "mobilenet_v1_widths",
     "mobilenet_v2_widths",

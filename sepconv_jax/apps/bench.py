@@ -8,7 +8,7 @@ sizes and dtypes, forward and forward+backward, it measures side by side in one 
 * ``flax.linen.Conv(feature_group_count=C)`` (by default up to batch 8 only: it
   lowers to the same ``lax`` op as ``impl="xla"``, and is as slow);
 * PyTorch's ``conv2d(groups=C)`` on a channels-last tensor, when torch is installed
-  (timed in a separate process, see :func:`measure_torch`);
+  (timed in a separate process, see :mod:`sepconv_jax.apps.bench_torch`);
 * our ``separable_conv`` (``impl="auto"``) and the standard ``k x k`` convolution from
   ``C`` to ``N`` channels it replaces;
 
@@ -23,8 +23,11 @@ least disturbed by other processes on a shared machine); a call slower than
 same output size and cost as ``"SAME"``. Results go to stdout (a table), a JSON file,
 a PNG plot (needs matplotlib) and a Markdown report.
 
+:mod:`sepconv_jax.apps.bench_report` turns the records into the table, the summary,
+the Markdown report and the plot.
+
 Example:
-  >>> from sepconv_jax import bench
+  >>> from sepconv_jax.apps import bench
   >>> layers = bench.layer_shapes(("MobileNetV2",))
   >>> len(layers), layers[0].name
   (12, '112x112 C32 k3 s1 N16')
@@ -37,38 +40,50 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import json
 import math
 import os
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
-from sepconv_jax import _spec, ops
+from sepconv_jax import _spec, cost, ops
+from sepconv_jax.apps import bench_report, bench_torch
+from sepconv_jax.apps.timing import best_time, time_jitted
+from sepconv_jax.apps.train import train_step
 from sepconv_jax.kernels import dispatch
 
 __all__ = [
     "MODEL_LAYERS",
+    "PASSES",
+    "QUICK_LAYERS",
     "Layer",
+    "add_arguments",
     "layer_shapes",
+    "machine_info",
     "main",
+    "measure_layers",
+    "measure_model",
     "register_cli",
     "run",
 ]
 
+#: ``(input size, channels C, kernel k, stride s, projection channels N)`` of one layer.
+Shape = tuple[int, int, int, int, int]
+
 #: Depthwise + projection layers at 224x224 input: (input size, channels C, kernel k,
 #: stride s, projection channels N). MobileNetV2: Sandler et al. 2018, Table 2
 #: (expansion 6 except the first block). EfficientNet-B0: Tan & Le 2019, Table 1.
-MODEL_LAYERS: dict[str, tuple[tuple[int, int, int, int, int], ...]] = {
+MODEL_LAYERS: dict[str, tuple[Shape, ...]] = {
     "MobileNetV2": (
         (112, 32, 3, 1, 16),
         (112, 96, 3, 2, 24),
@@ -100,7 +115,7 @@ MODEL_LAYERS: dict[str, tuple[tuple[int, int, int, int, int], ...]] = {
 }
 
 #: Small shapes for ``--quick``: enough to run every code path in seconds.
-QUICK_LAYERS: tuple[tuple[int, int, int, int, int], ...] = ((16, 32, 3, 1, 32), (8, 16, 5, 2, 24))
+QUICK_LAYERS: tuple[Shape, ...] = ((16, 32, 3, 1, 32), (8, 16, 5, 2, 24))
 
 PASSES = ("fwd", "fwd+bwd")
 
@@ -130,8 +145,7 @@ class Layer:
     @property
     def analytic_savings(self) -> float:
         """Standard over separable mult-adds: ``k^2 C N / (k^2 C + C N)``."""
-        k2 = self.kernel**2
-        return k2 * self.out_channels / (k2 + self.out_channels)
+        return cost.savings_factor(self.kernel, self.out_channels)
 
 
 def layer_shapes(models: Sequence[str] = tuple(MODEL_LAYERS)) -> list[Layer]:
@@ -146,7 +160,7 @@ def layer_shapes(models: Sequence[str] = tuple(MODEL_LAYERS)) -> list[Layer]:
     Raises:
       ValueError: for an unknown model name.
     """
-    found: dict[tuple[int, ...], list[str]] = {}
+    found: dict[Shape, list[str]] = {}
     for model in models:
         if model not in MODEL_LAYERS:
             raise ValueError(f"`models` must be among {tuple(MODEL_LAYERS)}, got {model!r}")
@@ -155,31 +169,7 @@ def layer_shapes(models: Sequence[str] = tuple(MODEL_LAYERS)) -> list[Layer]:
     return [Layer(*shape, models=tuple(names)) for shape, names in found.items()]
 
 
-# ----------------------------------------------------------------------------- timing
-
-
-def _best_time(call: Callable[[], Any], min_time: float, max_reps: int) -> tuple[float, int]:
-    """Best of up to ``max_reps`` calls, stopping once ``min_time`` seconds are spent.
-
-    The first call (after compilation) is a warm-up, unless it already took
-    ``min_time``: then it is the measurement.
-    """
-    start = time.perf_counter()
-    call()
-    first = time.perf_counter() - start
-    if first >= min_time:
-        return first, 1
-    times: list[float] = []
-    while len(times) < max_reps and sum(times) < min_time:
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return min(times), len(times)
-
-
-def _time_jax(fn: Callable, args: Sequence[Any], min_time: float, max_reps: int):
-    compiled = jax.jit(fn).lower(*args).compile()
-    return _best_time(lambda: jax.block_until_ready(compiled(*args)), min_time, max_reps)
+# ----------------------------------------------------------------------------- passes
 
 
 def _with_grads(fn: Callable, n_args: int) -> Callable:
@@ -241,93 +231,6 @@ def _jax_columns(layer: Layer, batch: int, dtype: Any) -> dict[str, tuple[Callab
         [x, full],
     )
     return columns
-
-
-def _torch_depthwise(layer: Layer, batch: int, dtype_name: str, pass_name: str):
-    """A no-argument callable running PyTorch's depthwise conv, or ``None``."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(dtype_name)
-    if torch_dtype is None:
-        return None
-    gen = torch.Generator().manual_seed(0)
-    s, k, c = layer.size, layer.kernel, layer.channels
-    x = torch.randn(batch, c, s, s, generator=gen).to(torch_dtype)
-    x = x.contiguous(memory_format=torch.channels_last)
-    w = (torch.randn(c, 1, k, k, generator=gen) / k).to(torch_dtype)
-    conv = torch.nn.functional.conv2d
-    opts = {"stride": layer.stride, "padding": k // 2, "groups": c}
-    if pass_name == "fwd":
-
-        def call():
-            with torch.no_grad():
-                return conv(x, w, **opts)
-
-    else:
-        x.requires_grad_(True)
-        w.requires_grad_(True)
-        with torch.no_grad():
-            cotangent = torch.ones_like(conv(x, w, **opts))
-
-        def call():
-            x.grad = w.grad = None
-            conv(x, w, **opts).backward(cotangent)
-            return x.grad
-
-    try:
-        call()
-    except (RuntimeError, NotImplementedError):  # a dtype this build has no kernel for
-        return None
-    return call
-
-
-def _torch_worker(jobs: list[tuple], min_time: float, max_reps: int) -> dict:
-    """Times PyTorch for every ``(layer, batch, dtype name, pass)`` job (in a child process)."""
-    results = {}
-    for layer, batch, dtype_name, pass_name in jobs:
-        call = _torch_depthwise(layer, batch, dtype_name, pass_name)
-        key = (layer.depthwise_name, batch, dtype_name, pass_name)
-        results[key] = (None, 0) if call is None else _best_time(call, min_time, max_reps)
-    return results
-
-
-def measure_torch(
-    layers: Sequence[Layer],
-    batches: Sequence[int],
-    dtypes: Sequence[str],
-    *,
-    min_time: float,
-    max_reps: int,
-) -> dict[tuple, tuple[float | None, int]]:
-    """PyTorch's depthwise conv for every distinct shape, timed in a separate process.
-
-    In the process that runs JAX, XLA's worker threads compete with PyTorch's OpenMP
-    threads on a small machine and PyTorch's times jump by whole scheduler time
-    slices (measured: 0.14 ms alone, 16 ms in-process), so PyTorch runs in a fresh
-    ``spawn`` process that never touches JAX.
-
-    Returns:
-      ``(depthwise name, batch, dtype, pass) -> (seconds or None, calls)``; empty when
-      torch is not installed.
-    """
-    import importlib.util
-    import multiprocessing
-
-    if importlib.util.find_spec("torch") is None:
-        return {}
-    jobs, seen = [], set()
-    for layer in layers:
-        for batch in batches:
-            for dtype_name in dtypes:
-                for pass_name in PASSES:
-                    key = (layer.depthwise_name, batch, dtype_name, pass_name)
-                    if key not in seen:
-                        seen.add(key)
-                        jobs.append((layer, batch, dtype_name, pass_name))
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_torch_worker, (jobs, min_time, max_reps))
 
 
 def _ours(layer: Layer, batch: int, dtype: Any) -> str:
@@ -393,7 +296,9 @@ def measure_layers(
     torch_times = {}
     if torch_enabled:
         log("timing PyTorch in a separate process...")
-        torch_times = measure_torch(layers, batches, dtypes, min_time=min_time, max_reps=max_reps)
+        torch_times = bench_torch.measure_torch(
+            layers, batches, dtypes, PASSES, min_time=min_time, max_reps=max_reps
+        )
     records = []
     depthwise_cache: dict[tuple, dict[str, tuple[float | None, int]]] = {}
     depthwise_columns = (*dispatch.KERNELS, "flax", "torch")
@@ -416,7 +321,7 @@ def measure_layers(
                         if pass_name == "fwd+bwd":
                             cotangent = jnp.ones(jax.eval_shape(fn, *args).shape, dtype)
                             fn, args = _with_grads(fn, len(args)), [*args, cotangent]
-                        timed[name] = _time_jax(fn, args, min_time, max_reps)
+                        timed[name] = time_jitted(fn, args, max_reps=max_reps, min_time=min_time)
                     if "torch" not in timed:
                         timed["torch"] = torch_times.get(
                             (layer.depthwise_name, batch, dtype_name, pass_name), (None, 0)
@@ -445,8 +350,11 @@ def measure_layers(
                         "ratios": _ratios(seconds, layer.analytic_savings, ours),
                     }
                     records.append(record)
-                    log(_format_row(record))
+                    log(bench_report.format_row(record))
     return records
+
+
+# ----------------------------------------------------------------------------- whole model
 
 
 def _model(architecture: str, impl: str, num_classes: int, width_multiplier: float):
@@ -467,6 +375,10 @@ def _model(architecture: str, impl: str, num_classes: int, width_multiplier: flo
             return nn.Dense(num_classes)(x.mean(axis=(1, 2)))
 
     return Blocks()
+
+
+def _run_to_completion(compiled: Callable, args: Sequence[Any]) -> Any:
+    return jax.block_until_ready(compiled(*args))
 
 
 def measure_model(
@@ -501,32 +413,16 @@ def measure_model(
     for impl in impls:
         model = _model(architecture, impl, num_classes, width_multiplier)
         variables = model.init(k3, images, train=False)
-        params, stats = variables["params"], variables["batch_stats"]
-        opt_state = optimizer.init(params)
-
-        def train_step(params, stats, opt_state, images, labels, model=model):
-            def loss_fn(params):
-                logits, updates = model.apply(
-                    {"params": params, "batch_stats": stats},
-                    images,
-                    train=True,
-                    mutable=["batch_stats"],
-                )
-                loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-                return loss, updates["batch_stats"]
-
-            (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), stats, opt_state, loss
-
-        args = [params, stats, opt_state, images, labels]
+        params, state = variables["params"], {"batch_stats": variables["batch_stats"]}
+        args = [params, state, optimizer.init(params), images, labels]
+        step = train_step(model, optimizer, train=True)
         start = time.perf_counter()
-        compiled = jax.jit(train_step).lower(*args).compile()
+        compiled = jax.jit(step).lower(*args).compile()
         compile_seconds = time.perf_counter() - start
-        seconds, reps = _best_time(
-            lambda compiled=compiled, args=args: jax.block_until_ready(compiled(*args)),
-            min_time,
-            max_reps,
+        seconds, reps = best_time(
+            functools.partial(_run_to_completion, compiled, args),
+            max_reps=max_reps,
+            min_time=min_time,
         )
         record = {
             "model": architecture,
@@ -553,129 +449,7 @@ def measure_model(
     return records
 
 
-# ----------------------------------------------------------------------------- reports
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{1e3 * value:.2f}"
-
-
-def _x(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
-TABLE_HEADER = (
-    "layer",
-    "B",
-    "dtype",
-    "pass",
-    *(f"{impl} ms" for impl in dispatch.KERNELS),
-    "flax ms",
-    "torch ms",
-    "xla/ours",
-    "torch/ours",
-    "sep ms",
-    "std ms",
-    "std/sep",
-    "analytic",
-    "real/anal",
-)
-
-
-def _row_cells(record: dict) -> list[str]:
-    seconds, ratios = record["seconds"], record["ratios"]
-    return [
-        record["layer"],
-        str(record["batch"]),
-        record["dtype"],
-        record["pass"],
-        *(_ms(seconds[impl]) for impl in dispatch.KERNELS),
-        _ms(seconds["flax"]),
-        _ms(seconds["torch"]),
-        _x(ratios["xla/ours"]),
-        _x(ratios["torch/ours"]),
-        _ms(seconds["separable"]),
-        _ms(seconds["standard"]),
-        _x(ratios["standard/separable"]),
-        _x(record["analytic_savings"]),
-        _x(ratios["realized/analytic"]),
-    ]
-
-
-def _format_row(record: dict) -> str:
-    return "  ".join(
-        f"{cell:>{max(len(head), 8)}}" if i else f"{cell:<26}"
-        for i, (head, cell) in enumerate(zip(TABLE_HEADER, _row_cells(record), strict=True))
-    )
-
-
-def format_table(records: Sequence[dict]) -> str:
-    """The fixed-width table printed on stdout."""
-    head = "  ".join(
-        f"{h:>{max(len(h), 8)}}" if i else f"{h:<26}" for i, h in enumerate(TABLE_HEADER)
-    )
-    return "\n".join([head, *(_format_row(r) for r in records)])
-
-
-def markdown_table(records: Sequence[dict]) -> str:
-    """The same table in Markdown."""
-    lines = [
-        "| " + " | ".join(TABLE_HEADER) + " |",
-        "|" + "|".join("---" if i < 4 else "---:" for i in range(len(TABLE_HEADER))) + "|",
-    ]
-    lines += ["| " + " | ".join(_row_cells(r)) + " |" for r in records]
-    return "\n".join(lines)
-
-
-def _values(records: Sequence[dict], key: str, **match: Any) -> list[tuple[float, dict]]:
-    return [
-        (r["ratios"][key], r)
-        for r in records
-        if r["ratios"][key] is not None and all(r[k] == v for k, v in match.items())
-    ]
-
-
-def summarize(records: Sequence[dict], model: Sequence[dict] = ()) -> dict:
-    """The headline numbers the targets are stated in, per dtype and pass.
-
-    Returns:
-      ``{"<dtype> <pass>": {...}}`` with the minimum and median ``xla/ours`` (and the
-      layer of the minimum), the median ``torch/ours`` over distinct depthwise
-      shapes, and ``realized/analytic`` for layers with ``C, N >= 128``; plus the
-      whole-model speedup when measured.
-    """
-    summary: dict[str, Any] = {}
-    for dtype in sorted({r["dtype"] for r in records}):
-        for pass_name in PASSES:
-            sel = [r for r in records if r["dtype"] == dtype and r["pass"] == pass_name]
-            if not sel:
-                continue
-            entry: dict[str, Any] = {}
-            xla = _values(sel, "xla/ours")
-            if xla:
-                worst = min(xla, key=lambda v: v[0])
-                entry["xla/ours min"] = worst[0]
-                entry["xla/ours min at"] = f"{worst[1]['depthwise']} B{worst[1]['batch']}"
-                entry["xla/ours median"] = statistics.median(v for v, _ in xla)
-            distinct = {(r["depthwise"], r["batch"]): v for v, r in _values(sel, "torch/ours")}
-            if distinct:
-                entry["torch/ours median"] = statistics.median(distinct.values())
-                entry["torch/ours min"] = min(distinct.values())
-            wide = [
-                (v, r)
-                for v, r in _values(sel, "realized/analytic")
-                if r["channels"] >= 128 and r["out_channels"] >= 128
-            ]
-            if wide:
-                entry["realized/analytic min (C,N>=128)"] = min(v for v, _ in wide)
-                entry["realized/analytic median (C,N>=128)"] = statistics.median(v for v, _ in wide)
-            summary[f"{dtype} {pass_name}"] = entry
-    by_impl = {m["impl"]: m for m in model}
-    if "auto" in by_impl and "xla" in by_impl:
-        summary[f"{by_impl['auto']['model']} train step auto/xla images/s"] = (
-            by_impl["auto"]["images_per_second"] / by_impl["xla"]["images_per_second"]
-        )
-    return summary
+# ----------------------------------------------------------------------------- machine
 
 
 def machine_info() -> dict:
@@ -701,12 +475,7 @@ def machine_info() -> dict:
     }
     if hasattr(os, "getloadavg"):
         info["load_average"] = list(os.getloadavg())
-    try:
-        import flax
-
-        info["flax"] = flax.__version__
-    except ImportError:
-        pass
+    info["flax"] = flax.__version__
     try:
         import torch
 
@@ -715,87 +484,6 @@ def machine_info() -> dict:
     except ImportError:
         info["torch"] = None
     return info
-
-
-def plot(records: Sequence[dict], path: Path, dtype: str = "float32") -> None:
-    """Ratios by layer (log scale): vs ``xla``, vs PyTorch, and realized vs analytic savings."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sel = [r for r in records if r["dtype"] == dtype] or list(records)
-    layers = list(dict.fromkeys(r["layer"] for r in sel))
-    batches = sorted({r["batch"] for r in sel})
-    fig, axes = plt.subplots(3, 1, figsize=(max(8.0, 0.55 * len(layers)), 11), sharex=True)
-    panels = (
-        ("xla/ours", "speedup of ours over impl='xla'", 1.0),
-        ("torch/ours", "PyTorch time / our time", 1.0),
-        ("realized/analytic", "realized / analytic separable savings", 0.6),
-    )
-    positions = np.arange(len(layers))
-    for ax, (key, title, line) in zip(axes, panels, strict=True):
-        plotted = False
-        for batch in batches:
-            for pass_name, marker in zip(PASSES, ("o", "s"), strict=True):
-                points = [
-                    (layers.index(r["layer"]), r["ratios"][key])
-                    for r in sel
-                    if r["batch"] == batch
-                    and r["pass"] == pass_name
-                    and r["ratios"][key] is not None
-                ]
-                if points:
-                    xs, ys = zip(*points, strict=True)
-                    ax.plot(xs, ys, marker=marker, linestyle="", label=f"B{batch} {pass_name}")
-                    plotted = True
-        ax.axhline(line, color="gray", linewidth=0.8)
-        ax.set_yscale("log")
-        ax.set_title(f"{title} ({dtype})")
-        if plotted:
-            ax.legend(fontsize=7, ncol=4)
-        else:
-            ax.text(0.5, 0.5, "not measured", transform=ax.transAxes, ha="center")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[-1].set_xticks(positions)
-    axes[-1].set_xticklabels(layers, rotation=70, ha="right", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def markdown_report(result: dict) -> str:
-    """A Markdown report: the machine, the summary, the whole-model line and the table."""
-    machine = result["machine"]
-    lines = ["## Machine", ""]
-    lines += [f"- {key}: {value}" for key, value in machine.items()]
-    lines += ["", "## Summary", ""]
-    for key, value in result["summary"].items():
-        if isinstance(value, dict):
-            parts = ", ".join(
-                f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items()
-            )
-            lines.append(f"- {key}: {parts}")
-        else:
-            lines.append(f"- {key}: {value:.2f}")
-    if result["model"]:
-        lines += ["", "## Whole model", ""]
-        for m in result["model"]:
-            lines.append(
-                f"- {m['model']} training step, impl={m['impl']} ({m['resolved_impl']}): "
-                f"{m['images_per_second']:.1f} images/s ({1e3 * m['seconds']:.0f} ms/step, "
-                f"batch {m['batch']}, {m['image_size']}x{m['image_size']}, width "
-                f"{m['width_multiplier']})"
-            )
-    lines += [
-        "",
-        "## Layers",
-        "",
-        "Times in ms (best of n).",
-        "",
-        markdown_table(result["records"]),
-    ]
-    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -819,6 +507,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    model_options: dict[str, Any]
     if args.quick:
         layers = [Layer(*shape, models=("quick",)) for shape in QUICK_LAYERS]
         batches, dtypes = args.batch or [2], args.dtype or ["float32"]
@@ -843,7 +532,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     machine = machine_info()
     print(f"sepconv-jax bench on {machine['backend']} ({machine['cpu']}, {machine['cores']} cores)")
-    print(format_table([]))
+    print(bench_report.format_table([]))
     records = measure_layers(
         layers,
         batches,
@@ -874,15 +563,15 @@ def run(args: argparse.Namespace) -> int:
         },
         "records": records,
         "model": model,
-        "summary": summarize(records, model),
+        "summary": bench_report.summarize(records, model),
     }
     print("\nsummary:")
     print(json.dumps(result["summary"], indent=2))
     (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "bench.md").write_text(markdown_report(result))
+    (out / "bench.md").write_text(bench_report.markdown_report(result))
     written = [out / "bench.json", out / "bench.md"]
     if not args.no_plot:
-        plot(records, out / "bench.png", dtype=dtypes[0])
+        bench_report.plot(records, out / "bench.png", dtype=dtypes[0])
         written.append(out / "bench.png")
     print("wrote " + ", ".join(str(path) for path in written))
     return 0
@@ -931,7 +620,7 @@ def register_cli(subparsers: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the suite as a script: ``python -m sepconv_jax.bench [options]``."""
+    """Runs the suite as a script: ``python -m sepconv_jax.apps.bench [options]``."""
     parser = argparse.ArgumentParser(prog="sepconv-jax bench", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -1,5 +1,8 @@
 """Data-parallel training of a Flax linen classifier with optax and ``jax.sharding``.
 
+:func:`train_step` is the one optimizer step of the demo and the benchmark suite;
+:func:`train_classifier` runs it in a loop over epochs, split over the devices.
+
 One loop for a laptop CPU, a GPU box or a TPU pod slice: the devices form a 1-D
 :class:`jax.sharding.Mesh` with the axis ``"data"``; each global batch is split along
 that axis (``NamedSharding(mesh, P("data"))``), parameters and optimizer state are
@@ -33,6 +36,8 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
+from sepconv_jax import _spec
+
 __all__ = [
     "DATA_AXIS",
     "EpochStats",
@@ -42,6 +47,7 @@ __all__ = [
     "replicate",
     "shard_batch",
     "train_classifier",
+    "train_step",
 ]
 
 #: Name of the mesh axis the batch is split along.
@@ -64,7 +70,7 @@ def data_mesh(num_devices: int | None = None) -> Mesh:
         or is a strict subset of the devices of a multi-process run.
 
     Example:
-      >>> from sepconv_jax.train import data_mesh
+      >>> from sepconv_jax.apps.train import data_mesh
       >>> mesh = data_mesh(1)
       >>> mesh.axis_names, mesh.devices.shape
       (('data',), (1,))
@@ -103,7 +109,7 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from sepconv_jax.train import data_mesh, replicate
+      >>> from sepconv_jax.apps.train import data_mesh, replicate
       >>> replicate({"w": jnp.ones(3)}, data_mesh(1))["w"].sharding.spec
       P()
     """
@@ -131,7 +137,7 @@ def shard_batch(batch: ArrayLike, mesh: Mesh) -> jax.Array:
 
     Example:
       >>> import numpy as np
-      >>> from sepconv_jax.train import data_mesh, shard_batch
+      >>> from sepconv_jax.apps.train import data_mesh, shard_batch
       >>> x = shard_batch(np.zeros((8, 3), np.float32), data_mesh(1))
       >>> x.shape, x.sharding.spec
       ((8, 3), P('data',))
@@ -175,6 +181,8 @@ class TrainResult:
       losses: ``(steps,)`` training loss of every step, in order.
       epochs: one :class:`EpochStats` per epoch.
       test_accuracy: accuracy on the test set after the last epoch.
+      test_predictions: ``(n_test,)`` int32 predicted labels of the test set after the
+        last epoch, in the test set's order.
       step_time_s: median wall time of one training step (compiled, after the
         first), in seconds.
       compile_time_s: time to compile the training step, in seconds.
@@ -185,6 +193,7 @@ class TrainResult:
     losses: np.ndarray
     epochs: tuple[EpochStats, ...]
     test_accuracy: float
+    test_predictions: np.ndarray
     step_time_s: float
     compile_time_s: float
     num_devices: int
@@ -205,6 +214,54 @@ def _check_data(x: ArrayLike, y: ArrayLike, name: str) -> tuple[np.ndarray, np.n
 
 def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def train_step(
+    model: Any, optimizer: optax.GradientTransformation, **apply_kwargs: Any
+) -> Callable[..., tuple[Any, dict[str, Any], Any, jax.Array]]:
+    """One optimizer step of a linen classifier on softmax cross-entropy, to be jitted.
+
+    The returned function maps ``(params, state, opt_state, x, y)`` to ``(params,
+    state, opt_state, loss)``. ``state`` holds the model's variable collections
+    other than ``params`` (``{"batch_stats": ...}`` for a model with batch norm),
+    which the step updates as ``apply(..., mutable=...)`` returns them; ``{}`` for a
+    model without any. The loss is the mean over the batch ``x``; the update is
+    ``optimizer``'s, given the parameters (for weight decay).
+
+    Args:
+      model: a ``flax.linen.Module`` returning ``(batch, classes)`` logits.
+      optimizer: an optax gradient transformation.
+      **apply_kwargs: passed to ``model.apply`` (e.g. ``train=True``).
+
+    Returns:
+      The step function, pure and unjitted.
+
+    Example:
+      >>> import flax.linen as nn, jax, jax.numpy as jnp, optax
+      >>> from sepconv_jax.apps.train import train_step
+      >>> model, optimizer = nn.Dense(2), optax.sgd(0.1)
+      >>> params = model.init(jax.random.key(0), jnp.ones((1, 3)))["params"]
+      >>> step = jax.jit(train_step(model, optimizer))
+      >>> x, y = jnp.ones((4, 3)), jnp.array([0, 1, 0, 1])
+      >>> params, state, opt_state, loss = step(params, {}, optimizer.init(params), x, y)
+      >>> state, loss.shape
+      ({}, ())
+    """
+
+    def step(params, state, opt_state, x, y):
+        def loss_fn(p):
+            variables = {"params": p, **state}
+            if state:
+                logits, new_state = model.apply(variables, x, mutable=list(state), **apply_kwargs)
+            else:
+                logits, new_state = model.apply(variables, x, **apply_kwargs), {}
+            return _cross_entropy(logits, y), dict(new_state)
+
+        (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), state, opt_state, loss
+
+    return step
 
 
 def evaluate(
@@ -233,7 +290,7 @@ def evaluate(
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from sepconv_jax.train import data_mesh, evaluate, replicate
+      >>> from sepconv_jax.apps.train import data_mesh, evaluate, replicate
       >>> mesh = data_mesh(1)
       >>> apply_fn = lambda v, x: x @ v["params"]["w"]
       >>> params = replicate({"w": jnp.eye(2)}, mesh)
@@ -241,7 +298,8 @@ def evaluate(
       0.6666666666666666
     """
     x, y = _check_data(x, y, "(x, y)")
-    return _accuracy(_predict_fn(apply_fn, mesh), params, x, y, mesh, batch_size)
+    predictions = _predictions(_predict_fn(apply_fn, mesh), params, x, mesh, batch_size)
+    return _fraction_correct(predictions, y)
 
 
 def _predict_fn(apply_fn: Callable, mesh: Mesh) -> Callable:
@@ -254,21 +312,25 @@ def _predict_fn(apply_fn: Callable, mesh: Mesh) -> Callable:
     return jax.jit(predict, in_shardings=(replicated, data), out_shardings=replicated)
 
 
-def _accuracy(
-    predict: Callable, params: Any, x: np.ndarray, y: np.ndarray, mesh: Mesh, batch_size: int
-) -> float:
+def _predictions(
+    predict: Callable, params: Any, x: np.ndarray, mesh: Mesh, batch_size: int
+) -> np.ndarray:
+    """``(n,)`` predicted labels, in batches split over ``mesh`` (the last one padded)."""
     devices = mesh.devices.size
     batch_size = max(devices, math.ceil(batch_size / devices) * devices)
-    correct = 0
+    found = []
     for start in range(0, len(x), batch_size):
         chunk = x[start : start + batch_size]
         n = len(chunk)
         pad = (-n) % devices
         if pad:
             chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-        labels = np.asarray(predict(params, shard_batch(chunk, mesh)))[:n]
-        correct += int((labels == y[start : start + n]).sum())
-    return correct / len(x)
+        found.append(np.asarray(predict(params, shard_batch(chunk, mesh)))[:n])
+    return np.concatenate(found).astype(np.int32)
+
+
+def _fraction_correct(predictions: np.ndarray, labels: np.ndarray) -> float:
+    return int((predictions == labels).sum()) / len(labels)
 
 
 def train_classifier(
@@ -311,11 +373,11 @@ def train_classifier(
     Raises:
       ValueError: for a batch size that is not a positive multiple of the devices or
         larger than the training set, non-positive ``epochs``, or malformed data.
-      TypeError: for non-integer labels.
+      TypeError: for non-integer labels or a non-integer ``epochs``.
 
     Example:
       >>> import flax.linen as nn, numpy as np
-      >>> from sepconv_jax.train import train_classifier
+      >>> from sepconv_jax.apps.train import train_classifier
       >>> rng = np.random.default_rng(0)
       >>> x = rng.normal(size=(64, 4)).astype(np.float32)
       >>> y = (x[:, 0] > 0).astype(np.int32)
@@ -327,8 +389,7 @@ def train_classifier(
     x_test, y_test = _check_data(*test_data, "test_data")
     mesh = data_mesh() if mesh is None else mesh
     devices = mesh.devices.size
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"`epochs` must be a positive int, got {epochs!r}")
+    epochs = _spec.check_positive_int(epochs, "epochs")
     if (
         isinstance(batch_size, bool)
         or not isinstance(batch_size, int)
@@ -352,24 +413,17 @@ def train_classifier(
     replicated = NamedSharding(mesh, P())
     data = NamedSharding(mesh, P(DATA_AXIS))
 
-    def step(params, opt_state, x, y):
-        def loss_fn(p):
-            return _cross_entropy(model.apply({"params": p}, x), y)
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
     jitted = jax.jit(
-        step,
-        in_shardings=(replicated, replicated, data, data),
-        out_shardings=(replicated, replicated, replicated),
-        donate_argnums=(0, 1),
+        train_step(model, optimizer),
+        in_shardings=(replicated, replicated, replicated, data, data),
+        out_shardings=(replicated, replicated, replicated, replicated),
+        donate_argnums=(0, 1, 2),
     )
+    state: dict[str, Any] = {}  # a classifier without batch statistics
     start = time.perf_counter()
     x_spec = jax.ShapeDtypeStruct((batch_size, *x_train.shape[1:]), jnp.float32, sharding=data)
     y_spec = jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=data)
-    compiled = jitted.lower(params, opt_state, x_spec, y_spec).compile()
+    compiled = jitted.lower(params, state, opt_state, x_spec, y_spec).compile()
     compile_time = time.perf_counter() - start
 
     predict = _predict_fn(model.apply, mesh)
@@ -385,14 +439,15 @@ def train_classifier(
             xb = shard_batch(x_train[rows], mesh)
             yb = shard_batch(y_train[rows], mesh)
             t0 = time.perf_counter()
-            params, opt_state, loss = compiled(params, opt_state, xb, yb)
+            params, state, opt_state, loss = compiled(params, state, opt_state, xb, yb)
             loss = float(loss)
             step_times.append(time.perf_counter() - t0)
             epoch_losses.append(loss)
             losses.append(loss)
             if on_step is not None:
                 on_step(len(losses), loss)
-        accuracy = _accuracy(predict, params, x_test, y_test, mesh, 512)
+        predictions = _predictions(predict, params, x_test, mesh, 512)
+        accuracy = _fraction_correct(predictions, y_test)
         stats = EpochStats(epoch, float(np.mean(epoch_losses)), accuracy)
         history.append(stats)
         if on_epoch is not None:
@@ -403,6 +458,7 @@ def train_classifier(
         losses=np.asarray(losses, np.float32),
         epochs=tuple(history),
         test_accuracy=history[-1].test_accuracy,
+        test_predictions=predictions,
         step_time_s=float(np.median(timed)),
         compile_time_s=compile_time,
         num_devices=devices,

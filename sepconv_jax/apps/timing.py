@@ -1,0 +1,69 @@
+"""The one wall-clock timer of the demo and the benchmark suite.
+
+A time is the best of several calls after a warm-up (``timeit``'s convention, the
+least disturbed by other processes on a shared machine). Jitted functions are
+compiled ahead of time, so compilation is never part of a measurement.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+
+__all__ = ["best_time", "time_jitted"]
+
+
+def best_time(
+    call: Callable[[], Any], *, max_reps: int, min_time: float = math.inf
+) -> tuple[float, int]:
+    """Best wall time of ``call()``, over up to ``max_reps`` calls after one warm-up.
+
+    The first call is a warm-up, unless it alone takes ``min_time`` seconds: then it
+    is the measurement (a slow call is timed once). Otherwise ``call`` runs until
+    ``max_reps`` calls are timed or ``min_time`` seconds are spent on them.
+
+    Args:
+      call: a function of no arguments that returns when its work is done (wrap a
+        JAX call in :func:`jax.block_until_ready`).
+      max_reps: timed calls at the most, ``>= 1``.
+      min_time: seconds after which no further call is started; the default
+        (infinite) always makes ``max_reps`` calls.
+
+    Returns:
+      ``(seconds, calls)``: the fastest timed call and how many calls were timed.
+
+    Example:
+      >>> from sepconv_jax.apps.timing import best_time
+      >>> seconds, calls = best_time(lambda: sum(range(1000)), max_reps=3)
+      >>> calls, seconds > 0
+      (3, True)
+    """
+    start = time.perf_counter()
+    call()
+    first = time.perf_counter() - start
+    if first >= min_time:
+        return first, 1
+    times: list[float] = []
+    while len(times) < max(1, max_reps) and sum(times) < min_time:
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return min(times), len(times)
+
+
+def time_jitted(
+    fn: Callable, args: Sequence[Any], *, max_reps: int, min_time: float = math.inf
+) -> tuple[float, int]:
+    """:func:`best_time` of ``jax.jit(fn)(*args)``, compiled before the clock starts.
+
+    Returns:
+      ``(seconds, calls)`` as :func:`best_time`.
+    """
+    compiled = jax.jit(fn).lower(*args).compile()
+    return best_time(
+        lambda: jax.block_until_ready(compiled(*args)), max_reps=max_reps, min_time=min_time
+    )
