@@ -57,6 +57,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from sepconv_jax import _spec, cost, ops
+from sepconv_jax.kernels.dispatch import Impl
 from sepconv_jax.apps import bench_report, bench_torch
 from sepconv_jax.apps.timing import best_time, time_jitted
 from sepconv_jax.apps.train import train_step
@@ -357,7 +358,7 @@ def measure_layers(
 # ----------------------------------------------------------------------------- whole model
 
 
-def _model(architecture: str, impl: str, num_classes: int, width_multiplier: float):
+def _model(architecture: str, impl: Impl, num_classes: int, width_multiplier: float):
     """``"MobileNetV2"``, or ``"blocks"``: two of its inverted residuals and a head (quick)."""
     import flax.linen as nn
 
@@ -382,7 +383,7 @@ def _run_to_completion(compiled: Callable, args: Sequence[Any]) -> Any:
 
 
 def measure_model(
-    impls: Sequence[str],
+    impls: Sequence[Impl],
     *,
     architecture: str = "MobileNetV2",
     batch: int,
