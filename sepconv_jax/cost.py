@@ -402,7 +402,9 @@ class OpCost:
       kind: ``"standard"``, ``"depthwise"`` (feature groups equal to the input
         channels), ``"pointwise"`` (every window dim 1, one group), ``"grouped"``
         (any other grouping) or ``"dense"`` (``dot_general``).
-      primitive: ``"conv_general_dilated"`` or ``"dot_general"``.
+      primitive: the jaxpr primitive it was found in: ``"conv_general_dilated"``,
+        ``"dot_general"``, ``"depthwise_conv"`` (or one of its transposes) or
+        ``"separable_conv"`` (which gives two ops, its depthwise and pointwise steps).
       mult_adds: mult-adds of all its executions (``calls`` times one call's).
       calls: how many times it runs per call of the function (a ``scan`` length;
         1 otherwise).
@@ -531,6 +533,43 @@ def _depthwise_op(eqn: Any) -> tuple[str, int, tuple[int, ...], tuple[int, ...],
     return "depthwise", mult_adds, out, tuple(spec.window), spec.groups
 
 
+# ----------------------------------------------------------------------------- separable op
+# The separable primitive of :mod:`sepconv_jax.kernels.separable` is one equation in
+# a jaxpr but two operations: the depthwise step and the pointwise step, counted and
+# attributed exactly as the unfused pair (its transposes are made of the depthwise
+# primitives and 1x1 convolutions, counted by the rules above).
+
+
+def _separable_ops(
+    eqn: Any,
+) -> list[tuple[int, tuple[str, int, tuple[int, ...], tuple[int, ...], int]]]:
+    """The separable primitive's two operations, each with the operand index of its
+    weight: the depthwise step (weight: the depthwise kernel, operand 1) and the
+    pointwise step (weight: the pointwise kernel, operand 2)."""
+    spec = eqn.params["spec"]
+    out = tuple(eqn.outvars[0].aval.shape)
+    out_channels = int(eqn.invars[2].aval.shape[1])
+    positions = math.prod(spec.batch_shape) * math.prod(spec.out_spatial)
+    depthwise = (
+        "depthwise",
+        positions * spec.out_channels * math.prod(spec.window),
+        spec.flat_shape(spec.out_spatial, spec.out_channels),
+        tuple(spec.window),
+        spec.groups,
+    )
+    pointwise = (
+        "pointwise",
+        positions * spec.out_channels * out_channels,
+        out,
+        (1,) * len(spec.window),
+        1,
+    )
+    return [(1, depthwise), (2, pointwise)]
+
+
+#: Primitives that count as several operations, in order (see :func:`_separable_ops`).
+_COUNTED_SEVERAL = {"separable_conv": _separable_ops}
+
 _COUNTED = {
     "conv_general_dilated": _conv_op,
     "dot_general": _dot_op,
@@ -647,6 +686,9 @@ class _Walker:
             if prim in _COUNTED:
                 outs = [self._counted(eqn, ins, calls, name)] * len(eqn.outvars)
                 self.tails[eqn.outvars[0]] = outs[0].last_op
+            elif prim in _COUNTED_SEVERAL:
+                outs = [self._counted_several(eqn, ins, calls, name)] * len(eqn.outvars)
+                self.tails[eqn.outvars[0]] = outs[0].last_op
             elif prim in OPAQUE_PRIMITIVES:
                 self.unattributed[prim] = self.unattributed.get(prim, 0) + calls
                 outs = [self._combine(ins)] * len(eqn.outvars)
@@ -673,9 +715,25 @@ class _Walker:
                 op.display_shape = shape
 
     def _counted(self, eqn: Any, ins: list[_State], calls: int, name: str) -> _State:
-        kind, mult_adds, out, window, groups = _COUNTED[eqn.primitive.name](eqn)
+        facts = _COUNTED[eqn.primitive.name](eqn)
+        return self._record(eqn.primitive.name, facts, ins, calls, name)
+
+    def _counted_several(self, eqn: Any, ins: list[_State], calls: int, name: str) -> _State:
+        """One op per step of a multi-step primitive; each step's input is the
+        previous step's result (the first step's, the primitive's first operand) and
+        its weight the operand the rule names."""
+        state = ins[0]
+        for weight, facts in _COUNTED_SEVERAL[eqn.primitive.name](eqn):
+            state = self._record(eqn.primitive.name, facts, [state, ins[weight]], calls, name)
+        return state
+
+    def _record(
+        self, primitive: str, facts: tuple, ins: list[_State], calls: int, name: str
+    ) -> _State:
+        """Records one counted op whose operands (activation, weight) have ``ins``."""
+        kind, mult_adds, out, window, groups = facts
         index = len(self.ops)
-        op = _Op(kind, eqn.primitive.name, mult_adds * calls, calls, out, window, groups, name)
+        op = _Op(kind, primitive, mult_adds * calls, calls, out, window, groups, name)
         op.display_shape = out
         self.ops.append(op)
         if self.track:
@@ -794,7 +852,11 @@ def count(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Count:
     (:mod:`sepconv_jax.kernels.op`), whichever kernel ``impl`` names: it and its two
     transposes (the input and kernel gradients) count ``prod(out) * prod(w)`` each,
     with ``out`` the convolution's output, of kind ``"depthwise"``. Hand-written
-    elementwise multiply-accumulates are elementwise work and not counted.
+    elementwise multiply-accumulates are elementwise work and not counted. A
+    separable convolution without depthwise bias is one primitive too
+    (:mod:`sepconv_jax.kernels.separable`, fused or not): it counts as its two steps,
+    a ``"depthwise"`` op and a ``"pointwise"`` op with the unfused pair's mult-adds
+    and parameters (primitive ``"separable_conv"`` on both).
     Primitives whose arithmetic the jaxpr hides (``pallas_call``, foreign function
     calls, host callbacks: :data:`OPAQUE_PRIMITIVES`) are listed in
     ``Count.unattributed`` with a warning, never counted as zero in silence.
