@@ -232,16 +232,26 @@ def _jvp(primals, tangents, **params):
 ad.primitive_jvps[separable_p] = _jvp
 
 
-def _linear_transpose(f, primal_shape, dtype, like, cotangent):
-    """The transpose of the linear ``f`` at ``cotangent`` (:func:`jax.vjp` at zeros).
-
-    The placeholder varies over the same ``shard_map`` axes as ``like``, so the
-    transpose stays local to each shard (as in :mod:`sepconv_jax.kernels.xla`).
-    """
-    (primal,) = match_manual_axes(jnp.zeros(primal_shape, dtype), like)[:1]
-    _, vjp = jax.vjp(f, primal)
-    (result,) = vjp(cotangent)
-    return result
+def _pointwise_kernel_transpose(
+    mid: jax.Array, ct: jax.Array, spec: ConvSpec, *, precision, preferred_element_type
+) -> jax.Array:
+    """``mid^T ct``: the 1x1 step's transpose in its kernel, a contraction over every
+    position, written as a window-1 convolution whose input features are the
+    positions (as JAX transposes the 1x1 convolution, and counted as a pointwise op)."""
+    channels, out_channels = mid.shape[spec.channel_axis], ct.shape[spec.channel_axis]
+    if not spec.channels_last:  # (N, C, *spatial) -> (N, *spatial, C)
+        mid, ct = jnp.moveaxis(mid, 1, -1), jnp.moveaxis(ct, 1, -1)
+    mid = mid.reshape(-1, channels).astype(ct.dtype)
+    y = lax.conv_general_dilated(
+        mid.T.reshape(channels, 1, -1),
+        ct.reshape(1, -1, out_channels),
+        window_strides=(1,),
+        padding=((0, 0),),
+        dimension_numbers=("NWC", "WIO", "NWC"),
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+    return y.reshape(channels, out_channels)
 
 
 def _transpose(ct, x, dk, pk, *, spec, impl, precision, preferred_element_type, out_dtype, blocks):
@@ -254,7 +264,6 @@ def _transpose(ct, x, dk, pk, *, spec, impl, precision, preferred_element_type, 
         )
     if type(ct) is ad.Zero:
         return [ad.Zero(a.aval) if u else None for a, u in zip((x, dk, pk), undefined, strict=True)]
-    ct = ct.astype(out_dtype)
     depthwise_params = dict(
         spec=spec, impl=impl, precision=precision, preferred_element_type=preferred_element_type
     )
@@ -262,21 +271,14 @@ def _transpose(ct, x, dk, pk, *, spec, impl, precision, preferred_element_type, 
 
     if undefined[2]:  # dpk = depthwise(x, dk)^T ct, the intermediate recomputed
         mid = _depthwise(x, dk, **depthwise_params)
-        dpk = _linear_transpose(
-            lambda w: pointwise(mid, w, spec, **pointwise_params),
-            pk.aval.shape,
-            pk.aval.dtype,
-            mid,
-            ct,
-        )
-        return [None, None, dpk]
+        pk_dtype = pk.aval.dtype
+        dpk = _pointwise_kernel_transpose(mid, ct.astype(pk_dtype), spec, **pointwise_params)
+        return [None, None, dpk.astype(pk_dtype)]
 
-    # The cotangent of the intermediate: ct @ pk^T, in the intermediate's dtype.
+    # The intermediate's cotangent, ct @ pk^T (a 1x1 step with the transposed
+    # kernel), in the intermediate's dtype.
     mid_dtype = x.aval.dtype if undefined[0] else x.dtype
-    mid_shape = spec.flat_shape(spec.out_spatial, spec.out_channels)
-    g = _linear_transpose(
-        lambda m: pointwise(m, pk, spec, **pointwise_params), mid_shape, mid_dtype, ct, ct
-    )
+    g = pointwise(ct, pk.T, spec, **pointwise_params).astype(mid_dtype)
     if undefined[0]:
         dx = op.input_transpose_p.bind(
             *match_manual_axes(g, dk), **depthwise_params, out_dtype=np.dtype(x.aval.dtype)
