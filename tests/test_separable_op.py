@@ -454,3 +454,44 @@ def test_jnp_separable_matches_the_numpy_reference():
         with jax.enable_x64(True):
             got = _jnp_separable(*(jnp.asarray(a, jnp.float64) for a in (x, dk, pk)), **kw)
         np.testing.assert_allclose(np.asarray(got), _reference(x, dk, pk, **kw), rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------- benchmark
+
+
+def _fused_tune():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fused_tune.py"
+    spec = importlib.util.spec_from_file_location("fused_tune", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fused_tune_quick_runs_and_writes_its_reports(tmp_path):
+    import json
+
+    tune = _fused_tune()
+    argv = ["--quick", "--dtypes", "float32", "--workers", "2", "--out", str(tmp_path)]
+    assert tune.main(argv) == 0
+    result = json.loads((tmp_path / "fused_tune.json").read_text())
+    assert [r["layer"] for r in result["rows"]] == ["8x8 C16 k3 s1 N16", "6x6 C24 k5 s2 N20"]
+    for row in result["rows"]:
+        assert row["dtype"] == "float32" and row["batch"] == 2
+        # The fused kernel (interpret mode here) computes what the pair computes.
+        assert row["max_rel_diff"] < 1e-5
+        for key in ("pair_fwd_s", "pair_fwdbwd_s", "fused_fwdbwd_s"):
+            assert row[key] > 0
+        assert row["fwd_speedup"] == row["pair_fwd_s"] / row["fused_fwd_s"][row["best_blocks"]]
+    assert set(result["summary"]) == {"float32"} and result["skipped"] == []
+    text = (tmp_path / "fused_tune.md").read_text()
+    assert "| 8x8 C16 k3 s1 N16 | float32 |" in text and "## Summary" in text
+
+
+def test_fused_tune_rejects_a_bad_candidate(capsys):
+    tune = _fused_tune()
+    with pytest.raises(SystemExit):
+        tune.main(["--out", "unused", "--candidates", "64,32,100,4,2"])
+    assert "`Blocks.out` must be a power of two >= 16" in capsys.readouterr().err
