@@ -30,7 +30,11 @@ layers the fused result is the more accurate of the two.
 
 Backends: on GPU the kernel is compiled by Pallas' Triton lowering; on CPU the same
 kernel runs in Pallas interpret mode (slow, for tests); on TPU it is not used (see
-:func:`supported`).
+:func:`supported`). Inside ``shard_map`` on CPU the unfused pair runs instead
+(interpret mode cannot carry values that vary over manual axes). ``jax.export``
+refuses Triton custom calls unless told otherwise (JAX gives them no compatibility
+guarantee): export a fused layer for GPU with ``disabled_checks=
+[jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]``.
 """
 
 from __future__ import annotations
