@@ -393,6 +393,22 @@ def test_exported_for_several_platforms_carries_each_ones_lowering():
     np.testing.assert_allclose(np.asarray(got), want, rtol=2e-5, atol=2e-5)
 
 
+def test_only_the_triton_deprecation_notice_is_quieted():
+    import warnings
+
+    # JAX 0.11 warns on every Pallas Triton lowering; the lowering rule quiets that
+    # notice and nothing else.
+    notice = "The Pallas Triton backend is deprecated and will be removed in a future JAX"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pallas_fused.quiet_triton_deprecation():
+            warnings.warn(notice, DeprecationWarning, stacklevel=1)
+            warnings.warn("something else is deprecated", DeprecationWarning, stacklevel=1)
+            warnings.warn("another", UserWarning, stacklevel=1)
+        warnings.warn(notice, DeprecationWarning, stacklevel=1)  # outside: shown again
+    assert [str(w.message) for w in caught] == ["something else is deprecated", "another", notice]
+
+
 def test_lowers_for_tpu_as_the_pair():
     text = _lowered_text(functools.partial(separable_conv, impl="fused"), _sep_args(), "tpu")
     assert "tpu_custom_call" not in text and "triton" not in text
