@@ -23,6 +23,7 @@ from jax.typing import ArrayLike
 from sepconv_jax import _spec
 from sepconv_jax._spec import ConvSpec, DataFormat, PaddingLike, PaddingMode, PointwiseSpec
 from sepconv_jax.kernels import op as _op
+from sepconv_jax.kernels import separable as _separable
 from sepconv_jax.kernels import xla as _xla
 from sepconv_jax.kernels.dispatch import Impl
 
@@ -172,6 +173,42 @@ def _run_pointwise(
     )
     y = _add_bias(y, bias, -1 if spec.channels_last else 1)
     return y.reshape(spec.output_shape())
+
+
+def _run_separable(
+    spec: ConvSpec,
+    x: ArrayLike,
+    depthwise_kernel: ArrayLike,
+    pointwise_kernel: ArrayLike,
+    bias: ArrayLike | None,
+    *,
+    impl: Impl,
+    precision: PrecisionLike,
+    preferred_element_type: Any,
+) -> jax.Array:
+    """A validated separable conv without depthwise bias: one separable primitive.
+
+    Dtypes as in the two-step path: ``x`` and the depthwise kernel promoted to one
+    dtype (the intermediate's), the pointwise kernel to the pointwise step's.
+    """
+    x, depthwise_kernel, _ = _promote(x, depthwise_kernel, None)
+    pointwise_dtype = _compute_dtype(x, pointwise_kernel, bias)
+    pointwise_kernel = jnp.asarray(pointwise_kernel, pointwise_dtype)
+    x = x.reshape(spec.flat_shape(spec.in_spatial, spec.in_channels))
+    x, spec_padded = _pad_mode(x, spec)
+    y = _separable.separable(
+        x,
+        depthwise_kernel,
+        pointwise_kernel,
+        spec_padded,
+        impl=impl,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+    if bias is not None:
+        y = _add_bias(y, jnp.asarray(bias, pointwise_dtype), spec.channel_axis)
+    out_channels = pointwise_kernel.shape[1]
+    return y.reshape(dataclasses.replace(spec, out_channels=out_channels).output_shape())
 
 
 # ----------------------------------------------------------------------------- public API
@@ -411,17 +448,32 @@ def separable_conv(
     Per output position it costs ``k^d * C * M + C * M * N`` mult-adds instead of a
     standard convolution's ``k^d * C * N``.
 
+    Without ``depthwise_bias`` the layer is one operation, linear in each of ``x``
+    and the two kernels (:mod:`sepconv_jax.kernels.separable`), which runs either as
+    the two steps or as one fused kernel that keeps the intermediate on chip
+    (:mod:`sepconv_jax.kernels.pallas_fused`): ``impl="fused"`` asks for the fused
+    kernel (GPU through Pallas/Triton; on CPU Pallas' interpret mode, slow and meant
+    for tests; TPU and complex dtypes run the two steps), ``"auto"`` follows
+    :func:`sepconv_jax.kernels.dispatch.fuse_separable`, which picks the two steps
+    everywhere for now. With a ``depthwise_bias`` the layer is affine and always runs
+    as the two steps.
+
     Args:
       x: input, ``(*batch, *spatial, channels)`` or channels-first.
       depthwise_kernel: ``(*window, 1, channels * depth_multiplier)``.
       pointwise_kernel: ``(channels * depth_multiplier, out_channels)``.
-      strides, padding, dilation, padding_mode, data_format, precision, impl: as in
-        :func:`depthwise_conv`; they apply to the depthwise step.
+      strides, padding, dilation, padding_mode, data_format, precision: as in
+        :func:`depthwise_conv`; the window options apply to the depthwise step.
       depthwise_bias: optional ``(channels * depth_multiplier,)``, added between the steps.
       bias: optional ``(out_channels,)``, added to the output.
       preferred_element_type: accumulation dtype of both steps and the output's
-        dtype. The intermediate is cast back to the inputs' dtype between the steps,
-        as two stacked layers would do under mixed precision.
+        dtype. In the two steps, the intermediate is cast back to the inputs' dtype
+        between them, as two stacked layers would do under mixed precision. The
+        fused kernel accumulates the depthwise step in float32 and keeps that
+        float32 intermediate for the matrix multiply (at ``precision``), rounding
+        only the output: for bfloat16 inputs it is the more accurate of the two.
+      impl: ``"auto"``, ``"fused"``, or a depthwise kernel name from
+        ``sepconv_jax.kernels.dispatch.IMPLS`` (the two steps with that kernel).
 
     Returns:
       ``(*batch, *out_spatial, out_channels)`` (or channels-first).
@@ -455,6 +507,18 @@ def separable_conv(
         bias_name="depthwise_bias",
     )
     pointwise = _spec.pointwise_after(spec, pointwise_kernel, bias)
+    if depthwise_bias is None:
+        return _run_separable(
+            spec,
+            x,
+            depthwise_kernel,
+            pointwise_kernel,
+            bias,
+            impl=impl,
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+        )
+    # With a depthwise bias the layer is affine, not multilinear: the two steps.
     compute_dtype = _compute_dtype(x, depthwise_kernel, depthwise_bias)
     y = _run_windowed(
         spec,

@@ -427,3 +427,18 @@ def test_vmap_over_kernels_is_one_wider_depthwise_conv(impl):
     (eqn,) = [e for e in jaxpr.eqns if e.primitive.name == "depthwise_conv"]
     assert eqn.params["spec"].in_channels == 5 * X_SHAPE[-1]
     assert eqn.params["spec"].groups == 5 * X_SHAPE[-1]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("function", ["separable_conv", "linen.SeparableConv", "nnx.SeparableConv"])
+def test_separable_cells_run_through_the_separable_primitive(function, impl):
+    """The separable columns of the matrix exercise the separable primitive (fused for
+    ``impl="fused"``, the pair otherwise), not two separate steps."""
+    make_params, ours, _ = FUNCTIONS[function]
+    x, p = jnp.asarray(rand(7, X_SHAPE)), make_params(8)
+    eqns = jax.make_jaxpr(ours(impl))(x, p).jaxpr.eqns
+    names = [eqn.primitive.name for eqn in eqns]
+    assert names.count("separable_conv") == 1
+    assert not {"depthwise_conv", "conv_general_dilated"} & set(names)
+    (eqn,) = [e for e in eqns if e.primitive.name == "separable_conv"]
+    assert eqn.params["impl"] == impl

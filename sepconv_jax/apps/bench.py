@@ -57,11 +57,11 @@ import jax.numpy as jnp
 from jax import lax
 
 from sepconv_jax import _spec, cost, ops
-from sepconv_jax.kernels.dispatch import Impl
 from sepconv_jax.apps import bench_report, bench_torch
 from sepconv_jax.apps.timing import best_time, time_jitted
 from sepconv_jax.apps.train import train_step
 from sepconv_jax.kernels import dispatch
+from sepconv_jax.kernels.dispatch import Impl
 
 __all__ = [
     "MODEL_LAYERS",

@@ -38,7 +38,9 @@ class OpCost:
       kind: ``"standard"``, ``"depthwise"`` (feature groups equal to the input
         channels), ``"pointwise"`` (every window dim 1, one group), ``"grouped"``
         (any other grouping) or ``"dense"`` (``dot_general``).
-      primitive: ``"conv_general_dilated"`` or ``"dot_general"``.
+      primitive: the jaxpr primitive it was found in: ``"conv_general_dilated"``,
+        ``"dot_general"``, ``"depthwise_conv"`` (or one of its transposes) or
+        ``"separable_conv"`` (which gives two ops, its depthwise and pointwise steps).
       mult_adds: mult-adds of all its executions (``calls`` times one call's).
       calls: how many times it runs per call of the function (a ``scan`` length;
         1 otherwise).
@@ -159,6 +161,39 @@ def _depthwise_op(eqn: Any) -> _OpFacts:
     return "depthwise", mult_adds, out, tuple(spec.window), spec.groups
 
 
+def _separable_ops(eqn: Any) -> list[tuple[int, _OpFacts]]:
+    """The separable primitive of :mod:`sepconv_jax.kernels.separable`: one equation
+    in a jaxpr but two operations, counted and attributed as the unfused pair.
+
+    Returns the depthwise step (its weight: the depthwise kernel, operand 1) and the
+    pointwise step (its weight: the pointwise kernel, operand 2), in order. Its
+    transposes are made of the depthwise primitives and 1x1 convolutions, counted by
+    the rules above.
+    """
+    spec = eqn.params["spec"]
+    out = tuple(eqn.outvars[0].aval.shape)
+    out_channels = int(eqn.invars[2].aval.shape[1])
+    positions = math.prod(spec.batch_shape) * math.prod(spec.out_spatial)
+    depthwise: _OpFacts = (
+        "depthwise",
+        positions * spec.out_channels * math.prod(spec.window),
+        spec.flat_shape(spec.out_spatial, spec.out_channels),
+        tuple(spec.window),
+        spec.groups,
+    )
+    pointwise: _OpFacts = (
+        "pointwise",
+        positions * spec.out_channels * out_channels,
+        out,
+        (1,) * len(spec.window),
+        1,
+    )
+    return [(1, depthwise), (2, pointwise)]
+
+
+#: Primitives that count as several operations, in order (see :func:`_separable_ops`).
+_COUNTED_SEVERAL = {"separable_conv": _separable_ops}
+
 _COUNTED = {
     "conv_general_dilated": _conv_op,
     "dot_general": _dot_op,
@@ -272,7 +307,7 @@ class _Walker:
             ins = [read(v) for v in eqn.invars]
             name = _join(prefix, str(eqn.source_info.name_stack))
             prim = eqn.primitive.name
-            if prim in _COUNTED:
+            if prim in _COUNTED or prim in _COUNTED_SEVERAL:
                 index = self._counted(eqn, ins, calls, name)
                 outs = [_State(frozenset(), index)] * len(eqn.outvars)
                 self.tails[eqn.outvars[0]] = index
@@ -302,12 +337,25 @@ class _Walker:
                 op.display_shape = shape
 
     def _counted(self, eqn: Any, ins: list[_State], calls: int, name: str) -> int:
-        """Records a counted eqn as a new op and returns its index."""
-        kind, mult_adds, out, window, groups = _COUNTED[eqn.primitive.name](eqn)
+        """Records a counted eqn as a new op (or, for a multi-step primitive, one op
+        per step, each step's input the previous step's result) and returns the
+        index of its last op."""
+        prim = eqn.primitive.name
+        if prim in _COUNTED:
+            return self._record(prim, _COUNTED[prim](eqn), ins, calls, name)
+        state = ins[0]
+        for weight, facts in _COUNTED_SEVERAL[prim](eqn):
+            index = self._record(prim, facts, [state, ins[weight]], calls, name)
+            state = _State(frozenset(), index)
+        return index
+
+    def _record(
+        self, primitive: str, facts: _OpFacts, ins: list[_State], calls: int, name: str
+    ) -> int:
+        """Records one op whose operands (activation, weight) have states ``ins``."""
+        kind, mult_adds, out, window, groups = facts
         index = len(self.ops)
-        figures = OpCost(
-            kind, eqn.primitive.name, mult_adds * calls, calls, out, window, groups, name
-        )
+        figures = OpCost(kind, primitive, mult_adds * calls, calls, out, window, groups, name)
         op = _Op(figures, display_shape=out)
         self.ops.append(op)
         if self.track:
@@ -426,7 +474,11 @@ def count(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Count:
     (:mod:`sepconv_jax.kernels.op`), whichever kernel ``impl`` names: it and its two
     transposes (the input and kernel gradients) count ``prod(out) * prod(w)`` each,
     with ``out`` the convolution's output, of kind ``"depthwise"``. Hand-written
-    elementwise multiply-accumulates are elementwise work and not counted.
+    elementwise multiply-accumulates are elementwise work and not counted. A
+    separable convolution without depthwise bias is one primitive too
+    (:mod:`sepconv_jax.kernels.separable`, fused or not): it counts as its two steps,
+    a ``"depthwise"`` op and a ``"pointwise"`` op with the unfused pair's mult-adds
+    and parameters (primitive ``"separable_conv"`` on both).
     Primitives whose arithmetic the jaxpr hides (``pallas_call``, foreign function
     calls, host callbacks: :data:`OPAQUE_PRIMITIVES`) are listed in
     ``Count.unattributed`` with a warning, never counted as zero in silence.

@@ -18,6 +18,15 @@ The rule for ``"auto"``, by platform and shape:
 * ``cuda``, ``rocm``, ``tpu`` and any other platform: ``"xla"``
   (``lax.conv_general_dilated`` with ``feature_group_count``).
 
+Separable layers (:func:`sepconv_jax.separable_conv` without a depthwise bias, and
+the ``SeparableConv`` modules) are one operation of their own
+(:mod:`sepconv_jax.kernels.separable`), lowered either as the unfused pair (the
+depthwise kernel above, then the 1x1 step) or as one fused Pallas kernel
+(:mod:`sepconv_jax.kernels.pallas_fused`) that keeps the intermediate on chip.
+:func:`fuse_separable` is the rule for ``"auto"``: the unfused pair on every
+platform until a GPU measurement shows the fused kernel faster. ``impl="fused"``
+asks for the fused kernel explicitly (see :data:`FUSED_IMPLS`).
+
 The rule can be overridden, in order of precedence, when a function is traced:
 
 1. per call: ``depthwise_conv(..., impl="shift")`` (any name but ``"auto"``);
@@ -52,6 +61,7 @@ from sepconv_jax._spec import ConvSpec, check_choice
 from sepconv_jax.kernels import shift, xla
 
 __all__ = [
+    "FUSED_IMPLS",
     "IMPLS",
     "KERNELS",
     "MAX_SHIFT_TAPS",
@@ -59,14 +69,16 @@ __all__ = [
     "Kernel",
     "auto_impl",
     "default_impl",
+    "fuse_separable",
     "get_default_impl",
     "kernel_for",
     "resolve_override",
+    "separable_is_fused",
     "set_default_impl",
 ]
 
 #: The names ``impl`` accepts.
-Impl = Literal["auto", "xla", "shift"]
+Impl = Literal["auto", "xla", "shift", "fused"]
 #: :data:`Impl` as a tuple, ``"auto"`` first.
 IMPLS: tuple[Impl, ...] = typing.get_args(Impl)
 
@@ -98,8 +110,37 @@ def _kernel(name: str, module) -> Kernel:
     return Kernel(name, module.forward, module.input_transpose, module.kernel_transpose)
 
 
-#: Registered kernels by name.
-KERNELS: dict[str, Kernel] = {"xla": _kernel("xla", xla), "shift": _kernel("shift", shift)}
+def _follow_auto(map_name: str) -> Callable:
+    """One map of the kernel ``"auto"`` picks for the platform being lowered for."""
+
+    def run(a, b, spec: ConvSpec, *, platform, **kwargs):
+        kernel = kernel_for("auto", spec, platform)
+        return getattr(kernel, map_name)(a, b, spec, platform=platform, **kwargs)
+
+    run.__name__ = map_name
+    run.__doc__ = f"``{map_name}`` of the kernel ``impl='auto'`` picks for ``platform``."
+    return run
+
+
+#: Registered kernels by name. ``"fused"`` is the name that asks for the fused
+#: separable kernel (:data:`FUSED_IMPLS`); a depthwise convolution on its own has
+#: nothing to fuse with, so its maps are those of the kernel ``"auto"`` picks.
+KERNELS: dict[str, Kernel] = {
+    "xla": _kernel("xla", xla),
+    "shift": _kernel("shift", shift),
+    "fused": Kernel(
+        "fused",
+        _follow_auto("forward"),
+        _follow_auto("input_transpose"),
+        _follow_auto("kernel_transpose"),
+    ),
+}
+
+#: The ``impl`` names that ask separable layers for the fused depthwise+pointwise
+#: kernel on every platform it supports (GPU through Triton, CPU in Pallas
+#: interpret mode, which is slow and meant for tests); elsewhere (TPU, complex
+#: dtypes) and for layers with a depthwise bias, the unfused pair runs.
+FUSED_IMPLS: tuple[str, ...] = ("fused",)
 
 #: Largest window (number of taps, e.g. 5 * 5 = 25) for which "auto" picks "shift". At
 #: 7 * 7 * 7 = 343 taps its forward+backward measured ~10x faster than "xla" on CPU and
@@ -140,6 +181,56 @@ def auto_impl(spec: ConvSpec, platform: str | None = None) -> str:
     if platform == "cpu" and math.prod(spec.window) <= MAX_SHIFT_TAPS:
         return "shift"
     return "xla"
+
+
+def fuse_separable(spec: ConvSpec, out_channels: int, platform: str | None = None) -> bool:
+    """The documented rule: whether ``impl="auto"`` runs a separable layer as one fused
+    kernel (``True``) or as the depthwise kernel then the 1x1 step (``False``).
+
+    ``False`` on every platform: the fused kernel (:mod:`sepconv_jax.kernels.pallas_fused`)
+    has not been measured on a GPU yet, and on CPU it runs in Pallas interpret mode.
+    ``benchmarks/fused_tune.py`` measures it against the unfused pair on the
+    MobileNetV2 and EfficientNet-B0 layers; where it wins, this rule returns ``True``
+    for that platform and shape class, citing the measurement.
+
+    Args:
+      spec: the depthwise step of the layer.
+      out_channels: the pointwise step's output channels.
+      platform: as in :func:`auto_impl`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from sepconv_jax import _spec
+      >>> spec = _spec.make_spec(jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 1, 4)), groups=None,
+      ...     strides=1, padding="SAME", dilation=1, padding_mode="zeros",
+      ...     data_format="channels_last")
+      >>> fuse_separable(spec, 8, "cuda"), fuse_separable(spec, 8, "cpu")
+      (False, False)
+    """
+    del spec, out_channels, platform
+    return False
+
+
+def separable_is_fused(
+    impl: str,
+    spec: ConvSpec,
+    out_channels: int,
+    dtypes: tuple,
+    platform: str | None,
+) -> bool:
+    """Whether a separable layer traced with ``impl`` runs the fused kernel when lowered
+    for ``platform``: asked for by name (:data:`FUSED_IMPLS`) or by the rule
+    (:func:`fuse_separable`, for ``"auto"``), and supported there
+    (:func:`sepconv_jax.kernels.pallas_fused.supported`)."""
+    from sepconv_jax.kernels import pallas_fused
+
+    if impl in FUSED_IMPLS:
+        wanted = True
+    elif impl == "auto":
+        wanted = fuse_separable(spec, out_channels, platform)
+    else:
+        wanted = False
+    return wanted and pallas_fused.supported(spec, dtypes, platform)
 
 
 def set_default_impl(impl: str | None) -> None:
