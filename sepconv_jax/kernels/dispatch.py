@@ -49,7 +49,7 @@ from typing import Literal
 import jax
 
 from sepconv_jax._spec import ConvSpec, check_choice
-from sepconv_jax.kernels import shift, xla
+from sepconv_jax.kernels import pallas, shift, xla
 
 __all__ = [
     "IMPLS",
@@ -66,7 +66,7 @@ __all__ = [
 ]
 
 #: The names ``impl`` accepts.
-Impl = Literal["auto", "xla", "shift"]
+Impl = Literal["auto", "xla", "shift", "pallas"]
 #: :data:`Impl` as a tuple, ``"auto"`` first.
 IMPLS: tuple[str, ...] = typing.get_args(Impl)
 
@@ -99,7 +99,11 @@ def _kernel(name: str, module) -> Kernel:
 
 
 #: Registered kernels by name.
-KERNELS: dict[str, Kernel] = {"xla": _kernel("xla", xla), "shift": _kernel("shift", shift)}
+KERNELS: dict[str, Kernel] = {
+    "xla": _kernel("xla", xla),
+    "shift": _kernel("shift", shift),
+    "pallas": _kernel("pallas", pallas),
+}
 
 #: Largest window (number of taps, e.g. 5 * 5 = 25) for which "auto" picks "shift". At
 #: 7 * 7 * 7 = 343 taps its forward+backward measured ~10x faster than "xla" on CPU and

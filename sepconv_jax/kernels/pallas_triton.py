@@ -1,0 +1,436 @@
+"""Pallas kernels for the three depthwise maps, written for the Triton lowering (GPU).
+
+The kernels work on 2-D channels-last arrays (``(N, H, W, C)``; a 1-D problem is
+the case ``H == 1``) and address memory the way a hand-written Triton kernel does:
+every ref is the whole array in global memory, and each program computes the
+element indices of its tile (power-of-two blocks) and loads or stores them with a
+mask for the edges and for the zero padding. Nothing is padded or copied in HBM
+before or after a kernel. The same kernel bodies run in Pallas interpret mode on
+any other backend (``interpret=True``), which is how the CPU test suite checks
+their indexing, masks and accumulation.
+
+Memory layout and tiles (``C`` contiguous, then ``W``, ``H``, ``N``):
+
+* **forward** ``y = f(x, k)``: one program computes a tile of ``rows x cols x
+  channels`` outputs, where ``rows`` runs over the flattened ``(n, oh)`` rows. Its
+  taps are unrolled: each tap loads one shifted tile of ``x`` (a masked gather whose
+  innermost dim is ``channels`` consecutive elements, so loads are coalesced) and
+  one vector of weights, and multiply-accumulates in the accumulation dtype. The
+  tiles of neighbouring taps overlap, so ``x`` comes from HBM about once per output
+  tile and the repeats hit L1/L2.
+* **input transpose** ``dx = f^T(g, k)``: the transposed convolution as a gather,
+  one stride phase at a time. A program's ``dx`` columns are ``iw = r + s * j``
+  for one phase ``r`` and consecutive ``j``; for a tap, the ``g`` column that
+  reaches them is ``j + const`` when ``r + pad - tap * dilation`` is a multiple of
+  the stride and none otherwise, so every load is contiguous and unstrided and no
+  lane is wasted on positions a tap does not reach. Rows are split into phases
+  the same way (the phase then varies per row and enters the mask).
+* **kernel transpose** ``dk = f^T(x, g)``: a reduction over batch and positions.
+  Each program loops over a run of position tiles of one channel block, keeps one
+  accumulator tile per tap, and writes ``T x channels`` partial sums; the few
+  partial sums per channel are added by a second, small reduction (``sum`` over the
+  programs, outside the kernel). No dense convolution and no atomics.
+
+Block sizes and launch parameters are :class:`Blocks`, one per map in
+:data:`BLOCKS`; :func:`blocks` changes them for a block of code (what
+``benchmarks/pallas_tune.py`` sweeps). They are read when a function is lowered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.experimental import pallas as pl
+
+__all__ = [
+    "BLOCKS",
+    "Blocks",
+    "Geometry",
+    "blocks",
+    "forward",
+    "input_transpose",
+    "kernel_transpose",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Blocks:
+    """Tile sizes and launch parameters of one Triton kernel (all powers of two).
+
+    Attributes:
+      rows: output rows per tile (rows of the flattened ``(batch, height)`` dim).
+      cols: output columns per tile.
+      channel_bytes: bytes of channels per tile position; the channel block is
+        ``channel_bytes // itemsize``, capped by the channel count rounded up to a
+        power of two.
+      num_warps: warps per program (32 threads each).
+      num_stages: software pipelining stages (loops only: the kernel transpose).
+      programs: the kernel transpose only: about how many programs share the
+        reduction (each writes one partial sum per tap and channel).
+    """
+
+    rows: int
+    cols: int
+    channel_bytes: int = 128
+    num_warps: int = 4
+    num_stages: int = 1
+    programs: int = 1024
+
+    def __post_init__(self):
+        for name in ("rows", "cols", "channel_bytes", "num_warps"):
+            value = getattr(self, name)
+            if value < 1 or value & (value - 1):
+                raise ValueError(f"`{name}` must be a power of two, got {value}")
+        if self.num_stages < 1 or self.programs < 1:
+            raise ValueError(
+                f"`num_stages` and `programs` must be >= 1, got {self.num_stages}, {self.programs}"
+            )
+
+    def channel_block(self, channels: int, itemsize: int) -> int:
+        return max(1, min(self.channel_bytes // itemsize, pl.next_power_of_2(channels)))
+
+
+# Defaults, from first principles for an H100 (132 SMs, 64K registers and 228 KiB of
+# shared memory per SM, ~3.0 TB/s of HBM bandwidth), where the depthwise maps are
+# memory-bound (9 or 25 multiply-adds per element moved):
+#
+# * Channels: 128 bytes per position (32 float32 or 64 bfloat16 channels), one
+#   cache line, so a warp's loads are whole lines and 16-byte vectors per thread.
+# * Forward and input transpose: a 4 x 8 position tile, 1024 float32 outputs per
+#   program of 4 warps, 8 accumulators per thread. The tile's input halo (6 x 10
+#   positions for a 3x3 window) is 1.9x its output, read from L1, not from HBM.
+#   About 40-70 registers per thread allow 8+ resident programs per SM, so each
+#   SM keeps tens of KiB of loads in flight: the ~2 MB (3 TB/s x ~0.7 us) that
+#   saturating HBM takes across 132 SMs.
+# * Kernel transpose: a 2 x 8 position tile with one float32 accumulator tile per
+#   tap (9 or 25 x 16 x 32 values over 128 threads: 36 or 100 registers); ~1024
+#   programs (several per SM, a few waves), each looping over its share of the
+#   positions and writing 9 or 25 x 32 partial sums, a few MB at most, which the
+#   second reduction reads once.
+BLOCKS: dict[str, Blocks] = {
+    "forward": Blocks(rows=4, cols=8),
+    "input_transpose": Blocks(rows=4, cols=8),
+    "kernel_transpose": Blocks(rows=2, cols=8, num_stages=2, programs=1024),
+}
+
+# Interpret mode (CPU tests) runs each program as one step of a loop: tiny blocks
+# there would only cost time, so tiles are bounded by the problem, not the defaults.
+
+
+@contextlib.contextmanager
+def blocks(**per_map: Blocks) -> Iterator[None]:
+    """Within the block, lowering uses the given :class:`Blocks` for these maps.
+
+    Args:
+      **per_map: ``forward=``, ``input_transpose=`` and/or ``kernel_transpose=``.
+
+    Raises:
+      ValueError: for an unknown map name. TypeError: for a non-:class:`Blocks`.
+    """
+    for name, value in per_map.items():
+        if name not in BLOCKS:
+            raise ValueError(f"`{name}` is not a map with blocks; expected one of {tuple(BLOCKS)}")
+        if not isinstance(value, Blocks):
+            raise TypeError(f"`{name}` must be a Blocks, got {type(value).__name__}")
+    saved = dict(BLOCKS)
+    BLOCKS.update(per_map)
+    try:
+        yield
+    finally:
+        BLOCKS.clear()
+        BLOCKS.update(saved)
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """A 2-D channels-last depthwise problem: every static fact the kernels need."""
+
+    batch: int
+    in_hw: tuple[int, int]
+    out_hw: tuple[int, int]
+    channels: int
+    multiplier: int
+    window: tuple[int, int]
+    strides: tuple[int, int]
+    dilation: tuple[int, int]
+    pad_lo: tuple[int, int]
+
+    @property
+    def out_channels(self) -> int:
+        return self.channels * self.multiplier
+
+    @property
+    def taps(self) -> int:
+        return self.window[0] * self.window[1]
+
+
+def _iota(n: int) -> jax.Array:
+    return lax.iota(jnp.int32, n)
+
+
+def _compiler_params(b: Blocks, interpret: bool):
+    if interpret:
+        return None
+    from jax.experimental.pallas import triton as plt
+
+    params = getattr(plt, "CompilerParams", None) or plt.TritonCompilerParams
+    return params(num_warps=b.num_warps, num_stages=b.num_stages)
+
+
+def _load(ref, index, mask):
+    from jax.experimental.pallas import triton as plt
+
+    return plt.load(ref.at[index], mask=mask, other=0)
+
+
+def _store(ref, index, value, mask):
+    from jax.experimental.pallas import triton as plt
+
+    plt.store(ref.at[index], value, mask=mask)
+
+
+def _split(value, *sizes):
+    """``value`` (a scalar program id) as mixed-radix digits, the first fastest."""
+    digits = []
+    for size in sizes:
+        digits.append(lax.rem(value, size))
+        value = lax.div(value, size)
+    return (*digits, value)
+
+
+def _rows(tile, block: int, extent: int, per_image: int):
+    """Rows ``tile * block + [0, block)`` of a flattened ``(batch, per_image)`` dim:
+    the batch index, the index within the image, and whether the row exists."""
+    rows = tile * block + _iota(block)
+    return lax.div(rows, per_image), lax.rem(rows, per_image), rows < extent
+
+
+# ----------------------------------------------------------------------------- forward
+
+
+def _forward_kernel(x_ref, w_ref, y_ref, *, geom: Geometry, br, bw, bc, acc):
+    (h, w), (oh_n, ow_n) = geom.in_hw, geom.out_hw
+    (kh, kw), (sh, sw), (dh, dw), (lo_h, lo_w) = (
+        geom.window,
+        geom.strides,
+        geom.dilation,
+        geom.pad_lo,
+    )
+    cm, m = geom.out_channels, geom.multiplier
+    ct, wt, rt = _split(pl.program_id(0), pl.cdiv(cm, bc), pl.cdiv(ow_n, bw))
+    n, oh, row_ok = _rows(rt, br, geom.batch * oh_n, oh_n)
+    ow = wt * bw + _iota(bw)
+    ow_ok = ow < ow_n
+    j = ct * bc + _iota(bc)
+    j_ok = j < cm
+    c = lax.div(j, m) if m > 1 else j
+    n3, c3 = n[:, None, None], c[None, None, :]
+    total = jnp.zeros((br, bw, bc), acc)
+    for u in range(kh):
+        ih = oh * sh + (u * dh - lo_h)
+        ih_ok = row_ok & (ih >= 0) & (ih < h)
+        for v in range(kw):
+            iw = ow * sw + (v * dw - lo_w)
+            iw_ok = ow_ok & (iw >= 0) & (iw < w)
+            mask = ih_ok[:, None, None] & iw_ok[None, :, None] & j_ok[None, None, :]
+            xs = _load(x_ref, (n3, ih[:, None, None], iw[None, :, None], c3), mask)
+            ws = _load(w_ref, (u * kw + v, j), j_ok)
+            total = total + xs.astype(acc) * ws.astype(acc)[None, None, :]
+    mask = row_ok[:, None, None] & ow_ok[None, :, None] & j_ok[None, None, :]
+    index = (n3, oh[:, None, None], ow[None, :, None], j[None, None, :])
+    _store(y_ref, index, total.astype(y_ref.dtype), mask)
+
+
+def forward(x, kernel, geom: Geometry, *, acc, out_dtype, interpret: bool) -> jax.Array:
+    """``y (N, OH, OW, C*M)`` from ``x (N, H, W, C)`` and ``kernel (kh*kw, C*M)``."""
+    b = BLOCKS["forward"]
+    oh_n, ow_n = geom.out_hw
+    cm = geom.out_channels
+    br = min(b.rows, pl.next_power_of_2(geom.batch * oh_n))
+    bw = min(b.cols, pl.next_power_of_2(ow_n))
+    bc = b.channel_block(cm, np.dtype(x.dtype).itemsize)
+    grid = pl.cdiv(geom.batch * oh_n, br) * pl.cdiv(ow_n, bw) * pl.cdiv(cm, bc)
+    kernel_fn = functools.partial(_forward_kernel, geom=geom, br=br, bw=bw, bc=bc, acc=acc)
+    return pl.pallas_call(
+        kernel_fn,
+        out_shape=jax.ShapeDtypeStruct((geom.batch, oh_n, ow_n, cm), out_dtype),
+        grid=(grid,),
+        interpret=interpret,
+        compiler_params=_compiler_params(b, interpret),
+        name="depthwise_forward",
+    )(x, kernel)
+
+
+# ----------------------------------------------------------------------------- input transpose
+
+
+def _phase_offset(phase, lo: int, tap: int, stride: int):
+    """For outputs ``i`` of phase ``phase``, the tap reaches ``g`` at ``i + shift`` when
+    ``hit``: ``(phase + lo - tap) / stride`` must be whole. Kept non-negative for
+    the integer division by adding a multiple of the stride."""
+    if stride == 1:
+        return phase + (lo - tap), True
+    bias = stride * (tap // stride + 1)
+    numerator = phase + (lo - tap + bias)
+    return lax.div(numerator, stride) - bias // stride, lax.rem(numerator, stride) == 0
+
+
+def _input_transpose_kernel(g_ref, w_ref, dx_ref, *, geom: Geometry, br, bw, bc, acc):
+    (h, w), (oh_n, ow_n) = geom.in_hw, geom.out_hw
+    (kh, kw), (sh, sw), (dh, dw), (lo_h, lo_w) = (
+        geom.window,
+        geom.strides,
+        geom.dilation,
+        geom.pad_lo,
+    )
+    c_n, m = geom.channels, geom.multiplier
+    hq, wq = pl.cdiv(h, sh), pl.cdiv(w, sw)  # positions per stride phase
+    ct, wt, rw, rt = _split(pl.program_id(0), pl.cdiv(c_n, bc), pl.cdiv(wq, bw), sw)
+    # Rows run over (n, phase, i) with input row ih = phase + sh * i.
+    n, rest, row_ok = _rows(rt, br, geom.batch * sh * hq, sh * hq)
+    rh, i = lax.div(rest, hq), lax.rem(rest, hq)
+    ih = rh + sh * i
+    row_ok = row_ok & (ih < h)
+    jw = wt * bw + _iota(bw)
+    iw = rw + sw * jw
+    col_ok = iw < w
+    c = ct * bc + _iota(bc)
+    c_ok = c < c_n
+    n3 = n[:, None, None]
+    total = jnp.zeros((br, bw, bc), acc)
+    for u in range(kh):
+        shift_h, hit_h = _phase_offset(rh, lo_h, u * dh, sh)
+        oh = i + shift_h
+        oh_ok = row_ok & hit_h & (oh >= 0) & (oh < oh_n)
+        for v in range(kw):
+            shift_w, hit_w = _phase_offset(rw, lo_w, v * dw, sw)
+            ow = jw + shift_w
+            ow_ok = col_ok & hit_w & (ow >= 0) & (ow < ow_n)
+            mask = oh_ok[:, None, None] & ow_ok[None, :, None] & c_ok[None, None, :]
+            index = (n3, oh[:, None, None], ow[None, :, None])
+            for k in range(m):
+                ch = c * m + k if m > 1 else c
+                gs = _load(g_ref, (*index, ch[None, None, :]), mask)
+                ws = _load(w_ref, (u * kw + v, ch), c_ok)
+                total = total + gs.astype(acc) * ws.astype(acc)[None, None, :]
+    mask = row_ok[:, None, None] & col_ok[None, :, None] & c_ok[None, None, :]
+    index = (n3, ih[:, None, None], iw[None, :, None], c[None, None, :])
+    _store(dx_ref, index, total.astype(dx_ref.dtype), mask)
+
+
+def input_transpose(g, kernel, geom: Geometry, *, acc, out_dtype, interpret: bool) -> jax.Array:
+    """``dx (N, H, W, C)`` from ``g (N, OH, OW, C*M)`` and ``kernel (kh*kw, C*M)``."""
+    b = BLOCKS["input_transpose"]
+    (h, w), (sh, sw) = geom.in_hw, geom.strides
+    hq, wq = pl.cdiv(h, sh), pl.cdiv(w, sw)
+    c_n = geom.channels
+    rows = geom.batch * sh * hq
+    br = min(b.rows, pl.next_power_of_2(rows))
+    bw = min(b.cols, pl.next_power_of_2(wq))
+    bc = b.channel_block(c_n, np.dtype(g.dtype).itemsize)
+    grid = pl.cdiv(rows, br) * sw * pl.cdiv(wq, bw) * pl.cdiv(c_n, bc)
+    kernel_fn = functools.partial(_input_transpose_kernel, geom=geom, br=br, bw=bw, bc=bc, acc=acc)
+    return pl.pallas_call(
+        kernel_fn,
+        out_shape=jax.ShapeDtypeStruct((geom.batch, h, w, c_n), out_dtype),
+        grid=(grid,),
+        interpret=interpret,
+        compiler_params=_compiler_params(b, interpret),
+        name="depthwise_input_transpose",
+    )(g, kernel)
+
+
+# ----------------------------------------------------------------------------- kernel transpose
+
+
+def _kernel_transpose_kernel(
+    x_ref, g_ref, part_ref, *, geom: Geometry, br, bw, bc, steps, tiles, acc
+):
+    (h, w), (oh_n, ow_n) = geom.in_hw, geom.out_hw
+    (kh, kw), (sh, sw), (dh, dw), (lo_h, lo_w) = (
+        geom.window,
+        geom.strides,
+        geom.dilation,
+        geom.pad_lo,
+    )
+    cm, m = geom.out_channels, geom.multiplier
+    n_wt = pl.cdiv(ow_n, bw)
+    ct, p = _split(pl.program_id(0), pl.cdiv(cm, bc))
+    j = ct * bc + _iota(bc)
+    j_ok = j < cm
+    c3 = (lax.div(j, m) if m > 1 else j)[None, None, :]
+    j3 = j[None, None, :]
+
+    def step(s, totals):
+        q = p * steps + s
+        wt, rt = _split(q, n_wt)
+        n, oh, row_ok = _rows(rt, br, geom.batch * oh_n, oh_n)
+        row_ok = row_ok & (q < tiles)
+        ow = wt * bw + _iota(bw)
+        ow_ok = ow < ow_n
+        n3 = n[:, None, None]
+        mask = row_ok[:, None, None] & ow_ok[None, :, None] & j_ok[None, None, :]
+        gs = _load(g_ref, (n3, oh[:, None, None], ow[None, :, None], j3), mask).astype(acc)
+        out = []
+        for u in range(kh):
+            ih = oh * sh + (u * dh - lo_h)
+            ih_ok = row_ok & (ih >= 0) & (ih < h)
+            for v in range(kw):
+                iw = ow * sw + (v * dw - lo_w)
+                iw_ok = ow_ok & (iw >= 0) & (iw < w)
+                tap_mask = ih_ok[:, None, None] & iw_ok[None, :, None] & j_ok[None, None, :]
+                xs = _load(x_ref, (n3, ih[:, None, None], iw[None, :, None], c3), tap_mask)
+                out.append(totals[len(out)] + xs.astype(acc) * gs)
+        return tuple(out)
+
+    init = tuple(jnp.zeros((br, bw, bc), acc) for _ in range(geom.taps))
+    totals = lax.fori_loop(0, steps, step, init)
+    for t, total in enumerate(totals):
+        _store(part_ref, (p, t, j), total.sum(axis=0).sum(axis=0), j_ok)
+
+
+def kernel_transpose(x, g, geom: Geometry, *, acc, out_dtype, interpret: bool) -> jax.Array:
+    """``dk (kh*kw, C*M)`` from ``x (N, H, W, C)`` and ``g (N, OH, OW, C*M)``."""
+    b = BLOCKS["kernel_transpose"]
+    oh_n, ow_n = geom.out_hw
+    cm = geom.out_channels
+    br = min(b.rows, pl.next_power_of_2(geom.batch * oh_n))
+    bw = min(b.cols, pl.next_power_of_2(ow_n))
+    bc = b.channel_block(cm, np.dtype(x.dtype).itemsize)
+    n_ct = pl.cdiv(cm, bc)
+    tiles = pl.cdiv(geom.batch * oh_n, br) * pl.cdiv(ow_n, bw)
+    steps = pl.cdiv(tiles, max(1, b.programs // n_ct))
+    parts = pl.cdiv(tiles, steps)
+    kernel_fn = functools.partial(
+        _kernel_transpose_kernel,
+        geom=geom,
+        br=br,
+        bw=bw,
+        bc=bc,
+        steps=steps,
+        tiles=tiles,
+        acc=acc,
+    )
+    partial_sums = pl.pallas_call(
+        kernel_fn,
+        out_shape=jax.ShapeDtypeStruct((parts, geom.taps, cm), acc),
+        grid=(parts * n_ct,),
+        interpret=interpret,
+        compiler_params=_compiler_params(b, interpret),
+        name="depthwise_kernel_transpose",
+    )(x, g)
+    return partial_sums.sum(axis=0).astype(out_dtype)
+
+
+def supports(*arrays: Any) -> bool:
+    """Whether element indices of every array fit the kernels' int32 arithmetic."""
+    return all(math.prod(a.shape) < 2**31 for a in arrays)
