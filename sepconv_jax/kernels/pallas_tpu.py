@@ -166,7 +166,7 @@ def _conv_kernel(cur_ref, next_ref, w_ref, y_ref, *, layout: _Layout, acc):
     rows = layout.window_rows(cur_ref, next_ref)
     total = jnp.zeros(y_ref.shape, acc)
     for t, xs in enumerate(layout.tap_slices(rows)):
-        total = total + xs.astype(acc) * w_ref[t].astype(acc)
+        total = total + xs.astype(acc) * w_ref[t].astype(acc)[None, None]
     y_ref[...] = total.astype(y_ref.dtype)
 
 

@@ -96,7 +96,17 @@ class Blocks:
             )
 
     def channel_block(self, channels: int, itemsize: int) -> int:
+        """Channels per tile: ``channel_bytes`` worth, at most ``channels`` rounded up."""
         return max(1, min(self.channel_bytes // itemsize, pl.next_power_of_2(channels)))
+
+    def tile(self, rows: int, cols: int) -> tuple[int, int]:
+        """``(rows, cols)`` of a tile over ``rows x cols`` positions: at most the
+        problem's extent (rounded up to a power of two), and when there are fewer
+        rows than :attr:`rows` (a 1-D problem with a small batch), wider, so that a
+        tile keeps ``rows * cols`` positions."""
+        br = min(self.rows, pl.next_power_of_2(rows))
+        bw = min(pl.next_power_of_2(cols), max(self.cols, self.rows * self.cols // br))
+        return br, bw
 
 
 # Defaults, from first principles for an H100 (132 SMs, 64K registers and 228 KiB of
@@ -119,12 +129,8 @@ class Blocks:
 BLOCKS: dict[str, Blocks] = {
     "forward": Blocks(rows=4, cols=8),
     "input_transpose": Blocks(rows=4, cols=8),
-    "kernel_transpose": Blocks(rows=2, cols=8, num_stages=2, programs=1024),
+    "kernel_transpose": Blocks(rows=2, cols=8, programs=1024),
 }
-
-# Interpret mode (CPU tests) runs each program as one step of a loop: tiny blocks
-# there would only cost time, so tiles are bounded by the problem, not the defaults.
-
 
 @contextlib.contextmanager
 def blocks(**per_map: Blocks) -> Iterator[None]:
@@ -186,24 +192,43 @@ def _compiler_params(b: Blocks, interpret: bool):
     return params(num_warps=b.num_warps, num_stages=b.num_stages)
 
 
-def _load(ref, index, mask):
+def _load(ref, offsets, mask):
+    """``ref[offsets]`` of a flattened array, zero where ``mask`` is false.
+
+    Loads take flat element offsets (the pointer arithmetic of a Triton kernel); the
+    lanes masked off may hold any offset, even outside the array: they are not read.
+    """
     from jax.experimental.pallas import triton as plt
 
-    return plt.load(ref.at[index], mask=mask, other=0)
+    return plt.load(ref.at[offsets], mask=mask, other=0)
 
 
 def _store(ref, index, value, mask):
+    """``ref[index] = value`` where ``mask``, with one index array per dim of ``ref``.
+
+    Stores index every dim separately: the lanes masked off then lie outside the
+    array in some dim, never on an element that another lane writes (interpret mode
+    runs a masked store as a scatter, whose duplicate indices would race).
+    """
     from jax.experimental.pallas import triton as plt
 
     plt.store(ref.at[index], value, mask=mask)
+
+
+def _div(a, b: int):
+    return lax.div(a, np.int32(b))  # an int32 divisor, also when x64 is enabled
+
+
+def _rem(a, b: int):
+    return lax.rem(a, np.int32(b))
 
 
 def _split(value, *sizes):
     """``value`` (a scalar program id) as mixed-radix digits, the first fastest."""
     digits = []
     for size in sizes:
-        digits.append(lax.rem(value, size))
-        value = lax.div(value, size)
+        digits.append(_rem(value, size))
+        value = _div(value, size)
     return (*digits, value)
 
 
@@ -211,7 +236,7 @@ def _rows(tile, block: int, extent: int, per_image: int):
     """Rows ``tile * block + [0, block)`` of a flattened ``(batch, per_image)`` dim:
     the batch index, the index within the image, and whether the row exists."""
     rows = tile * block + _iota(block)
-    return lax.div(rows, per_image), lax.rem(rows, per_image), rows < extent
+    return _div(rows, per_image), _rem(rows, per_image), rows < extent
 
 
 # ----------------------------------------------------------------------------- forward
@@ -225,28 +250,29 @@ def _forward_kernel(x_ref, w_ref, y_ref, *, geom: Geometry, br, bw, bc, acc):
         geom.dilation,
         geom.pad_lo,
     )
-    cm, m = geom.out_channels, geom.multiplier
+    c_n, cm, m = geom.channels, geom.out_channels, geom.multiplier
     ct, wt, rt = _split(pl.program_id(0), pl.cdiv(cm, bc), pl.cdiv(ow_n, bw))
     n, oh, row_ok = _rows(rt, br, geom.batch * oh_n, oh_n)
     ow = wt * bw + _iota(bw)
     ow_ok = ow < ow_n
     j = ct * bc + _iota(bc)
     j_ok = j < cm
-    c = lax.div(j, m) if m > 1 else j
-    n3, c3 = n[:, None, None], c[None, None, :]
+    c = _div(j, m) if m > 1 else j
     total = jnp.zeros((br, bw, bc), acc)
     for u in range(kh):
         ih = oh * sh + (u * dh - lo_h)
         ih_ok = row_ok & (ih >= 0) & (ih < h)
+        row_start = (n * h + ih) * (w * c_n)
         for v in range(kw):
             iw = ow * sw + (v * dw - lo_w)
             iw_ok = ow_ok & (iw >= 0) & (iw < w)
             mask = ih_ok[:, None, None] & iw_ok[None, :, None] & j_ok[None, None, :]
-            xs = _load(x_ref, (n3, ih[:, None, None], iw[None, :, None], c3), mask)
-            ws = _load(w_ref, (u * kw + v, j), j_ok)
+            offsets = row_start[:, None, None] + (iw * c_n)[None, :, None] + c[None, None, :]
+            xs = _load(x_ref, offsets, mask)
+            ws = _load(w_ref, (u * kw + v) * cm + j, j_ok)
             total = total + xs.astype(acc) * ws.astype(acc)[None, None, :]
     mask = row_ok[:, None, None] & ow_ok[None, :, None] & j_ok[None, None, :]
-    index = (n3, oh[:, None, None], ow[None, :, None], j[None, None, :])
+    index = (n[:, None, None], oh[:, None, None], ow[None, :, None], j[None, None, :])
     _store(y_ref, index, total.astype(y_ref.dtype), mask)
 
 
@@ -255,8 +281,7 @@ def forward(x, kernel, geom: Geometry, *, acc, out_dtype, interpret: bool) -> ja
     b = BLOCKS["forward"]
     oh_n, ow_n = geom.out_hw
     cm = geom.out_channels
-    br = min(b.rows, pl.next_power_of_2(geom.batch * oh_n))
-    bw = min(b.cols, pl.next_power_of_2(ow_n))
+    br, bw = b.tile(geom.batch * oh_n, ow_n)
     bc = b.channel_block(cm, np.dtype(x.dtype).itemsize)
     grid = pl.cdiv(geom.batch * oh_n, br) * pl.cdiv(ow_n, bw) * pl.cdiv(cm, bc)
     kernel_fn = functools.partial(_forward_kernel, geom=geom, br=br, bw=bw, bc=bc, acc=acc)
@@ -267,7 +292,7 @@ def forward(x, kernel, geom: Geometry, *, acc, out_dtype, interpret: bool) -> ja
         interpret=interpret,
         compiler_params=_compiler_params(b, interpret),
         name="depthwise_forward",
-    )(x, kernel)
+    )(x.reshape(-1), kernel.reshape(-1))
 
 
 # ----------------------------------------------------------------------------- input transpose
@@ -281,7 +306,7 @@ def _phase_offset(phase, lo: int, tap: int, stride: int):
         return phase + (lo - tap), True
     bias = stride * (tap // stride + 1)
     numerator = phase + (lo - tap + bias)
-    return lax.div(numerator, stride) - bias // stride, lax.rem(numerator, stride) == 0
+    return _div(numerator, stride) - bias // stride, _rem(numerator, stride) == 0
 
 
 def _input_transpose_kernel(g_ref, w_ref, dx_ref, *, geom: Geometry, br, bw, bc, acc):
@@ -292,12 +317,12 @@ def _input_transpose_kernel(g_ref, w_ref, dx_ref, *, geom: Geometry, br, bw, bc,
         geom.dilation,
         geom.pad_lo,
     )
-    c_n, m = geom.channels, geom.multiplier
+    c_n, cm, m = geom.channels, geom.out_channels, geom.multiplier
     hq, wq = pl.cdiv(h, sh), pl.cdiv(w, sw)  # positions per stride phase
     ct, wt, rw, rt = _split(pl.program_id(0), pl.cdiv(c_n, bc), pl.cdiv(wq, bw), sw)
     # Rows run over (n, phase, i) with input row ih = phase + sh * i.
     n, rest, row_ok = _rows(rt, br, geom.batch * sh * hq, sh * hq)
-    rh, i = lax.div(rest, hq), lax.rem(rest, hq)
+    rh, i = _div(rest, hq), _rem(rest, hq)
     ih = rh + sh * i
     row_ok = row_ok & (ih < h)
     jw = wt * bw + _iota(bw)
@@ -305,25 +330,25 @@ def _input_transpose_kernel(g_ref, w_ref, dx_ref, *, geom: Geometry, br, bw, bc,
     col_ok = iw < w
     c = ct * bc + _iota(bc)
     c_ok = c < c_n
-    n3 = n[:, None, None]
     total = jnp.zeros((br, bw, bc), acc)
     for u in range(kh):
         shift_h, hit_h = _phase_offset(rh, lo_h, u * dh, sh)
         oh = i + shift_h
         oh_ok = row_ok & hit_h & (oh >= 0) & (oh < oh_n)
+        row_start = (n * oh_n + oh) * (ow_n * cm)
         for v in range(kw):
             shift_w, hit_w = _phase_offset(rw, lo_w, v * dw, sw)
             ow = jw + shift_w
             ow_ok = col_ok & hit_w & (ow >= 0) & (ow < ow_n)
             mask = oh_ok[:, None, None] & ow_ok[None, :, None] & c_ok[None, None, :]
-            index = (n3, oh[:, None, None], ow[None, :, None])
+            position = row_start[:, None, None] + (ow * cm)[None, :, None]
             for k in range(m):
                 ch = c * m + k if m > 1 else c
-                gs = _load(g_ref, (*index, ch[None, None, :]), mask)
-                ws = _load(w_ref, (u * kw + v, ch), c_ok)
+                gs = _load(g_ref, position + ch[None, None, :], mask)
+                ws = _load(w_ref, (u * kw + v) * cm + ch, c_ok)
                 total = total + gs.astype(acc) * ws.astype(acc)[None, None, :]
     mask = row_ok[:, None, None] & col_ok[None, :, None] & c_ok[None, None, :]
-    index = (n3, ih[:, None, None], iw[None, :, None], c[None, None, :])
+    index = (n[:, None, None], ih[:, None, None], iw[None, :, None], c[None, None, :])
     _store(dx_ref, index, total.astype(dx_ref.dtype), mask)
 
 
@@ -334,8 +359,7 @@ def input_transpose(g, kernel, geom: Geometry, *, acc, out_dtype, interpret: boo
     hq, wq = pl.cdiv(h, sh), pl.cdiv(w, sw)
     c_n = geom.channels
     rows = geom.batch * sh * hq
-    br = min(b.rows, pl.next_power_of_2(rows))
-    bw = min(b.cols, pl.next_power_of_2(wq))
+    br, bw = b.tile(rows, wq)
     bc = b.channel_block(c_n, np.dtype(g.dtype).itemsize)
     grid = pl.cdiv(rows, br) * sw * pl.cdiv(wq, bw) * pl.cdiv(c_n, bc)
     kernel_fn = functools.partial(_input_transpose_kernel, geom=geom, br=br, bw=bw, bc=bc, acc=acc)
@@ -346,7 +370,7 @@ def input_transpose(g, kernel, geom: Geometry, *, acc, out_dtype, interpret: boo
         interpret=interpret,
         compiler_params=_compiler_params(b, interpret),
         name="depthwise_input_transpose",
-    )(g, kernel)
+    )(g.reshape(-1), kernel.reshape(-1))
 
 
 # ----------------------------------------------------------------------------- kernel transpose
@@ -362,13 +386,12 @@ def _kernel_transpose_kernel(
         geom.dilation,
         geom.pad_lo,
     )
-    cm, m = geom.out_channels, geom.multiplier
+    c_n, cm, m = geom.channels, geom.out_channels, geom.multiplier
     n_wt = pl.cdiv(ow_n, bw)
     ct, p = _split(pl.program_id(0), pl.cdiv(cm, bc))
     j = ct * bc + _iota(bc)
     j_ok = j < cm
-    c3 = (lax.div(j, m) if m > 1 else j)[None, None, :]
-    j3 = j[None, None, :]
+    c = _div(j, m) if m > 1 else j
 
     def step(s, totals):
         q = p * steps + s
@@ -377,25 +400,27 @@ def _kernel_transpose_kernel(
         row_ok = row_ok & (q < tiles)
         ow = wt * bw + _iota(bw)
         ow_ok = ow < ow_n
-        n3 = n[:, None, None]
         mask = row_ok[:, None, None] & ow_ok[None, :, None] & j_ok[None, None, :]
-        gs = _load(g_ref, (n3, oh[:, None, None], ow[None, :, None], j3), mask).astype(acc)
+        offsets = ((n * oh_n + oh) * (ow_n * cm))[:, None, None] + (ow * cm)[None, :, None]
+        gs = _load(g_ref, offsets + j[None, None, :], mask).astype(acc)
         out = []
         for u in range(kh):
             ih = oh * sh + (u * dh - lo_h)
             ih_ok = row_ok & (ih >= 0) & (ih < h)
+            row_start = (n * h + ih) * (w * c_n)
             for v in range(kw):
                 iw = ow * sw + (v * dw - lo_w)
                 iw_ok = ow_ok & (iw >= 0) & (iw < w)
                 tap_mask = ih_ok[:, None, None] & iw_ok[None, :, None] & j_ok[None, None, :]
-                xs = _load(x_ref, (n3, ih[:, None, None], iw[None, :, None], c3), tap_mask)
+                offsets = row_start[:, None, None] + (iw * c_n)[None, :, None] + c[None, None, :]
+                xs = _load(x_ref, offsets, tap_mask)
                 out.append(totals[len(out)] + xs.astype(acc) * gs)
         return tuple(out)
 
     init = tuple(jnp.zeros((br, bw, bc), acc) for _ in range(geom.taps))
     totals = lax.fori_loop(0, steps, step, init)
     for t, total in enumerate(totals):
-        _store(part_ref, (p, t, j), total.sum(axis=0).sum(axis=0), j_ok)
+        _store(part_ref, (p, jnp.int32(t), pl.ds(ct * bc, bc)), total.sum(axis=0).sum(axis=0), j_ok)
 
 
 def kernel_transpose(x, g, geom: Geometry, *, acc, out_dtype, interpret: bool) -> jax.Array:
@@ -403,8 +428,7 @@ def kernel_transpose(x, g, geom: Geometry, *, acc, out_dtype, interpret: bool) -
     b = BLOCKS["kernel_transpose"]
     oh_n, ow_n = geom.out_hw
     cm = geom.out_channels
-    br = min(b.rows, pl.next_power_of_2(geom.batch * oh_n))
-    bw = min(b.cols, pl.next_power_of_2(ow_n))
+    br, bw = b.tile(geom.batch * oh_n, ow_n)
     bc = b.channel_block(cm, np.dtype(x.dtype).itemsize)
     n_ct = pl.cdiv(cm, bc)
     tiles = pl.cdiv(geom.batch * oh_n, br) * pl.cdiv(ow_n, bw)
@@ -427,7 +451,7 @@ def kernel_transpose(x, g, geom: Geometry, *, acc, out_dtype, interpret: bool) -
         interpret=interpret,
         compiler_params=_compiler_params(b, interpret),
         name="depthwise_kernel_transpose",
-    )(x, g)
+    )(x.reshape(-1), g.reshape(-1))
     return partial_sums.sum(axis=0).astype(out_dtype)
 
 
