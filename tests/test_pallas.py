@@ -12,6 +12,7 @@ Expected values are the float64 NumPy references of ``tests/reference.py``.
 from __future__ import annotations
 
 import functools
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -260,3 +261,39 @@ def test_gradient_references_are_the_adjoints_of_the_forward_reference(xshape, k
     np.testing.assert_allclose(
         np.sum(hk * dk), np.sum(ref.depthwise_conv_nd(x, hk, **kw) * g), rtol=1e-10
     )
+
+
+# ----------------------------------------------------------------------------- tuning script
+
+
+def test_tuning_script_quick_run(tmp_path, capsys, monkeypatch):
+    """``benchmarks/pallas_tune.py --quick``: every planned job timed, JSON and Markdown
+    written, the table printed (interpret mode on this CPU)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "pallas_tune.py"
+    spec = importlib.util.spec_from_file_location("pallas_tune", path)
+    tune = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "pallas_tune", tune)  # dataclasses look their module up
+    spec.loader.exec_module(tune)
+    assert len(tune.depthwise_shapes()) == 19  # 21 layers, 19 distinct depthwise shapes
+    assert tune.main(["--quick", "--no-torch", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "tune.json").read_text())
+    records = result["records"]
+    assert records and all(r["ms"] > 0 and r["gbs"] > 0 for r in records), records
+    assert {(r["section"], r["impl"]) for r in records} == {
+        ("layers", "xla"),
+        ("layers", "shift"),
+        ("layers", "pallas"),
+        ("sweep", "xla"),
+        ("sweep", "shift"),
+        ("sweep", "pallas"),
+    }
+    assert {r["pass_name"] for r in records} == {"fwd", "fwd+bwd", "dx", "dk"}
+    assert {r["variant"] for r in records if r["section"] == "sweep"} >= {"", "default", "2x16"}
+    assert result["machine"]["torch"] == {"error": "disabled"}
+    text = (tmp_path / "tune.md").read_text()
+    assert text.startswith("## Pallas depthwise kernels") and "| 8x8 C8 k3 s2 |" in text
+    assert text in capsys.readouterr().out
