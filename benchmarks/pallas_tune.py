@@ -44,6 +44,7 @@ import argparse
 import concurrent.futures
 import dataclasses
 import datetime
+import functools
 import json
 import math
 import platform
@@ -204,7 +205,9 @@ def plan(args) -> list[Job]:
             for pass_name, map_name in MAP_OF_PASS.items():
                 jobs += [Job("sweep", shape, dtype, pass_name, impl) for impl in IMPLS[:2]]
                 for name, b in candidates[map_name].items():
-                    jobs.append(Job("sweep", shape, dtype, pass_name, "pallas", name, {map_name: b}))
+                    jobs.append(
+                        Job("sweep", shape, dtype, pass_name, "pallas", name, {map_name: b})
+                    )
     return jobs
 
 
@@ -224,6 +227,35 @@ def _time(call: Callable[[], Any], reps: int, inner: int) -> float:
     return statistics.median(times)
 
 
+def _torch_call(torch, shape: Shape, dtype: str, pass_name: str, batch: int) -> Callable:
+    """A no-argument callable running PyTorch's depthwise conv (and its backward)."""
+    device = torch.device("cuda")
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(batch, shape.channels, shape.size, shape.size, generator=gen, device=device)
+    x = x.to(getattr(torch, dtype)).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(shape.channels, 1, shape.kernel, shape.kernel, generator=gen, device=device)
+    w = w.to(getattr(torch, dtype))
+    opts = dict(stride=shape.stride, padding=shape.kernel // 2, groups=shape.channels)
+    conv = torch.nn.functional.conv2d
+    if pass_name == "fwd":
+
+        def call():
+            with torch.no_grad():
+                return conv(x, w, **opts)
+
+        return call
+    x.requires_grad_(True)
+    w.requires_grad_(True)
+    with torch.no_grad():
+        g = torch.randn_like(conv(x, w, **opts))
+
+    def call():
+        x.grad = w.grad = None
+        conv(x, w, **opts).backward(g)
+
+    return call
+
+
 def _torch_times(jobs: list[tuple[Shape, str, str]], batch: int, reps: int, inner: int) -> dict:
     """PyTorch CUDA depthwise times, run in a child process that never imports JAX."""
     try:
@@ -232,36 +264,11 @@ def _torch_times(jobs: list[tuple[Shape, str, str]], batch: int, reps: int, inne
         return {"error": "torch is not installed"}
     if not torch.cuda.is_available():
         return {"error": "torch sees no GPU"}
-    device = torch.device("cuda")
     out = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "times": {}}
     for shape, dtype, pass_name in jobs:
-        torch_dtype = getattr(torch, dtype)
-        gen = torch.Generator(device=device).manual_seed(0)
-        x = torch.randn(
-            batch, shape.channels, shape.size, shape.size, generator=gen, device=device
-        ).to(torch_dtype)
-        x = x.contiguous(memory_format=torch.channels_last)
-        w = torch.randn(shape.channels, 1, shape.kernel, shape.kernel, generator=gen, device=device)
-        w = w.to(torch_dtype)
-        opts = dict(stride=shape.stride, padding=shape.kernel // 2, groups=shape.channels)
-        conv = torch.nn.functional.conv2d
-        if pass_name == "fwd":
-
-            def call():
-                with torch.no_grad():
-                    return conv(x, w, **opts)
-
-        else:
-            x.requires_grad_(True)
-            w.requires_grad_(True)
-            with torch.no_grad():
-                g = torch.randn_like(conv(x, w, **opts))
-
-            def call():
-                x.grad = w.grad = None
-                conv(x, w, **opts).backward(g)
-
+        key = f"{shape.name}|{dtype}|{pass_name}"
         try:
+            call = _torch_call(torch, shape, dtype, pass_name, batch)
             call()
             torch.cuda.synchronize()
             times = []
@@ -271,15 +278,17 @@ def _torch_times(jobs: list[tuple[Shape, str, str]], batch: int, reps: int, inne
                     call()
                 torch.cuda.synchronize()
                 times.append((time.perf_counter() - start) / inner)
-            out["times"][f"{shape.name}|{dtype}|{pass_name}"] = statistics.median(times)
+            out["times"][key] = statistics.median(times)
         except (RuntimeError, NotImplementedError) as e:  # no kernel for this dtype
-            out["times"][f"{shape.name}|{dtype}|{pass_name}"] = repr(e)[:200]
+            out["times"][key] = repr(e)[:200]
     return out
 
 
 def measure_torch(jobs: list[Job], args) -> dict:
-    keys = sorted({(j.shape, j.dtype, j.pass_name) for j in jobs if j.section == "layers"},
-                  key=lambda k: (k[1], k[0].name, k[2]))
+    keys = sorted(
+        {(j.shape, j.dtype, j.pass_name) for j in jobs if j.section == "layers"},
+        key=lambda k: (k[1], k[0].name, k[2]),
+    )
     if args.no_torch or jax.default_backend() != "gpu":
         return {"error": "disabled" if args.no_torch else "no GPU for PyTorch"}
     import multiprocessing
@@ -341,8 +350,8 @@ def run(args) -> dict:
             if job.dtype not in arrays:
                 host = host or _data(shape, args.batch)
                 arrays = {job.dtype: [jnp.asarray(a).astype(job.dtype) for a in host]}
-            dtype_arrays = arrays[job.dtype]
-            seconds = _time(lambda job=job: job.compiled(*dtype_arrays), args.reps, args.inner)
+            call = functools.partial(job.compiled, *arrays[job.dtype])
+            seconds = _time(call, args.reps, args.inner)
             nbytes = moved_bytes(shape, job.dtype, args.batch, job.pass_name)
             job.result.update(ms=seconds * 1e3, gbs=nbytes / seconds / 1e9)
             job.compiled = job.lowered = None  # free the executable
@@ -366,9 +375,16 @@ def run(args) -> dict:
     for key, value in (torch_result.get("times") or {}).items():
         name, dtype, pass_name = key.split("|")
         shape = next(j.shape for j in jobs if j.shape.name == name)
-        record = dict(section="layers", shape=name, dtype=dtype, pass_name=pass_name,
-                      impl="torch", variant="", blocks={},
-                      bytes=moved_bytes(shape, dtype, args.batch, pass_name))
+        record = dict(
+            section="layers",
+            shape=name,
+            dtype=dtype,
+            pass_name=pass_name,
+            impl="torch",
+            variant="",
+            blocks={},
+            bytes=moved_bytes(shape, dtype, args.batch, pass_name),
+        )
         if isinstance(value, float):
             record.update(ms=value * 1e3, gbs=record["bytes"] / value / 1e9)
         else:
@@ -430,15 +446,20 @@ def summary(result: dict) -> list[str]:
     lines = []
     for dtype in result["settings"]["dtypes"]:
         shapes = sorted({r["shape"] for r in records if r["section"] == "layers"})
-        get = lambda s, p, impl: index.get(("layers", s, dtype, p, impl, ""))
+
+        def get(s, p, impl, dtype=dtype):
+            return index.get(("layers", s, dtype, p, impl, ""))
+
         big = [s for s in shapes if int(s.split("x")[0]) >= 56]
         fwd = [get(s, "fwd", "pallas") for s in big]
         fwd = [100 * r["gbs"] / peak for r in fwd if r and "gbs" in r]
         vs_xla = [_ratio(get(s, "fwd+bwd", "xla"), get(s, "fwd+bwd", "pallas")) for s in shapes]
         vs_torch = [_ratio(get(s, "fwd+bwd", "pallas"), get(s, "fwd+bwd", "torch")) for s in shapes]
-        med = lambda v: statistics.median([x for x in v if x is not None]) if any(
-            x is not None for x in v
-        ) else None
+        med = lambda v: (
+            statistics.median([x for x in v if x is not None])
+            if any(x is not None for x in v)
+            else None
+        )
         fmt = lambda v, unit: "n/a" if v is None else f"{v:.2f}{unit}"
         lines.append(
             f"- {dtype}: pallas forward on the 56x56 and larger shapes: "
@@ -500,12 +521,12 @@ def markdown(result: dict) -> str:
     sweep = [r for r in records if r["section"] == "sweep"]
     if sweep:
         out += ["", "### Sweep (each map alone)", ""]
-        columns = list(dict.fromkeys(
-            (r["impl"], r["variant"]) for r in sweep
-        ))
+        columns = list(dict.fromkeys((r["impl"], r["variant"]) for r in sweep))
         names = [f"{i}:{v}" if v else i for i, v in columns]
-        out += ["| shape | dtype | map | " + " | ".join(names) + " |",
-                "| --- | --- | --- |" + " --- |" * len(names)]
+        out += [
+            "| shape | dtype | map | " + " | ".join(names) + " |",
+            "| --- | --- | --- |" + " --- |" * len(names),
+        ]
         keys = list(dict.fromkeys((r["shape"], r["dtype"], r["pass_name"]) for r in sweep))
         for shape, dtype, pass_name in keys:
             out.append(
@@ -519,8 +540,11 @@ def markdown(result: dict) -> str:
     errors = [r for r in records if "error" in r]
     if errors:
         out += ["", "### Errors", ""]
-        out += [f"- {r['shape']} {r['dtype']} {r['pass_name']} {r['impl']}"
-                f"{':' + r['variant'] if r['variant'] else ''}: {r['error']}" for r in errors]
+        out += [
+            f"- {r['shape']} {r['dtype']} {r['pass_name']} {r['impl']}"
+            f"{':' + r['variant'] if r['variant'] else ''}: {r['error']}"
+            for r in errors
+        ]
     return "\n".join(out) + "\n"
 
 
@@ -533,8 +557,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=None, help="timed batches (default 7, 2 quick)")
     parser.add_argument("--inner", type=int, default=None, help="calls per batch (5, 1 quick)")
     parser.add_argument("--budget", type=float, default=210.0, help="seconds for the whole run")
-    parser.add_argument("--peak-gbs", type=float, default=3000.0,
-                        help="HBM bandwidth for the %% column (H100 SXM: ~3000 GB/s measured)")
+    parser.add_argument(
+        "--peak-gbs",
+        type=float,
+        default=3000.0,
+        help="HBM bandwidth for the %% column (H100 SXM: ~3000 GB/s measured)",
+    )
     parser.add_argument("--compile-threads", type=int, default=min(16, os.cpu_count() or 1))
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
     args = parser.parse_args(argv)

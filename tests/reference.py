@@ -143,7 +143,9 @@ def depthwise_input_grad_nd(g, kernel, x_shape, *, strides=1, padding="SAME", di
     pads = explicit_padding(padding, spatial, window, strides, dilation)
     m = kernel.shape[-1] // c
     out_spatial = g.shape[1:-1]
-    dxpad = np.zeros((x_shape[0], *(s + lo + hi for s, (lo, hi) in zip(spatial, pads)), c))
+    dxpad = np.zeros(
+        (x_shape[0], *(s + lo + hi for s, (lo, hi) in zip(spatial, pads, strict=True)), c)
+    )
     for offsets in itertools.product(*(range(k) for k in window)):
         contribution = (g * kernel[offsets][0]).reshape(*g.shape[:-1], c, m).sum(axis=-1)
         idx = _tap_slices(offsets, dilation, strides, out_spatial)

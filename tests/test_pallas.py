@@ -99,8 +99,7 @@ TINY_REDUCTION = Blocks(rows=1, cols=2, channel_bytes=8, programs=3)
 
 @pytest.mark.parametrize(
     "xshape,kshape,kw,data_format",
-    [(*case, "channels_last") for case in CASES]
-    + [(*CASES[i], "channels_first") for i in (0, 3)],
+    [(*case, "channels_last") for case in CASES] + [(*CASES[i], "channels_first") for i in (0, 3)],
     ids=[*CASE_IDS, f"{CASE_IDS[0]}-channels_first", f"{CASE_IDS[3]}-channels_first"],
 )
 def test_triton_kernels_with_tiny_tiles(xshape, kshape, kw, data_format):
@@ -108,9 +107,7 @@ def test_triton_kernels_with_tiny_tiles(xshape, kshape, kw, data_format):
     n = len(kshape) - 2
     first = data_format == "channels_first"
     spec = _spec_of(inputs[0], inputs[1], kw, data_format)
-    with pallas_triton.blocks(
-        forward=TINY, input_transpose=TINY, kernel_transpose=TINY_REDUCTION
-    ):
+    with pallas_triton.blocks(forward=TINY, input_transpose=TINY, kernel_transpose=TINY_REDUCTION):
         _check(
             _maps(spec, "cpu"),
             inputs,
@@ -207,9 +204,7 @@ def _lowered_text(platform, xshape, kshape, kw, dtype=jnp.float32):
     from sepconv_jax import ops
 
     def f(x, kernel, g):
-        y, vjp = jax.vjp(
-            lambda x, k: ops.depthwise_conv(x, k, impl="pallas", **kw), x, kernel
-        )
+        y, vjp = jax.vjp(lambda x, k: ops.depthwise_conv(x, k, impl="pallas", **kw), x, kernel)
         return y, *vjp(g)
 
     x = jax.ShapeDtypeStruct(xshape, dtype)
@@ -219,7 +214,11 @@ def _lowered_text(platform, xshape, kshape, kw, dtype=jnp.float32):
 
 
 # The custom call each backend's Pallas lowering emits.
-CUSTOM_CALLS = {"cuda": "__gpu$xla.gpu.triton", "rocm": "__gpu$xla.gpu.triton", "tpu": "tpu_custom_call"}
+CUSTOM_CALLS = {
+    "cuda": "__gpu$xla.gpu.triton",
+    "rocm": "__gpu$xla.gpu.triton",
+    "tpu": "tpu_custom_call",
+}
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])

@@ -110,7 +110,11 @@ class _Layout:
         (sh, sw) = self.strides
         config = [(0, self.batch_p - self.batch, 0)]
         for size, lo, lhs, extent in zip(
-            self.in_hw, self.pad_lo, self.lhs_dilation, (self.rows * sh, self.cols * sw), strict=True
+            self.in_hw,
+            self.pad_lo,
+            self.lhs_dilation,
+            (self.rows * sh, self.cols * sw),
+            strict=True,
         ):
             dilated = (size - 1) * lhs + 1
             config.append((lo, extent - lo - dilated, lhs - 1))

@@ -132,6 +132,7 @@ BLOCKS: dict[str, Blocks] = {
     "kernel_transpose": Blocks(rows=2, cols=8, programs=1024),
 }
 
+
 @contextlib.contextmanager
 def blocks(**per_map: Blocks) -> Iterator[None]:
     """Within the block, lowering uses the given :class:`Blocks` for these maps.
