@@ -81,7 +81,7 @@ CANDIDATES: dict[str, dict[str, Blocks]] = {
         "default": pallas_triton.BLOCKS["forward"],
         "2x16": Blocks(rows=2, cols=16),
         "8x8-w8": Blocks(rows=8, cols=8, num_warps=8),
-        "4x8-c256": Blocks(rows=4, cols=8, channel_bytes=256, num_warps=8),
+        "4x8-c64-w8": Blocks(rows=4, cols=8, channels=64, num_warps=8),
     },
     "input_transpose": {
         "default": pallas_triton.BLOCKS["input_transpose"],

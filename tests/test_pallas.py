@@ -90,11 +90,11 @@ def _check(maps, inputs, want, rtol=2e-5, atol=1e-4, layout=lambda a: a, unlayou
 
 # ----------------------------------------------------------------------------- Triton kernels
 
-# Two channels per tile (8 bytes of float32), 2 x 2 positions: several tiles in every
+# Two channels per tile, 2 x 2 positions: several tiles in every
 # dim, each with a masked edge; the kernel transpose spread over three programs, each
 # looping over several position tiles (the last one past the end).
-TINY = Blocks(rows=2, cols=2, channel_bytes=8)
-TINY_REDUCTION = Blocks(rows=1, cols=2, channel_bytes=8, programs=3)
+TINY = Blocks(rows=2, cols=2, channels=2)
+TINY_REDUCTION = Blocks(rows=1, cols=2, channels=2, programs=3)
 
 
 @pytest.mark.parametrize(
@@ -141,9 +141,8 @@ def test_tiles_keep_their_area_for_few_rows():
     assert b.tile(rows=3, cols=5) == (4, 8)  # a small problem: one tile, never wider
     assert b.tile(rows=2, cols=1000) == (2, 16)  # 1-D with batch 2: as many positions
     assert b.tile(rows=1, cols=7) == (1, 8)
-    assert b.channel_block(channels=144, itemsize=4) == 32
-    assert b.channel_block(channels=144, itemsize=2) == 64
-    assert b.channel_block(channels=3, itemsize=4) == 4
+    assert b.channel_block(channels=144) == 32
+    assert b.channel_block(channels=3) == 4
 
 
 # ----------------------------------------------------------------------------- TPU kernels

@@ -69,9 +69,8 @@ class Blocks:
     Attributes:
       rows: output rows per tile (rows of the flattened ``(batch, height)`` dim).
       cols: output columns per tile.
-      channel_bytes: bytes of channels per tile position; the channel block is
-        ``channel_bytes // itemsize``, capped by the channel count rounded up to a
-        power of two.
+      channels: channels per tile position (consecutive in memory), capped by the
+        channel count rounded up to a power of two.
       num_warps: warps per program (32 threads each).
       num_stages: software pipelining stages (loops only: the kernel transpose).
       programs: the kernel transpose only: about how many programs share the
@@ -80,13 +79,13 @@ class Blocks:
 
     rows: int
     cols: int
-    channel_bytes: int = 128
+    channels: int = 32
     num_warps: int = 4
     num_stages: int = 1
     programs: int = 1024
 
     def __post_init__(self):
-        for name in ("rows", "cols", "channel_bytes", "num_warps"):
+        for name in ("rows", "cols", "channels", "num_warps"):
             value = getattr(self, name)
             if value < 1 or value & (value - 1):
                 raise ValueError(f"`{name}` must be a power of two, got {value}")
@@ -95,9 +94,9 @@ class Blocks:
                 f"`num_stages` and `programs` must be >= 1, got {self.num_stages}, {self.programs}"
             )
 
-    def channel_block(self, channels: int, itemsize: int) -> int:
-        """Channels per tile: ``channel_bytes`` worth, at most ``channels`` rounded up."""
-        return max(1, min(self.channel_bytes // itemsize, pl.next_power_of_2(channels)))
+    def channel_block(self, channels: int) -> int:
+        """Channels per tile: :attr:`channels`, at most ``channels`` rounded up."""
+        return min(self.channels, pl.next_power_of_2(channels))
 
     def tile(self, rows: int, cols: int) -> tuple[int, int]:
         """``(rows, cols)`` of a tile over ``rows x cols`` positions: at most the
@@ -113,19 +112,26 @@ class Blocks:
 # shared memory per SM, ~3.0 TB/s of HBM bandwidth), where the depthwise maps are
 # memory-bound (9 or 25 multiply-adds per element moved):
 #
-# * Channels: 128 bytes per position (32 float32 or 64 bfloat16 channels), one
-#   cache line, so a warp's loads are whole lines and 16-byte vectors per thread.
-# * Forward and input transpose: a 4 x 8 position tile, 1024 float32 outputs per
-#   program of 4 warps, 8 accumulators per thread. The tile's input halo (6 x 10
-#   positions for a 3x3 window) is 1.9x its output, read from L1, not from HBM.
-#   About 40-70 registers per thread allow 8+ resident programs per SM, so each
-#   SM keeps tens of KiB of loads in flight: the ~2 MB (3 TB/s x ~0.7 us) that
-#   saturating HBM takes across 132 SMs.
+# * Channels: 32 per position, consecutive in memory: 128 bytes of float32 or 64 of
+#   bfloat16, whole 32-byte sectors, loaded as 16-byte vectors (8-byte for the
+#   bfloat16 kernel transpose).
+# * Forward and input transpose: a 4 x 8 position tile, 1024 outputs per program of
+#   4 warps, 8 accumulators per thread. The tile's input halo (6 x 10 positions for
+#   a 3x3 window) is 1.9x its output, read from L1, not from HBM. Each SM keeps
+#   several programs resident, so tens of KiB of loads are in flight per SM: the
+#   ~2 MB (3 TB/s x ~0.7 us) that saturating HBM takes across 132 SMs.
 # * Kernel transpose: a 2 x 8 position tile with one float32 accumulator tile per
 #   tap (9 or 25 x 16 x 32 values over 128 threads: 36 or 100 registers); ~1024
 #   programs (several per SM, a few waves), each looping over its share of the
 #   positions and writing 9 or 25 x 32 partial sums, a few MB at most, which the
 #   second reduction reads once.
+#
+# Compiled offline for sm_90a (benchmarks/triton_offline_check.py: Triton 3.6 and
+# ptxas on the MobileNetV2/EfficientNet-B0 layers at batch 64), every x and g load is
+# a vector load and the registers per thread are: forward 34-54 (float32) and 64-90
+# (bfloat16, the 5x5 window spilling 12 bytes), input transpose 44-90, kernel
+# transpose 64-72 (3x3) and 168 (5x5), no spills. On the GPU these are the starting
+# points of benchmarks/pallas_tune.py's sweep, not measured optima.
 BLOCKS: dict[str, Blocks] = {
     "forward": Blocks(rows=4, cols=8),
     "input_transpose": Blocks(rows=4, cols=8),
@@ -283,7 +289,7 @@ def forward(x, kernel, geom: Geometry, *, acc, out_dtype, interpret: bool) -> ja
     oh_n, ow_n = geom.out_hw
     cm = geom.out_channels
     br, bw = b.tile(geom.batch * oh_n, ow_n)
-    bc = b.channel_block(cm, np.dtype(x.dtype).itemsize)
+    bc = b.channel_block(cm)
     grid = pl.cdiv(geom.batch * oh_n, br) * pl.cdiv(ow_n, bw) * pl.cdiv(cm, bc)
     kernel_fn = functools.partial(_forward_kernel, geom=geom, br=br, bw=bw, bc=bc, acc=acc)
     return pl.pallas_call(
@@ -361,7 +367,7 @@ def input_transpose(g, kernel, geom: Geometry, *, acc, out_dtype, interpret: boo
     c_n = geom.channels
     rows = geom.batch * sh * hq
     br, bw = b.tile(rows, wq)
-    bc = b.channel_block(c_n, np.dtype(g.dtype).itemsize)
+    bc = b.channel_block(c_n)
     grid = pl.cdiv(rows, br) * sw * pl.cdiv(wq, bw) * pl.cdiv(c_n, bc)
     kernel_fn = functools.partial(_input_transpose_kernel, geom=geom, br=br, bw=bw, bc=bc, acc=acc)
     return pl.pallas_call(
@@ -430,7 +436,7 @@ def kernel_transpose(x, g, geom: Geometry, *, acc, out_dtype, interpret: bool) -
     oh_n, ow_n = geom.out_hw
     cm = geom.out_channels
     br, bw = b.tile(geom.batch * oh_n, ow_n)
-    bc = b.channel_block(cm, np.dtype(x.dtype).itemsize)
+    bc = b.channel_block(cm)
     n_ct = pl.cdiv(cm, bc)
     tiles = pl.cdiv(geom.batch * oh_n, br) * pl.cdiv(ow_n, bw)
     steps = pl.cdiv(tiles, max(1, b.programs // n_ct))
