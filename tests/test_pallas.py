@@ -212,12 +212,14 @@ def _lowered_text(platform, xshape, kshape, kw, dtype=jnp.float32):
     return jax.jit(f).trace(x, kernel, y).lower(lowering_platforms=(platform,)).as_text()
 
 
-# The custom call each backend's Pallas lowering emits.
-CUSTOM_CALLS = {
-    "cuda": "__gpu$xla.gpu.triton",
-    "rocm": "__gpu$xla.gpu.triton",
-    "tpu": "tpu_custom_call",
-}
+# The custom call each backend's Pallas lowering emits (newer JAX names its Triton
+# target in `pallas.triton`).
+_TRITON_CALL = getattr(
+    __import__("jax.experimental.pallas.triton", fromlist=["triton"]),
+    "CUSTOM_CALL_TARGET_NAME",
+    "__gpu$xla.gpu.triton",
+)
+CUSTOM_CALLS = {"cuda": _TRITON_CALL, "rocm": _TRITON_CALL, "tpu": "tpu_custom_call"}
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["float32", "bfloat16"])
