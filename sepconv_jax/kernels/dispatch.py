@@ -16,7 +16,9 @@ The rule for ``"auto"``, by platform and shape:
   :data:`MAX_SHIFT_TAPS` taps (more than a 7x7x7 3-D window), where the unrolled
   loop would compile slowly; then ``"xla"``.
 * ``cuda``, ``rocm``, ``tpu`` and any other platform: ``"xla"``
-  (``lax.conv_general_dilated`` with ``feature_group_count``).
+  (``lax.conv_general_dilated`` with ``feature_group_count``). The Pallas kernels
+  (``"pallas"``, :mod:`sepconv_jax.kernels.pallas`) are chosen only by name until a
+  GPU or TPU measurement shows where they are faster.
 
 The rule can be overridden, in order of precedence, when a function is traced:
 
@@ -86,16 +88,25 @@ class Kernel:
       forward: ``(x, kernel) -> y``.
       input_transpose: ``(g, kernel) -> dx``, the transpose of ``forward`` in ``x``.
       kernel_transpose: ``(x, g) -> dkernel``, the transpose of ``forward`` in ``kernel``.
+      lowering_context: optional ``platform -> context manager``, entered while the
+        kernel's maps are lowered for ``platform`` (``None``: nothing to enter).
     """
 
     name: str
     forward: Callable
     input_transpose: Callable
     kernel_transpose: Callable
+    lowering_context: Callable[[str | None], contextlib.AbstractContextManager] | None = None
 
 
 def _kernel(name: str, module) -> Kernel:
-    return Kernel(name, module.forward, module.input_transpose, module.kernel_transpose)
+    return Kernel(
+        name,
+        module.forward,
+        module.input_transpose,
+        module.kernel_transpose,
+        getattr(module, "lowering_context", None),
+    )
 
 
 #: Registered kernels by name.

@@ -14,7 +14,9 @@ Pallas kernels by the platform they are lowered for:
 * ``cpu`` and any other platform: the Triton kernels' bodies in Pallas interpret
   mode, which compiles them to ordinary XLA loops. That is how the CPU test suite
   checks the GPU kernels' indexing, masks and accumulation; it is slow, and
-  ``"auto"`` never picks it on CPU.
+  ``"auto"`` never picks it on CPU. Inside ``shard_map`` interpret mode is lowered
+  without JAX's checks of how values vary over the mesh (:func:`lowering_context`),
+  which it does not support.
 
 Layouts: the kernels are written for channels-last 2-D arrays. A 1-D problem runs
 as a 2-D one with a height of one (the long axis on the Triton kernels' columns,
@@ -38,15 +40,18 @@ accepted and has no effect: no matrix unit is involved.
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from sepconv_jax._spec import ConvSpec
 from sepconv_jax.kernels import pallas_tpu, pallas_triton, xla
+from sepconv_jax.kernels._jax_compat import vma_checks_off
 from sepconv_jax.kernels.pallas_triton import Geometry
 
-__all__ = ["forward", "input_transpose", "kernel_transpose"]
+__all__ = ["forward", "input_transpose", "kernel_transpose", "lowering_context"]
 
 _GPU_PLATFORMS = ("cuda", "rocm")
 
@@ -118,6 +123,12 @@ def _taps(kernel: jax.Array, spec: ConvSpec) -> jax.Array:
 
 def _interpret(platform: str | None) -> bool:
     return platform not in (*_GPU_PLATFORMS, "tpu")
+
+
+def lowering_context(platform: str | None) -> contextlib.AbstractContextManager:
+    """What lowering the maps for ``platform`` runs under: in interpret mode, no
+    ``shard_map`` variance checks (see :func:`~sepconv_jax.kernels._jax_compat.vma_checks_off`)."""
+    return vma_checks_off() if _interpret(platform) else contextlib.nullcontext()
 
 
 def forward(x, kernel, spec: ConvSpec, *, platform, precision, preferred_element_type, out_dtype):

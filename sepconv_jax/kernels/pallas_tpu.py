@@ -38,6 +38,7 @@ import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 
+from sepconv_jax.kernels._jax_compat import shape_dtype_like
 from sepconv_jax.kernels.pallas_triton import Geometry
 
 __all__ = ["BLOCK_BYTES", "LANES", "conv", "forward", "input_transpose", "kernel_transpose"]
@@ -186,7 +187,7 @@ def conv(x, w, layout: _Layout, *, acc, out_dtype, interpret: bool = False) -> j
     order = lambda nb, cb, r: (nb, cb, r)
     y = pl.pallas_call(
         functools.partial(_conv_kernel, layout=layout, acc=acc),
-        out_shape=jax.ShapeDtypeStruct((layout.row_blocks * bh, ow, layout.batch_p, kp), out_dtype),
+        out_shape=shape_dtype_like((layout.row_blocks * bh, ow, layout.batch_p, kp), out_dtype, xp),
         grid=grid,
         in_specs=[
             *layout.x_specs(order),
@@ -280,7 +281,7 @@ def kernel_transpose(x, g, geom: Geometry, *, acc, out_dtype, interpret: bool = 
     order = lambda cb, nb, r: (nb, cb, r)
     sums = pl.pallas_call(
         functools.partial(_kernel_transpose_kernel, layout=layout, acc=acc),
-        out_shape=jax.ShapeDtypeStruct((geom.taps, sub, kp), acc),
+        out_shape=shape_dtype_like((geom.taps, sub, kp), acc, xp),
         grid=(kp // LANES, layout.batch_p // sub, layout.row_blocks),
         in_specs=[
             *layout.x_specs(order),

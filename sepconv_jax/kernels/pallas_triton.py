@@ -51,6 +51,8 @@ import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 
+from sepconv_jax.kernels._jax_compat import shape_dtype_like
+
 __all__ = [
     "BLOCKS",
     "Blocks",
@@ -294,7 +296,7 @@ def forward(x, kernel, geom: Geometry, *, acc, out_dtype, interpret: bool) -> ja
     kernel_fn = functools.partial(_forward_kernel, geom=geom, br=br, bw=bw, bc=bc, acc=acc)
     return pl.pallas_call(
         kernel_fn,
-        out_shape=jax.ShapeDtypeStruct((geom.batch, oh_n, ow_n, cm), out_dtype),
+        out_shape=shape_dtype_like((geom.batch, oh_n, ow_n, cm), out_dtype, x),
         grid=(grid,),
         interpret=interpret,
         compiler_params=_compiler_params(b, interpret),
@@ -372,7 +374,7 @@ def input_transpose(g, kernel, geom: Geometry, *, acc, out_dtype, interpret: boo
     kernel_fn = functools.partial(_input_transpose_kernel, geom=geom, br=br, bw=bw, bc=bc, acc=acc)
     return pl.pallas_call(
         kernel_fn,
-        out_shape=jax.ShapeDtypeStruct((geom.batch, h, w, c_n), out_dtype),
+        out_shape=shape_dtype_like((geom.batch, h, w, c_n), out_dtype, g),
         grid=(grid,),
         interpret=interpret,
         compiler_params=_compiler_params(b, interpret),
@@ -453,7 +455,7 @@ def kernel_transpose(x, g, geom: Geometry, *, acc, out_dtype, interpret: bool) -
     )
     partial_sums = pl.pallas_call(
         kernel_fn,
-        out_shape=jax.ShapeDtypeStruct((parts, geom.taps, cm), acc),
+        out_shape=shape_dtype_like((parts, geom.taps, cm), acc, x),
         grid=(parts * n_ct,),
         interpret=interpret,
         compiler_params=_compiler_params(b, interpret),
