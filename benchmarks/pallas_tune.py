@@ -25,7 +25,9 @@ weights (``fwd``: x, kernel, y; ``dx``: g, kernel, dx; ``dk``: x, g, dkernel;
 not by bandwidth. Compilation is counted: functions are lowered one by one (the
 block settings are read when lowering) and compiled on a thread pool, and the
 compile times are recorded. ``--budget`` seconds cap the whole run: work left when
-it runs out is recorded as skipped.
+it runs out is recorded as skipped (jobs go in batches of ``--batch-jobs``, the
+most important first, and the budget is checked between and within batches, so a
+run ends at most one batch's lowering and compilation after it).
 
 Writes ``tune.json`` and ``tune.md`` to ``--out`` and prints the Markdown.
 ``--quick`` runs one tiny shape in float32 at batch 2 (on CPU the Pallas kernels run
@@ -300,6 +302,15 @@ def measure_torch(jobs: list[Job], args) -> dict:
 # ----------------------------------------------------------------------------- running
 
 
+def _compile(job: Job) -> None:
+    t_compile = time.perf_counter()
+    try:
+        job.compiled = job.lowered.compile()
+    except Exception as e:  # one failing candidate must not stop the sweep
+        job.result["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+    job.result["compile_s"] = time.perf_counter() - t_compile
+
+
 def run(args) -> dict:
     start = time.perf_counter()
     deadline = start + args.budget
@@ -309,53 +320,45 @@ def run(args) -> dict:
     torch_result = measure_torch(jobs, args)
     phases["torch_s"] = time.perf_counter() - start
 
-    t = time.perf_counter()
-    for job in jobs:
+    phases.update(lower_s=0.0, compile_s=0.0, time_s=0.0)
+    data: dict[Shape, list[np.ndarray]] = {}  # host data of the latest shape only
+    for first in range(0, len(jobs), args.batch_jobs):
+        batch = jobs[first : first + args.batch_jobs]
         if time.perf_counter() > deadline:
-            job.result["skipped"] = "budget"
+            for job in batch:
+                job.result["skipped"] = "budget"
             continue
-        fn = _function(job.shape, job.pass_name, job.impl)
-        abstract = [jax.ShapeDtypeStruct(d, job.dtype) for d in _dims(job.shape, args.batch)]
-        t_lower = time.perf_counter()
-        with pallas_triton.blocks(**job.blocks):
-            job.lowered = jax.jit(fn).trace(*abstract).lower()
-        job.result["lower_s"] = time.perf_counter() - t_lower
-    phases["lower_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        for job in batch:
+            fn = _function(job.shape, job.pass_name, job.impl)
+            abstract = [jax.ShapeDtypeStruct(d, job.dtype) for d in _dims(job.shape, args.batch)]
+            t_lower = time.perf_counter()
+            with pallas_triton.blocks(**job.blocks):
+                job.lowered = jax.jit(fn).trace(*abstract).lower()
+            job.result["lower_s"] = time.perf_counter() - t_lower
+        phases["lower_s"] += time.perf_counter() - t
 
-    def compile_job(job: Job) -> None:
-        t_compile = time.perf_counter()
-        try:
-            job.compiled = job.lowered.compile()
-        except Exception as e:  # one failing candidate must not stop the sweep
-            job.result["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-        job.result["compile_s"] = time.perf_counter() - t_compile
+        t = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(args.compile_threads) as pool:
+            list(pool.map(_compile, batch))
+        phases["compile_s"] += time.perf_counter() - t
 
-    t = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(args.compile_threads) as pool:
-        list(pool.map(compile_job, [j for j in jobs if j.lowered is not None]))
-    phases["compile_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    groups: dict[Shape, list[Job]] = {}
-    for job in jobs:
-        groups.setdefault(job.shape, []).append(job)
-    for shape, group in groups.items():
-        host, arrays = None, {}
-        for job in sorted(group, key=lambda j: j.dtype):
+        t = time.perf_counter()
+        for job in batch:
             if job.compiled is None:
                 continue
             if time.perf_counter() > deadline:
                 job.result["skipped"] = "budget"
                 continue
-            if job.dtype not in arrays:
-                host = host or _data(shape, args.batch)
-                arrays = {job.dtype: [jnp.asarray(a).astype(job.dtype) for a in host]}
-            call = functools.partial(job.compiled, *arrays[job.dtype])
-            seconds = _time(call, args.reps, args.inner)
-            nbytes = moved_bytes(shape, job.dtype, args.batch, job.pass_name)
+            if job.shape not in data:
+                data = {job.shape: _data(job.shape, args.batch)}
+            arrays = [jnp.asarray(a).astype(job.dtype) for a in data[job.shape]]
+            seconds = _time(functools.partial(job.compiled, *arrays), args.reps, args.inner)
+            nbytes = moved_bytes(job.shape, job.dtype, args.batch, job.pass_name)
             job.result.update(ms=seconds * 1e3, gbs=nbytes / seconds / 1e9)
             job.compiled = job.lowered = None  # free the executable
-    phases["time_s"] = time.perf_counter() - t
+            del arrays
+        phases["time_s"] += time.perf_counter() - t
     phases["total_s"] = time.perf_counter() - start
 
     records = []
@@ -556,7 +559,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=None)
     parser.add_argument("--reps", type=int, default=None, help="timed batches (default 7, 2 quick)")
     parser.add_argument("--inner", type=int, default=None, help="calls per batch (5, 1 quick)")
-    parser.add_argument("--budget", type=float, default=210.0, help="seconds for the whole run")
+    parser.add_argument(
+        "--budget", type=float, default=200.0, help="seconds for the run (checked per batch)"
+    )
     parser.add_argument(
         "--peak-gbs",
         type=float,
@@ -564,6 +569,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="HBM bandwidth for the %% column (H100 SXM: ~3000 GB/s measured)",
     )
     parser.add_argument("--compile-threads", type=int, default=min(16, os.cpu_count() or 1))
+    parser.add_argument(
+        "--batch-jobs", type=int, default=48, help="jobs lowered, compiled and timed together"
+    )
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
     args = parser.parse_args(argv)
     args.batch = args.batch or (2 if args.quick else BATCH)
