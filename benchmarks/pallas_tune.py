@@ -11,8 +11,8 @@ Two parts, both at batch 64 on the depthwise layers of MobileNetV2 and Efficient
 * **layers**: every shape, forward (``fwd``) and forward plus both gradients
   (``fwd+bwd``), for ``impl="xla"``, ``impl="shift"``, ``impl="pallas"`` (its default
   blocks) and PyTorch's CUDA depthwise convolution (``conv2d(groups=C)`` on
-  ``channels_last`` tensors, timed in a separate process that never imports JAX),
-  when PyTorch sees a GPU.
+  ``channels_last`` tensors, timed first, in a separate process that never puts JAX
+  on the GPU), when PyTorch sees a GPU.
 * **sweep**: a few representative shapes, each map on its own (``fwd``, the input
   transpose ``dx`` and the kernel transpose ``dk``), for every Pallas block candidate
   of :data:`CANDIDATES` beside ``xla`` and ``shift``.
@@ -259,7 +259,7 @@ def _torch_call(torch, shape: Shape, dtype: str, pass_name: str, batch: int) -> 
 
 
 def _torch_times(jobs: list[tuple[Shape, str, str]], batch: int, reps: int, inner: int) -> dict:
-    """PyTorch CUDA depthwise times, run in a child process that never imports JAX."""
+    """PyTorch CUDA depthwise times, run in a child process that never uses JAX."""
     try:
         import torch
     except ImportError:

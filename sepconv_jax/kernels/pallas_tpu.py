@@ -264,11 +264,12 @@ def _kernel_transpose_kernel(cur_ref, next_ref, g_ref, out_ref, *, layout: _Layo
 
 def kernel_transpose(x, g, geom: Geometry, *, acc, out_dtype, interpret: bool = False):
     """``dk (taps, C*M)`` from ``x (N, H, W, C)`` and ``g (N, OH, OW, C*M)``."""
-    layout = _forward_layout(geom, jnp.result_type(x.dtype, g.dtype))
-    xp = layout.prepare(_repeat_channels(x, geom.multiplier).astype(layout_dtype(x, g)))
+    dtype = np.dtype(jnp.result_type(x.dtype, g.dtype))  # one dtype for both operands
+    layout = _forward_layout(geom, dtype)
+    xp = layout.prepare(_repeat_channels(x, geom.multiplier).astype(dtype))
     oh, ow = layout.out_hw
     sub, bh, kp = layout.sub, layout.block_rows, layout.channels_p
-    gp = g.astype(layout_dtype(x, g)).transpose(1, 2, 0, 3)  # (OH, OW, N, CM)
+    gp = g.astype(dtype).transpose(1, 2, 0, 3)  # (OH, OW, N, CM)
     gp = jnp.pad(
         gp,
         (
@@ -293,8 +294,3 @@ def kernel_transpose(x, g, geom: Geometry, *, acc, out_dtype, interpret: bool = 
         name="depthwise_kernel_transpose_tpu",
     )(xp, xp, gp)
     return sums.sum(axis=1)[:, : geom.out_channels].astype(out_dtype)
-
-
-def layout_dtype(x, g) -> np.dtype:
-    """The one dtype ``x`` and ``g`` share in the kernel transpose's layout."""
-    return np.dtype(jnp.result_type(x.dtype, g.dtype))
