@@ -479,14 +479,19 @@ def test_bench_quick_runs_and_writes_json(tmp_path, capsys):
     records = result["records"]
     assert len(records) == len(bench.QUICK_LAYERS) * len(bench.PASSES)
     for record in records:
-        for column in (*dispatch.KERNELS, "flax", "separable", "standard"):
+        # On CPU: every kernel but Pallas (interpret mode) and the separable-only name.
+        impls = bench.depthwise_impls("cpu")
+        assert impls == ("xla", "shift")
+        assert [impl for impl in dispatch.KERNELS if impl in record["seconds"]] == list(impls)
+        for column in (*impls, "flax", "separable", "standard"):
             assert record["seconds"][column] > 0
         assert record["seconds"]["torch"] is None  # disabled
+        assert "separable fused" not in record["seconds"] and record["errors"] == {}
         # Every ratio is the quotient of the two times it names, recomputed from the JSON.
         seconds, ratios = record["seconds"], record["ratios"]
-        for impl in dispatch.KERNELS:
+        for impl in impls:
             assert ratios[f"xla/{impl}"] == seconds["xla"] / seconds[impl]
-        assert record["ours"] in dispatch.KERNELS
+        assert record["ours"] in impls
         assert ratios["xla/ours"] == seconds["xla"] / seconds[record["ours"]]
         assert ratios["flax/ours"] == seconds["flax"] / seconds[record["ours"]]
         assert ratios["torch/ours"] is None

@@ -23,7 +23,7 @@ from sepconv_jax import _spec
 from sepconv_jax.kernels import pallas, pallas_triton
 from sepconv_jax.kernels.pallas_triton import Blocks
 from tests import reference as ref
-from tests.helpers import rand
+from tests.helpers import gpu_lowering_here, rand
 from tests.helpers import to_first as _to_first
 from tests.helpers import to_last as _to_last
 
@@ -209,7 +209,8 @@ def _lowered_text(platform, xshape, kshape, kw, dtype=jnp.float32):
     x = jax.ShapeDtypeStruct(xshape, dtype)
     kernel = jax.ShapeDtypeStruct(kshape, dtype)
     y = jax.eval_shape(lambda x, k: ops.depthwise_conv(x, k, impl="xla", **kw), x, kernel)
-    return jax.jit(f).trace(x, kernel, y).lower(lowering_platforms=(platform,)).as_text()
+    with gpu_lowering_here():
+        return jax.jit(f).trace(x, kernel, y).lower(lowering_platforms=(platform,)).as_text()
 
 
 # The custom call each backend's Pallas lowering emits (newer JAX names its Triton

@@ -25,7 +25,7 @@ from sepconv_jax.kernels import dispatch, pallas_fused
 from sepconv_jax.kernels import separable as sep_op
 from sepconv_jax.kernels._jax_compat import quiet_triton_deprecation
 from tests import reference as ref
-from tests.helpers import HIGHEST, rand, to_first, to_last
+from tests.helpers import HIGHEST, gpu_lowering_here, rand, to_first, to_last
 
 BF16 = jnp.bfloat16
 
@@ -351,7 +351,8 @@ def _sep_args(dtype=np.float32):
 
 
 def _lowered_text(f, args, platform):
-    return jax.jit(f).trace(*args).lower(lowering_platforms=(platform,)).as_text()
+    with gpu_lowering_here():
+        return jax.jit(f).trace(*args).lower(lowering_platforms=(platform,)).as_text()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, BF16])
@@ -391,7 +392,8 @@ def test_exported_for_several_platforms_carries_each_ones_lowering():
     args = _sep_args()
     f = jax.jit(functools.partial(separable_conv, strides=2, impl="fused", precision=HIGHEST))
     checks = [export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
-    exported = export.export(f, platforms=("cpu", "cuda", "tpu"), disabled_checks=checks)(*args)
+    with gpu_lowering_here():
+        exported = export.export(f, platforms=("cpu", "cuda", "tpu"), disabled_checks=checks)(*args)
     text = exported.mlir_module()
     assert "__gpu$xla.gpu.triton" in text
     assert "stablehlo.while" in text and "stablehlo.convolution" in text

@@ -166,7 +166,11 @@ def summarize(records: Sequence[dict], model: Sequence[dict] = ()) -> dict:
                 entry["realized/analytic median (C,N>=128)"] = statistics.median(v for v, _ in wide)
             summary[f"{dtype} {pass_name}"] = entry
     for architecture in dict.fromkeys(m["model"] for m in model):
-        by_impl = {m["impl"]: m for m in model if m["model"] == architecture}
+        by_impl = {
+            m["impl"]: m
+            for m in model
+            if m["model"] == architecture and m.get("images_per_second") is not None
+        }
         if "xla" not in by_impl:
             continue
         for impl, m in by_impl.items():
@@ -241,11 +245,15 @@ def markdown_report(result: dict) -> str:
     if result["model"]:
         lines += ["", "## Whole model", ""]
         for m in result["model"]:
+            what = f"- {m['model']} training step, impl={m['impl']} ({m['resolved_impl']}): "
+            if m.get("images_per_second") is None:
+                lines.append(what + f"failed: {m.get('error', '')[:300]}")
+                continue
             lines.append(
-                f"- {m['model']} training step, impl={m['impl']} ({m['resolved_impl']}): "
-                f"{m['images_per_second']:.1f} images/s ({1e3 * m['seconds']:.0f} ms/step, "
-                f"batch {m['batch']}, {m['image_size']}x{m['image_size']}, width "
-                f"{m['width_multiplier']})"
+                what + f"{m['images_per_second']:.1f} images/s ({1e3 * m['seconds']:.0f} ms/step, "
+                f"batch {m['batch']}, {m['image_size']}x{m['image_size']}, "
+                f"{m.get('dtype', 'float32')}, width {m['width_multiplier']}, compiled in "
+                f"{m['compile_seconds']:.1f} s)"
             )
     lines += [
         "",
