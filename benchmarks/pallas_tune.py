@@ -23,8 +23,9 @@ achieved bandwidth for the bytes a perfect kernel moves once: inputs, outputs an
 weights (``fwd``: x, kernel, y; ``dx``: g, kernel, dx; ``dk``: x, g, dkernel;
 ``fwd+bwd``: all six). The smallest layers are bounded by the per-call launch cost,
 not by bandwidth. Compilation is counted: functions are lowered one by one (the
-block settings are read when lowering) and compiled on a thread pool, and the
-compile times are recorded. ``--budget`` seconds cap the whole run: work left when
+block settings are read when lowering) and compiled on a thread pool (the
+``"xla"`` jobs one at a time, alone: XLA's GPU autotuner times convolution
+algorithms while it compiles), and the compile times are recorded. ``--budget`` seconds cap the whole run: work left when
 it runs out is recorded as skipped (jobs go in batches of ``--batch-jobs``, the
 most important first, and the budget is checked between and within batches, so a
 run ends at most one batch's lowering and compilation after it).
@@ -201,11 +202,15 @@ def plan(args) -> list[Job]:
     for dtype in args.dtypes:
         for shape in shapes:
             for pass_name in ("fwd", "fwd+bwd"):
-                jobs += [Job("layers", shape, dtype, pass_name, impl) for impl in IMPLS]
-    for dtype in args.dtypes:
+                jobs += [Job("layers", shape, dtype, pass_name, impl) for impl in args.impls]
+    for dtype in () if args.no_sweep else args.dtypes:
         for shape in sweep:
             for pass_name, map_name in MAP_OF_PASS.items():
-                jobs += [Job("sweep", shape, dtype, pass_name, impl) for impl in IMPLS[:2]]
+                jobs += [
+                    Job("sweep", shape, dtype, pass_name, impl)
+                    for impl in IMPLS[:2]
+                    if impl in args.impls
+                ]
                 for name, b in candidates[map_name].items():
                     jobs.append(
                         Job("sweep", shape, dtype, pass_name, "pallas", name, {map_name: b})
@@ -339,8 +344,14 @@ def run(args) -> dict:
         phases["lower_s"] += time.perf_counter() - t
 
         t = time.perf_counter()
+        # XLA's GPU autotuner times candidate convolution algorithms while it compiles;
+        # compiles running beside it skew those timings (a grouped convolution picked
+        # that way ran 13x slower), so the "xla" jobs compile one at a time, alone.
+        autotuned = [job for job in batch if job.impl == "xla"]
         with concurrent.futures.ThreadPoolExecutor(args.compile_threads) as pool:
-            list(pool.map(_compile, batch))
+            list(pool.map(_compile, [job for job in batch if job.impl != "xla"]))
+        for job in autotuned:
+            _compile(job)
         phases["compile_s"] += time.perf_counter() - t
 
         t = time.perf_counter()
@@ -411,6 +422,9 @@ def run(args) -> dict:
             budget_s=args.budget,
             peak_gbs=args.peak_gbs,
             quick=args.quick,
+            impls=list(args.impls),
+            compile_threads=args.compile_threads,
+            sweep=not args.no_sweep,
             default_blocks={k: dataclasses.asdict(v) for k, v in pallas_triton.BLOCKS.items()},
         ),
         phases=phases,
@@ -573,6 +587,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--batch-jobs", type=int, default=48, help="jobs lowered, compiled and timed together"
     )
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
+    parser.add_argument(
+        "--impls", nargs="+", choices=IMPLS, default=IMPLS, help="impls to time (default all)"
+    )
+    parser.add_argument("--no-sweep", action="store_true", help="only the layers table")
     args = parser.parse_args(argv)
     args.batch = args.batch or (2 if args.quick else BATCH)
     args.dtypes = tuple(args.dtypes or (("float32",) if args.quick else DTYPES))

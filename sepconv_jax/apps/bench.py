@@ -268,6 +268,14 @@ def _jax_columns(
     return columns
 
 
+def _default_compile_threads() -> int:
+    """Several compile threads on CPU; one elsewhere, where XLA's autotuner times
+    candidate kernels during compilation and concurrent compiles skew its choice (seen
+    on an H100: a grouped convolution compiled beside others ran 13x slower than the
+    same one compiled alone)."""
+    return min(16, os.cpu_count() or 1) if jax.default_backend() == "cpu" else 1
+
+
 def _ours(layer: Layer, batch: int, dtype: Any) -> str:
     """The impl ``depthwise_conv(impl="auto")`` runs for this layer here."""
     spec = _spec.make_spec(
@@ -280,7 +288,7 @@ def _ours(layer: Layer, batch: int, dtype: Any) -> str:
         padding_mode="zeros",
         data_format="channels_last",
     )
-    return dispatch.get_default_impl() or dispatch.auto_impl(spec)
+    return dispatch.get_default_impl() or dispatch.auto_impl(spec, dtype=dtype)
 
 
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
@@ -549,10 +557,13 @@ def measure_model(
         record: dict[str, Any] = {
             "model": architecture,
             "impl": impl,
-            # The models' depthwise layers are 3x3 and 5x5, which the rule treats alike.
+            # The models' depthwise layers are 3x3 and 5x5 at strides 1 and 2: the
+            # kernels the rule picks for them, joined by "+" where they differ.
             "resolved_impl": impl
             if impl != "auto"
-            else _ours(Layer(112, 32, 3, 1, 16), 1, "float32"),
+            else "+".join(
+                sorted({_ours(Layer(112, 32, 3, s, 16), 1, dtype or "float32") for s in (1, 2)})
+            ),
             "batch": batch,
             "image_size": image_size,
             "width_multiplier": width_multiplier,
@@ -695,7 +706,7 @@ def run(args: argparse.Namespace) -> int:
             flax_max_batch=None if args.quick else args.flax_max_batch,
             impls=impls,
             fused_column=fused_column,
-            compile_threads=args.compile_threads,
+            compile_threads=args.compile_threads or _default_compile_threads(),
             budget=args.budget,
         )
     model: list[dict] = []
@@ -780,8 +791,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compile-threads",
         type=int,
-        default=min(16, os.cpu_count() or 1),
-        help="threads compiling a layer's functions before they are timed",
+        default=None,
+        help="threads compiling a layer's functions before they are timed (default: "
+        "several on CPU, 1 elsewhere: XLA's GPU autotuner times candidate kernels while "
+        "it compiles, and concurrent compiles disturb those timings)",
     )
     parser.add_argument(
         "--budget", type=float, default=None, help="seconds after which no new layer starts"

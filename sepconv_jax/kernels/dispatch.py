@@ -15,10 +15,19 @@ The rule for ``"auto"``, by platform and shape:
   2-core CPU (see ``benchmarks/RESULTS.md``), unless the window has more than
   :data:`MAX_SHIFT_TAPS` taps (more than a 7x7x7 3-D window), where the unrolled
   loop would compile slowly; then ``"xla"``.
-* ``cuda``, ``rocm``, ``tpu`` and any other platform: ``"xla"``
-  (``lax.conv_general_dilated`` with ``feature_group_count``). The Pallas kernels
-  (``"pallas"``, :mod:`sepconv_jax.kernels.pallas`) are chosen only by name until a
-  GPU or TPU measurement shows where they are faster.
+* ``cuda``: ``"pallas"`` (the Triton kernels of :mod:`sepconv_jax.kernels.pallas`)
+  for 16-bit floating inputs and for strided windows, ``"xla"`` otherwise. On one
+  H100 at batch 64 (``benchmarks/results/gpu/``, summarized in
+  ``benchmarks/RESULTS.md``): in float32 the Pallas kernels were faster
+  forward+backward than ``lax.conv_general_dilated`` on every strided
+  MobileNetV2/EfficientNet-B0 layer (1.16-1.83x) and no better at stride 1 (0.78-1.38x,
+  median about 1.0); in bfloat16 XLA's grouped convolution is far slower than the
+  Pallas kernels (a MobileNetV2 training step in bfloat16 took 13.1 s with ``"xla"``
+  and 88 ms with ``"pallas"``). 3-D windows go to ``"xla"`` (the Pallas kernels
+  delegate them there anyway).
+* ``rocm``, ``tpu`` and any other platform: ``"xla"``
+  (``lax.conv_general_dilated`` with ``feature_group_count``). The Pallas kernels run
+  there by name; none of them has been measured on those platforms yet.
 
 Separable layers (:func:`sepconv_jax.separable_conv` without a depthwise bias, and
 the ``SeparableConv`` modules) are one operation of their own
@@ -59,6 +68,7 @@ from collections.abc import Callable, Iterator
 from typing import Literal
 
 import jax
+import numpy as np
 
 from sepconv_jax._spec import ConvSpec, check_choice
 from sepconv_jax.kernels import pallas, shift, xla
@@ -153,13 +163,15 @@ _CONTEXT_DEFAULT: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 _PLATFORM_ALIASES = {"gpu": "cuda"}
 
 
-def auto_impl(spec: ConvSpec, platform: str | None = None) -> str:
+def auto_impl(spec: ConvSpec, platform: str | None = None, dtype=None) -> str:
     """The documented rule: the kernel ``"auto"`` picks for ``spec`` on ``platform``.
 
     Args:
       spec: the resolved convolution.
       platform: ``"cpu"``, ``"cuda"`` (or ``"gpu"``), ``"rocm"``, ``"tpu"``...;
         ``None`` means the platform of :func:`jax.default_backend`.
+      dtype: the dtype of the convolution's input (``None``: float32). On ``cuda``,
+        16-bit floats pick ``"pallas"`` at every stride.
 
     Returns:
       A key of :data:`KERNELS`.
@@ -172,12 +184,25 @@ def auto_impl(spec: ConvSpec, platform: str | None = None) -> str:
       ...     data_format="channels_last")
       >>> auto_impl(spec, "cpu"), auto_impl(spec, "cuda"), auto_impl(spec, "tpu")
       ('shift', 'xla', 'xla')
+      >>> auto_impl(spec, "cuda", jnp.bfloat16)
+      'pallas'
     """
     platform = jax.default_backend() if platform is None else platform
     platform = _PLATFORM_ALIASES.get(platform, platform)
     if platform == "cpu" and math.prod(spec.window) <= MAX_SHIFT_TAPS:
         return "shift"
+    if platform == "cuda" and spec.num_spatial <= 2:
+        half = dtype is not None and _is_half_float(dtype)
+        if half or any(s > 1 for s in spec.strides):
+            return "pallas"
     return "xla"
+
+
+def _is_half_float(dtype) -> bool:
+    dtype = np.dtype(dtype)
+    return bool(np.issubdtype(dtype, np.floating) or dtype.name == "bfloat16") and (
+        dtype.itemsize == 2
+    )
 
 
 def fuse_separable(spec: ConvSpec, out_channels: int, platform: str | None = None) -> bool:
@@ -301,12 +326,13 @@ def resolve_override(impl: str) -> str:
     return impl
 
 
-def kernel_for(impl: str, spec: ConvSpec, platform: str | None) -> Kernel:
-    """The kernel that runs ``impl`` for ``spec`` when lowered for ``platform``.
+def kernel_for(impl: str, spec: ConvSpec, platform: str | None, dtype=None) -> Kernel:
+    """The kernel that runs ``impl`` for ``spec`` (input ``dtype``) when lowered for
+    ``platform``.
 
     ``platform=None`` stands for a platform without a lowering rule of its own,
     where ``"auto"`` means ``"xla"``.
     """
     if impl == "auto":
-        impl = "xla" if platform is None else auto_impl(spec, platform)
+        impl = "xla" if platform is None else auto_impl(spec, platform, dtype)
     return KERNELS[impl]

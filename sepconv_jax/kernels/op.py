@@ -306,7 +306,7 @@ for _prim in PRIMITIVES.values():
 
 def _lowering(map_name: str, platform: str | None):
     def rule(ctx, a, b, *, spec, impl, precision, preferred_element_type, out_dtype):
-        kernel = dispatch.kernel_for(impl, spec, platform)
+        kernel = dispatch.kernel_for(impl, spec, platform, ctx.avals_in[0].dtype)
         compute = functools.partial(
             getattr(kernel, map_name),
             spec=spec,

@@ -343,7 +343,7 @@ def _lowering(platform: str | None):
                 out_dtype=out_dtype,
                 blocks=blocks,
             )
-        kernel = dispatch.kernel_for(impl, spec, platform)
+        kernel = dispatch.kernel_for(impl, spec, platform, x.dtype)
         context = kernel.lowering_context
         with contextlib.nullcontext() if context is None else context(platform):
             mid = kernel.forward(
