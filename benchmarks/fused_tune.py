@@ -156,23 +156,17 @@ def _programs(shape, batch: int, dtype, candidates):
 
 
 def compile_all(configs, batch: int, candidates, workers: int) -> dict:
-    """Lowers every program (in this thread) and compiles the fused candidates in a
-    pool of threads (Triton compiles outside Python's lock, so they overlap)."""
+    """Lowers every program (in this thread) and compiles them in a pool of threads:
+    XLA and Triton compile outside Python's lock, so the compiles overlap."""
     lowered = {}
     for config in configs:
         dtype_name, shape = config
         structs = jax.eval_shape(functools.partial(_arrays, shape, batch, DTYPES[dtype_name]))
         for key, program in _programs(shape, batch, DTYPES[dtype_name], candidates).items():
             lowered[(config, *key)] = program.lower(*structs)
-    # The unfused pair's 1x1 step is a matrix product that XLA's GPU autotuner times
-    # while compiling; compiles beside it would skew that choice, so the pairs compile
-    # one at a time first, then the fused candidates (no autotuning) in the pool.
-    compiled = {key: low.compile() for key, low in lowered.items() if key[1] == "pair"}
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {
-            key: pool.submit(low.compile) for key, low in lowered.items() if key[1] != "pair"
-        }
-        return compiled | {key: future.result() for key, future in futures.items()}
+        futures = {key: pool.submit(low.compile) for key, low in lowered.items()}
+        return {key: future.result() for key, future in futures.items()}
 
 
 def run(

@@ -23,9 +23,8 @@ achieved bandwidth for the bytes a perfect kernel moves once: inputs, outputs an
 weights (``fwd``: x, kernel, y; ``dx``: g, kernel, dx; ``dk``: x, g, dkernel;
 ``fwd+bwd``: all six). The smallest layers are bounded by the per-call launch cost,
 not by bandwidth. Compilation is counted: functions are lowered one by one (the
-block settings are read when lowering) and compiled on a thread pool (the
-``"xla"`` jobs one at a time, alone: XLA's GPU autotuner times convolution
-algorithms while it compiles), and the compile times are recorded. ``--budget`` seconds cap the whole run: work left when
+block settings are read when lowering) and compiled on a thread pool, and the
+compile times are recorded. ``--budget`` seconds cap the whole run: work left when
 it runs out is recorded as skipped (jobs go in batches of ``--batch-jobs``, the
 most important first, and the budget is checked between and within batches, so a
 run ends at most one batch's lowering and compilation after it).
@@ -344,14 +343,8 @@ def run(args) -> dict:
         phases["lower_s"] += time.perf_counter() - t
 
         t = time.perf_counter()
-        # XLA's GPU autotuner times candidate convolution algorithms while it compiles;
-        # compiles running beside it skew those timings (a grouped convolution picked
-        # that way ran 13x slower), so the "xla" jobs compile one at a time, alone.
-        autotuned = [job for job in batch if job.impl == "xla"]
         with concurrent.futures.ThreadPoolExecutor(args.compile_threads) as pool:
-            list(pool.map(_compile, [job for job in batch if job.impl != "xla"]))
-        for job in autotuned:
-            _compile(job)
+            list(pool.map(_compile, batch))
         phases["compile_s"] += time.perf_counter() - t
 
         t = time.perf_counter()

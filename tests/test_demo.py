@@ -342,3 +342,23 @@ def test_eight_simulated_devices_match_one_device():
     # Same batches, same initialization: only the float32 summation order differs.
     np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5, atol=1e-6)
     assert eight["accuracy"] == pytest.approx(one["accuracy"], abs=1 / 40)
+
+
+def test_best_time_never_reports_the_first_call(monkeypatch):
+    # A fake clock: the first call takes 5 s (one-time costs), every later one 10 ms.
+    from sepconv_jax.apps import timing
+
+    now = [0.0]
+    calls = []
+
+    def call():
+        now[0] += 5.0 if not calls else 0.01
+        calls.append(None)
+
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: now[0])
+    seconds, timed = timing.best_time(call, max_reps=3, min_time=0.15)
+    assert (seconds, timed, len(calls)) == (pytest.approx(0.01), 3, 4)
+    # A call slower than min_time is timed once, after its warm-up.
+    calls.clear()
+    seconds, timed = timing.best_time(call, max_reps=3, min_time=0.001)
+    assert (seconds, timed, len(calls)) == (pytest.approx(0.01), 1, 2)

@@ -351,6 +351,16 @@ def test_auto_rule_by_platform_and_shape():
     assert dispatch.auto_impl(spec, "cpu") == "shift"
     for platform in ("gpu", "cuda", "rocm", "tpu"):
         assert dispatch.auto_impl(spec, platform) == "xla"
+    # On CUDA, strided windows of up to 3x3 taps run the Pallas kernels.
+    strided = dataclasses.replace(spec, strides=(2, 1))
+    for platform in ("gpu", "cuda"):
+        assert dispatch.auto_impl(strided, platform) == "pallas"
+    for platform in ("cpu", "rocm", "tpu"):
+        assert dispatch.auto_impl(strided, platform) == ("shift" if platform == "cpu" else "xla")
+    wide = dataclasses.replace(strided, window=(5, 5))
+    assert math.prod(wide.window) > dispatch.MAX_PALLAS_GPU_TAPS
+    assert dispatch.auto_impl(wide, "cuda") == "xla"
+    assert dispatch.auto_impl(dataclasses.replace(strided, num_spatial=3), "cuda") == "xla"
     big = _spec.make_spec(
         jax.ShapeDtypeStruct((1, 9, 9, 9, 4), jnp.float32),
         jax.ShapeDtypeStruct((8, 8, 8, 1, 4), jnp.float32),
@@ -368,6 +378,7 @@ def test_auto_rule_by_platform_and_shape():
     # own gets the reference kernel.
     assert dispatch.kernel_for("auto", spec, "cpu") is dispatch.KERNELS["shift"]
     assert dispatch.kernel_for("auto", spec, "cuda") is dispatch.KERNELS["xla"]
+    assert dispatch.kernel_for("auto", strided, "cuda") is dispatch.KERNELS["pallas"]
     assert dispatch.kernel_for("auto", spec, None) is dispatch.KERNELS["xla"]
     assert dispatch.kernel_for("shift", spec, "tpu") is dispatch.KERNELS["shift"]
 

@@ -18,9 +18,10 @@ the realized separable-vs-standard speedup beside the analytic savings factor
 (forward, backward, optax update) with ``impl="auto"`` against ``impl="xla"``.
 
 Times are the best of ``n`` calls after compilation (``timeit``'s convention, the
-least disturbed by other processes on a shared machine); a call slower than
-``min_time`` is timed once. PyTorch uses symmetric padding ``k // 2``, which gives the
-same output size and cost as ``"SAME"``. Results go to stdout (a table), a JSON file,
+least disturbed by other processes on a shared machine), after one untimed warm-up
+call (on a GPU the first call of an executable carries one-time costs); a call slower
+than ``min_time`` is timed once. PyTorch uses symmetric padding ``k // 2``, which gives
+the same output size and cost as ``"SAME"``. Results go to stdout (a table), a JSON file,
 a PNG plot (needs matplotlib) and a Markdown report.
 
 :mod:`sepconv_jax.apps.bench_report` turns the records into the table, the summary,
@@ -268,14 +269,6 @@ def _jax_columns(
     return columns
 
 
-def _default_compile_threads() -> int:
-    """Several compile threads on CPU; one elsewhere, where XLA's autotuner times
-    candidate kernels during compilation and concurrent compiles skew its choice (seen
-    on an H100: a grouped convolution compiled beside others ran 13x slower than the
-    same one compiled alone)."""
-    return min(16, os.cpu_count() or 1) if jax.default_backend() == "cpu" else 1
-
-
 def _ours(layer: Layer, batch: int, dtype: Any) -> str:
     """The impl ``depthwise_conv(impl="auto")`` runs for this layer here."""
     spec = _spec.make_spec(
@@ -288,7 +281,7 @@ def _ours(layer: Layer, batch: int, dtype: Any) -> str:
         padding_mode="zeros",
         data_format="channels_last",
     )
-    return dispatch.get_default_impl() or dispatch.auto_impl(spec, dtype=dtype)
+    return dispatch.get_default_impl() or dispatch.auto_impl(spec)
 
 
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
@@ -562,7 +555,9 @@ def measure_model(
             "resolved_impl": impl
             if impl != "auto"
             else "+".join(
-                sorted({_ours(Layer(112, 32, 3, s, 16), 1, dtype or "float32") for s in (1, 2)})
+                sorted(
+                    {_ours(Layer(112, 32, k, s, 16), 1, "float32") for k in (3, 5) for s in (1, 2)}
+                )
             ),
             "batch": batch,
             "image_size": image_size,
@@ -706,7 +701,7 @@ def run(args: argparse.Namespace) -> int:
             flax_max_batch=None if args.quick else args.flax_max_batch,
             impls=impls,
             fused_column=fused_column,
-            compile_threads=args.compile_threads or _default_compile_threads(),
+            compile_threads=args.compile_threads,
             budget=args.budget,
         )
     model: list[dict] = []
@@ -791,10 +786,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compile-threads",
         type=int,
-        default=None,
-        help="threads compiling a layer's functions before they are timed (default: "
-        "several on CPU, 1 elsewhere: XLA's GPU autotuner times candidate kernels while "
-        "it compiles, and concurrent compiles disturb those timings)",
+        default=min(16, os.cpu_count() or 1),
+        help="threads compiling a layer's functions before they are timed",
     )
     parser.add_argument(
         "--budget", type=float, default=None, help="seconds after which no new layer starts"

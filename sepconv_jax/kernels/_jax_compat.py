@@ -96,3 +96,11 @@ def quiet_triton_deprecation():
             category=DeprecationWarning,
         )
         yield
+
+
+def lowering_for_export(ctx) -> bool:
+    """Whether a lowering rule's ``ctx`` lowers for :func:`jax.export` (whose
+    artifacts may only hold custom calls with compatibility guarantees, which Pallas'
+    Triton and Mosaic calls are not). ``False`` where JAX does not say."""
+    params = getattr(getattr(ctx, "module_context", None), "lowering_parameters", None)
+    return bool(getattr(params, "for_export", False))

@@ -16,15 +16,17 @@ The rule for ``"auto"``, by platform and shape:
   :data:`MAX_SHIFT_TAPS` taps (more than a 7x7x7 3-D window), where the unrolled
   loop would compile slowly; then ``"xla"``.
 * ``cuda``: ``"pallas"`` (the Triton kernels of :mod:`sepconv_jax.kernels.pallas`)
-  for 16-bit floating inputs and for strided windows, ``"xla"`` otherwise. On one
-  H100 at batch 64 (``benchmarks/results/gpu/``, summarized in
-  ``benchmarks/RESULTS.md``): in float32 the Pallas kernels were faster
-  forward+backward than ``lax.conv_general_dilated`` on every strided
-  MobileNetV2/EfficientNet-B0 layer (1.16-1.83x) and no better at stride 1 (0.78-1.38x,
-  median about 1.0); in bfloat16 XLA's grouped convolution is far slower than the
-  Pallas kernels (a MobileNetV2 training step in bfloat16 took 13.1 s with ``"xla"``
-  and 88 ms with ``"pallas"``). 3-D windows go to ``"xla"`` (the Pallas kernels
-  delegate them there anyway).
+  for 2-D windows of at most 3x3 taps with a stride above 1, ``"xla"`` otherwise. On
+  one H100 at batch 64, forward+backward (``benchmarks/results/gpu/``, summarized in
+  ``benchmarks/RESULTS.md``), the Pallas kernels beat ``lax.conv_general_dilated``
+  on every strided 3x3 MobileNetV2/EfficientNet-B0 layer measured: 1.58-1.93x in
+  float32, 1.22-1.54x in bfloat16. At stride 1 the two were mixed (0.77-1.62x in
+  float32, median 1.03x; 0.81-1.78x in bfloat16, median 1.16x), and on 5x5 windows
+  XLA was mostly faster (0.89-1.16x in float32, 0.54-0.95x in bfloat16), so those
+  stay with XLA.
+  Lowered for :func:`jax.export`, ``"auto"`` runs ``"xla"`` on CUDA at every shape:
+  serialized artifacts may only hold custom calls with compatibility guarantees,
+  which the Triton calls do not have (:func:`kernel_for`).
 * ``rocm``, ``tpu`` and any other platform: ``"xla"``
   (``lax.conv_general_dilated`` with ``feature_group_count``). The Pallas kernels run
   there by name; none of them has been measured on those platforms yet.
@@ -68,7 +70,6 @@ from collections.abc import Callable, Iterator
 from typing import Literal
 
 import jax
-import numpy as np
 
 from sepconv_jax._spec import ConvSpec, check_choice
 from sepconv_jax.kernels import pallas, shift, xla
@@ -77,6 +78,7 @@ __all__ = [
     "FUSED_IMPLS",
     "IMPLS",
     "KERNELS",
+    "MAX_PALLAS_GPU_TAPS",
     "MAX_SHIFT_TAPS",
     "Impl",
     "Kernel",
@@ -154,6 +156,10 @@ FUSED_IMPLS: tuple[Impl, ...] = ("fused",)
 #: compiled in ~3 s; the tap loop is unrolled, so compile time grows with the window.
 MAX_SHIFT_TAPS = 343
 
+#: Largest window (taps) for which "auto" picks "pallas" on a GPU at a stride above 1:
+#: measured faster than "xla" on 3x3 windows, slower on 5x5 ones (see above).
+MAX_PALLAS_GPU_TAPS = 9
+
 _GLOBAL_DEFAULT: str | None = None
 _CONTEXT_DEFAULT: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "sepconv_jax_default_impl", default=None
@@ -163,15 +169,13 @@ _CONTEXT_DEFAULT: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 _PLATFORM_ALIASES = {"gpu": "cuda"}
 
 
-def auto_impl(spec: ConvSpec, platform: str | None = None, dtype=None) -> str:
+def auto_impl(spec: ConvSpec, platform: str | None = None) -> str:
     """The documented rule: the kernel ``"auto"`` picks for ``spec`` on ``platform``.
 
     Args:
       spec: the resolved convolution.
       platform: ``"cpu"``, ``"cuda"`` (or ``"gpu"``), ``"rocm"``, ``"tpu"``...;
         ``None`` means the platform of :func:`jax.default_backend`.
-      dtype: the dtype of the convolution's input (``None``: float32). On ``cuda``,
-        16-bit floats pick ``"pallas"`` at every stride.
 
     Returns:
       A key of :data:`KERNELS`.
@@ -184,25 +188,22 @@ def auto_impl(spec: ConvSpec, platform: str | None = None, dtype=None) -> str:
       ...     data_format="channels_last")
       >>> auto_impl(spec, "cpu"), auto_impl(spec, "cuda"), auto_impl(spec, "tpu")
       ('shift', 'xla', 'xla')
-      >>> auto_impl(spec, "cuda", jnp.bfloat16)
+      >>> import dataclasses
+      >>> auto_impl(dataclasses.replace(spec, strides=(2, 2)), "cuda")
       'pallas'
     """
     platform = jax.default_backend() if platform is None else platform
     platform = _PLATFORM_ALIASES.get(platform, platform)
     if platform == "cpu" and math.prod(spec.window) <= MAX_SHIFT_TAPS:
         return "shift"
-    if platform == "cuda" and spec.num_spatial <= 2:
-        half = dtype is not None and _is_half_float(dtype)
-        if half or any(s > 1 for s in spec.strides):
-            return "pallas"
+    if (
+        platform == "cuda"
+        and spec.num_spatial == 2
+        and math.prod(spec.window) <= MAX_PALLAS_GPU_TAPS
+        and any(s > 1 for s in spec.strides)
+    ):
+        return "pallas"
     return "xla"
-
-
-def _is_half_float(dtype) -> bool:
-    dtype = np.dtype(dtype)
-    return bool(np.issubdtype(dtype, np.floating) or dtype.name == "bfloat16") and (
-        dtype.itemsize == 2
-    )
 
 
 def fuse_separable(spec: ConvSpec, out_channels: int, platform: str | None = None) -> bool:
@@ -326,13 +327,20 @@ def resolve_override(impl: str) -> str:
     return impl
 
 
-def kernel_for(impl: str, spec: ConvSpec, platform: str | None, dtype=None) -> Kernel:
-    """The kernel that runs ``impl`` for ``spec`` (input ``dtype``) when lowered for
-    ``platform``.
+def kernel_for(
+    impl: str, spec: ConvSpec, platform: str | None, *, for_export: bool = False
+) -> Kernel:
+    """The kernel that runs ``impl`` for ``spec`` when lowered for ``platform``.
 
     ``platform=None`` stands for a platform without a lowering rule of its own,
-    where ``"auto"`` means ``"xla"``.
+    where ``"auto"`` means ``"xla"``. ``for_export``: the lowering is for
+    :func:`jax.export`, whose serialized artifacts may only hold custom calls with
+    compatibility guarantees; Pallas' Triton and Mosaic calls have none, so there
+    ``"auto"`` keeps to the kernels written in StableHLO (``"pallas"`` becomes
+    ``"xla"``). A kernel named explicitly is used as named.
     """
     if impl == "auto":
-        impl = "xla" if platform is None else auto_impl(spec, platform, dtype)
+        impl = "xla" if platform is None else auto_impl(spec, platform)
+        if for_export and impl in ("pallas", "fused"):
+            impl = "xla"
     return KERNELS[impl]

@@ -59,7 +59,7 @@ from jax.interpreters import ad, batching, mlir
 
 from sepconv_jax._spec import ConvSpec
 from sepconv_jax.kernels import dispatch
-from sepconv_jax.kernels._jax_compat import match_manual_axes
+from sepconv_jax.kernels._jax_compat import lowering_for_export, match_manual_axes
 
 __all__ = [
     "PLATFORMS",
@@ -306,7 +306,7 @@ for _prim in PRIMITIVES.values():
 
 def _lowering(map_name: str, platform: str | None):
     def rule(ctx, a, b, *, spec, impl, precision, preferred_element_type, out_dtype):
-        kernel = dispatch.kernel_for(impl, spec, platform, ctx.avals_in[0].dtype)
+        kernel = dispatch.kernel_for(impl, spec, platform, for_export=lowering_for_export(ctx))
         compute = functools.partial(
             getattr(kernel, map_name),
             spec=spec,
