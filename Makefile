@@ -49,8 +49,7 @@ bench: $(STAMP)
 # the device named inside, before the next starts):
 #   1. the MobileNetV2/EfficientNet-B0 depthwise layers at batch 64 (tune/): xla,
 #      shift and pallas against PyTorch's CUDA kernel, forward and forward+backward,
-#      bfloat16 and float32; the "xla" functions compile one at a time, since XLA's
-#      autotuner times convolution algorithms while it compiles;
+#      bfloat16 and float32;
 #   2. MobileNetV2 and EfficientNet-B0 training steps at batch 64 (models/), with
 #      "auto", "xla" and "pallas";
 #   3. the fused separable kernel against the unfused pair (fused/);
