@@ -384,6 +384,10 @@ def inference_function(
     Returns:
       ``f(x)``.
     """
+    from sepconv_jax.export.quantize import QuantizedModel
+
+    if isinstance(module, QuantizedModel):
+        return lambda x: module.apply(variables, x)
     kind = kind_of_model(module, variables)
     if kind == "function":
         return module

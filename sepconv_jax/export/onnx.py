@@ -146,6 +146,9 @@ def to_onnx(
     jax2onnx = require("jax2onnx")
     onnx = require("onnx")
     fn, spec = traced_function(module, variables, example_input, fold_batch_norm=fold_batch_norm)
+    from sepconv_jax.export import _qdq
+
+    _qdq.register()
     model = jax2onnx.to_onnx(fn, [spec], model_name="sepconv_jax_model", opset=OPSET)
     onnx.save(model, path)
     return path

@@ -9,9 +9,13 @@ returns a model that computes what an int8 runtime computes, in float arithmetic
   scale per output channel (``per_channel=True``) or one per tensor;
 * **activations**: the input and the output of every convolution and dense layer
   (for a separable convolution also the tensor between its two steps) are
-  asymmetric int8 in ``[-128, 127]``, one scale and zero point per tensor, from
+  asymmetric 8-bit, one scale and zero point per tensor, from
   the minimum and maximum seen on the calibration batches (widened to contain 0,
-  so that zero padding and ReLU zeros are exact);
+  so that zero padding and ReLU zeros are exact). They are stored as ``uint8`` in
+  ``[0, 255]`` with the zero point, the activation type onnxruntime recommends on
+  x86 (its "U8S8" kernels); an ``int8`` zero point in ``[-128, 127]`` holds the same
+  256 levels, and onnxruntime 1.32 rejects that form when it propagates QDQ
+  nodes through transposes;
 * biases, additions, activations and pooling stay in float, as a QDQ graph leaves
   them to the runtime.
 
@@ -63,7 +67,7 @@ __all__ = [
 Path = tuple[str, ...]
 
 WEIGHT_RANGE = (-127, 127)
-ACTIVATION_RANGE = (-128, 127)
+ACTIVATION_RANGE = (0, 255)
 
 # ----------------------------------------------------------------------------- fake quant
 
@@ -128,10 +132,10 @@ def fake_quant(
     Args:
       x: a float array.
       scale: a scalar, or one value per slice along ``axis``.
-      zero_point: int8 values of the same shape as ``scale``.
+      zero_point: int8 or uint8 values of the same shape as ``scale``.
       axis: the axis ``scale`` runs along, or ``None`` for one scale.
-      qmin, qmax: the integer range (``-127, 127`` for weights, ``-128, 127`` for
-        activations).
+      qmin, qmax: the integer range (``-127, 127`` for int8 weights, ``0, 255``
+        for uint8 activations).
 
     Returns:
       ``(clip(round(x / scale) + zero_point, qmin, qmax) - zero_point) * scale``.
@@ -143,7 +147,9 @@ def fake_quant(
       [0.5, -1.0, 9.0]
     """
     scale = jnp.asarray(scale, x.dtype)
-    zero_point = jnp.asarray(zero_point, jnp.int8)
+    zero_point = jnp.asarray(zero_point)
+    if zero_point.dtype not in (jnp.int8, jnp.uint8):
+        raise TypeError(f"`zero_point` must be int8 or uint8, got {zero_point.dtype}")
     if axis is not None:
         axis = axis % x.ndim
     return fake_quant_p.bind(x, scale, zero_point, axis=axis, qmin=int(qmin), qmax=int(qmax))
@@ -175,15 +181,21 @@ def weight_scales(kernel: Any, *, per_channel: bool) -> np.ndarray:
     return np.where(scale > 0, scale, 1.0).astype(np.float32)
 
 
-def activation_params(low: float, high: float) -> tuple[np.float32, np.int8]:
-    """Asymmetric int8 scale and zero point for values in ``[low, high]`` (0 included)."""
+def activation_params(low: float, high: float) -> tuple[np.float32, np.uint8]:
+    """Asymmetric 8-bit scale and uint8 zero point for ``[low, high]`` (0 included).
+
+    Example:
+      >>> scale, zero_point = activation_params(-1.0, 3.0)
+      >>> round(float(scale) * 255, 6), int(zero_point)
+      (4.0, 64)
+    """
     low, high = min(float(low), 0.0), max(float(high), 0.0)
     qmin, qmax = ACTIVATION_RANGE
     scale = (high - low) / (qmax - qmin)
     if scale == 0.0:
-        return np.float32(1.0), np.int8(0)
+        return np.float32(1.0), np.uint8(0)
     zero_point = int(np.clip(round(qmin - low / scale), qmin, qmax))
-    return np.float32(scale), np.int8(zero_point)
+    return np.float32(scale), np.uint8(zero_point)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -206,12 +218,16 @@ class QuantizedModel:
       layers: the paths of the quantized layers.
       folded: the paths of the batch norms folded away (identities here).
       per_channel: one weight scale per output channel, or one per tensor.
+      kinds: the unit kinds whose weights are quantized.
+      activations: whether activations are quantized.
     """
 
     model: nn.Module
     layers: tuple[Path, ...]
     folded: tuple[Path, ...]
     per_channel: bool
+    kinds: tuple[str, ...] = _layers.KINDS
+    activations: bool = True
 
     def apply(self, variables: Mapping[str, Any], x: Any, train: bool = False) -> jax.Array:
         """Runs the quantized model in inference mode (``train`` must be False)."""
@@ -223,16 +239,19 @@ class QuantizedModel:
         q = variables["quantization"]
         inner = {k: v for k, v in variables.items() if k != "quantization"}
         params = {path: dict(_model._subtree(inner["params"], path)) for path in self.layers}
-        per_channel = self.per_channel
+        per_channel, kinds, activations = self.per_channel, self.kinds, self.activations
 
         def hooks(path: Path, module: nn.Module):
             if path not in params:
                 return None
             qp = q[_key(path)]
+            units = _layers.layer_units(module, params[path])
 
             def hook(stage: str, i: int, value: jax.Array) -> jax.Array:
                 unit = qp[f"unit{i}"]
                 if stage == "kernel":
+                    if units[i].kind not in kinds:
+                        return value
                     scale = unit["kernel_scale"]
                     return fake_quant(
                         value,
@@ -242,6 +261,10 @@ class QuantizedModel:
                         qmin=WEIGHT_RANGE[0],
                         qmax=WEIGHT_RANGE[1],
                     )
+                if not activations:
+                    if record is not None and stage == "output":
+                        record[(path, i)] = value
+                    return value
                 out = fake_quant(
                     value,
                     unit[f"{stage}_scale"],
@@ -314,6 +337,8 @@ def quantize(
     calibration_batches: Any,
     *,
     per_channel: bool = True,
+    kinds: tuple[str, ...] = _layers.KINDS,
+    activations: bool = True,
 ) -> tuple[QuantizedModel, dict[str, Any]]:
     """Post-training int8 quantization of a linen model, simulated in JAX.
 
@@ -323,6 +348,10 @@ def quantize(
       calibration_batches: an array, or an iterable of arrays, of model inputs; the
         activation ranges are their minimum and maximum.
       per_channel: one weight scale per output channel (True) or per tensor.
+      kinds: the kinds of unit whose weights are quantized (all by default); with
+        ``("depthwise",)`` only depthwise kernels are, which isolates their failure
+        mode.
+      activations: quantize activations (True) or leave them in float.
 
     Returns:
       ``(qmodel, qvariables)``: run with ``qmodel.apply(qvariables, x)``; export with
@@ -353,6 +382,10 @@ def quantize(
     _model.kind_of_model(module, variables)
     if not isinstance(per_channel, bool):
         raise TypeError(f"`per_channel` must be a bool, got {type(per_channel).__name__}")
+    if not isinstance(activations, bool):
+        raise TypeError(f"`activations` must be a bool, got {type(activations).__name__}")
+    if isinstance(kinds, str) or not all(k in _layers.KINDS for k in kinds):
+        raise ValueError(f"`kinds` must be a tuple of names from {_layers.KINDS}, got {kinds!r}")
     batches = _batches(calibration_batches)
     example = jax.ShapeDtypeStruct(batches[0].shape, batches[0].dtype)
     discovery = _model.discover(module, variables, example)
@@ -388,6 +421,8 @@ def quantize(
         layers=tuple(info.path for info in discovery.layers),
         folded=tuple(discovery.folds.values()),
         per_channel=per_channel,
+        kinds=tuple(kinds),
+        activations=activations,
     )
     return qmodel, qvariables
 
@@ -438,8 +473,11 @@ def layer_sqnr_table(
     For every unit (a separable convolution has a depthwise and a pointwise unit),
     in the order the model runs them:
 
-    * ``weight_sqnr_per_tensor`` / ``weight_sqnr_per_channel``: ``10 log10(sum W^2 /
-      sum (W - Q(W))^2)`` of the folded kernel under each weight scheme;
+    * ``weight_sqnr_per_tensor`` / ``weight_sqnr_per_channel``: the median over output
+      channels ``c`` of ``10 log10(sum W_c^2 / sum (W_c - Q(W_c))^2)``, the folded
+      kernel's SQNR per channel under each weight scheme (a median, because the
+      SQNR of the whole tensor is set by its largest channels and hides the small
+      ones that per-tensor scales lose);
     * ``output_sqnr_per_tensor`` / ``output_sqnr_per_channel``: the same ratio for the
       unit's output in the fully quantized model against the float model, summed
       over ``eval_batches`` (the error accumulated up to that unit).
@@ -500,10 +538,13 @@ def layer_sqnr_table(
                     )
                 )
                 row["channels"] = kernel.shape[-1]
-                row[f"weight_sqnr_{label}"] = _sqnr_db(
-                    float(np.sum(kernel.astype(np.float64) ** 2)),
-                    float(np.sum((kernel.astype(np.float64) - q) ** 2)),
-                )
+                w = kernel.astype(np.float64).reshape(-1, kernel.shape[-1])
+                err = w - q.astype(np.float64).reshape(w.shape)
+                per_channel_db = [
+                    _sqnr_db(float(np.sum(w[:, c] ** 2)), float(np.sum(err[:, c] ** 2)))
+                    for c in range(w.shape[1])
+                ]
+                row[f"weight_sqnr_{label}"] = float(np.median(per_channel_db))
                 row[f"output_sqnr_{label}"] = _sqnr_db(signal[name], noise[name])
             rows.append(row)
     return rows
