@@ -20,10 +20,14 @@ names the primitive.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import itertools
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+from jax import lax
 from jax.extend import core as jcore
 
 from sepconv_jax.kernels import op as _op
@@ -109,10 +113,54 @@ def _rewrite_param(value: Any, prim_name: str) -> Any:
     return value
 
 
+_POOL_AS_SLICES: list[bool] = [False]
+
+
+@contextlib.contextmanager
+def _options(pool_as_slices: bool) -> Iterator[None]:
+    _POOL_AS_SLICES.append(pool_as_slices)
+    try:
+        yield
+    finally:
+        _POOL_AS_SLICES.pop()
+
+
+def _is_channels_last_pool(eqn: jcore.JaxprEqn) -> bool:
+    params = eqn.params
+    window = params["window_dimensions"]
+    return (
+        eqn.primitive.name == "reduce_window_max"
+        and len(window) >= 3
+        and window[0] == 1
+        and window[-1] == 1
+        and params["window_strides"][0] == 1
+        and params["window_strides"][-1] == 1
+        and all(d == 1 for d in params["base_dilation"])
+        and all(d == 1 for d in params["window_dilation"])
+    )
+
+
+def _pool_as_slices(eqn: jcore.JaxprEqn, x: jax.Array) -> jax.Array:
+    """``reduce_window_max`` as the maximum of strided slices of the padded input."""
+    params = eqn.params
+    window, strides = params["window_dimensions"], params["window_strides"]
+    x = lax.pad(x, jnp.array(-jnp.inf, x.dtype), [(lo, hi, 0) for lo, hi in params["padding"]])
+    out_shape = eqn.outvars[0].aval.shape
+    result = None
+    for offsets in itertools.product(*(range(w) for w in window)):
+        start = list(offsets)
+        limit = [o + (n - 1) * s + 1 for o, n, s in zip(offsets, out_shape, strides, strict=True)]
+        part = lax.slice(x, start, limit, strides)
+        result = part if result is None else jnp.maximum(result, part)
+    return result
+
+
 def _eval_eqn(eqn: jcore.JaxprEqn, invals: list[Any]) -> list[Any]:
     prim = eqn.primitive
     if prim in _MAPS:
         return [_reference(eqn, *invals)]
+    if _POOL_AS_SLICES[-1] and prim.name == "reduce_window_max" and _is_channels_last_pool(eqn):
+        return [_pool_as_slices(eqn, *invals)]
     subs = jcore.jaxprs_in_params(eqn.params)
     if subs and any(contains_depthwise(sub) for sub in subs):
         body_name = _INLINE.get(prim.name)
@@ -151,13 +199,21 @@ def _eval(jaxpr: jcore.Jaxpr, consts: Sequence[Any], args: Sequence[Any]) -> lis
     return [read(v) for v in jaxpr.outvars]
 
 
-def reference_kernels(fn: Callable[..., Any], *example_args: Any) -> Callable[..., Any]:
+def reference_kernels(
+    fn: Callable[..., Any], *example_args: Any, pool_as_slices: bool = False
+) -> Callable[..., Any]:
     """``fn`` traced at ``example_args`` and rewritten to use the reference kernel.
 
     Args:
       fn: a function of arrays (positional) returning an array or a pytree of arrays.
       *example_args: arrays or :class:`jax.ShapeDtypeStruct` fixing the shapes and
         dtypes ``fn`` is traced at.
+      pool_as_slices: also write each channels-last max pooling (``reduce_window_max``
+        with a window of 1 over the first and last dims) as the maximum of its
+        strided window slices. jax2onnx 0.13 lowers ``reduce_window_max`` of a
+        4-d array to a ``MaxPool`` over four spatial dims, which onnxruntime
+        refuses ("Unsupported pooling size"); the slices are what a max pooling
+        computes, in ops every ONNX runtime has.
 
     Returns:
       A function of the same arguments computing the same values, in which every
@@ -181,13 +237,12 @@ def reference_kernels(fn: Callable[..., Any], *example_args: Any) -> Callable[..
       >>> bool(jnp.allclose(g(x), f(x)))
       True
     """
-    closed = jax.make_jaxpr(fn, return_shape=True)(*example_args)
-    closed, out_shape = closed
+    closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*example_args)
     out_tree = jax.tree.structure(out_shape)
 
     def rewritten(*args: Any) -> Any:
-        flat_args = jax.tree.leaves(args)
-        outs = _eval(closed.jaxpr, closed.consts, flat_args)
+        with _options(pool_as_slices):
+            outs = _eval(closed.jaxpr, closed.consts, jax.tree.leaves(args))
         return jax.tree.unflatten(out_tree, outs)
 
     return rewritten

@@ -66,12 +66,15 @@ def traced_function(
     *,
     fold_batch_norm: bool = True,
     hooks: Any = None,
+    pool_as_slices: bool = False,
 ) -> tuple[Any, jax.ShapeDtypeStruct]:
     """The model as an exportable ``f(x)``: inference mode, folded, reference kernels.
 
     Args:
       module, variables, example_input, fold_batch_norm: as in :func:`to_onnx`.
       hooks: per-layer unit hooks (the int8 simulation), see ``_model``.
+      pool_as_slices: write max pooling as slices (for jax2onnx, see
+        :func:`sepconv_jax.export._rewrite.reference_kernels`).
 
     Returns:
       ``(f, spec)``: the function, whose jaxpr holds no depthwise primitive of ours,
@@ -84,7 +87,7 @@ def traced_function(
     fn = _model.inference_function(
         module, variables, spec, fold_batch_norm=fold_batch_norm, **kwargs
     )
-    return _rewrite.reference_kernels(fn, spec), spec
+    return _rewrite.reference_kernels(fn, spec, pool_as_slices=pool_as_slices), spec
 
 
 def _check_path(path: Any) -> str:
@@ -145,7 +148,9 @@ def to_onnx(
     path = _check_path(path)
     jax2onnx = require("jax2onnx")
     onnx = require("onnx")
-    fn, spec = traced_function(module, variables, example_input, fold_batch_norm=fold_batch_norm)
+    fn, spec = traced_function(
+        module, variables, example_input, fold_batch_norm=fold_batch_norm, pool_as_slices=True
+    )
     from sepconv_jax.export import _qdq
 
     _qdq.register()
