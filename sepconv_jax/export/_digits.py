@@ -110,11 +110,15 @@ def population_statistics(model: nn.Module, variables: dict[str, Any], x: np.nda
             momenta[tuple(context.module.path)] = context.module.momentum
         return next_fun(*args, **kwargs)
 
-    with nn.intercept_methods(record):
-        _, updates = model.apply(
-            variables, jnp.asarray(x), train=True, mutable=["batch_stats"],
-            rngs={"dropout": jax.random.key(0)},
-        )
+    def batch_stats(variables, x):
+        with nn.intercept_methods(record):
+            _, updates = model.apply(
+                variables, x, train=True, mutable=["batch_stats"],
+                rngs={"dropout": jax.random.key(0)},
+            )
+        return updates
+
+    updates = jax.jit(batch_stats)(variables, jnp.asarray(x))
 
     def solve(path, new, old):
         names = tuple(k.key for k in path[:-1])

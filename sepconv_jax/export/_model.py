@@ -30,6 +30,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 from flax import nnx
 from jax.extend import core as jcore
 from jax.interpreters import mlir
@@ -351,8 +352,8 @@ def folded_parameters(
             offset=bn_params.get("bias") if bn.use_bias else None,
             epsilon=bn.epsilon,
         )
-        params[unit.kernel] = kernel
-        params[unit.bias] = bias
+        params[unit.kernel] = jnp.asarray(kernel)
+        params[unit.bias] = jnp.asarray(bias)
         out[layer_path] = params
     return out
 

@@ -21,7 +21,6 @@ Keras and in our reference models, not Flax's default 1e-5).
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 from jax.typing import ArrayLike
 
@@ -47,7 +46,7 @@ def fold_batch_norm(
     scale: ArrayLike | None = None,
     offset: ArrayLike | None = None,
     epsilon: float,
-) -> tuple[jax.Array, jax.Array]:
+) -> tuple[np.ndarray, np.ndarray]:
     """The kernel and bias of ``bn(conv(x, kernel) + bias)`` as one convolution.
 
     Args:
@@ -62,7 +61,7 @@ def fold_batch_norm(
 
     Returns:
       ``(kernel * s, (bias - mean) * s + offset)`` with ``s = scale / sqrt(var +
-      epsilon)``, in the kernel's dtype.
+      epsilon)``, NumPy arrays in the kernel's dtype.
 
     Raises:
       ValueError: when a vector's length is not the kernel's output channel count,
@@ -92,4 +91,4 @@ def fold_batch_norm(
     dtype = kernel.dtype if np.issubdtype(kernel.dtype, np.floating) else np.float32
     folded_kernel = (kernel.astype(np.float64) * s).astype(dtype)
     folded_bias = ((b - mean) * s + beta).astype(dtype)
-    return jax.numpy.asarray(folded_kernel), jax.numpy.asarray(folded_bias)
+    return folded_kernel, folded_bias
