@@ -74,7 +74,11 @@ def tflite_ops(path: str | os.PathLike | bytes) -> dict[str, int]:
     require("tensorflow", "litert")
     from tensorflow.lite.python import schema_py_generated as schema
 
-    data = path if isinstance(path, bytes) else open(os.fspath(path), "rb").read()
+    if isinstance(path, bytes):
+        data = path
+    else:
+        with open(os.fspath(path), "rb") as f:
+            data = f.read()
     model = schema.Model.GetRootAsModel(data, 0)
     names = {
         value: name

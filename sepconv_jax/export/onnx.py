@@ -20,6 +20,7 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from sepconv_jax.export import _model, _rewrite
@@ -48,7 +49,7 @@ def _example_spec(example_input: Any) -> jax.ShapeDtypeStruct:
         return example_input
     if hasattr(example_input, "shape") and hasattr(example_input, "dtype"):
         dtype = np.dtype(example_input.dtype)
-        if not np.issubdtype(dtype, np.floating):
+        if not jnp.issubdtype(dtype, jnp.floating):
             raise TypeError(
                 f"`example_input` must be a floating array (the model's input), got dtype {dtype}"
             )
