@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from flax import nnx
 
@@ -17,19 +16,22 @@ from sepconv_jax import linen as sl
 from sepconv_jax import models
 from sepconv_jax import nnx as sn
 from sepconv_jax.kernels.dispatch import default_impl
-from tests.test_export_onnx import REL, random_variables, relative_error
+from tests.export_helpers import REL, random_variables, relative_error
 
 pytest.importorskip("tensorflow")
 pytest.importorskip("ai_edge_litert")
 
-from sepconv_jax.export.litert import run_tflite, tflite_ops, to_tflite  # noqa: E402
+from sepconv_jax.export.litert import run_tflite, tflite_ops, to_tflite
 
 # (model, input side, depthwise layers, 1x1 + standard convolutions)
 MODELS = {
     "mobilenet_v1": (lambda: models.MobileNetV1(num_classes=10, width_multiplier=0.25), 32, 13, 14),
     "mobilenet_v2": (lambda: models.MobileNetV2(num_classes=10, width_multiplier=0.35), 32, 17, 35),
     "efficientnet": (
-        lambda: models.EfficientNet(num_classes=10, depth_coefficient=0.25), 32, 7, 29
+        lambda: models.EfficientNet(num_classes=10, depth_coefficient=0.25),
+        32,
+        7,
+        29,
     ),
     "xception": (lambda: models.Xception(num_classes=10), 64, 34, 40),
 }
@@ -74,4 +76,3 @@ def test_rejects_non_float32(tmp_path):
     variables = layer.init(jax.random.key(0), x)
     with pytest.raises(TypeError, match="float32"):
         to_tflite(layer, variables, x, tmp_path / "m.tflite")
-

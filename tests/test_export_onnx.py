@@ -30,54 +30,9 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("jax2onnx")
 
-import onnx  # noqa: E402
+import onnx
 
-REL = 1e-5
-
-
-def relative_error(got, want):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return float(np.abs(got - want).max() / np.abs(want).max())
-
-
-def trained_like(variables, seed=0):
-    """``variables`` with batch-norm statistics and affine terms away from their init."""
-    rng = np.random.default_rng(seed)
-
-    def perturb(path, leaf):
-        names = [getattr(k, "key", "") for k in path]
-        leaf = np.asarray(leaf)
-        if names[-1] == "mean":
-            return jnp.asarray(rng.normal(0.0, 0.2, leaf.shape), leaf.dtype)
-        if names[-1] == "var":
-            return jnp.asarray(rng.uniform(0.5, 2.0, leaf.shape), leaf.dtype)
-        if names[-1] == "scale":
-            return jnp.asarray(rng.uniform(0.5, 1.5, leaf.shape), leaf.dtype)
-        if names[-1] == "bias" and names[-2].endswith("bn"):
-            return jnp.asarray(rng.normal(0.0, 0.2, leaf.shape), leaf.dtype)
-        return leaf
-
-    return jax.tree_util.tree_map_with_path(perturb, variables)
-
-
-def random_variables(model, x, seed=0):
-    """Variables of ``model`` for input ``x`` without running ``init``: kernels with
-    variance ``1 / fan_in``, small random biases, batch norms away from their init."""
-    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        name = getattr(path[-1], "key", "")
-        if name == "var":
-            return jnp.asarray(rng.uniform(0.5, 2.0, leaf.shape), leaf.dtype)
-        if name == "scale":
-            return jnp.asarray(rng.uniform(0.5, 1.5, leaf.shape), leaf.dtype)
-        if leaf.ndim >= 2:
-            fan_in = int(np.prod(leaf.shape[:-1]))
-            return jnp.asarray(rng.normal(0.0, fan_in**-0.5, leaf.shape), leaf.dtype)
-        return jnp.asarray(rng.normal(0.0, 0.2, leaf.shape), leaf.dtype)  # bias, mean
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
+from tests.export_helpers import REL, random_variables, relative_error, trained_like
 
 
 def conv_weight_shapes(model):
@@ -98,13 +53,28 @@ def conv_weight_shapes(model):
 # slices for ONNX) and subsample their shortcut with one more slice: 40 slices.
 MODELS = {
     "mobilenet_v1": (
-        lambda: models.MobileNetV1(num_classes=10, width_multiplier=0.25), 32, 13, 13, 1, 0
+        lambda: models.MobileNetV1(num_classes=10, width_multiplier=0.25),
+        32,
+        13,
+        13,
+        1,
+        0,
     ),
     "mobilenet_v2": (
-        lambda: models.MobileNetV2(num_classes=10, width_multiplier=0.35), 32, 17, 34, 1, 0
+        lambda: models.MobileNetV2(num_classes=10, width_multiplier=0.35),
+        32,
+        17,
+        34,
+        1,
+        0,
     ),
     "efficientnet": (
-        lambda: models.EfficientNet(num_classes=10, depth_coefficient=0.25), 32, 7, 28, 1, 0
+        lambda: models.EfficientNet(num_classes=10, depth_coefficient=0.25),
+        32,
+        7,
+        28,
+        1,
+        0,
     ),
     "xception": (lambda: models.Xception(num_classes=10), 64, 34, 34 + 4, 2, 40),
 }
@@ -163,7 +133,11 @@ LAYERS = [
         lambda: sl.DepthwiseConv(kernel_size=(3, 3), kernel_dilation=2, padding_mode="reflect"),
         (1, 10, 10, 3),
     ),
-    ("depthwise_1d_causal", lambda: sl.DepthwiseConv(kernel_size=(5,), padding="CAUSAL"), (2, 16, 4)),
+    (
+        "depthwise_1d_causal",
+        lambda: sl.DepthwiseConv(kernel_size=(5,), padding="CAUSAL"),
+        (2, 16, 4),
+    ),
     (
         "separable_channels_first",
         lambda: sl.SeparableConv(features=5, kernel_size=(3, 3), data_format="channels_first"),

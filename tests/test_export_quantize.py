@@ -68,9 +68,7 @@ def test_fold_batch_norm_equals_the_batch_norm_formula():
     gamma, beta, eps = rng.normal(size=6), rng.normal(size=6), 1e-3
     z = reference.depthwise_conv_nd(x, kernel, bias=bias)
     want = (z - mean) / np.sqrt(var + eps) * gamma + beta  # Keras: eps inside the sqrt
-    k, b = fold_batch_norm(
-        kernel, bias, mean=mean, var=var, scale=gamma, offset=beta, epsilon=eps
-    )
+    k, b = fold_batch_norm(kernel, bias, mean=mean, var=var, scale=gamma, offset=beta, epsilon=eps)
     got = reference.depthwise_conv_nd(x, np.asarray(k), bias=np.asarray(b))
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
     assert k.dtype == np.float64 and b.dtype == np.float64
@@ -168,8 +166,12 @@ def _depthwise_spread_breaks_per_tensor_weights(digits_net):
     accs = {}
     for per_channel in (False, True):
         qmodel, qvars = quantize.quantize(
-            net, spread_vars, [x_train[:256]], per_channel=per_channel,
-            kinds=("depthwise",), activations=False,
+            net,
+            spread_vars,
+            [x_train[:256]],
+            per_channel=per_channel,
+            kinds=("depthwise",),
+            activations=False,
         )
         accs[per_channel] = _accuracy(qmodel, qvars, x_test, y_test)
     assert accs[True] >= float_acc - 0.02

@@ -113,7 +113,10 @@ def population_statistics(model: nn.Module, variables: dict[str, Any], x: np.nda
     def batch_stats(variables, x):
         with nn.intercept_methods(record):
             _, updates = model.apply(
-                variables, x, train=True, mutable=["batch_stats"],
+                variables,
+                x,
+                train=True,
+                mutable=["batch_stats"],
                 rngs={"dropout": jax.random.key(0)},
             )
         return updates

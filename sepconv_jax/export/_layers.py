@@ -158,4 +158,6 @@ def apply_layer(
         clone = module.clone(parent=None, use_bias="bias" in new)
         y = clone.apply({"params": new}, x)
         return hook("output", 0, y)
-    raise TypeError(f"{type(module).__name__} is not a convolution or dense layer")  # pragma: no cover
+    raise TypeError(
+        f"{type(module).__name__} is not a convolution or dense layer"
+    )  # pragma: no cover

@@ -278,8 +278,7 @@ def _fold_refusal(state: _Discover, uses, bn_path: Path, layer_path: Path | None
         return "the batch norm or its layer runs more than once (shared weights)"
     eqns, aval = uses[layer_path]
     is_bn_tag = [
-        e is not None and e.primitive is _tag_p and e.params["tag"] == ("bn", bn_path)
-        for e in eqns
+        e is not None and e.primitive is _tag_p and e.params["tag"] == ("bn", bn_path) for e in eqns
     ]
     if len(eqns) != 1 or not is_bn_tag[0]:
         return "the layer's output has other uses besides the batch norm"

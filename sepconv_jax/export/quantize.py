@@ -86,9 +86,9 @@ def _fake_quant_impl(x, scale, zero_point, *, axis, qmin, qmax):
     return ((q - zp) * scale).astype(x.dtype)
 
 
-fake_quant_p.def_impl(functools.partial(jax.jit, static_argnames=("axis", "qmin", "qmax"))(
-    _fake_quant_impl
-))
+fake_quant_p.def_impl(
+    functools.partial(jax.jit, static_argnames=("axis", "qmin", "qmax"))(_fake_quant_impl)
+)
 fake_quant_p.def_abstract_eval(lambda x, scale, zero_point, **_: x.update(weak_type=False))
 mlir.register_lowering(fake_quant_p, mlir.lower_fun(_fake_quant_impl, multiple_results=False))
 
@@ -167,9 +167,9 @@ def weight_scales(kernel: Any, *, per_channel: bool) -> np.ndarray:
     Example:
       >>> import numpy as np
       >>> w = np.array([[1.27, -0.254], [0.0, 0.127]])
-      >>> np.round(weight_scales(w, per_channel=True), 6).tolist()
+      >>> [round(float(s), 6) for s in weight_scales(w, per_channel=True)]
       [0.01, 0.002]
-      >>> np.round(weight_scales(w, per_channel=False), 6).tolist()
+      >>> round(float(weight_scales(w, per_channel=False)), 6)
       0.01
     """
     w = np.abs(np.asarray(kernel, np.float64))
@@ -322,9 +322,7 @@ def _float_recorder(module, variables, discovery, example):
 
             return hook
 
-        fn = _model.inference_function(
-            module, variables, example, hooks=hooks, discovery=discovery
-        )
+        fn = _model.inference_function(module, variables, example, hooks=hooks, discovery=discovery)
         y = fn(x)
         return y, {"|".join((_key(p), s, str(i))): v for (p, s, i), v in record.items()}
 
@@ -407,7 +405,9 @@ def quantize(
         _set_subtree(params, info.path, dict(layer_params))
         units = {}
         for i, unit in enumerate(info.units):
-            entry = {"kernel_scale": weight_scales(layer_params[unit.kernel], per_channel=per_channel)}
+            entry = {
+                "kernel_scale": weight_scales(layer_params[unit.kernel], per_channel=per_channel)
+            }
             for stage in ("input", "output"):
                 name = "|".join((_key(info.path), stage, str(i)))
                 scale, zero_point = activation_params(low[name], high[name])
@@ -513,7 +513,9 @@ def layer_sqnr_table(
             for name, value in quants.items():
                 layer, unit = name.rsplit("|", 1)
                 ref = floats["|".join((layer, "output", unit))]
-                signal[name] = signal.get(name, 0.0) + float(np.sum(np.asarray(ref, np.float64) ** 2))
+                signal[name] = signal.get(name, 0.0) + float(
+                    np.sum(np.asarray(ref, np.float64) ** 2)
+                )
                 noise[name] = noise.get(name, 0.0) + float(
                     np.sum((np.asarray(ref, np.float64) - np.asarray(value, np.float64)) ** 2)
                 )
