@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from sepconv_jax import linen as sl
-from sepconv_jax.export import _digits, fold_batch_norm, quantize, spread
-from sepconv_jax.export.quantize import (
+from sepconv_jax.export import _digits, fold_batch_norm, quantization, spread
+from sepconv_jax.export.quantization import (
     activation_params,
     fake_quant,
     layer_sqnr_table,
@@ -81,7 +81,7 @@ def test_quantized_separable_layer_equals_numpy_definition():
     x = jax.random.normal(jax.random.key(0), (2, 9, 9, 3))
     variables = layer.init(jax.random.key(1), x)
     variables = {"params": dict(variables["params"], bias=jnp.linspace(-0.3, 0.3, 5))}
-    qmodel, qvars = quantize.quantize(layer, variables, [x])
+    qmodel, qvars = quantization.quantize(layer, variables, [x])
     got = qmodel.apply(qvars, x)
 
     p, q = variables["params"], qvars["quantization"]["<root>"]
@@ -116,13 +116,13 @@ def test_quantize_errors():
     x = jnp.ones((1, 2, 2, 3))
     variables = layer.init(jax.random.key(0), x)
     with pytest.raises(TypeError, match="`module`"):
-        quantize.quantize(lambda x: x, None, [x])
+        quantization.quantize(lambda x: x, None, [x])
     with pytest.raises(ValueError, match="`calibration_batches` is empty"):
-        quantize.quantize(layer, variables, [])
+        quantization.quantize(layer, variables, [])
     with pytest.raises(TypeError, match="`per_channel`"):
-        quantize.quantize(layer, variables, [x], per_channel="yes")
+        quantization.quantize(layer, variables, [x], per_channel="yes")
     with pytest.raises(ValueError, match="`kinds`"):
-        quantize.quantize(layer, variables, [x], kinds=("conv",))
+        quantization.quantize(layer, variables, [x], kinds=("conv",))
 
 
 @pytest.fixture(scope="module")
@@ -136,17 +136,19 @@ def digits_net():
 
 
 def _accuracy(model, variables, x, y):
-    return quantize.accuracy(jax.jit(lambda x: model.apply(variables, x)), x, y)
+    return quantization.accuracy(jax.jit(lambda x: model.apply(variables, x)), x, y)
 
 
 def _trained_network_survives_int8(digits_net):
     net, variables, x_train, x_test, y_test = digits_net
-    float_acc = quantize.accuracy(
+    float_acc = quantization.accuracy(
         jax.jit(lambda x: net.apply(variables, x, train=False)), x_test, y_test
     )
     assert float_acc > 0.85
     for per_channel in (False, True):
-        qmodel, qvars = quantize.quantize(net, variables, [x_train[:256]], per_channel=per_channel)
+        qmodel, qvars = quantization.quantize(
+            net, variables, [x_train[:256]], per_channel=per_channel
+        )
         assert _accuracy(qmodel, qvars, x_test, y_test) >= float_acc - 0.03
 
 
@@ -160,12 +162,12 @@ def _depthwise_spread_breaks_per_tensor_weights(digits_net):
     f = jax.jit(lambda v, x: net.apply(v, x, train=False))
     want = np.asarray(f(variables, x_test))
     np.testing.assert_allclose(f(spread_vars, x_test), want, atol=1e-5 * np.abs(want).max())
-    float_acc = quantize.accuracy(lambda x: f(variables, x), x_test, y_test)
+    float_acc = quantization.accuracy(lambda x: f(variables, x), x_test, y_test)
     # Depthwise weights alone in int8: one scale per tensor loses the small channels,
     # one per channel keeps them (the construction moves no range elsewhere).
     accs = {}
     for per_channel in (False, True):
-        qmodel, qvars = quantize.quantize(
+        qmodel, qvars = quantization.quantize(
             net,
             spread_vars,
             [x_train[:256]],
@@ -192,7 +194,7 @@ def _qdq_onnx_runs_in_onnxruntime(digits_net, tmp_path):
     from sepconv_jax.export.onnx import session
 
     net, variables, x_train, x_test, _ = digits_net
-    qmodel, qvars = quantize.quantize(net, variables, [x_train[:256]], per_channel=True)
+    qmodel, qvars = quantization.quantize(net, variables, [x_train[:256]], per_channel=True)
     x = x_test[:1]
     path = to_onnx(qmodel, qvars, x, tmp_path / "q.onnx")
     ops = op_counts(path)

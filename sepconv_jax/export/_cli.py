@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     """Builds, initializes, optionally quantizes and exports; prints what it wrote."""
     from sepconv_jax.export import to_onnx
     from sepconv_jax.export.litert import to_tflite
-    from sepconv_jax.export.quantize import quantize
+    from sepconv_jax.export.quantization import quantize
 
     if args.int8 and args.format != "onnx":
         raise SystemExit("--int8 is available for --format onnx only")

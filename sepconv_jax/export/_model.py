@@ -384,7 +384,7 @@ def inference_function(
     Returns:
       ``f(x)``.
     """
-    from sepconv_jax.export.quantize import QuantizedModel
+    from sepconv_jax.export.quantization import QuantizedModel
 
     if isinstance(module, QuantizedModel):
         return lambda x: module.apply(variables, x)

@@ -1,4 +1,4 @@
-"""ONNX lowering of :data:`~sepconv_jax.export.quantize.fake_quant_p` for ``jax2onnx``.
+"""ONNX lowering of :data:`~sepconv_jax.export.quantization.fake_quant_p` for ``jax2onnx``.
 
 One fake quantization becomes ``QuantizeLinear`` then ``DequantizeLinear`` with the
 same scale and int8 zero point (``axis`` set for per-channel scales): the QDQ form
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sepconv_jax.export.quantize import fake_quant_p
+from sepconv_jax.export.quantization import fake_quant_p
 
 _REGISTERED = False
 
@@ -24,7 +24,7 @@ def register() -> None:
 
     @register_primitive(
         jaxpr_primitive=fake_quant_p.name,
-        jax_doc="sepconv_jax.export.quantize.fake_quant",
+        jax_doc="sepconv_jax.export.quantization.fake_quant",
         onnx=[{"component": "QuantizeLinear"}, {"component": "DequantizeLinear"}],
         since="0.1.0",
         context="primitives.sepconv_jax",

@@ -124,7 +124,7 @@ def latency_table(
         if runtime == "onnxruntime":
             path = to_onnx(module, variables, x, os.path.join(folder, "model.onnx"))
         else:
-            from sepconv_jax.export.quantize import quantize
+            from sepconv_jax.export.quantization import quantize
 
             batches = [x] if calibration_batches is None else calibration_batches
             qmodel, qvars = quantize(module, variables, batches, per_channel=True)
