@@ -41,6 +41,22 @@ CHUNKS = (1, 16, 160)
 
 
 @dataclasses.dataclass(frozen=True)
+class _Sizes:
+    """Sizes of a run: audio seconds, training steps, batch and window, chunk-1 coverage."""
+
+    train_seconds: float
+    test_seconds: float
+    steps: int
+    batch: int
+    window: int
+    one_sample_frames: int
+
+
+_FULL = _Sizes(30.0, 10.0, 150, 16, 2048, SAMPLE_RATE)
+_QUICK = _Sizes(4.0, 1.0, 10, 8, 1024, 800)
+
+
+@dataclasses.dataclass(frozen=True)
 class ChunkRun:
     """One chunk size of a :class:`StreamRun`.
 
@@ -221,30 +237,18 @@ def run_stream(*, quick: bool = False, seed: int = 0) -> StreamRun:
       A :class:`StreamRun`.
     """
     begin = time.perf_counter()
-    sizes = {
-        "train_seconds": 4.0 if quick else 30.0,
-        "test_seconds": 1.0 if quick else 10.0,
-        "steps": 10 if quick else 150,
-        "batch": 8 if quick else 16,
-        "window": 1024 if quick else 2048,
-        "one_sample_frames": 800 if quick else SAMPLE_RATE,
-    }
+    sizes = _QUICK if quick else _FULL
     model = StreamingDetector()
-    train_audio = event_audio(sizes["train_seconds"], seed=seed)
-    test_audio = event_audio(sizes["test_seconds"], seed=seed + 1)
+    train_audio = event_audio(sizes.train_seconds, seed=seed)
+    test_audio = event_audio(sizes.test_seconds, seed=seed + 1)
     params, losses, train_s = _train(
-        model,
-        train_audio,
-        steps=sizes["steps"],
-        batch=sizes["batch"],
-        length=sizes["window"],
-        seed=seed,
+        model, train_audio, steps=sizes.steps, batch=sizes.batch, length=sizes.window, seed=seed
     )
     waveform = test_audio.waveform
     offline = np.asarray(jax.jit(model.apply)({"params": params}, waveform[None, :, None])[0])
     runs, probabilities = [], None
     for chunk in CHUNKS:
-        limit = sizes["one_sample_frames"] if chunk == 1 else len(waveform)
+        limit = sizes.one_sample_frames if chunk == 1 else len(waveform)
         frames = limit // chunk * chunk
         logits, seconds = stream(model, params, waveform, chunk, frames)
         median = float(np.median(seconds))
@@ -264,7 +268,7 @@ def run_stream(*, quick: bool = False, seed: int = 0) -> StreamRun:
     assert probabilities is not None
     n_params = sum(int(p.size) for p in jax.tree.leaves(params))
     settings = {
-        **sizes,
+        **dataclasses.asdict(sizes),
         "seed": seed,
         "sample_rate": SAMPLE_RATE,
         "backend": jax.default_backend(),
@@ -278,7 +282,7 @@ def run_stream(*, quick: bool = False, seed: int = 0) -> StreamRun:
             "params": n_params,
         },
     }
-    training = {"steps": sizes["steps"], "seconds": train_s, "losses": losses.tolist()}
+    training = {"steps": sizes.steps, "seconds": train_s, "losses": losses.tolist()}
     return StreamRun(
         settings=settings,
         training=training,
