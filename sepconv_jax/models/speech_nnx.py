@@ -13,12 +13,14 @@ Example:
   >>> import jax, jax.numpy as jnp
   >>> from flax import nnx
   >>> from sepconv_jax.models.speech_nnx import MatchboxNet
-  >>> model = MatchboxNet(64, blocks=3, repeat=1, channels=64, causal=True, rngs=nnx.Rngs(0))
-  >>> sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  >>> abstract = nnx.eval_shape(lambda: MatchboxNet(64, blocks=3, repeat=1, rngs=nnx.Rngs(0)))
+  >>> sum(p.size for p in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
   77214
-  >>> x = jnp.ones((1, 20, 64))  # (batch, frames, features)
-  >>> model.init_cache((1, 1, 64))
-  >>> ys = [model(x[:, t : t + 1], decode=True) for t in range(20)]
+  >>> model = MatchboxNet(8, blocks=1, channels=8, causal=True, rngs=nnx.Rngs(0))
+  >>> x = jnp.ones((1, 12, 8))  # (batch, frames, features)
+  >>> model.init_cache((1, 1, 8))
+  >>> step = nnx.jit(lambda m, chunk: m(chunk, decode=True))
+  >>> ys = [step(model, x[:, t : t + 1]) for t in range(12)]
   >>> bool(jnp.allclose(ys[-1][:, -1], model(x), atol=1e-5))
   True
 """
@@ -481,11 +483,12 @@ class QuartzNet(_SpeechModel):
       rngs: random number streams.
 
     Example:
-      >>> import jax.numpy as jnp
+      >>> import jax, jax.numpy as jnp
       >>> from flax import nnx
       >>> from sepconv_jax.models.speech_nnx import QuartzNet
-      >>> model = QuartzNet(64, blocks=5, repeat=1, rngs=nnx.Rngs(0))
-      >>> model(jnp.ones((1, 40, 64))).shape
+      >>> def logits(x):
+      ...     return QuartzNet(64, blocks=5, repeat=1, rngs=nnx.Rngs(0))(x)
+      >>> jax.eval_shape(logits, jnp.ones((1, 40, 64))).shape  # shapes only
       (1, 20, 29)
     """
 
