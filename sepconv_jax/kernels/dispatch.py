@@ -16,7 +16,9 @@ The rule for ``"auto"``, by platform and shape:
   :data:`MAX_SHIFT_TAPS` taps (more than a 7x7x7 3-D window), where the unrolled
   loop would compile slowly; then ``"xla"``.
 * ``cuda``, ``rocm``, ``tpu`` and any other platform: ``"xla"``
-  (``lax.conv_general_dilated`` with ``feature_group_count``).
+  (``lax.conv_general_dilated`` with ``feature_group_count``). The Pallas kernels
+  (``"pallas"``, :mod:`sepconv_jax.kernels.pallas`) are chosen only by name until a
+  GPU or TPU measurement shows where they are faster.
 
 Separable layers (:func:`sepconv_jax.separable_conv` without a depthwise bias, and
 the ``SeparableConv`` modules) are one operation of their own
@@ -25,7 +27,8 @@ depthwise kernel above, then the 1x1 step) or as one fused Pallas kernel
 (:mod:`sepconv_jax.kernels.pallas_fused`) that keeps the intermediate on chip.
 :func:`fuse_separable` is the rule for ``"auto"``: the unfused pair on every
 platform until a GPU measurement shows the fused kernel faster. ``impl="fused"``
-asks for the fused kernel explicitly (see :data:`FUSED_IMPLS`).
+asks for the fused kernel explicitly (see :data:`FUSED_IMPLS`); a depthwise
+convolution on its own runs the ``"pallas"`` kernel under that name.
 
 The rule can be overridden, in order of precedence, when a function is traced:
 
@@ -58,7 +61,7 @@ from typing import Literal
 import jax
 
 from sepconv_jax._spec import ConvSpec, check_choice
-from sepconv_jax.kernels import shift, xla
+from sepconv_jax.kernels import pallas, shift, xla
 
 __all__ = [
     "FUSED_IMPLS",
@@ -78,7 +81,7 @@ __all__ = [
 ]
 
 #: The names ``impl`` accepts.
-Impl = Literal["auto", "xla", "shift", "fused"]
+Impl = Literal["auto", "xla", "shift", "pallas", "fused"]
 #: :data:`Impl` as a tuple, ``"auto"`` first.
 IMPLS: tuple[Impl, ...] = typing.get_args(Impl)
 
@@ -98,49 +101,43 @@ class Kernel:
       forward: ``(x, kernel) -> y``.
       input_transpose: ``(g, kernel) -> dx``, the transpose of ``forward`` in ``x``.
       kernel_transpose: ``(x, g) -> dkernel``, the transpose of ``forward`` in ``kernel``.
+      lowering_context: optional ``platform -> context manager``, entered while the
+        kernel's maps are lowered for ``platform`` (``None``: nothing to enter).
     """
 
     name: str
     forward: Callable
     input_transpose: Callable
     kernel_transpose: Callable
+    lowering_context: Callable[[str | None], contextlib.AbstractContextManager] | None = None
 
 
 def _kernel(name: str, module) -> Kernel:
-    return Kernel(name, module.forward, module.input_transpose, module.kernel_transpose)
+    return Kernel(
+        name,
+        module.forward,
+        module.input_transpose,
+        module.kernel_transpose,
+        getattr(module, "lowering_context", None),
+    )
 
 
-def _follow_auto(map_name: str) -> Callable:
-    """One map of the kernel ``"auto"`` picks for the platform being lowered for."""
-
-    def run(a, b, spec: ConvSpec, *, platform, **kwargs):
-        kernel = kernel_for("auto", spec, platform)
-        return getattr(kernel, map_name)(a, b, spec, platform=platform, **kwargs)
-
-    run.__name__ = map_name
-    run.__doc__ = f"``{map_name}`` of the kernel ``impl='auto'`` picks for ``platform``."
-    return run
-
-
-#: Registered kernels by name. ``"fused"`` is the name that asks for the fused
-#: separable kernel (:data:`FUSED_IMPLS`); a depthwise convolution on its own has
-#: nothing to fuse with, so its maps are those of the kernel ``"auto"`` picks.
+#: Registered kernels by name. ``"fused"`` is the Pallas family with one more
+#: kernel: it asks separable layers for the fused depthwise+pointwise kernel
+#: (:data:`FUSED_IMPLS`); a depthwise convolution on its own has nothing to fuse
+#: with, so its maps are the ``"pallas"`` kernel's.
 KERNELS: dict[str, Kernel] = {
     "xla": _kernel("xla", xla),
     "shift": _kernel("shift", shift),
-    "fused": Kernel(
-        "fused",
-        _follow_auto("forward"),
-        _follow_auto("input_transpose"),
-        _follow_auto("kernel_transpose"),
-    ),
+    "pallas": _kernel("pallas", pallas),
+    "fused": dataclasses.replace(_kernel("pallas", pallas), name="fused"),
 }
 
 #: The ``impl`` names that ask separable layers for the fused depthwise+pointwise
 #: kernel on every platform it supports (GPU through Triton, CPU in Pallas
 #: interpret mode, which is slow and meant for tests); elsewhere (TPU, complex
 #: dtypes) and for layers with a depthwise bias, the unfused pair runs.
-FUSED_IMPLS: tuple[str, ...] = ("fused",)
+FUSED_IMPLS: tuple[Impl, ...] = ("fused",)
 
 #: Largest window (number of taps, e.g. 5 * 5 = 25) for which "auto" picks "shift". At
 #: 7 * 7 * 7 = 343 taps its forward+backward measured ~10x faster than "xla" on CPU and

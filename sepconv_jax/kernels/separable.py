@@ -46,6 +46,7 @@ path); ``pk`` has the pointwise step's compute dtype, which the output has unles
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from typing import Any
@@ -59,7 +60,11 @@ from jax.interpreters import ad, batching, mlir
 
 from sepconv_jax._spec import ConvSpec
 from sepconv_jax.kernels import dispatch, op, pallas_fused
-from sepconv_jax.kernels._jax_compat import match_manual_axes, varies_over_manual_axes
+from sepconv_jax.kernels._jax_compat import (
+    match_manual_axes,
+    quiet_triton_deprecation,
+    varies_over_manual_axes,
+)
 
 __all__ = ["PLATFORMS", "pointwise", "separable", "separable_p"]
 
@@ -339,15 +344,17 @@ def _lowering(platform: str | None):
                 blocks=blocks,
             )
         kernel = dispatch.kernel_for(impl, spec, platform)
-        mid = kernel.forward(
-            x,
-            dk,
-            spec,
-            platform=platform,
-            precision=precision,
-            preferred_element_type=preferred_element_type,
-            out_dtype=preferred_element_type or np.dtype(x.dtype),
-        ).astype(x.dtype)
+        context = kernel.lowering_context
+        with contextlib.nullcontext() if context is None else context(platform):
+            mid = kernel.forward(
+                x,
+                dk,
+                spec,
+                platform=platform,
+                precision=precision,
+                preferred_element_type=preferred_element_type,
+                out_dtype=preferred_element_type or np.dtype(x.dtype),
+            ).astype(x.dtype)
         y = pointwise(
             mid, pk, spec, precision=precision, preferred_element_type=preferred_element_type
         )
@@ -356,7 +363,7 @@ def _lowering(platform: str | None):
     lowered = mlir.lower_fun(run, multiple_results=False)
 
     def rule(ctx, *args, **params):
-        with pallas_fused.quiet_triton_deprecation():
+        with quiet_triton_deprecation():
             return lowered(ctx, *args, **params)
 
     return rule
