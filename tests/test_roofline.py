@@ -372,3 +372,22 @@ class TestMeasure:
         with pytest.raises(ValueError, match="`measure_repeats`"):
             profile(nn.Dense(2), sds(1, 3), measure=True, measure_repeats=0)
         assert np.isfinite(profile(nn.Dense(2), sds(1, 3)).intensity)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_device(capsys):
+    import argparse
+
+    from sepconv_jax.apps import cost_report
+
+    parser = argparse.ArgumentParser(prog="sepconv-jax")
+    cost_report.register_cli(parser.add_subparsers(dest="command", required=True))
+    argv = ["cost", "--model", "mobilenet_v1", "--resolution", "32", "--width", "0.25"]
+    args = parser.parse_args([*argv, "--device", "tpu-v4"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "Roofline on TPU v4" in out and "Roofline by layer" in out and "memory" in out
+    with pytest.raises(SystemExit):
+        parser.parse_args([*argv, "--device", "h200"])

@@ -296,8 +296,8 @@ def gap_explained(mult_add_ratio: float, time_ratio: float, predicted_ratio: flo
     return math.log(mult_add_ratio / predicted_ratio) / gap
 
 
-def _fmt_ms(seconds: float | None) -> str:
-    return "" if seconds is None else f"{1e3 * seconds:.4f}"
+def _fmt_us(seconds: float | None) -> str:
+    return "" if seconds is None else f"{1e6 * seconds:,.4g}"
 
 
 def _pct(part: float | None, total: float | None) -> str:
@@ -408,11 +408,11 @@ class Roofline:
         table = Table(
             title=title
             or f"Roofline on {d.name}: {d.peak_flops / 1e12:.3g} TFLOP/s, "
-            f"{d.bandwidth / 1e9:.3g} GB/s, ridge {d.ridge_intensity:.1f} mult-adds/byte",
+            f"{d.bandwidth / 1e9:,.0f} GB/s, ridge {d.ridge_intensity:.1f} mult-adds/byte",
         )
-        cols = ["kind", "mult-adds share", "memory-bound", "predicted ms", "predicted share"]
+        cols = ["kind", "mult-adds share", "memory-bound", "predicted µs", "predicted share"]
         if self.measured:
-            cols += ["measured ms", "measured share"]
+            cols += ["measured µs", "measured share"]
         for col in cols:
             table.add_column(col, justify="left" if col == "kind" else "right")
         macs, pred, meas = (
@@ -427,15 +427,15 @@ class Roofline:
                 kind,
                 _pct(macs[kind], self.mult_adds),
                 f"{memory}/{len(rows)}",
-                _fmt_ms(pred[kind]),
+                _fmt_us(pred[kind]),
                 _pct(pred[kind], self.predicted_s),
             ]
             if self.measured:
-                cells += [_fmt_ms(meas[kind]), _pct(meas[kind], self.measured_s)]
+                cells += [_fmt_us(meas[kind]), _pct(meas[kind], self.measured_s)]
             table.add_row(*cells)
-        cells = ["total", "", "", _fmt_ms(self.predicted_s), ""]
+        cells = ["total", "", "", _fmt_us(self.predicted_s), ""]
         if self.measured:
-            cells += [_fmt_ms(self.measured_s), ""]
+            cells += [_fmt_us(self.measured_s), ""]
         table.add_row(*cells, style="bold")
         if self.measured:
             table.caption = (
@@ -450,9 +450,9 @@ class Roofline:
         from rich.table import Table
 
         table = Table(title=title)
-        cols = ["module", "kind", "mult-adds", "bytes", "MA/byte", "bound", "predicted ms"]
+        cols = ["module", "kind", "mult-adds", "bytes", "MA/byte", "bound", "predicted µs"]
         if self.measured:
-            cols += ["measured ms", "measured / predicted"]
+            cols += ["measured µs", "measured / predicted"]
         for col in cols:
             table.add_column(col, justify="left" if col in cols[:2] else "right")
         for r in self.rows:
@@ -463,10 +463,10 @@ class Roofline:
                 f"{r.bytes_moved:,}",
                 f"{r.intensity:.1f}",
                 r.bound,
-                _fmt_ms(r.predicted_s),
+                _fmt_us(r.predicted_s),
             ]
             if self.measured and r.measured_s is not None:
-                cells += [_fmt_ms(r.measured_s), f"{r.measured_s / r.predicted_s:.1f}x"]
+                cells += [_fmt_us(r.measured_s), f"{r.measured_s / r.predicted_s:.1f}x"]
             table.add_row(*cells)
         return table
 
@@ -538,7 +538,7 @@ class Roofline:
         right.set_ylabel("mult-adds per second" + (" (measured)" if self.measured else ""))
         right.set_title(
             f"roofline of {d.name}: {d.peak_flops / 2e12:.3g} T mult-adds/s, "
-            f"{d.bandwidth / 1e9:.3g} GB/s",
+            f"{d.bandwidth / 1e9:,.0f} GB/s",
             fontsize=9,
         )
         if title:
