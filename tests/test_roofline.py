@@ -391,3 +391,40 @@ def test_cli_device(capsys):
     assert "Roofline on TPU v4" in out and "Roofline by layer" in out and "memory" in out
     with pytest.raises(SystemExit):
         parser.parse_args([*argv, "--device", "h200"])
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def test_demo_layer_rows_predictions():
+    from sepconv_jax.apps import demo
+
+    d = Device(peak_flops=1e10, bandwidth=1e9)
+    row = demo.layer_rows(repeats=1, layers=((8, 16, 32),), device=d)[0]
+    x, y = 64 * 16 * 4, 64 * 32 * 4  # bytes of input and output (8x8 positions)
+    standard = max(2 * 64 * 9 * 16 * 32 / 1e10, (x + 9 * 16 * 32 * 4 + y) / 1e9)
+    depthwise = max(2 * 64 * 9 * 16 / 1e10, (x + 9 * 16 * 4 + x) / 1e9)
+    pointwise = max(2 * 64 * 16 * 32 / 1e10, (x + 16 * 32 * 4 + y) / 1e9)
+    assert row["standard_predicted_ms"] == pytest.approx(1e3 * standard)
+    assert row["separable_predicted_ms"] == pytest.approx(1e3 * (depthwise + pointwise))
+
+
+def test_demo_comparison_gap():
+    from sepconv_jax.apps import demo, demo_report
+
+    def run(name, mult_adds, step_ms, predicted_ms):
+        return demo.ModelRun(
+            name, 10, mult_adds, mult_adds, 10, step_ms, 1.0, 0.5, (1,), (0.5,), (1.0,),
+            predicted_ms,
+        )  # fmt: skip
+
+    settings = {"input": "8x8x1", "n_train": 4, "n_test": 4, "epochs": 1, "batch_size": 2}
+    settings |= {"seed": 0, "devices": 1, "backend": "cpu"}
+    c = demo.Comparison(
+        "digits", run("standard", 800, 4.0, 2.0), run("separable", 100, 2.0, 0.5), settings, 1.0
+    )
+    r = c.ratios()
+    # mult-adds 8x, time 2x, roofline 4x: half of the gap on a log scale.
+    assert r["predicted_step_time"] == pytest.approx(4.0)
+    assert r["gap_explained"] == pytest.approx(0.5)
+    assert "50% of the gap" in demo_report.gap_sentence(r)
