@@ -417,11 +417,8 @@ def profile(
 
     times: list[float | None] = [None] * len(walker.ops)
     if measure:
-        key = jax.random.key(0)
         for i, op in enumerate(walker.ops):
-            times[i] = _measure.time_op(
-                op.eqn, op.step, op.cost.calls, measure_repeats, jax.random.fold_in(key, i)
-            )
+            times[i] = _measure.time_op(op.eqn, op.step, op.cost.calls, measure_repeats, i)
 
     rows: list[LayerCost] = []
     for i, op in enumerate(walker.ops):
