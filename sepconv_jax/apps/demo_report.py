@@ -65,10 +65,11 @@ def comparison_table(comparison: Comparison):
         style="bold",
     )
     if "predicted_step_time" in r:
-        s, p = comparison.standard, comparison.separable
-        table.caption += (
-            f"\nroofline step (convs and matmuls, fwd+bwd): {s.predicted_step_ms:.2f} ms "
-            f"standard, {p.predicted_step_ms:.2f} ms separable\n" + gap_sentence(r)
+        std, sep = comparison.standard, comparison.separable
+        table.caption = (
+            f"{table.caption}\nroofline step (convs and matmuls, fwd+bwd): "
+            f"{std.predicted_step_ms:.2f} ms standard, {sep.predicted_step_ms:.2f} ms "
+            f"separable\n{gap_sentence(r)}"
         )
     return table
 

@@ -375,8 +375,8 @@ class Roofline:
                 "the roofline has no measured times; profile the model with "
                 "`profile(..., measure=True)` first"
             )
-        predicted = [r.predicted_s for r in self.rows]
-        measured = [r.measured_s for r in self.rows]
+        predicted = np.array([r.predicted_s for r in self.rows], np.float64)
+        measured = np.array([r.measured_s for r in self.rows], np.float64)
         if log:
             return pearson(np.log(predicted), np.log(measured))
         return pearson(predicted, measured)
