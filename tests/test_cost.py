@@ -624,6 +624,8 @@ class TestProfileLinen:
             "output_shape": (1, 8, 8, 8),
             "mult_adds": 64 * 8 * 27,
             "params": 216,
+            "bytes_moved": (16 * 16 * 3 + 27 * 8 + 64 * 8) * 4,  # input, kernel, output
+            "measured_s": None,
         }
         text = str(p)
         for fragment in (

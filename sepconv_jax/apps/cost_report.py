@@ -3,7 +3,9 @@
 ``sepconv-jax cost --layer k=3,c=256,n=256,hw=28`` prints the closed forms of
 :mod:`sepconv_jax.cost` for one layer; ``sepconv-jax cost --model mobilenet_v1``
 prints the :class:`~sepconv_jax.cost.Profile` of a model-zoo architecture named as
-:func:`sepconv_jax.models.from_name` names it.
+:func:`sepconv_jax.models.from_name` names it; ``--device h100`` (or another name of
+:data:`sepconv_jax.cost.DEVICES`, or ``this`` for this machine, measured) adds its
+roofline, and ``--measure`` times every layer on this machine beside it.
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ import numpy as np
 
 from sepconv_jax import _spec, models
 from sepconv_jax.cost import (
+    DEVICES,
+    Device,
     Profile,
     depthwise_conv_cost,
     pointwise_conv_cost,
     profile,
+    roofline,
     savings_factor,
     separable_conv_cost,
     standard_conv_cost,
@@ -137,6 +142,7 @@ def model_profile(
     width: float = 1.0,
     full_convolution: bool = False,
     num_classes: int = 1000,
+    measure: bool = False,
 ) -> Profile:
     """The :class:`Profile` of a model-zoo model for one image of ``resolution``.
 
@@ -148,9 +154,12 @@ def model_profile(
       full_convolution: standard convolutions in place of separable ones
         (``"mobilenet_v1"`` only).
       num_classes: classifier outputs.
+      measure: also time every layer alone on this machine (``profile(...,
+        measure=True)``).
 
     Returns:
-      The model's :class:`Profile` at batch 1, traced abstractly.
+      The model's :class:`Profile` at batch 1, traced abstractly (and timed when
+      ``measure``).
 
     Raises:
       ValueError: for an unknown model name or an option the model does not have.
@@ -166,7 +175,12 @@ def model_profile(
     )
     r = _spec.check_positive_int(resolution, "resolution")
     x = jax.ShapeDtypeStruct((1, r, r, 3), np.float32)
-    return profile(model, x, train=False)
+    return profile(model, x, train=False, measure=measure)
+
+
+def _device(name: str) -> Device:
+    """A built-in device, or ``"this"``: this machine's default backend, measured."""
+    return Device.measure() if name == "this" else Device.named(name)
 
 
 def _cli(args: argparse.Namespace) -> int:
@@ -183,13 +197,25 @@ def _cli(args: argparse.Namespace) -> int:
                 width=args.width,
                 full_convolution=args.full_convolution,
                 num_classes=args.num_classes,
+                measure=args.measure,
             )
             what = "full-convolution " if args.full_convolution else ""
             console.print(
                 f"{args.model} ({what}width {args.width}, {args.resolution}x{args.resolution}): "
-                f"{p.mult_adds / 1e6:.1f}M mult-adds, {p.params / 1e6:.2f}M parameters"
+                f"{p.mult_adds / 1e6:.1f}M mult-adds, {p.params / 1e6:.2f}M parameters, "
+                f"{p.bytes_moved / 1e6:.1f}M bytes moved at least"
             )
-            console.print(p)
+            if args.device is None:
+                console.print(p)
+            else:
+                r = roofline(p, _device(args.device))
+                console.print(p.kind_table())
+                console.print(r)
+                if args.measure:
+                    console.print(
+                        f"measured on {jax.default_backend()}: each layer compiled alone, "
+                        f"best of 5 calls"
+                    )
     except (ValueError, TypeError) as e:
         print(f"sepconv-jax cost: error: {e}", file=sys.stderr)
         return 2
@@ -232,5 +258,17 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
         help="standard convolutions in place of the separable ones",
     )
     parser.add_argument("--num-classes", type=int, default=1000, help="classifier outputs")
+    parser.add_argument(
+        "--device",
+        choices=[*DEVICES, "this"],
+        default=None,
+        help="with --model: each layer's roofline time on a built-in device, or on this "
+        "machine (measured bandwidth and matmul peak)",
+    )
+    parser.add_argument(
+        "--measure",
+        action="store_true",
+        help="with --model: time every layer alone on this machine, beside the roofline",
+    )
     parser.set_defaults(func=_cli)
     return parser

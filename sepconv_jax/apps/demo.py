@@ -76,6 +76,10 @@ class ModelRun:
         in the test set's order (``test_accuracy`` is the fraction of them correct).
       epoch_accuracy: test accuracy after each epoch.
       losses: training loss of every step.
+      predicted_step_ms: the roofline's time for the step's convolutions and matrix
+        multiplies, forward and backward, on one device's share of the batch
+        (:func:`sepconv_jax.cost.roofline` with this machine's measured
+        :class:`~sepconv_jax.cost.Device`), in milliseconds.
     """
 
     name: str
@@ -89,6 +93,7 @@ class ModelRun:
     test_predictions: tuple[int, ...]
     epoch_accuracy: tuple[float, ...]
     losses: tuple[float, ...]
+    predicted_step_ms: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,10 +118,13 @@ class Comparison:
         """Standard over separable for params, mult-adds and step time; accuracy difference.
 
         ``accuracy_points`` is separable minus standard test accuracy, in
-        percentage points.
+        percentage points. With roofline predictions, ``predicted_step_time`` is
+        their ratio and ``gap_explained`` how much of the gap between the mult-add
+        ratio and the step-time ratio the roofline accounts for
+        (:func:`sepconv_jax.cost.gap_explained`: 1 all of it, 0 none).
         """
         s, p = self.standard, self.separable
-        return {
+        ratios = {
             "params": s.params / p.params,
             "mult_adds": s.mult_adds / p.mult_adds,
             "block_params": s.block_params / p.block_params,
@@ -124,6 +132,12 @@ class Comparison:
             "step_time": s.step_ms / p.step_ms,
             "accuracy_points": 100.0 * (p.test_accuracy - s.test_accuracy),
         }
+        if s.predicted_step_ms and p.predicted_step_ms:
+            ratios["predicted_step_time"] = s.predicted_step_ms / p.predicted_step_ms
+            ratios["gap_explained"] = cost.gap_explained(
+                ratios["mult_adds"], ratios["step_time"], ratios["predicted_step_time"]
+            )
+        return ratios
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON: settings, both runs, ratios."""
@@ -169,6 +183,7 @@ def compare(
     devices: int | None = None,
     quick: bool = False,
     progress: bool = True,
+    device: cost.Device | None = None,
 ) -> Comparison:
     """Trains a standard and a separable network on ``task`` with the same budget.
 
@@ -185,6 +200,8 @@ def compare(
       devices: how many devices to split the batch over; ``None`` means all.
       quick: a short run for CI: one epoch over :data:`QUICK_TRAIN` examples.
       progress: show a progress bar per epoch (rich).
+      device: the roofline device for the predicted step times; ``None`` measures
+        this machine (:meth:`sepconv_jax.cost.Device.measure`).
 
     Returns:
       A :class:`Comparison`.
@@ -199,10 +216,15 @@ def compare(
         epochs = 1 if quick else {"digits": 15, "sequence": 6}.get(task, 1)
     train, test, standard, separable = _task_setup(task, quick)
     example = jax.ShapeDtypeStruct((1, *train[0].shape[1:]), jnp.float32)
+    per_device = max(1, batch_size // int(mesh.devices.size))
+    step_example = jax.ShapeDtypeStruct((per_device, *train[0].shape[1:]), jnp.float32)
+    if device is None:
+        device = cost.Device.measure(copy_bytes=1 << 26, matmul_size=512 if quick else 1024)
     runs = []
     for name, model in (("standard", standard), ("separable", separable)):
         prof = cost.profile(model, example)
         block_mult_adds, block_params = _block_cost(prof)
+        predicted = cost.roofline(cost.profile(model, step_example), device, training=True)
         with _EpochBars(name, epochs, len(train[0]) // batch_size, progress) as bars:
             result = train_classifier(
                 model,
@@ -229,6 +251,7 @@ def compare(
                 test_predictions=tuple(int(v) for v in result.test_predictions),
                 epoch_accuracy=tuple(e.test_accuracy for e in result.epochs),
                 losses=tuple(float(v) for v in result.losses),
+                predicted_step_ms=1e3 * predicted.predicted_s,
             )
         )
     settings = {
@@ -241,6 +264,12 @@ def compare(
         "input": "x".join(map(str, train[0].shape[1:])),
         "n_train": len(train[0]),
         "n_test": len(test[0]),
+        "roofline_device": {
+            "name": device.name,
+            "peak_flops": device.peak_flops,
+            "bandwidth": device.bandwidth,
+            "source": device.source,
+        },
     }
     return Comparison(task, runs[0], runs[1], settings, time.perf_counter() - start)
 
@@ -300,22 +329,28 @@ LAYERS = ((112, 32, 64), (56, 128, 128), (28, 256, 256), (14, 512, 512), (7, 102
 KERNEL = 3
 
 
-def layer_rows(batch: int = 1, repeats: int = 5, layers=None) -> list[dict]:
+def layer_rows(
+    batch: int = 1, repeats: int = 5, layers=None, device: cost.Device | None = None
+) -> list[dict]:
     """Standard vs separable cost and ``jax.jit`` time of 3x3 layers, one dict per layer.
 
     Costs come from the closed forms of :mod:`sepconv_jax.cost` (stride 1, ``"SAME"``
-    padding, no biases); times from :func:`sepconv_jax.apps.timing.time_jitted`.
+    padding, no biases); times from :func:`sepconv_jax.apps.timing.time_jitted`; with
+    a ``device``, the roofline's predicted times too (:func:`sepconv_jax.cost.roofline`
+    of each function's :func:`~sepconv_jax.cost.count`).
 
     Args:
       batch: batch size of the timed calls.
       repeats: timed calls per layer (the best is kept).
       layers: ``(spatial size, in channels, out channels)`` of each layer; default
         :data:`LAYERS`.
+      device: a :class:`~sepconv_jax.cost.Device` for the roofline predictions.
 
     Returns:
       Per layer: ``layer``, ``standard_mult_adds``, ``separable_mult_adds``,
       ``standard_params``, ``separable_params``, ``savings_factor``,
-      ``standard_ms``, ``separable_ms``.
+      ``standard_ms``, ``separable_ms``; with a ``device`` also
+      ``standard_predicted_ms`` and ``separable_predicted_ms``.
 
     Example:
       >>> from sepconv_jax.apps.demo import layer_rows
@@ -343,8 +378,17 @@ def layer_rows(batch: int = 1, repeats: int = 5, layers=None) -> list[dict]:
         separable = cost.separable_conv_cost(KERNEL, c, n, output_spatial=hw)
         standard_s, _ = time_jitted(standard_fn, [x, sk], max_reps=repeats)
         separable_s, _ = time_jitted(separable_fn, [x, dk, pk], max_reps=repeats)
+        predicted = {}
+        if device is not None:
+            for name, fn, args in (
+                ("standard", standard_fn, [x, sk]),
+                ("separable", separable_fn, [x, dk, pk]),
+            ):
+                rf = cost.roofline(cost.count(fn, *args), device)
+                predicted[f"{name}_predicted_ms"] = 1e3 * rf.predicted_s
         rows.append(
             {
+                **predicted,
                 "layer": f"{hw}x{hw}x{c}->{n}",
                 "standard_mult_adds": standard.mult_adds,
                 "separable_mult_adds": separable.mult_adds,
@@ -384,7 +428,15 @@ def run(args: argparse.Namespace) -> int:
         return stream_demo.run(args)
     if args.task == "layers":
         batch = 1 if args.batch_size is None else args.batch_size
-        demo_report.print_layer_table(layer_rows(batch=batch, repeats=3 if args.quick else 10))
+        device = cost.Device.measure(copy_bytes=1 << 26, matmul_size=512 if args.quick else 1024)
+        rows = layer_rows(batch=batch, repeats=3 if args.quick else 10, device=device)
+        demo_report.print_layer_table(rows)
+        console.print(
+            f"roofline: {device.name}, {device.peak_flops / 1e9:.1f} GFLOP/s, "
+            f"{device.bandwidth / 1e9:.1f} GB/s; gap explained: how much of the gap between "
+            f"the MAC ratio and the time ratio (on a log scale) the roofline ratio accounts for",
+            soft_wrap=True,
+        )
         return 0
     try:
         comparison = compare(

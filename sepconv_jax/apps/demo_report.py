@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "comparison_table",
+    "gap_sentence",
     "plot_comparison",
     "print_comparison",
     "print_layer_table",
@@ -63,7 +64,25 @@ def comparison_table(comparison: Comparison):
         f"{r['accuracy_points']:+.1f} pt",
         style="bold",
     )
+    if "predicted_step_time" in r:
+        std, sep = comparison.standard, comparison.separable
+        table.caption = (
+            f"{table.caption}\nroofline step (convs and matmuls, fwd+bwd): "
+            f"{std.predicted_step_ms:.2f} ms standard, {sep.predicted_step_ms:.2f} ms "
+            f"separable\n{gap_sentence(r)}"
+        )
     return table
+
+
+def gap_sentence(ratios: dict) -> str:
+    """One line: how much of the mult-add vs step-time gap the roofline accounts for."""
+    explained = ratios["gap_explained"]
+    share = "no gap" if explained != explained else f"{100 * explained:.0f}% of the gap"
+    return (
+        f"mult-adds {ratios['mult_adds']:.2f}x, step time {ratios['step_time']:.2f}x, "
+        f"roofline (fwd+bwd convs and matmuls) {ratios['predicted_step_time']:.2f}x: "
+        f"the roofline accounts for {share} (log scale)"
+    )
 
 
 def plot_comparison(comparison: Comparison):
@@ -105,6 +124,16 @@ def plot_comparison(comparison: Comparison):
     left.set_xlabel("mult-adds per example (log scale)")
     left.set_ylabel("test accuracy (%)")
     left.set_title(f"{comparison.task}: accuracy vs compute")
+    r = comparison.ratios()
+    if "predicted_step_time" in r:
+        left.text(
+            0.02,
+            0.02,
+            gap_sentence(r).replace(": the", ":\nthe").replace(", roofline", ",\nroofline"),
+            transform=left.transAxes,
+            fontsize=7,
+            va="bottom",
+        )
     left.grid(True, alpha=0.3)
     right.set_xlabel("epoch")
     right.set_ylabel("test accuracy (%)")
@@ -153,6 +182,18 @@ def print_comparison(comparison: Comparison, paths: dict[str, Path], console) ->
     console.print(f"Plot: {plot}\nFigures: {paths['json']}", soft_wrap=True)
 
 
+def _roofline_cells(r: dict) -> tuple[str, ...]:
+    from sepconv_jax.cost import gap_explained
+
+    if "standard_predicted_ms" not in r:
+        return ()
+    macs = r["standard_mult_adds"] / r["separable_mult_adds"]
+    measured = r["standard_ms"] / r["separable_ms"]
+    predicted = r["standard_predicted_ms"] / r["separable_predicted_ms"]
+    explained = gap_explained(macs, measured, predicted)
+    return f"{predicted:.2f}x", "-" if explained != explained else f"{100 * explained:.0f}%"
+
+
 def print_layer_table(rows: list[dict], console=None) -> None:
     """Prints :func:`~sepconv_jax.apps.demo.layer_rows` as a rich table."""
     from rich.console import Console
@@ -170,6 +211,11 @@ def print_layer_table(rows: list[dict], console=None) -> None:
         "std ms",
         "sep ms",
         "time ratio",
+        *(
+            ("roofline ratio", "gap explained")
+            if rows and "standard_predicted_ms" in rows[0]
+            else ()
+        ),
     ):
         table.add_column(col, justify="right")
     for r in rows:
@@ -184,6 +230,7 @@ def print_layer_table(rows: list[dict], console=None) -> None:
             f"{r['standard_ms']:.2f}",
             f"{r['separable_ms']:.2f}",
             f"{r['standard_ms'] / r['separable_ms']:.2f}x",
+            *_roofline_cells(r),
         )
     if console is None:
         console = Console()

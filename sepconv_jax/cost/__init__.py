@@ -18,7 +18,17 @@ filter, as the paper writes it).
   parameter to the operation that consumes it, giving a per-layer table and a
   per-kind summary (:class:`Profile`, in ``_profile``).
 
-Every counted operation has a :data:`Kind`, one of :data:`KINDS`.
+Every counted operation has a :data:`Kind`, one of :data:`KINDS`, and the least
+bytes it moves (its operands read once, its result written once), hence an
+arithmetic intensity in mult-adds per byte; figures for the backward pass follow
+from each op's two transposes.
+
+* :func:`roofline` predicts each layer's time on a :class:`Device` as
+  ``max(2 * mult_adds / peak_flops, bytes / bandwidth)``; :data:`DEVICES` holds
+  datasheet figures (H100, A100, TPU v5e, TPU v4) and :meth:`Device.measure`
+  measures this machine. ``profile(..., measure=True)`` times every layer alone,
+  and the :class:`Roofline` sets the measured times beside the prediction (in
+  ``_roofline`` and ``_measure``).
 
 Relation to XLA: for a function made of convolutions with ``"VALID"`` padding and
 matrix multiplies, ``jax.jit(f).lower(...).compile().cost_analysis()["flops"]`` is
@@ -43,22 +53,36 @@ from sepconv_jax.cost._count import count as count
 from sepconv_jax.cost._profile import LayerCost as LayerCost
 from sepconv_jax.cost._profile import Profile as Profile
 from sepconv_jax.cost._profile import profile as profile
+from sepconv_jax.cost._roofline import DEVICES as DEVICES
+from sepconv_jax.cost._roofline import Device as Device
+from sepconv_jax.cost._roofline import Roofline as Roofline
+from sepconv_jax.cost._roofline import RooflineRow as RooflineRow
+from sepconv_jax.cost._roofline import gap_explained as gap_explained
+from sepconv_jax.cost._roofline import pearson as pearson
+from sepconv_jax.cost._roofline import roofline as roofline
 
 __all__ = [
+    "DEVICES",
     "KINDS",
     "OPAQUE_PRIMITIVES",
     "Cost",
     "Count",
+    "Device",
     "Kind",
     "LayerCost",
     "OpCost",
     "Profile",
+    "Roofline",
+    "RooflineRow",
     "UnattributedWarning",
     "count",
     "depthwise_conv_cost",
+    "gap_explained",
     "grouped_conv_cost",
+    "pearson",
     "pointwise_conv_cost",
     "profile",
+    "roofline",
     "savings_factor",
     "separable_conv_cost",
     "standard_conv_cost",

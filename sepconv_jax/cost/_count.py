@@ -49,6 +49,9 @@ class OpCost:
       feature_groups: ``feature_group_count`` (1 for ``dot_general``).
       name: the JAX name stack where it was traced (the Flax linen module path
         under ``apply``), ``""`` when there is none.
+      bytes_moved: the least memory traffic of all its executions: each operand
+        (input and weight) read once and the result written once, each element at
+        its dtype's size (see :func:`count`).
     """
 
     kind: Kind
@@ -59,6 +62,22 @@ class OpCost:
     window: tuple[int, ...]
     feature_groups: int
     name: str
+    bytes_moved: int = 0
+
+    @property
+    def intensity(self) -> float:
+        """Arithmetic intensity: mult-adds per byte moved (``nan`` when no bytes)."""
+        return intensity(self.mult_adds, self.bytes_moved)
+
+    @property
+    def backward_mult_adds(self) -> int:
+        """Mult-adds of its two transposes (input and weight gradients): ``2 * mult_adds``."""
+        return 2 * self.mult_adds
+
+    @property
+    def backward_bytes_moved(self) -> int:
+        """Least bytes of its two transposes: ``2 * bytes_moved`` (see :func:`count`)."""
+        return 2 * self.bytes_moved
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,30 +91,71 @@ class Count:
       unattributed: opaque primitives met (name -> executions per call), whose
         arithmetic the jaxpr does not show (:data:`OPAQUE_PRIMITIVES`); their
         mult-adds are missing from the totals. Empty when everything was seen.
+      bytes_moved: the least bytes moved by the counted operations (each op's
+        operands read once and result written once; :attr:`OpCost.bytes_moved`).
+      bytes_by_kind: ``bytes_moved`` per kind, for every kind in :data:`KINDS`.
     """
 
     mult_adds: int
     by_kind: Mapping[Kind, int]
     ops: tuple[OpCost, ...]
     unattributed: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    bytes_moved: int = 0
+    bytes_by_kind: Mapping[Kind, int] = dataclasses.field(default_factory=dict)
 
     @property
     def flops(self) -> int:
         """``2 * mult_adds``, comparable with XLA's ``cost_analysis()["flops"]``."""
         return 2 * self.mult_adds
 
+    @property
+    def intensity(self) -> float:
+        """Mult-adds per byte moved, over all counted operations."""
+        return intensity(self.mult_adds, self.bytes_moved)
+
+    @property
+    def training_mult_adds(self) -> int:
+        """Forward plus backward mult-adds: ``3 * mult_adds`` (each op and its two
+        transposes)."""
+        return sum(op.mult_adds + op.backward_mult_adds for op in self.ops)
+
+    @property
+    def training_bytes_moved(self) -> int:
+        """Forward plus backward least bytes: ``3 * bytes_moved``."""
+        return sum(op.bytes_moved + op.backward_bytes_moved for op in self.ops)
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly dict of the counts."""
         return {
             "mult_adds": self.mult_adds,
             "by_kind": dict(self.by_kind),
+            "bytes_moved": self.bytes_moved,
+            "bytes_by_kind": dict(self.bytes_by_kind),
+            "training_mult_adds": self.training_mult_adds,
+            "training_bytes_moved": self.training_bytes_moved,
             "ops": [dataclasses.asdict(op) for op in self.ops],
             "unattributed": dict(self.unattributed),
         }
 
 
-#: (kind, mult-adds of one call, output shape, window, feature groups) of an eqn.
-_OpFacts = tuple[Kind, int, tuple[int, ...], tuple[int, ...], int]
+def intensity(mult_adds: float, bytes_moved: float) -> float:
+    """Arithmetic intensity, mult-adds per byte; ``nan`` when nothing is moved."""
+    return mult_adds / bytes_moved if bytes_moved else math.nan
+
+
+#: (kind, mult-adds of one call, output shape, window, feature groups, bytes of one
+#: call) of an eqn.
+_OpFacts = tuple[Kind, int, tuple[int, ...], tuple[int, ...], int, int]
+
+
+def _nbytes(aval: Any) -> int:
+    """Bytes of an array of ``aval``'s shape and dtype."""
+    return math.prod(aval.shape) * np.dtype(aval.dtype).itemsize
+
+
+def _eqn_bytes(eqn: Any) -> int:
+    """Least bytes of a two-operand eqn: both operands read, the result written once."""
+    return sum(_nbytes(v.aval) for v in eqn.invars[:2]) + _nbytes(eqn.outvars[0].aval)
 
 
 @dataclasses.dataclass
@@ -109,6 +169,10 @@ class _Op:
     cost: OpCost
     path: str = ""
     display_shape: tuple[int, ...] = ()
+    # The equation it was counted from, and which of its steps it is (for a
+    # primitive that counts as several ops), so that it can be run alone.
+    eqn: Any = None
+    step: int = 0
 
 
 def _conv_op(eqn: Any) -> _OpFacts:
@@ -136,7 +200,7 @@ def _conv_op(eqn: Any) -> _OpFacts:
         kind = "pointwise"
     else:
         kind = "standard"
-    return kind, mult_adds, out, window, max(groups, batch_groups)
+    return kind, mult_adds, out, window, max(groups, batch_groups), _eqn_bytes(eqn)
 
 
 def _dot_op(eqn: Any) -> _OpFacts:
@@ -144,7 +208,7 @@ def _dot_op(eqn: Any) -> _OpFacts:
     out = tuple(eqn.outvars[0].aval.shape)
     (lhs_contract, _), _ = eqn.params["dimension_numbers"]
     mult_adds = math.prod(out) * math.prod(int(lhs[d]) for d in lhs_contract)
-    return "dense", mult_adds, out, (), 1
+    return "dense", mult_adds, out, (), 1, _eqn_bytes(eqn)
 
 
 def _depthwise_op(eqn: Any) -> _OpFacts:
@@ -158,7 +222,7 @@ def _depthwise_op(eqn: Any) -> _OpFacts:
     out = tuple(eqn.outvars[0].aval.shape)
     positions = math.prod(spec.batch_shape) * math.prod(spec.out_spatial)
     mult_adds = positions * spec.out_channels * math.prod(spec.window)
-    return "depthwise", mult_adds, out, tuple(spec.window), spec.groups
+    return "depthwise", mult_adds, out, tuple(spec.window), spec.groups, _eqn_bytes(eqn)
 
 
 def _separable_ops(eqn: Any) -> list[tuple[int, _OpFacts]]:
@@ -169,17 +233,25 @@ def _separable_ops(eqn: Any) -> list[tuple[int, _OpFacts]]:
     pointwise step (its weight: the pointwise kernel, operand 2), in order. Its
     transposes are made of the depthwise primitives and 1x1 convolutions, counted by
     the rules above.
+
+    Bytes are the unfused pair's too: the intermediate (in ``x``'s dtype, as the
+    primitive rounds it) is written by the depthwise step and read by the pointwise
+    step. A fused kernel saves those two passes; the figure is what the pair moves.
     """
     spec = eqn.params["spec"]
+    x, dk, pk = (v.aval for v in eqn.invars[:3])
     out = tuple(eqn.outvars[0].aval.shape)
-    out_channels = int(eqn.invars[2].aval.shape[1])
+    out_channels = int(pk.shape[1])
     positions = math.prod(spec.batch_shape) * math.prod(spec.out_spatial)
+    middle = spec.flat_shape(spec.out_spatial, spec.out_channels)
+    middle_bytes = math.prod(middle) * np.dtype(x.dtype).itemsize
     depthwise: _OpFacts = (
         "depthwise",
         positions * spec.out_channels * math.prod(spec.window),
-        spec.flat_shape(spec.out_spatial, spec.out_channels),
+        middle,
         tuple(spec.window),
         spec.groups,
+        _nbytes(x) + _nbytes(dk) + middle_bytes,
     )
     pointwise: _OpFacts = (
         "pointwise",
@@ -187,6 +259,7 @@ def _separable_ops(eqn: Any) -> list[tuple[int, _OpFacts]]:
         out,
         (1,) * len(spec.window),
         1,
+        middle_bytes + _nbytes(pk) + _nbytes(eqn.outvars[0].aval),
     )
     return [(1, depthwise), (2, pointwise)]
 
@@ -342,10 +415,13 @@ class _Walker:
         index of its last op."""
         prim = eqn.primitive.name
         if prim in _COUNTED:
-            return self._record(prim, _COUNTED[prim](eqn), ins, calls, name)
+            index = self._record(prim, _COUNTED[prim](eqn), ins, calls, name)
+            self.ops[index].eqn = eqn
+            return index
         state = ins[0]
-        for weight, facts in _COUNTED_SEVERAL[prim](eqn):
+        for step, (weight, facts) in enumerate(_COUNTED_SEVERAL[prim](eqn)):
             index = self._record(prim, facts, [state, ins[weight]], calls, name)
+            self.ops[index].eqn, self.ops[index].step = eqn, step
             state = _State(frozenset(), index)
         return index
 
@@ -353,9 +429,11 @@ class _Walker:
         self, primitive: str, facts: _OpFacts, ins: list[_State], calls: int, name: str
     ) -> int:
         """Records one op whose operands (activation, weight) have states ``ins``."""
-        kind, mult_adds, out, window, groups = facts
+        kind, mult_adds, out, window, groups, nbytes = facts
         index = len(self.ops)
-        figures = OpCost(kind, primitive, mult_adds * calls, calls, out, window, groups, name)
+        figures = OpCost(
+            kind, primitive, mult_adds * calls, calls, out, window, groups, name, nbytes * calls
+        )
         op = _Op(figures, display_shape=out)
         self.ops.append(op)
         if self.track:
@@ -483,6 +561,25 @@ def count(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Count:
     calls, host callbacks: :data:`OPAQUE_PRIMITIVES`) are listed in
     ``Count.unattributed`` with a warning, never counted as zero in silence.
 
+    **Bytes.** Each op also gets ``bytes_moved``, the least memory traffic it can
+    have: its two operands (activation and weight) read once and its result written
+    once, ``(size(lhs) + size(rhs) + size(out))`` elements, each at its dtype's
+    itemsize (so a bfloat16 op moves half a float32 op's bytes). Caches, re-reads of
+    a window's overlapping taps and padding copies are not in it: real kernels move
+    at least this much. The separable primitive's two steps each count the
+    intermediate once (written, then read). ``OpCost.intensity`` is mult-adds per
+    byte: about ``prod(window)`` for a depthwise op and ``C`` or more for a
+    pointwise or standard one, which is why fewer mult-adds need not mean less time.
+
+    **Backward.** The gradient of a bilinear op ``y = f(x, w)`` is its two
+    transposes: ``dx`` from ``(dy, w)`` and ``dw`` from ``(x, dy)``. Each pairs the
+    same output elements with the same taps as the forward, so each costs the
+    forward's mult-adds, and each reads two of ``x, w, y``-sized arrays and writes
+    the third: ``backward_mult_adds = 2 * mult_adds`` and ``backward_bytes_moved =
+    2 * bytes_moved`` per op, and ``Count.training_*`` is three times the forward.
+    This counts ``dx`` for every op, also the first layer's, whose input gradient a
+    training step skips.
+
     Args:
       fn: any function of arrays.
       *args: its positional arguments: arrays, :class:`jax.ShapeDtypeStruct`, or
@@ -514,13 +611,17 @@ def count(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Count:
     walker.walk(closed, [_EMPTY] * n_in, 1, "")
     _warn_unattributed(walker.unattributed)
     by_kind = dict.fromkeys(KINDS, 0)
+    bytes_by_kind = dict.fromkeys(KINDS, 0)
     for op in walker.ops:
         by_kind[op.cost.kind] += op.cost.mult_adds
+        bytes_by_kind[op.cost.kind] += op.cost.bytes_moved
     return Count(
         mult_adds=sum(by_kind.values()),
         by_kind=by_kind,
         ops=tuple(op.cost for op in walker.ops),
         unattributed=dict(walker.unattributed),
+        bytes_moved=sum(bytes_by_kind.values()),
+        bytes_by_kind=bytes_by_kind,
     )
 
 

@@ -1,8 +1,10 @@
-"""Profiles of Flax models: mult-adds and parameters per layer and per kind.
+"""Profiles of Flax models: mult-adds, parameters, bytes and time per layer and kind.
 
 :func:`profile` traces a linen or NNX module with the counter of
 :mod:`sepconv_jax.cost._count`, attributes every parameter leaf to the operation
-that consumes it, and returns a :class:`Profile` that prints as two tables.
+that consumes it, optionally times every operation alone
+(:mod:`sepconv_jax.cost._measure`), and returns a :class:`Profile` that prints as
+two tables.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Literal
 import jax
 import numpy as np
 
+from sepconv_jax.cost import _measure
 from sepconv_jax.cost._analytic import Cost
 from sepconv_jax.cost._count import (
     _EMPTY,
@@ -27,6 +30,7 @@ from sepconv_jax.cost._count import (
     _trace,
     _Walker,
     _warn_unattributed,
+    intensity,
 )
 
 #: A row's kind in a profile: a counted :data:`Kind`, or ``"other"`` for parameters
@@ -47,6 +51,11 @@ class LayerCost:
       output_shape: the operation's result shape (``None`` for ``"other"`` rows).
       mult_adds: mult-adds of this row.
       params: parameters attributed to this row (its kernel and bias).
+      bytes_moved: the least bytes the operation moves (operands read once, result
+        written once; :attr:`OpCost.bytes_moved`); 0 for ``"other"`` rows.
+      measured_s: seconds of the operation compiled and run alone on the current
+        backend, best of several calls (``profile(..., measure=True)``); ``None``
+        when not measured and for ``"other"`` rows.
     """
 
     path: str
@@ -54,14 +63,39 @@ class LayerCost:
     output_shape: tuple[int, ...] | None
     mult_adds: int
     params: int
+    bytes_moved: int = 0
+    measured_s: float | None = None
+
+    @property
+    def intensity(self) -> float:
+        """Mult-adds per byte moved (``nan`` for ``"other"`` rows)."""
+        return intensity(self.mult_adds, self.bytes_moved)
+
+    @property
+    def backward_mult_adds(self) -> int:
+        """Mult-adds of the operation's two transposes: ``2 * mult_adds``."""
+        return 2 * self.mult_adds
+
+    @property
+    def backward_bytes_moved(self) -> int:
+        """Least bytes of the operation's two transposes: ``2 * bytes_moved``."""
+        return 2 * self.bytes_moved
 
 
 def _fmt_int(value: int) -> str:
     return f"{value:,}"
 
 
-def _pct(part: int, total: int) -> str:
+def _pct(part: float, total: float) -> str:
     return f"{100 * part / total:.2f}%" if total else "-"
+
+
+def _fmt_intensity(value: float) -> str:
+    return "" if math.isnan(value) else f"{value:.1f}"
+
+
+def _fmt_ms(seconds: float | None) -> str:
+    return "" if seconds is None else f"{1e3 * seconds:.3f}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +111,9 @@ class Profile:
       by_kind: a :class:`Cost` per kind present, in :data:`KINDS` order, then
         ``"other"``.
       unattributed: opaque primitives met, as in :attr:`Count.unattributed`.
+      bytes_moved: the least bytes moved by the counted operations.
+      bytes_by_kind: ``bytes_moved`` per kind present in ``by_kind``.
+      time_by_kind: measured seconds per counted kind (empty unless measured).
 
     ``print(profile)`` shows both tables; ``rich.print(profile)`` renders them in
     colour; :meth:`to_dict` gives plain data.
@@ -87,13 +124,46 @@ class Profile:
     layers: tuple[LayerCost, ...]
     by_kind: Mapping[RowKind, Cost]
     unattributed: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    bytes_moved: int = 0
+    bytes_by_kind: Mapping[RowKind, int] = dataclasses.field(default_factory=dict)
+    time_by_kind: Mapping[RowKind, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def measured(self) -> bool:
+        """Whether the layers were timed (``profile(..., measure=True)``)."""
+        return bool(self.time_by_kind)
+
+    @property
+    def measured_s(self) -> float | None:
+        """Sum of the layers' measured times, ``None`` when not measured."""
+        return sum(self.time_by_kind.values()) if self.measured else None
+
+    @property
+    def intensity(self) -> float:
+        """Mult-adds per byte moved, over all counted operations."""
+        return intensity(self.mult_adds, self.bytes_moved)
+
+    @property
+    def training_mult_adds(self) -> int:
+        """Forward plus backward mult-adds (each op and its two transposes)."""
+        return 3 * self.mult_adds
+
+    @property
+    def training_bytes_moved(self) -> int:
+        """Forward plus backward least bytes (each op and its two transposes)."""
+        return 3 * self.bytes_moved
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly dict: totals, ``by_kind`` and ``layers``."""
         return {
             "mult_adds": self.mult_adds,
             "params": self.params,
+            "bytes_moved": self.bytes_moved,
+            "training_mult_adds": self.training_mult_adds,
+            "training_bytes_moved": self.training_bytes_moved,
             "by_kind": {k: dataclasses.asdict(v) for k, v in self.by_kind.items()},
+            "bytes_by_kind": dict(self.bytes_by_kind),
+            "time_by_kind": dict(self.time_by_kind),
             "layers": [dataclasses.asdict(row) for row in self.layers],
             "unattributed": dict(self.unattributed),
         }
@@ -103,19 +173,32 @@ class Profile:
         from rich.table import Table
 
         table = Table(title=title)
-        for col in ("kind", "mult-adds", "share", "params", "share "):
+        cols = ["kind", "mult-adds", "share", "params", "share ", "bytes", "MA/byte"]
+        if self.measured:
+            cols += ["time ms", "time share"]
+        for col in cols:
             table.add_column(col, justify="left" if col == "kind" else "right")
+        total_s = self.measured_s or 0.0
         for kind, cost in self.by_kind.items():
-            table.add_row(
+            nbytes = self.bytes_by_kind.get(kind, 0)
+            cells = [
                 kind,
                 _fmt_int(cost.mult_adds),
                 _pct(cost.mult_adds, self.mult_adds),
                 _fmt_int(cost.params),
                 _pct(cost.params, self.params),
-            )
-        table.add_row(
-            "total", _fmt_int(self.mult_adds), "", _fmt_int(self.params), "", style="bold"
-        )
+                _fmt_int(nbytes) if nbytes else "",
+                _fmt_intensity(intensity(cost.mult_adds, nbytes)),
+            ]
+            if self.measured:
+                seconds = self.time_by_kind.get(kind)
+                cells += [_fmt_ms(seconds), "" if seconds is None else _pct(seconds, total_s)]
+            table.add_row(*cells)
+        cells = ["total", _fmt_int(self.mult_adds), "", _fmt_int(self.params), ""]
+        cells += [_fmt_int(self.bytes_moved), _fmt_intensity(self.intensity)]
+        if self.measured:
+            cells += [_fmt_ms(total_s), ""]
+        table.add_row(*cells, style="bold")
         return table
 
     def table(self, title: str | None = "Cost by layer"):
@@ -123,17 +206,25 @@ class Profile:
         from rich.table import Table
 
         table = Table(title=title)
-        for col in ("module", "kind", "output shape", "mult-adds", "params"):
-            table.add_column(col, justify="right" if col in ("mult-adds", "params") else "left")
+        cols = ["module", "kind", "output shape", "mult-adds", "params", "bytes", "MA/byte"]
+        if self.measured:
+            cols.append("time ms")
+        for col in cols:
+            table.add_column(col, justify="left" if col in cols[:3] else "right")
         for row in self.layers:
             shape = "" if row.output_shape is None else "x".join(map(str, row.output_shape))
-            table.add_row(
+            cells = [
                 row.path or "(root)",
                 row.kind,
                 shape,
                 _fmt_int(row.mult_adds),
                 _fmt_int(row.params),
-            )
+                _fmt_int(row.bytes_moved) if row.bytes_moved else "",
+                _fmt_intensity(row.intensity),
+            ]
+            if self.measured:
+                cells.append(_fmt_ms(row.measured_s))
+            table.add_row(*cells)
         return table
 
     def __rich_console__(self, console, options):
@@ -206,14 +297,30 @@ def _nnx_program(module: Any, inputs: tuple, apply_kwargs: dict):
     return program, params, rest
 
 
-def profile(module: Any, *inputs: Any, variables: Any = None, **apply_kwargs: Any) -> Profile:
-    """Profiles a Flax module: mult-adds and parameters per layer and per kind.
+def profile(
+    module: Any,
+    *inputs: Any,
+    variables: Any = None,
+    measure: bool = False,
+    measure_repeats: int = 5,
+    **apply_kwargs: Any,
+) -> Profile:
+    """Profiles a Flax module: mult-adds, parameters and bytes per layer and per kind.
 
     The module's call is traced (never run), as in :func:`count`. Each parameter
     leaf is attributed by following the dataflow: a kernel belongs to the counted
     operation that consumes it; a parameter of the same module combined with that
     operation's output (a bias) belongs to it too; parameters of another module met
     there (batch norm's scale and offset), or never met at all, are ``"other"``.
+    Bytes and arithmetic intensity are :func:`count`'s.
+
+    With ``measure=True`` every counted operation is also compiled alone
+    (``jax.jit`` of its one primitive, on random operands of its shapes and dtypes)
+    and timed on JAX's default backend, best of ``measure_repeats`` calls after a
+    warm-up; :func:`sepconv_jax.cost.roofline` puts those times beside its
+    prediction. Elementwise work (bias, normalization, activations) between the
+    operations is not timed, and a layer alone runs without the fusions XLA makes
+    across layers of a whole model.
 
     Args:
       module: a ``flax.linen.Module`` (initialized abstractly with
@@ -222,6 +329,8 @@ def profile(module: Any, *inputs: Any, variables: Any = None, **apply_kwargs: An
         placeholders. Counts are for this batch size; use batch 1 for per-example
         figures.
       variables: linen only: the variables to use instead of an abstract init.
+      measure: time every counted operation alone (see above).
+      measure_repeats: timed calls per operation when measuring (the best is kept).
       **apply_kwargs: passed to ``module.apply`` (linen: call keywords such as
         ``train=False``, and ``rngs``, ``mutable``, ``method``) or to the NNX call.
 
@@ -230,6 +339,7 @@ def profile(module: Any, *inputs: Any, variables: Any = None, **apply_kwargs: An
 
     Raises:
       TypeError: when ``module`` is not a Flax linen or NNX module.
+      ValueError: when ``measure_repeats`` is not a positive int.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -250,6 +360,8 @@ def profile(module: Any, *inputs: Any, variables: Any = None, **apply_kwargs: An
     import flax.linen as nn
     from flax import nnx
 
+    if measure:
+        measure_repeats = _measure.check_repeats(measure_repeats, "measure_repeats")
     if variables is not None and not isinstance(module, nn.Module):
         raise TypeError("`variables` is only accepted with a flax.linen.Module")
     if isinstance(module, nn.Module):
@@ -303,10 +415,23 @@ def profile(module: Any, *inputs: Any, variables: Any = None, **apply_kwargs: An
             module_path = "/".join(paths[leaf][:-1])
             group[module_path] = group.get(module_path, 0) + size
 
+    times: list[float | None] = [None] * len(walker.ops)
+    if measure:
+        for i, op in enumerate(walker.ops):
+            times[i] = _measure.time_op(op.eqn, op.step, op.cost.calls, measure_repeats, i)
+
     rows: list[LayerCost] = []
     for i, op in enumerate(walker.ops):
         rows.append(
-            LayerCost(op.path, op.cost.kind, op.display_shape, op.cost.mult_adds, op_params[i])
+            LayerCost(
+                op.path,
+                op.cost.kind,
+                op.display_shape,
+                op.cost.mult_adds,
+                op_params[i],
+                op.cost.bytes_moved,
+                times[i],
+            )
         )
         for module_path, size in others.get(i, {}).items():
             rows.append(LayerCost(module_path, OTHER, None, 0, size))
@@ -314,14 +439,22 @@ def profile(module: Any, *inputs: Any, variables: Any = None, **apply_kwargs: An
         rows.append(LayerCost(module_path, OTHER, None, 0, size))
 
     by_kind: dict[RowKind, Cost] = {}
+    bytes_by_kind: dict[RowKind, int] = {}
+    time_by_kind: dict[RowKind, float] = {}
     for kind in (*KINDS, OTHER):
         picked = [row for row in rows if row.kind == kind]
         if picked:
             by_kind[kind] = Cost(sum(r.mult_adds for r in picked), sum(r.params for r in picked))
+            bytes_by_kind[kind] = sum(r.bytes_moved for r in picked)
+            if measure and kind != OTHER:
+                time_by_kind[kind] = sum(r.measured_s or 0.0 for r in picked)
     return Profile(
         mult_adds=sum(c.mult_adds for c in by_kind.values()),
         params=sum(sizes),
         layers=tuple(rows),
         by_kind=by_kind,
         unattributed=dict(walker.unattributed),
+        bytes_moved=sum(bytes_by_kind.values()),
+        bytes_by_kind=bytes_by_kind,
+        time_by_kind=time_by_kind,
     )
