@@ -18,7 +18,14 @@ measured train-step time and test accuracy, with the ratios between them
   ``jax.jit`` time of a few MobileNet-sized 3x3 layers.
 
 Training is data-parallel over every local device (see :mod:`sepconv_jax.apps.train`);
-``--devices N`` picks how many.
+``--devices N`` picks how many. ``--processes N`` starts N processes on this machine's
+CPU, joined by :func:`jax.distributed.initialize` (:mod:`sepconv_jax.apps.distributed`),
+the code path of a multi-host run; on a cluster each host runs the demo with
+``--coordinator HOST:PORT --num-processes N --process-id I`` instead.
+
+A step whose loss goes NaN or infinite stops training
+(:class:`~sepconv_jax.apps.train.NonFiniteLossError`); the demo then writes the fault
+(step, first non-finite layer, message) to ``{task}_results.json`` and exits with 3.
 """
 
 from __future__ import annotations
@@ -34,11 +41,11 @@ import jax
 import jax.numpy as jnp
 
 from sepconv_jax import cost, ops
-from sepconv_jax.apps import demo_report
+from sepconv_jax.apps import demo_report, distributed
 from sepconv_jax.apps.data import digits_data, waveform_data
 from sepconv_jax.apps.networks import DigitsCNN, SequenceCNN
 from sepconv_jax.apps.timing import time_jitted
-from sepconv_jax.apps.train import data_mesh, train_classifier
+from sepconv_jax.apps.train import NonFiniteLossError, data_mesh, train_classifier
 
 __all__ = [
     "LAYERS",
@@ -46,6 +53,7 @@ __all__ = [
     "TASKS",
     "Comparison",
     "ModelRun",
+    "TrainingFault",
     "compare",
     "layer_rows",
     "register_cli",
@@ -135,6 +143,29 @@ class Comparison:
         }
 
 
+class TrainingFault(RuntimeError):
+    """One network of :func:`compare` stopped on a non-finite step.
+
+    Attributes:
+      task: the task.
+      network: ``"standard"`` or ``"separable"``.
+      settings: as in :class:`Comparison`.
+      error: the :class:`~sepconv_jax.apps.train.NonFiniteLossError`.
+    """
+
+    def __init__(
+        self, task: str, network: str, settings: dict[str, Any], error: NonFiniteLossError
+    ):
+        super().__init__(f"{network} network: {error}")
+        self.task, self.network, self.settings, self.error = task, network, settings, error
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON: task, settings, and the fault with its network."""
+        fault = {"network": self.network, **self.error.to_dict()}
+        fault["losses"] = [float(v) for v in self.error.losses]
+        return {"task": self.task, "settings": self.settings, "fault": fault}
+
+
 #: Training examples in a ``quick`` run.
 QUICK_TRAIN = 512
 
@@ -190,6 +221,7 @@ def compare(
     Raises:
       ValueError: for an unknown task or a bad batch size or device count.
       RuntimeError: when the digits task lacks scikit-learn.
+      TrainingFault: when a network's training stops on a non-finite step.
     """
     start = time.perf_counter()
     mesh = data_mesh(devices)
@@ -197,23 +229,38 @@ def compare(
         epochs = 1 if quick else {"digits": 15, "sequence": 6}.get(task, 1)
     train, test, standard, separable = _task_setup(task, quick)
     example = jax.ShapeDtypeStruct((1, *train[0].shape[1:]), jnp.float32)
+    settings = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "seed": seed,
+        "devices": int(mesh.devices.size),
+        "processes": jax.process_count(),
+        "backend": jax.default_backend(),
+        "input": "x".join(map(str, train[0].shape[1:])),
+        "n_train": len(train[0]),
+        "n_test": len(test[0]),
+    }
     runs = []
     for name, model in (("standard", standard), ("separable", separable)):
         prof = cost.profile(model, example)
         block_mult_adds, block_params = _block_cost(prof)
         with _EpochBars(name, epochs, len(train[0]) // batch_size, progress) as bars:
-            result = train_classifier(
-                model,
-                train,
-                test,
-                epochs=epochs,
-                batch_size=batch_size,
-                learning_rate=learning_rate,
-                seed=seed,
-                mesh=mesh,
-                on_step=bars.step,
-                on_epoch=bars.epoch,
-            )
+            try:
+                result = train_classifier(
+                    model,
+                    train,
+                    test,
+                    epochs=epochs,
+                    batch_size=batch_size,
+                    learning_rate=learning_rate,
+                    seed=seed,
+                    mesh=mesh,
+                    on_step=bars.step,
+                    on_epoch=bars.epoch,
+                )
+            except NonFiniteLossError as e:
+                raise TrainingFault(task, name, settings, e) from e
         runs.append(
             ModelRun(
                 name=name,
@@ -229,17 +276,6 @@ def compare(
                 losses=tuple(float(v) for v in result.losses),
             )
         )
-    settings = {
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "learning_rate": learning_rate,
-        "seed": seed,
-        "devices": int(mesh.devices.size),
-        "backend": jax.default_backend(),
-        "input": "x".join(map(str, train[0].shape[1:])),
-        "n_train": len(train[0]),
-        "n_test": len(test[0]),
-    }
     return Comparison(task, runs[0], runs[1], settings, time.perf_counter() - start)
 
 
@@ -374,8 +410,19 @@ def run(args: argparse.Namespace) -> int:
     """Runs the ``demo`` subcommand; returns the exit code."""
     from rich.console import Console
 
-    _request_devices(args.devices)
-    console = Console()
+    if args.processes is not None and args.coordinator is None:
+        return _launch_processes(args)
+    if args.coordinator is not None:
+        _request_devices(args.devices)
+        try:
+            distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+        except (ValueError, TypeError) as e:
+            print(f"sepconv-jax demo: error: {e}", file=sys.stderr)
+            return 2
+    else:
+        _request_devices(args.devices)
+    primary = jax.process_index() == 0
+    console = Console(quiet=not primary)
     if args.task == "layers":
         batch = 1 if args.batch_size is None else args.batch_size
         demo_report.print_layer_table(layer_rows(batch=batch, repeats=3 if args.quick else 10))
@@ -385,16 +432,55 @@ def run(args: argparse.Namespace) -> int:
             args.task,
             epochs=args.epochs,
             batch_size=32 if args.batch_size is None else args.batch_size,
+            learning_rate=args.learning_rate,
             seed=args.seed,
-            devices=args.devices,
+            # Every process's devices take part in a multi-process run.
+            devices=None if args.coordinator is not None else args.devices,
             quick=args.quick,
+            progress=primary,
         )
+    except TrainingFault as fault:
+        if primary:
+            path = demo_report.write_fault(fault, args.out)
+            print(f"sepconv-jax demo: {fault}\nFault recorded in {path}", file=sys.stderr)
+        return 3
     except (ValueError, TypeError, RuntimeError) as e:
         print(f"sepconv-jax demo: error: {e}", file=sys.stderr)
         return 2
+    if not primary:
+        return 0
     paths = demo_report.write_outputs(comparison, args.out)
     demo_report.print_comparison(comparison, paths, console)
     return 0
+
+
+def _launch_processes(args: argparse.Namespace) -> int:
+    """``--processes N``: the same demo as N local processes joined into one run."""
+    if args.processes < 1:
+        print(
+            f"sepconv-jax demo: error: `--processes` must be >= 1, got {args.processes}",
+            file=sys.stderr,
+        )
+        return 2
+    forwarded = ["-m", "sepconv_jax.cli", "demo", "--task", args.task, "--seed", str(args.seed)]
+    forwarded += ["--out", str(args.out), "--learning-rate", repr(args.learning_rate)]
+    if args.epochs is not None:
+        forwarded += ["--epochs", str(args.epochs)]
+    if args.batch_size is not None:
+        forwarded += ["--batch-size", str(args.batch_size)]
+    if args.quick:
+        forwarded.append("--quick")
+    try:
+        results = distributed.launch_local(
+            args.processes,
+            forwarded,
+            timeout_s=args.timeout,
+            devices_per_process=args.devices or 1,
+        )
+    except RuntimeError as e:
+        print(f"sepconv-jax demo: error: {e}", file=sys.stderr)
+        return 2
+    return max(r.returncode for r in results)
 
 
 def register_cli(subparsers) -> argparse.ArgumentParser:
@@ -432,5 +518,21 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
         "--out", default="out/demo", help="folder for the JSON figures and the PNG plot"
     )
     parser.add_argument("--quick", action="store_true", help="a short run (for CI)")
+    parser.add_argument(
+        "--learning-rate", type=float, default=3e-3, help="peak learning rate (default 3e-3)"
+    )
+    multi = parser.add_argument_group(
+        "multi-process",
+        "--processes N runs N processes on this machine's CPU (each with --devices CPU "
+        "devices); on a cluster, run the demo on every host with --coordinator, "
+        "--num-processes and --process-id.",
+    )
+    multi.add_argument("--processes", type=int, default=None, help="local processes to start")
+    multi.add_argument(
+        "--timeout", type=float, default=1800.0, help="bound on a --processes run, in seconds"
+    )
+    multi.add_argument("--coordinator", default=None, help="HOST:PORT of process 0")
+    multi.add_argument("--num-processes", type=int, default=1, help="processes in the run")
+    multi.add_argument("--process-id", type=int, default=0, help="this process's index")
     parser.set_defaults(func=run)
     return parser
