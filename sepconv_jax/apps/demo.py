@@ -480,7 +480,7 @@ def _launch_processes(args: argparse.Namespace) -> int:
     except RuntimeError as e:
         print(f"sepconv-jax demo: error: {e}", file=sys.stderr)
         return 2
-    return max(r.returncode for r in results)
+    return max((r.returncode for r in results), default=0)
 
 
 def register_cli(subparsers) -> argparse.ArgumentParser:

@@ -15,6 +15,7 @@ kills every process it started when one fails, so nothing is left behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -139,50 +140,55 @@ def launch_local(
     flags.append(f"--xla_force_host_platform_device_count={devices_per_process}")
     env["XLA_FLAGS"] = " ".join(flags)
     procs: list[subprocess.Popen] = []
-    logs: list[tuple[Any, Any]] = []
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(_end, procs)  # no process outlives this call
+        logs = []
         for i in range(num_processes):
             command = [sys.executable, *python_args, "--coordinator", coordinator]
             command += ["--num-processes", str(num_processes), "--process-id", str(i)]
-            files = (
-                (tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+"))
-                if capture
-                else (None, None)
-            )
+            files = (None, None)
+            if capture:
+                files = tuple(stack.enter_context(tempfile.TemporaryFile("w+")) for _ in "oe")
             logs.append(files)
             procs.append(
                 subprocess.Popen(command, env=env, stdout=files[0], stderr=files[1], text=True)
             )
-        deadline = time.monotonic() + timeout_s
-        failed = None
-        while failed is None and any(p.poll() is None for p in procs):
-            failed = next((i for i, p in enumerate(procs) if p.poll() not in (None, 0)), None)
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"the {num_processes}-process run did not finish in {timeout_s:g} s"
-                )
-            time.sleep(0.05)
+        failed = _wait(procs, time.monotonic() + timeout_s)
         if failed is None:
-            failed = next((i for i, p in enumerate(procs) if p.returncode != 0), None)
-    finally:
-        for p in procs:  # no process outlives this call
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-    results = []
-    for i, p in enumerate(procs):
-        p.wait()
-        stdout, stderr = (_read(f) for f in logs[i])
-        results.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
-        if i == failed:
-            tail = f":\n{stderr[-3000:]}" if stderr else ""
-            raise RuntimeError(f"process {i} of {num_processes} exited with {p.returncode}{tail}")
+            raise RuntimeError(f"the {num_processes}-process run did not finish in {timeout_s:g} s")
+        results = [
+            subprocess.CompletedProcess(p.args, p.returncode, *map(_read, logs[i]))
+            for i, p in enumerate(procs)
+        ]
+    for i, r in enumerate(results):
+        if r.returncode != 0 and (failed < 0 or i == failed):
+            tail = f":\n{r.stderr[-3000:]}" if r.stderr else ""
+            raise RuntimeError(f"process {i} of {len(results)} exited with {r.returncode}{tail}")
     return results
+
+
+def _wait(procs: list[subprocess.Popen], deadline: float) -> int | None:
+    """Waits until all exit (-1), one fails (its index) or the deadline passes (None)."""
+    while time.monotonic() < deadline:
+        codes = [p.poll() for p in procs]
+        failed = next((i for i, c in enumerate(codes) if c not in (None, 0)), None)
+        if failed is not None:
+            return failed
+        if all(c == 0 for c in codes):
+            return -1
+        time.sleep(0.05)
+    return None
+
+
+def _end(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
 
 
 def _read(file: Any) -> str | None:
     if file is None:
         return None
-    with file:
-        file.seek(0)
-        return file.read()
+    file.seek(0)
+    return file.read()
