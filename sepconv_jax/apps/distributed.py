@@ -90,8 +90,11 @@ def initialize(
             f"(`num_processes`={num_processes})"
         )
     timeout_s = _spec.check_positive_int(timeout_s, "timeout_s")
-    if jax.config.jax_cpu_collectives_implementation in (None, "", "none"):  # type: ignore[attr-defined]
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # Cross-process collectives on CPUs need an implementation: gloo is the default
+    # of recent JAX versions; older ones (and a user's "none") get it set here.
+    option = "jax_cpu_collectives_implementation"
+    if getattr(jax.config, option, "gloo") in (None, "", "none"):
+        jax.config.update(option, "gloo")
     jax.distributed.initialize(
         coordinator,
         num_processes=num_processes,
@@ -146,9 +149,12 @@ def launch_local(
         for i in range(num_processes):
             command = [sys.executable, *python_args, "--coordinator", coordinator]
             command += ["--num-processes", str(num_processes), "--process-id", str(i)]
-            files = (None, None)
+            files: tuple[Any, Any] = (None, None)
             if capture:
-                files = tuple(stack.enter_context(tempfile.TemporaryFile("w+")) for _ in "oe")
+                files = (
+                    stack.enter_context(tempfile.TemporaryFile("w+")),
+                    stack.enter_context(tempfile.TemporaryFile("w+")),
+                )
             logs.append(files)
             procs.append(
                 subprocess.Popen(command, env=env, stdout=files[0], stderr=files[1], text=True)

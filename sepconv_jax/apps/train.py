@@ -668,7 +668,7 @@ def train_classifier(
         return os.fspath(checkpoints.save(checkpoint_dir, step, tree, meta, keep=keep_checkpoints))
 
     def order_rng_state() -> dict[str, Any]:
-        return order_rng.bit_generator.state
+        return dict(order_rng.bit_generator.state)
 
     predict = _predict_fn(model.apply, mesh)
     step_times: list[float] = []
