@@ -118,6 +118,8 @@ class DepthwiseConv(_Windowed):
         depthwise fan-in ``prod(kernel_size)`` (each output reads one channel's
         window), so unit-variance inputs give unit-variance outputs at init.
       bias_init: bias initializer (zeros).
+      channel_axis: mesh axis to shard the kernel's and bias's channels over
+        (sharding metadata; build under ``jax.set_mesh``); ``None`` (default) adds none.
       rngs: random number streams; ``rngs.params()`` seeds the initializers.
 
     Example:
@@ -227,6 +229,9 @@ class PointwiseConv(nnx.Module):
       pointwise_init: kernel initializer. The default is LeCun normal with fan-in
         ``in_features``, so unit-variance inputs give unit-variance outputs at init.
       bias_init: bias initializer (zeros).
+      in_axis: mesh axis to shard the kernel's input channels over; ``None`` (default)
+        adds no sharding metadata.
+      out_axis: mesh axis to shard the kernel's output channels (and the bias) over.
       rngs: random number streams; ``rngs.params()`` seeds the initializers.
 
     Example:
@@ -335,6 +340,10 @@ class SeparableConv(_Windowed):
       pointwise_init: LeCun normal with fan-in ``C * M`` by default. Together they
         keep unit-variance inputs at unit variance through both steps at init.
       bias_init: initializer of both biases (zeros).
+      channel_axis: mesh axis to shard the depthwise channels over (depthwise kernel
+        and bias, the pointwise kernel's input dim); ``None`` (default) adds none.
+      out_axis: mesh axis to shard the output channels over (pointwise kernel's
+        output dim, bias).
       rngs: random number streams; ``rngs.params()`` seeds the initializers.
 
     Example:
