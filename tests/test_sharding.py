@@ -252,6 +252,8 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def model_parallel():
+    """The 8-device computations of both impls, from a subprocess (the device count
+    is fixed when JAX starts)."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env["XLA_FLAGS"] = (
         env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -267,8 +269,7 @@ def model_parallel():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("impl", ["shift", "xla"])
-def test_model_parallel_block_matches_unsharded(model_parallel, impl):
+def _check_matches_unsharded(model_parallel, impl):
     assert model_parallel["devices"] == 8
     run = model_parallel[impl]
     # Same function, partitioned: only the summation order of the projection's
@@ -288,8 +289,7 @@ def _axis_groups(model_parallel):
     return data, model
 
 
-@pytest.mark.parametrize("impl", ["shift", "xla"])
-def test_depthwise_step_has_no_collective(model_parallel, impl):
+def _check_no_collective_in_depthwise(model_parallel, impl):
     run = model_parallel[impl]
     data, model = _axis_groups(model_parallel)
 
@@ -315,3 +315,11 @@ def test_depthwise_step_has_no_collective(model_parallel, impl):
             assert groups == data, (op, op_name)
             touched += 1
     assert touched  # the depthwise kernel's gradient is summed over the batch shards
+
+
+def test_model_parallel_block(model_parallel):
+    # One test for both impls, so that the 8-device subprocess runs once per session
+    # even when the tests are spread over pytest-xdist workers.
+    for impl in ("shift", "xla"):
+        _check_matches_unsharded(model_parallel, impl)
+        _check_no_collective_in_depthwise(model_parallel, impl)
