@@ -237,7 +237,8 @@ class InvertedResidual(Normalized):
         :mod:`sepconv_jax.linen`), so the expansion and the depthwise step run on
         each device's own channels without communication and the projection ends in
         one reduction over the axis. Batch norm and squeeze-excite parameters stay
-        replicated. ``None`` (default) annotates nothing.
+        replicated. ``None`` (default) annotates nothing. XLA partitions the
+        ``"xla"`` and ``"shift"`` depthwise impls; the Pallas ones are gathered whole.
 
     Example:
       >>> import jax, jax.numpy as jnp
