@@ -83,6 +83,34 @@ def check_impl(impl: Any) -> Impl:
     return _spec.check_choice(impl, dispatch.IMPLS, "impl")
 
 
+def check_axis(value: Any, name: str) -> str | None:
+    """A mesh axis name for parameter sharding annotations, or ``None``."""
+    if value is not None and (not isinstance(value, str) or not value):
+        raise TypeError(
+            f"`{name}` must be None or the name of a mesh axis such as 'model', got "
+            f"{type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def partition_names(ndim: int, axes: dict[int, str | None]) -> tuple[str | None, ...] | None:
+    """Per-dim mesh axis names of an ``ndim`` parameter from ``{dim: axis}`` (negative
+    dims count from the end); ``None`` when no dim is sharded, so that the parameter
+    carries no annotation.
+
+    Example:
+      >>> from sepconv_jax._layers import partition_names
+      >>> partition_names(4, {-1: "model"}), partition_names(2, {0: None, 1: None})
+      ((None, None, None, 'model'), None)
+    """
+    if all(axis is None for axis in axes.values()):
+        return None
+    names: list[str | None] = [None] * ndim
+    for dim, axis in axes.items():
+        names[dim] = axis
+    return tuple(names)
+
+
 def check_common(*, dtype: Any, param_dtype: Any, precision: Any, use_bias: Any) -> None:
     """Options every layer has."""
     check_dtype(dtype, "dtype", allow_none=True)

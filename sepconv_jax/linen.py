@@ -32,6 +32,13 @@ collection (the last ``(k - 1) * d`` input frames, :mod:`sepconv_jax.streaming`)
 created as zeros (the causal padding) on the first call; pass it back with the
 parameters on the next call. Joined along time, the outputs equal the offline call
 on the whole sequence.
+
+Model parallelism (opt-in): ``channel_axis``, ``in_axis`` and ``out_axis`` name mesh
+axes to shard parameters over, attached with :func:`flax.linen.with_partitioning`
+(``nn.get_partition_spec(variables)`` reads them back). A depthwise layer sharded
+over channels computes each shard from its own channels alone; a pointwise layer
+sharded over its output channels needs its whole input (replicated), one sharded over
+its input channels ends in one reduction. By default no parameter is annotated.
 """
 
 from __future__ import annotations
@@ -74,6 +81,10 @@ def _stream_cache(
     buffer = module.variable("cache", "buffer", _layers.zero_buffer, x, opts, dtype)
     _layers.check_stream(x, kernel, buffer.value, opts, owner, kernel_name)
     return buffer
+
+
+def _init(init: Any, names: tuple[str | None, ...] | None) -> Any:
+    return init if names is None else nn.with_partitioning(init, names)
 
 
 def _window_options(module: DepthwiseConv | SeparableConv) -> WindowOptions:
@@ -121,6 +132,8 @@ class DepthwiseConv(nn.Module):
         depthwise fan-in ``prod(kernel_size)`` (each output reads one channel's
         window), so unit-variance inputs give unit-variance outputs at init.
       bias_init: bias initializer (zeros).
+      channel_axis: mesh axis to shard the kernel's and bias's channels over
+        (model parallelism); ``None`` (default) annotates nothing.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -161,6 +174,7 @@ class DepthwiseConv(nn.Module):
     impl: Impl = "auto"
     depthwise_init: _layers.Initializer = _layers.default_depthwise_init
     bias_init: _layers.Initializer = _layers.default_bias_init
+    channel_axis: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -173,6 +187,7 @@ class DepthwiseConv(nn.Module):
         )
         _layers.check_initializer(self.depthwise_init, "depthwise_init")
         _layers.check_initializer(self.bias_init, "bias_init")
+        _layers.check_axis(self.channel_axis, "channel_axis")
 
     @nn.compact
     def __call__(self, x: ArrayLike, decode: bool = False) -> jax.Array:
@@ -200,10 +215,13 @@ class DepthwiseConv(nn.Module):
         opts = _window_options(self)
         channels = _spec.window_channels(x, opts, "DepthwiseConv")
         shape = opts.depthwise_kernel_shape(channels)
-        kernel = self.param("kernel", self.depthwise_init, shape, self.param_dtype)
+        axis = self.channel_axis
+        kernel_init = _init(self.depthwise_init, _layers.partition_names(len(shape), {-1: axis}))
+        kernel = self.param("kernel", kernel_init, shape, self.param_dtype)
         bias = None
         if self.use_bias:
-            bias = self.param("bias", self.bias_init, (shape[-1],), self.param_dtype)
+            bias_init = _init(self.bias_init, _layers.partition_names(1, {0: axis}))
+            bias = self.param("bias", bias_init, (shape[-1],), self.param_dtype)
         x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
         if not decode:
             return _layers.depthwise_forward(
@@ -237,6 +255,9 @@ class PointwiseConv(nn.Module):
       pointwise_init: kernel initializer. The default is LeCun normal with fan-in
         ``C_in``, so unit-variance inputs give unit-variance outputs at init.
       bias_init: bias initializer (zeros).
+      in_axis: mesh axis to shard the kernel's input channels over; ``None``
+        (default) annotates nothing.
+      out_axis: mesh axis to shard the kernel's output channels (and the bias) over.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -259,10 +280,14 @@ class PointwiseConv(nn.Module):
     precision: PrecisionLike = None
     pointwise_init: _layers.Initializer = _layers.default_pointwise_init
     bias_init: _layers.Initializer = _layers.default_bias_init
+    in_axis: str | None = None
+    out_axis: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _spec.check_positive_int(self.features, "features")
+        _layers.check_axis(self.in_axis, "in_axis")
+        _layers.check_axis(self.out_axis, "out_axis")
         _layers.check_data_format(self.data_format)
         _spec.check_num_spatial_dims(self.num_spatial_dims)
         _layers.check_common(
@@ -287,12 +312,14 @@ class PointwiseConv(nn.Module):
         """
         n = _spec.check_num_spatial_dims(self.num_spatial_dims)
         channels = _spec.pointwise_channels(x, self.data_format, n)
+        names = _layers.partition_names(2, {0: self.in_axis, 1: self.out_axis})
         kernel = self.param(
-            "kernel", self.pointwise_init, (channels, self.features), self.param_dtype
+            "kernel", _init(self.pointwise_init, names), (channels, self.features), self.param_dtype
         )
         bias = None
         if self.use_bias:
-            bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            bias_init = _init(self.bias_init, _layers.partition_names(1, {0: self.out_axis}))
+            bias = self.param("bias", bias_init, (self.features,), self.param_dtype)
         x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
         return ops.pointwise_conv(
             x,
@@ -326,6 +353,11 @@ class SeparableConv(nn.Module):
       pointwise_init: LeCun normal with fan-in ``C * M`` by default. Together they
         keep unit-variance inputs at unit variance through both steps at init.
       bias_init: initializer of both biases (zeros).
+      channel_axis: mesh axis to shard the depthwise channels over (the depthwise
+        kernel and bias, the pointwise kernel's input dim); ``None`` (default)
+        annotates nothing.
+      out_axis: mesh axis to shard the output channels over (the pointwise kernel's
+        output dim, the bias).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -356,10 +388,14 @@ class SeparableConv(nn.Module):
     depthwise_init: _layers.Initializer = _layers.default_depthwise_init
     pointwise_init: _layers.Initializer = _layers.default_pointwise_init
     bias_init: _layers.Initializer = _layers.default_bias_init
+    channel_axis: str | None = None
+    out_axis: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _spec.check_positive_int(self.features, "features")
+        _layers.check_axis(self.channel_axis, "channel_axis")
+        _layers.check_axis(self.out_axis, "out_axis")
         _window_options(self)
         _layers.check_common(
             dtype=self.dtype,
@@ -397,16 +433,19 @@ class SeparableConv(nn.Module):
         channels = _spec.window_channels(x, opts, "SeparableConv")
         dw_shape = opts.depthwise_kernel_shape(channels)
         mid = dw_shape[-1]
-        dw_kernel = self.param("depthwise_kernel", self.depthwise_init, dw_shape, self.param_dtype)
-        pw_kernel = self.param(
-            "pointwise_kernel", self.pointwise_init, (mid, self.features), self.param_dtype
-        )
+        c_axis, o_axis = self.channel_axis, self.out_axis
+        dw_init = _init(self.depthwise_init, _layers.partition_names(len(dw_shape), {-1: c_axis}))
+        pw_init = _init(self.pointwise_init, _layers.partition_names(2, {0: c_axis, 1: o_axis}))
+        dw_kernel = self.param("depthwise_kernel", dw_init, dw_shape, self.param_dtype)
+        pw_kernel = self.param("pointwise_kernel", pw_init, (mid, self.features), self.param_dtype)
         dw_bias = None
         if self.use_depthwise_bias:
-            dw_bias = self.param("depthwise_bias", self.bias_init, (mid,), self.param_dtype)
+            dw_bias_init = _init(self.bias_init, _layers.partition_names(1, {0: c_axis}))
+            dw_bias = self.param("depthwise_bias", dw_bias_init, (mid,), self.param_dtype)
         bias = None
         if self.use_bias:
-            bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            bias_init = _init(self.bias_init, _layers.partition_names(1, {0: o_axis}))
+            bias = self.param("bias", bias_init, (self.features,), self.param_dtype)
         x, dw_kernel, pw_kernel, dw_bias, bias = promote_dtype(
             x, dw_kernel, pw_kernel, dw_bias, bias, dtype=self.dtype
         )

@@ -15,6 +15,12 @@ decodes: ``layer.init_cache(input_shape)`` creates its ``buffer`` (an
 ``nnx.Cache`` of the last ``(k - 1) * d`` input frames, zeros: the causal padding),
 and ``layer(chunk, decode=True)`` reads and updates it (:mod:`sepconv_jax.streaming`).
 Joined along time, the outputs equal the offline call on the whole sequence.
+
+Model parallelism (opt-in): ``channel_axis``, ``in_axis`` and ``out_axis`` name mesh
+axes to shard parameters over, attached with :func:`flax.nnx.with_partitioning` (the
+parameters' sharding metadata; ``nnx.get_partition_spec`` reads it). Flax places
+annotated parameters when they are created, so build such a module under
+``jax.set_mesh(mesh)``. By default no parameter is annotated.
 """
 
 from __future__ import annotations
@@ -41,6 +47,19 @@ from sepconv_jax.kernels.dispatch import Impl
 from sepconv_jax.ops import PrecisionLike
 
 __all__ = ["DepthwiseConv", "PointwiseConv", "SeparableConv"]
+
+
+def _param(
+    init: _layers.Initializer,
+    key: jax.Array,
+    shape: tuple[int, ...],
+    dtype: Any,
+    names: tuple[str | None, ...] | None,
+) -> nnx.Param:
+    """A parameter from ``init``, with sharding metadata when ``names`` is given."""
+    if names is None:
+        return nnx.Param(init(key, shape, dtype))
+    return nnx.Param(nnx.with_partitioning(init, names)(key, shape, dtype))
 
 
 def _check_in_features(channels: int, in_features: int, owner: str) -> None:
@@ -153,6 +172,8 @@ class DepthwiseConv(_Windowed):
         depthwise fan-in ``prod(kernel_size)`` (each output reads one channel's
         window), so unit-variance inputs give unit-variance outputs at init.
       bias_init: bias initializer (zeros).
+      channel_axis: mesh axis to shard the kernel's and bias's channels over
+        (sharding metadata; build under ``jax.set_mesh``); ``None`` (default) adds none.
       rngs: random number streams; ``rngs.params()`` seeds the initializers.
 
     Example:
@@ -193,9 +214,11 @@ class DepthwiseConv(_Windowed):
         impl: Impl = "auto",
         depthwise_init: _layers.Initializer = _layers.default_depthwise_init,
         bias_init: _layers.Initializer = _layers.default_bias_init,
+        channel_axis: str | None = None,
         rngs: nnx.Rngs,
     ):
         in_features = _spec.check_positive_int(in_features, "in_features")
+        axis = _layers.check_axis(channel_axis, "channel_axis")
         opts = _spec.window_options(
             kernel_size=kernel_size,
             strides=strides,
@@ -213,10 +236,12 @@ class DepthwiseConv(_Windowed):
         _layers.check_initializer(bias_init, "bias_init")
 
         shape = opts.depthwise_kernel_shape(in_features)
-        self.kernel = nnx.Param(depthwise_init(rngs.params(), shape, param_dtype))
+        names = _layers.partition_names(len(shape), {-1: axis})
+        self.kernel = _param(depthwise_init, rngs.params(), shape, param_dtype, names)
         self.bias: nnx.Param | None
         if use_bias:
-            self.bias = nnx.Param(bias_init(rngs.params(), (shape[-1],), param_dtype))
+            bias_names = _layers.partition_names(1, {0: axis})
+            self.bias = _param(bias_init, rngs.params(), (shape[-1],), param_dtype, bias_names)
         else:
             self.bias = nnx.data(None)
 
@@ -284,6 +309,9 @@ class PointwiseConv(nnx.Module):
       pointwise_init: kernel initializer. The default is LeCun normal with fan-in
         ``in_features``, so unit-variance inputs give unit-variance outputs at init.
       bias_init: bias initializer (zeros).
+      in_axis: mesh axis to shard the kernel's input channels over; ``None`` (default)
+        adds no sharding metadata.
+      out_axis: mesh axis to shard the kernel's output channels (and the bias) over.
       rngs: random number streams; ``rngs.params()`` seeds the initializers.
 
     Example:
@@ -310,10 +338,14 @@ class PointwiseConv(nnx.Module):
         precision: PrecisionLike = None,
         pointwise_init: _layers.Initializer = _layers.default_pointwise_init,
         bias_init: _layers.Initializer = _layers.default_bias_init,
+        in_axis: str | None = None,
+        out_axis: str | None = None,
         rngs: nnx.Rngs,
     ):
         in_features = _spec.check_positive_int(in_features, "in_features")
         out_features = _spec.check_positive_int(out_features, "out_features")
+        in_axis = _layers.check_axis(in_axis, "in_axis")
+        out_axis = _layers.check_axis(out_axis, "out_axis")
         data_format = _layers.check_data_format(data_format)
         num_spatial_dims = _spec.check_num_spatial_dims(num_spatial_dims)
         _layers.check_common(
@@ -322,12 +354,13 @@ class PointwiseConv(nnx.Module):
         _layers.check_initializer(pointwise_init, "pointwise_init")
         _layers.check_initializer(bias_init, "bias_init")
 
-        self.kernel = nnx.Param(
-            pointwise_init(rngs.params(), (in_features, out_features), param_dtype)
-        )
+        names = _layers.partition_names(2, {0: in_axis, 1: out_axis})
+        shape = (in_features, out_features)
+        self.kernel = _param(pointwise_init, rngs.params(), shape, param_dtype, names)
         self.bias: nnx.Param | None
         if use_bias:
-            self.bias = nnx.Param(bias_init(rngs.params(), (out_features,), param_dtype))
+            bias_names = _layers.partition_names(1, {0: out_axis})
+            self.bias = _param(bias_init, rngs.params(), (out_features,), param_dtype, bias_names)
         else:
             self.bias = nnx.data(None)
 
@@ -387,6 +420,10 @@ class SeparableConv(_Windowed):
       pointwise_init: LeCun normal with fan-in ``C * M`` by default. Together they
         keep unit-variance inputs at unit variance through both steps at init.
       bias_init: initializer of both biases (zeros).
+      channel_axis: mesh axis to shard the depthwise channels over (depthwise kernel
+        and bias, the pointwise kernel's input dim); ``None`` (default) adds none.
+      out_axis: mesh axis to shard the output channels over (pointwise kernel's
+        output dim, bias).
       rngs: random number streams; ``rngs.params()`` seeds the initializers.
 
     Example:
@@ -421,10 +458,14 @@ class SeparableConv(_Windowed):
         depthwise_init: _layers.Initializer = _layers.default_depthwise_init,
         pointwise_init: _layers.Initializer = _layers.default_pointwise_init,
         bias_init: _layers.Initializer = _layers.default_bias_init,
+        channel_axis: str | None = None,
+        out_axis: str | None = None,
         rngs: nnx.Rngs,
     ):
         in_features = _spec.check_positive_int(in_features, "in_features")
         out_features = _spec.check_positive_int(out_features, "out_features")
+        c_axis = _layers.check_axis(channel_axis, "channel_axis")
+        o_axis = _layers.check_axis(out_axis, "out_axis")
         opts = _spec.window_options(
             kernel_size=kernel_size,
             strides=strides,
@@ -445,18 +486,24 @@ class SeparableConv(_Windowed):
 
         dw_shape = opts.depthwise_kernel_shape(in_features)
         mid = dw_shape[-1]
-        self.depthwise_kernel = nnx.Param(depthwise_init(rngs.params(), dw_shape, param_dtype))
-        self.pointwise_kernel = nnx.Param(
-            pointwise_init(rngs.params(), (mid, out_features), param_dtype)
+        dw_names = _layers.partition_names(len(dw_shape), {-1: c_axis})
+        pw_names = _layers.partition_names(2, {0: c_axis, 1: o_axis})
+        self.depthwise_kernel = _param(
+            depthwise_init, rngs.params(), dw_shape, param_dtype, dw_names
+        )
+        self.pointwise_kernel = _param(
+            pointwise_init, rngs.params(), (mid, out_features), param_dtype, pw_names
         )
         self.depthwise_bias: nnx.Param | None
         if use_depthwise_bias:
-            self.depthwise_bias = nnx.Param(bias_init(rngs.params(), (mid,), param_dtype))
+            names = _layers.partition_names(1, {0: c_axis})
+            self.depthwise_bias = _param(bias_init, rngs.params(), (mid,), param_dtype, names)
         else:
             self.depthwise_bias = nnx.data(None)
         self.bias: nnx.Param | None
         if use_bias:
-            self.bias = nnx.Param(bias_init(rngs.params(), (out_features,), param_dtype))
+            names = _layers.partition_names(1, {0: o_axis})
+            self.bias = _param(bias_init, rngs.params(), (out_features,), param_dtype, names)
         else:
             self.bias = nnx.data(None)
 

@@ -5,7 +5,9 @@ package; everything here imports the library, as an example or a script would.
 
 * :mod:`~sepconv_jax.apps.data`: the demo's datasets (bundled digits, generated waveforms).
 * :mod:`~sepconv_jax.apps.networks`: the demo's two CNN families, standard or separable.
-* :mod:`~sepconv_jax.apps.train`: the data-parallel training loop and its train step.
+* :mod:`~sepconv_jax.apps.train`: the data-parallel training loop and its train step;
+  :mod:`~sepconv_jax.apps.checkpoints` its crash-safe checkpoints and
+  :mod:`~sepconv_jax.apps.distributed` joining (or launching) several processes.
 * :mod:`~sepconv_jax.apps.timing`: the one wall-clock timer of the demo and the benchmarks.
 * :mod:`~sepconv_jax.apps.demo`: ``sepconv-jax demo``, standard vs separable trained side
   by side; :mod:`~sepconv_jax.apps.demo_report` prints, plots and saves its outcome.

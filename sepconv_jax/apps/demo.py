@@ -20,7 +20,14 @@ measured train-step time and test accuracy, with the ratios between them
   streamed chunk by chunk with ``decode=True`` (:mod:`sepconv_jax.apps.stream_demo`).
 
 Training is data-parallel over every local device (see :mod:`sepconv_jax.apps.train`);
-``--devices N`` picks how many.
+``--devices N`` picks how many. ``--processes N`` starts N processes on this machine's
+CPU, joined by :func:`jax.distributed.initialize` (:mod:`sepconv_jax.apps.distributed`),
+the code path of a multi-host run; on a cluster each host runs the demo with
+``--coordinator HOST:PORT --num-processes N --process-id I`` instead.
+
+A step whose loss goes NaN or infinite stops training
+(:class:`~sepconv_jax.apps.train.NonFiniteLossError`); the demo then writes the fault
+(step, first non-finite layer, message) to ``{task}_results.json`` and exits with 3.
 """
 
 from __future__ import annotations
@@ -36,11 +43,11 @@ import jax
 import jax.numpy as jnp
 
 from sepconv_jax import cost, ops
-from sepconv_jax.apps import demo_report
+from sepconv_jax.apps import demo_report, distributed
 from sepconv_jax.apps.data import digits_data, waveform_data
 from sepconv_jax.apps.networks import DigitsCNN, SequenceCNN
 from sepconv_jax.apps.timing import time_jitted
-from sepconv_jax.apps.train import data_mesh, train_classifier
+from sepconv_jax.apps.train import NonFiniteLossError, data_mesh, train_classifier
 
 __all__ = [
     "LAYERS",
@@ -48,6 +55,7 @@ __all__ = [
     "TASKS",
     "Comparison",
     "ModelRun",
+    "TrainingFault",
     "compare",
     "layer_rows",
     "register_cli",
@@ -151,6 +159,29 @@ class Comparison:
         }
 
 
+class TrainingFault(RuntimeError):
+    """One network of :func:`compare` stopped on a non-finite step.
+
+    Attributes:
+      task: the task.
+      network: ``"standard"`` or ``"separable"``.
+      settings: as in :class:`Comparison`.
+      error: the :class:`~sepconv_jax.apps.train.NonFiniteLossError`.
+    """
+
+    def __init__(
+        self, task: str, network: str, settings: dict[str, Any], error: NonFiniteLossError
+    ):
+        super().__init__(f"{network} network: {error}")
+        self.task, self.network, self.settings, self.error = task, network, settings, error
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON: task, settings, and the fault with its network."""
+        fault = {"network": self.network, **self.error.to_dict()}
+        fault["losses"] = [float(v) for v in self.error.losses]
+        return {"task": self.task, "settings": self.settings, "fault": fault}
+
+
 #: Training examples in a ``quick`` run.
 QUICK_TRAIN = 512
 
@@ -209,6 +240,7 @@ def compare(
     Raises:
       ValueError: for an unknown task or a bad batch size or device count.
       RuntimeError: when the digits task lacks scikit-learn.
+      TrainingFault: when a network's training stops on a non-finite step.
     """
     start = time.perf_counter()
     mesh = data_mesh(devices)
@@ -220,24 +252,45 @@ def compare(
     step_example = jax.ShapeDtypeStruct((per_device, *train[0].shape[1:]), jnp.float32)
     if device is None:
         device = cost.Device.measure(copy_bytes=1 << 26, matmul_size=512 if quick else 1024)
+    settings = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "seed": seed,
+        "devices": int(mesh.devices.size),
+        "processes": jax.process_count(),
+        "backend": jax.default_backend(),
+        "input": "x".join(map(str, train[0].shape[1:])),
+        "n_train": len(train[0]),
+        "n_test": len(test[0]),
+        "roofline_device": {
+            "name": device.name,
+            "peak_flops": device.peak_flops,
+            "bandwidth": device.bandwidth,
+            "source": device.source,
+        },
+    }
     runs = []
     for name, model in (("standard", standard), ("separable", separable)):
         prof = cost.profile(model, example)
         block_mult_adds, block_params = _block_cost(prof)
         predicted = cost.roofline(cost.profile(model, step_example), device, training=True)
         with _EpochBars(name, epochs, len(train[0]) // batch_size, progress) as bars:
-            result = train_classifier(
-                model,
-                train,
-                test,
-                epochs=epochs,
-                batch_size=batch_size,
-                learning_rate=learning_rate,
-                seed=seed,
-                mesh=mesh,
-                on_step=bars.step,
-                on_epoch=bars.epoch,
-            )
+            try:
+                result = train_classifier(
+                    model,
+                    train,
+                    test,
+                    epochs=epochs,
+                    batch_size=batch_size,
+                    learning_rate=learning_rate,
+                    seed=seed,
+                    mesh=mesh,
+                    on_step=bars.step,
+                    on_epoch=bars.epoch,
+                )
+            except NonFiniteLossError as e:
+                raise TrainingFault(task, name, settings, e) from e
         runs.append(
             ModelRun(
                 name=name,
@@ -254,23 +307,6 @@ def compare(
                 predicted_step_ms=1e3 * predicted.predicted_s,
             )
         )
-    settings = {
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "learning_rate": learning_rate,
-        "seed": seed,
-        "devices": int(mesh.devices.size),
-        "backend": jax.default_backend(),
-        "input": "x".join(map(str, train[0].shape[1:])),
-        "n_train": len(train[0]),
-        "n_test": len(test[0]),
-        "roofline_device": {
-            "name": device.name,
-            "peak_flops": device.peak_flops,
-            "bandwidth": device.bandwidth,
-            "source": device.source,
-        },
-    }
     return Comparison(task, runs[0], runs[1], settings, time.perf_counter() - start)
 
 
@@ -420,12 +456,31 @@ def run(args: argparse.Namespace) -> int:
     """Runs the ``demo`` subcommand; returns the exit code."""
     from rich.console import Console
 
-    _request_devices(args.devices)
-    console = Console()
     if args.task == "stream":
+        if args.processes is not None or args.coordinator is not None:
+            print(
+                "sepconv-jax demo: error: --processes and --coordinator train the digits or "
+                "sequence task across processes; --task stream runs in one process",
+                file=sys.stderr,
+            )
+            return 2
+        _request_devices(args.devices)
         from sepconv_jax.apps import stream_demo
 
         return stream_demo.run(args)
+    if args.processes is not None and args.coordinator is None:
+        return _launch_processes(args)
+    if args.coordinator is not None:
+        _request_devices(args.devices)
+        try:
+            distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+        except (ValueError, TypeError) as e:
+            print(f"sepconv-jax demo: error: {e}", file=sys.stderr)
+            return 2
+    else:
+        _request_devices(args.devices)
+    primary = jax.process_index() == 0
+    console = Console(quiet=not primary)
     if args.task == "layers":
         batch = 1 if args.batch_size is None else args.batch_size
         device = cost.Device.measure(copy_bytes=1 << 26, matmul_size=512 if args.quick else 1024)
@@ -443,16 +498,55 @@ def run(args: argparse.Namespace) -> int:
             args.task,
             epochs=args.epochs,
             batch_size=32 if args.batch_size is None else args.batch_size,
+            learning_rate=args.learning_rate,
             seed=args.seed,
-            devices=args.devices,
+            # Every process's devices take part in a multi-process run.
+            devices=None if args.coordinator is not None else args.devices,
             quick=args.quick,
+            progress=primary,
         )
+    except TrainingFault as fault:
+        if primary:
+            path = demo_report.write_fault(fault, args.out)
+            print(f"sepconv-jax demo: {fault}\nFault recorded in {path}", file=sys.stderr)
+        return 3
     except (ValueError, TypeError, RuntimeError) as e:
         print(f"sepconv-jax demo: error: {e}", file=sys.stderr)
         return 2
+    if not primary:
+        return 0
     paths = demo_report.write_outputs(comparison, args.out)
     demo_report.print_comparison(comparison, paths, console)
     return 0
+
+
+def _launch_processes(args: argparse.Namespace) -> int:
+    """``--processes N``: the same demo as N local processes joined into one run."""
+    if args.processes < 1:
+        print(
+            f"sepconv-jax demo: error: `--processes` must be >= 1, got {args.processes}",
+            file=sys.stderr,
+        )
+        return 2
+    forwarded = ["-m", "sepconv_jax.cli", "demo", "--task", args.task, "--seed", str(args.seed)]
+    forwarded += ["--out", str(args.out), "--learning-rate", repr(args.learning_rate)]
+    if args.epochs is not None:
+        forwarded += ["--epochs", str(args.epochs)]
+    if args.batch_size is not None:
+        forwarded += ["--batch-size", str(args.batch_size)]
+    if args.quick:
+        forwarded.append("--quick")
+    try:
+        results = distributed.launch_local(
+            args.processes,
+            forwarded,
+            timeout_s=args.timeout,
+            devices_per_process=args.devices or 1,
+        )
+    except RuntimeError as e:
+        print(f"sepconv-jax demo: error: {e}", file=sys.stderr)
+        return 2
+    return max((r.returncode for r in results), default=0)
 
 
 def register_cli(subparsers) -> argparse.ArgumentParser:
@@ -492,5 +586,21 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
         "--out", default="out/demo", help="folder for the JSON figures and the PNG plot"
     )
     parser.add_argument("--quick", action="store_true", help="a short run (for CI)")
+    parser.add_argument(
+        "--learning-rate", type=float, default=3e-3, help="peak learning rate (default 3e-3)"
+    )
+    multi = parser.add_argument_group(
+        "multi-process",
+        "--processes N runs N processes on this machine's CPU (each with --devices CPU "
+        "devices); on a cluster, run the demo on every host with --coordinator, "
+        "--num-processes and --process-id.",
+    )
+    multi.add_argument("--processes", type=int, default=None, help="local processes to start")
+    multi.add_argument(
+        "--timeout", type=float, default=1800.0, help="bound on a --processes run, in seconds"
+    )
+    multi.add_argument("--coordinator", default=None, help="HOST:PORT of process 0")
+    multi.add_argument("--num-processes", type=int, default=1, help="processes in the run")
+    multi.add_argument("--process-id", type=int, default=0, help="this process's index")
     parser.set_defaults(func=run)
     return parser

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 if TYPE_CHECKING:
-    from sepconv_jax.apps.demo import Comparison
+    from sepconv_jax.apps.demo import Comparison, TrainingFault
 
 __all__ = [
     "comparison_table",
@@ -22,6 +22,7 @@ __all__ = [
     "plot_comparison",
     "print_comparison",
     "print_layer_table",
+    "write_fault",
     "write_outputs",
 ]
 
@@ -162,6 +163,19 @@ def write_outputs(comparison: Comparison, out: str | Path) -> dict[str, Path]:
     paths["png"] = out / f"{comparison.task}_accuracy_vs_mult_adds.png"
     figure.savefig(paths["png"], dpi=120)
     return paths
+
+
+def write_fault(fault: TrainingFault, out: str | Path) -> Path:
+    """Writes ``{task}_results.json`` with the settings and the ``fault`` of a stopped run.
+
+    Returns:
+      The written path.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{fault.task}_results.json"
+    path.write_text(json.dumps(fault.to_dict(), indent=2) + "\n")
+    return path
 
 
 def print_comparison(comparison: Comparison, paths: dict[str, Path], console) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,13 +38,16 @@ from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
 from sepconv_jax import _spec
+from sepconv_jax.apps import checkpoints
 
 __all__ = [
     "DATA_AXIS",
     "EpochStats",
+    "NonFiniteLossError",
     "TrainResult",
     "data_mesh",
     "evaluate",
+    "first_non_finite_layer",
     "replicate",
     "shard_batch",
     "train_classifier",
@@ -333,6 +337,177 @@ def _fraction_correct(predictions: np.ndarray, labels: np.ndarray) -> float:
     return int((predictions == labels).sum()) / len(labels)
 
 
+class NonFiniteLossError(FloatingPointError):
+    """Training stopped: a step gave a NaN or infinite loss, or would have made a
+    parameter non-finite.
+
+    The parameters and optimizer state of the failed step are not applied, and no
+    checkpoint is written for it, so the last checkpoint is the last good state.
+
+    Attributes:
+      step: the 1-based step that failed.
+      layer: the path of the first layer (in call order) whose output is
+        non-finite on the failing batch, ``"input"`` when the batch itself is, the
+        name of the first parameter the update made non-finite, or ``None`` when
+        every layer's output is finite (the loss itself is at fault).
+      losses: the losses of the steps before, in order.
+      checkpoint: the folder of the last checkpoint written, or ``None``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        step: int,
+        layer: str | None,
+        losses: np.ndarray,
+        checkpoint: str | None,
+    ):
+        super().__init__(message)
+        self.step, self.layer, self.losses, self.checkpoint = step, layer, losses, checkpoint
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON: message, step, layer, checkpoint."""
+        return {
+            "message": str(self),
+            "step": self.step,
+            "layer": self.layer,
+            "checkpoint": self.checkpoint,
+        }
+
+
+def _ordered_outputs(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """``(path, outputs)`` of captured intermediates, in the order the modules returned.
+
+    Flax stores a module's output when its ``__call__`` returns, so a dict's keys are
+    in completion order: children before their parent's own ``__call__`` entry.
+    """
+    found = []
+    for key, value in tree.items():
+        if key == "__call__":
+            found.append((prefix or "<model>", value))
+        elif isinstance(value, dict) or hasattr(value, "items"):
+            found.extend(_ordered_outputs(value, f"{prefix}/{key}" if prefix else key))
+    return found
+
+
+def first_non_finite_layer(
+    model: Any, variables: dict[str, Any], x: jax.Array, **apply_kwargs: Any
+) -> str | None:
+    """The path of the first module (in call order) whose output has a NaN or Inf.
+
+    Runs ``model`` once on ``x`` with every module's output captured
+    (``capture_intermediates=True``).
+
+    Args:
+      model: a ``flax.linen.Module``.
+      variables: its variables, ``{"params": ..., ...}``.
+      x: the input batch.
+      **apply_kwargs: passed to ``model.apply``.
+
+    Returns:
+      A path such as ``"block2"`` or ``"encoder/conv1"``, ``"<model>"`` when only the
+      model's own output is non-finite, or ``None`` when every output is finite.
+
+    Example:
+      >>> import flax.linen as nn, jax.numpy as jnp
+      >>> from sepconv_jax.apps.train import first_non_finite_layer
+      >>> class Net(nn.Module):
+      ...     @nn.compact
+      ...     def __call__(self, x):
+      ...         return nn.Dense(2, name="out")(jnp.log(nn.Dense(3, name="hidden")(x)))
+      >>> model, x = Net(), jnp.ones((1, 2))
+      >>> variables = model.init(jax.random.key(0), x)
+      >>> first_non_finite_layer(model, variables, -1e30 * x)
+      'out'
+    """
+    paths: list[str] = []
+
+    def flags(variables, x):
+        _, state = model.apply(
+            variables, x, capture_intermediates=True, mutable=["intermediates"], **apply_kwargs
+        )
+        found = _ordered_outputs(state.get("intermediates", {}))
+        paths[:] = [path for path, _ in found]
+        return [
+            jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(out)]))
+            for _, out in found
+        ]
+
+    finite = jax.jit(flags)(variables, x)
+    for path, ok in zip(paths, finite, strict=True):
+        if not bool(ok):
+            return path
+    return None
+
+
+def _first_non_finite_leaf(tree: Any) -> str | None:
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        if not bool(jnp.all(jnp.isfinite(leaf))):
+            return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+    return None
+
+
+def _guarded_step(model: Any, optimizer: optax.GradientTransformation) -> Callable:
+    """:func:`train_step` that keeps the old state when the step is not finite.
+
+    Returns ``(params, state, opt_state, loss, ok)``: ``ok`` is false when the loss or
+    any updated parameter is NaN or infinite, and then the old state comes back.
+    """
+    step = train_step(model, optimizer)
+
+    def guarded(params, state, opt_state, x, y):
+        new_params, new_state, new_opt_state, loss = step(params, state, opt_state, x, y)
+        finite = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(new_params)]
+        ok = jnp.all(jnp.asarray([jnp.isfinite(loss), *finite]))
+
+        def pick(new, old):
+            return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+
+        return (
+            pick(new_params, params),
+            pick(new_state, state),
+            pick(new_opt_state, opt_state),
+            loss,
+            ok,
+        )
+
+    return guarded
+
+
+def _diagnose(
+    model: Any,
+    optimizer: optax.GradientTransformation,
+    params: Any,
+    state: dict[str, Any],
+    opt_state: Any,
+    xb: jax.Array,
+    yb: jax.Array,
+    x_host: np.ndarray,
+    step: int,
+    loss: float,
+) -> tuple[str, str | None]:
+    """The message and layer of a failed step (see :class:`NonFiniteLossError`)."""
+    head = f"training stopped at step {step}: "
+    if not np.isfinite(x_host).all():
+        bad = int((~np.isfinite(x_host)).reshape(len(x_host), -1).any(axis=1).sum())
+        return (
+            head + f"the loss is {loss} and the input batch has non-finite values "
+            f"({bad} of {len(x_host)} examples)",
+            "input",
+        )
+    if not math.isfinite(loss):
+        layer = first_non_finite_layer(model, {"params": params, **state}, xb)
+        if layer is None:
+            return head + f"the loss is {loss} though every layer's output is finite", None
+        message = f"the loss is {loss}; the first layer whose output is non-finite on this batch is {layer!r}"
+        return head + message, layer
+    new_params = jax.jit(train_step(model, optimizer))(params, state, opt_state, xb, yb)[0]
+    name = _first_non_finite_leaf(new_params)
+    message = f"the loss is finite ({loss:.6g}) but the update makes parameter {name!r} non-finite (learning rate too high?)"
+    return head + message, name
+
+
 def train_classifier(
     model: Any,
     train_data: tuple[ArrayLike, ArrayLike],
@@ -345,13 +520,28 @@ def train_classifier(
     mesh: Mesh | None = None,
     on_step: Callable[[int, float], None] | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 100,
+    keep_checkpoints: int = 2,
 ) -> TrainResult:
     """Trains a linen classifier with AdamW and softmax cross-entropy, data-parallel.
 
     The data order (a NumPy permutation per epoch) and the initialization depend on
-    ``seed`` only, not on the number of devices, so runs on 1 and on 8 devices see the
-    same batches and compute the same losses up to float32 summation order. Each epoch
-    runs ``len(train) // batch_size`` full batches (the remainder is dropped).
+    ``seed`` only, not on the number of devices or processes, so runs on 1 and on 8
+    devices see the same batches and compute the same losses up to float32 summation
+    order. Each epoch runs ``len(train) // batch_size`` full batches (the remainder is
+    dropped).
+
+    With ``checkpoint_dir``, the parameters, optimizer state, step, data-order state
+    (the permutation generator's state and the position in the epoch) and the loss
+    history are saved there every ``checkpoint_every`` steps and after the last one
+    (:mod:`sepconv_jax.apps.checkpoints`: atomic, verified on read). A call that finds
+    checkpoints there resumes from the newest good one, and ends with parameters
+    bitwise equal to those of an uninterrupted run on the same devices.
+
+    A step whose loss, or whose updated parameters, are NaN or infinite stops
+    training with :class:`NonFiniteLossError`; that step's update is not applied
+    and not checkpointed.
 
     Args:
       model: a ``flax.linen.Module`` called as ``model.apply({"params": p}, x)`` and
@@ -366,14 +556,19 @@ def train_classifier(
       on_step: called as ``on_step(step, loss)`` after every step (reading the loss
         waits for the step).
       on_epoch: called with the :class:`EpochStats` after every epoch.
+      checkpoint_dir: folder for checkpoints; ``None`` (default) writes none.
+      checkpoint_every: steps between checkpoints.
+      keep_checkpoints: how many of the newest checkpoints to keep.
 
     Returns:
       A :class:`TrainResult`.
 
     Raises:
       ValueError: for a batch size that is not a positive multiple of the devices or
-        larger than the training set, non-positive ``epochs``, or malformed data.
+        larger than the training set, non-positive ``epochs``, malformed data, or a
+        checkpoint written with other settings.
       TypeError: for non-integer labels or a non-integer ``epochs``.
+      NonFiniteLossError: when a step is not finite.
 
     Example:
       >>> import flax.linen as nn, numpy as np
@@ -390,6 +585,8 @@ def train_classifier(
     mesh = data_mesh() if mesh is None else mesh
     devices = mesh.devices.size
     epochs = _spec.check_positive_int(epochs, "epochs")
+    checkpoint_every = _spec.check_positive_int(checkpoint_every, "checkpoint_every")
+    keep_checkpoints = _spec.check_positive_int(keep_checkpoints, "keep_checkpoints")
     if (
         isinstance(batch_size, bool)
         or not isinstance(batch_size, int)
@@ -402,7 +599,8 @@ def train_classifier(
             f"device(s) and at most the {len(x_train)} training examples"
         )
     steps_per_epoch = len(x_train) // batch_size
-    schedule = optax.cosine_decay_schedule(learning_rate, epochs * steps_per_epoch)
+    total_steps = epochs * steps_per_epoch
+    schedule = optax.cosine_decay_schedule(learning_rate, total_steps)
     optimizer = optax.adamw(schedule, weight_decay=1e-4)
 
     init_key = jax.random.key(seed)
@@ -413,10 +611,40 @@ def train_classifier(
     replicated = NamedSharding(mesh, P())
     data = NamedSharding(mesh, P(DATA_AXIS))
 
+    order_rng = np.random.default_rng(seed)
+    losses: list[float] = []
+    history: list[EpochStats] = []
+    step = 0
+    config = {
+        "seed": seed,
+        "batch_size": batch_size,
+        "epochs": epochs,
+        "learning_rate": learning_rate,
+        "n_train": len(x_train),
+    }
+    last_checkpoint: str | None = None
+    if checkpoint_dir is not None:
+        restored = checkpoints.restore_latest(
+            checkpoint_dir, {"params": params, "opt_state": opt_state}
+        )
+        if restored is not None:
+            tree, meta = restored
+            if meta["config"] != config:
+                raise ValueError(
+                    f"`checkpoint_dir` {os.fspath(checkpoint_dir)!r} holds a run with "
+                    f"settings {meta['config']}, not {config}; pass another folder"
+                )
+            params, opt_state = tree["params"], tree["opt_state"]
+            step = int(meta["step"])
+            losses = [float(v) for v in meta["losses"]]
+            history = [EpochStats(*e) for e in meta["epochs"]]
+            order_rng.bit_generator.state = meta["order_rng"]
+            last_checkpoint = os.fspath(checkpoints.step_dir(checkpoint_dir, step))
+
     jitted = jax.jit(
-        train_step(model, optimizer),
+        _guarded_step(model, optimizer),
         in_shardings=(replicated, replicated, replicated, data, data),
-        out_shardings=(replicated, replicated, replicated, replicated),
+        out_shardings=(replicated, replicated, replicated, replicated, replicated),
         donate_argnums=(0, 1, 2),
     )
     state: dict[str, Any] = {}  # a classifier without batch statistics
@@ -426,32 +654,65 @@ def train_classifier(
     compiled = jitted.lower(params, state, opt_state, x_spec, y_spec).compile()
     compile_time = time.perf_counter() - start
 
+    def save_checkpoint() -> str:
+        meta = {
+            "step": step,
+            "config": config,
+            # The generator's state at the start of the epoch of the next step.
+            "order_rng": epoch_rng_state if step % steps_per_epoch else order_rng_state(),
+            "losses": losses,
+            "epochs": [dataclasses.astuple(e) for e in history],
+        }
+        assert checkpoint_dir is not None
+        tree = {"params": params, "opt_state": opt_state}
+        return os.fspath(checkpoints.save(checkpoint_dir, step, tree, meta, keep=keep_checkpoints))
+
+    def order_rng_state() -> dict[str, Any]:
+        return dict(order_rng.bit_generator.state)
+
     predict = _predict_fn(model.apply, mesh)
-    order_rng = np.random.default_rng(seed)
-    losses: list[float] = []
     step_times: list[float] = []
-    history: list[EpochStats] = []
-    for epoch in range(1, epochs + 1):
+    predictions = None
+    for epoch in range(step // steps_per_epoch + 1, epochs + 1):
+        epoch_rng_state = order_rng_state()
         order = order_rng.permutation(len(x_train))
-        epoch_losses = []
-        for i in range(steps_per_epoch):
+        for i in range(step % steps_per_epoch, steps_per_epoch):
             rows = order[i * batch_size : (i + 1) * batch_size]
             xb = shard_batch(x_train[rows], mesh)
             yb = shard_batch(y_train[rows], mesh)
             t0 = time.perf_counter()
-            params, state, opt_state, loss = compiled(params, state, opt_state, xb, yb)
+            params, state, opt_state, loss, ok = compiled(params, state, opt_state, xb, yb)
             loss = float(loss)
             step_times.append(time.perf_counter() - t0)
-            epoch_losses.append(loss)
+            step += 1
+            if not bool(ok):
+                message, layer = _diagnose(
+                    model, optimizer, params, state, opt_state, xb, yb, x_train[rows], step, loss
+                )
+                if last_checkpoint is not None:
+                    message += f"; the last good checkpoint is {last_checkpoint}"
+                raise NonFiniteLossError(
+                    message,
+                    step=step,
+                    layer=layer,
+                    losses=np.asarray(losses, np.float32),
+                    checkpoint=last_checkpoint,
+                )
             losses.append(loss)
             if on_step is not None:
-                on_step(len(losses), loss)
+                on_step(step, loss)
+            if i == steps_per_epoch - 1:
+                predictions = _predictions(predict, params, x_test, mesh, 512)
+                accuracy = _fraction_correct(predictions, y_test)
+                epoch_losses = losses[step - steps_per_epoch : step]
+                stats = EpochStats(epoch, float(np.mean(epoch_losses)), accuracy)
+                history.append(stats)
+                if on_epoch is not None:
+                    on_epoch(stats)
+            if checkpoint_dir is not None and (step % checkpoint_every == 0 or step == total_steps):
+                last_checkpoint = save_checkpoint()
+    if predictions is None:  # resumed from the final checkpoint
         predictions = _predictions(predict, params, x_test, mesh, 512)
-        accuracy = _fraction_correct(predictions, y_test)
-        stats = EpochStats(epoch, float(np.mean(epoch_losses)), accuracy)
-        history.append(stats)
-        if on_epoch is not None:
-            on_epoch(stats)
     timed = step_times[1:] if len(step_times) > 1 else step_times
     return TrainResult(
         params=params,
@@ -459,7 +720,7 @@ def train_classifier(
         epochs=tuple(history),
         test_accuracy=history[-1].test_accuracy,
         test_predictions=predictions,
-        step_time_s=float(np.median(timed)),
+        step_time_s=float(np.median(timed)) if timed else float("nan"),
         compile_time_s=compile_time,
         num_devices=devices,
     )

@@ -93,10 +93,17 @@ class Numerics(nn.Module, kw_only=True):
         )
 
     def _depthwise(
-        self, kernel_size: int, strides: int, padding: Any, name: str, multiplier: int = 1
+        self,
+        kernel_size: int,
+        strides: int,
+        padding: Any,
+        name: str,
+        multiplier: int = 1,
+        channel_axis: str | None = None,
     ) -> DepthwiseConv:
         """A square depthwise convolution without bias (our :class:`DepthwiseConv`)."""
         return DepthwiseConv(
+            channel_axis=channel_axis,
             kernel_size=(kernel_size, kernel_size),
             strides=(strides, strides),
             padding=padding,
@@ -109,9 +116,18 @@ class Numerics(nn.Module, kw_only=True):
             name=name,
         )
 
-    def _pointwise(self, features: int, name: str, use_bias: bool = False) -> PointwiseConv:
+    def _pointwise(
+        self,
+        features: int,
+        name: str,
+        use_bias: bool = False,
+        in_axis: str | None = None,
+        out_axis: str | None = None,
+    ) -> PointwiseConv:
         """A 1x1 convolution (our :class:`PointwiseConv`), without bias by default."""
         return PointwiseConv(
+            in_axis=in_axis,
+            out_axis=out_axis,
             features=features,
             use_bias=use_bias,
             dtype=self.dtype,

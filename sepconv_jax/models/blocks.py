@@ -231,6 +231,14 @@ class InvertedResidual(Normalized):
       bn_momentum, bn_epsilon: 0.999 / 1e-3 in Keras' MobileNetV2, 0.99 / 1e-3 in
         its EfficientNet.
       dtype, param_dtype, precision, impl: passed to every layer.
+      model_axis: a mesh axis to shard the expanded channels over (model
+        parallelism, opt-in): the expansion's output channels, the depthwise
+        channels and the projection's input channels are annotated with it (see
+        :mod:`sepconv_jax.linen`), so the expansion and the depthwise step run on
+        each device's own channels without communication and the projection ends in
+        one reduction over the axis. Batch norm and squeeze-excite parameters stay
+        replicated. ``None`` (default) annotates nothing. XLA partitions the
+        ``"xla"`` and ``"shift"`` depthwise impls; the Pallas ones are gathered whole.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -253,18 +261,22 @@ class InvertedResidual(Normalized):
     id_skip: bool = True
     stride2_padding: Stride2Padding = "same"
     activation: Activation = nn.relu6
+    model_axis: str | None = None
 
     @nn.compact
     def __call__(self, x: ArrayLike, train: bool = False) -> jax.Array:
         """``(batch, height, width, channels)`` -> ``(batch, height', width', features)``."""
         x = check_image(x, type(self).__name__)
         channels = x.shape[-1]
+        axis = self.model_axis
         h = x
         if self.expand_ratio != 1:
-            h = self._pointwise(channels * self.expand_ratio, "expand")(h)
+            h = self._pointwise(channels * self.expand_ratio, "expand", out_axis=axis)(h)
             h = self.activation(self._bn("expand_bn", train)(h))
         padding = conv_padding(self.kernel_size, self.strides, self.stride2_padding)
-        h = self._depthwise(self.kernel_size, self.strides, padding, "depthwise")(h)
+        h = self._depthwise(
+            self.kernel_size, self.strides, padding, "depthwise", channel_axis=axis
+        )(h)
         h = self.activation(self._bn("depthwise_bn", train)(h))
         if 0 < self.se_ratio <= 1:
             h = SqueezeExcite(
@@ -275,7 +287,7 @@ class InvertedResidual(Normalized):
                 precision=self.precision,
                 name="se",
             )(h)
-        h = self._pointwise(self.features, "project")(h)
+        h = self._pointwise(self.features, "project", in_axis=axis)(h)
         h = self._bn("project_bn", train)(h)
         if self.id_skip and self.strides == 1 and channels == self.features:
             if self.drop_rate > 0:
