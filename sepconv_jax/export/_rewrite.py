@@ -8,7 +8,9 @@ StableHLO (jax2tf) would see the CPU loop of slices. For export we evaluate the
 function's jaxpr with each of our three primitives replaced by the reference
 kernel's map (:mod:`sepconv_jax.kernels.xla`), so the exporter sees one
 ``conv_general_dilated(feature_group_count=C)`` per depthwise layer: an ONNX
-``Conv`` with ``group = C``, a TFLite ``DEPTHWISE_CONV_2D``.
+``Conv`` with ``group = C``, a TFLite ``DEPTHWISE_CONV_2D``. The separable
+primitive (:mod:`sepconv_jax.kernels.separable`, both steps in one operation) is
+written as its unfused pair: that grouped convolution, then the 1x1 step.
 
 Everything else is bound again unchanged. Sub-jaxprs that hold one of our
 primitives are inlined (``jit``, ``closed_call``, ``remat``, ``custom_jvp_call``,
@@ -31,11 +33,13 @@ from jax import lax
 from jax.extend import core as jcore
 
 from sepconv_jax.kernels import op as _op
+from sepconv_jax.kernels import separable as _separable
 from sepconv_jax.kernels import xla as _xla
 
 __all__ = ["contains_depthwise", "depthwise_equations", "reference_kernels"]
 
 _MAPS = {prim: name for name, prim in _op.PRIMITIVES.items()}
+_OURS = (*_MAPS, _separable.separable_p)
 
 # Primitives whose body is inlined: a call boundary, or a custom derivative rule
 # that an exported forward pass does not need. Parameter holding the body.
@@ -60,7 +64,7 @@ def contains_depthwise(jaxpr: jcore.Jaxpr | jcore.ClosedJaxpr) -> bool:
     """Whether ``jaxpr`` or any of its sub-jaxprs binds one of our depthwise primitives."""
     if isinstance(jaxpr, jcore.ClosedJaxpr):
         jaxpr = jaxpr.jaxpr
-    if any(eqn.primitive in _MAPS for eqn in jaxpr.eqns):
+    if any(eqn.primitive in _OURS for eqn in jaxpr.eqns):
         return True
     return any(contains_depthwise(sub) for sub in _subjaxprs(jaxpr))
 
@@ -69,7 +73,7 @@ def depthwise_equations(jaxpr: jcore.Jaxpr | jcore.ClosedJaxpr) -> list[jcore.Ja
     """Every equation binding one of our depthwise primitives, sub-jaxprs included."""
     if isinstance(jaxpr, jcore.ClosedJaxpr):
         jaxpr = jaxpr.jaxpr
-    found = [eqn for eqn in jaxpr.eqns if eqn.primitive in _MAPS]
+    found = [eqn for eqn in jaxpr.eqns if eqn.primitive in _OURS]
     for sub in _subjaxprs(jaxpr):
         found.extend(depthwise_equations(sub))
     return found
@@ -88,6 +92,27 @@ def _reference(eqn: jcore.JaxprEqn, a: Any, b: Any) -> jax.Array:
         preferred_element_type=params["preferred_element_type"],
         out_dtype=params["out_dtype"],
     )
+
+
+def _separable_reference(eqn: jcore.JaxprEqn, x: Any, dk: Any, pk: Any) -> jax.Array:
+    """The separable primitive as its unfused pair: the grouped convolution (the
+    intermediate rounded to ``x``'s dtype, as the unfused lowering has it), then the
+    1x1 step as :func:`sepconv_jax.pointwise_conv` computes it."""
+    params = eqn.params
+    preferred = params["preferred_element_type"]
+    mid = _xla.forward(
+        x,
+        dk,
+        params["spec"],
+        platform=None,
+        precision=params["precision"],
+        preferred_element_type=preferred,
+        out_dtype=preferred or x.dtype,
+    ).astype(x.dtype)
+    y = _separable.pointwise(
+        mid, pk, params["spec"], precision=params["precision"], preferred_element_type=preferred
+    )
+    return y.astype(params["out_dtype"])
 
 
 def _rewrite_closed(closed: jcore.ClosedJaxpr) -> jcore.ClosedJaxpr:
@@ -159,6 +184,8 @@ def _eval_eqn(eqn: jcore.JaxprEqn, invals: list[Any]) -> list[Any]:
     prim = eqn.primitive
     if prim in _MAPS:
         return [_reference(eqn, *invals)]
+    if prim is _separable.separable_p:
+        return [_separable_reference(eqn, *invals)]
     if _POOL_AS_SLICES[-1] and prim.name == "reduce_window_max" and _is_channels_last_pool(eqn):
         return [_pool_as_slices(eqn, *invals)]
     subs = jcore.jaxprs_in_params(eqn.params)
