@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import flax.linen as nn
 import jax
@@ -163,8 +163,8 @@ def apply_layer(
         x = hook("input", 0, x)
         new = dict(params, kernel=kernel(0, "kernel"))
         clone = module.clone(parent=None, use_bias="bias" in new)
-        y = clone.apply({"params": new}, x)
-        return hook("output", 0, y)
+        out = cast(jax.Array, clone.apply({"params": new}, x))
+        return hook("output", 0, out)
     raise TypeError(
         f"{type(module).__name__} is not a convolution or dense layer"
     )  # pragma: no cover

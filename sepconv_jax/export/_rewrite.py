@@ -23,6 +23,7 @@ names the primitive.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -62,19 +63,17 @@ def _subjaxprs(jaxpr: jcore.Jaxpr) -> list[jcore.Jaxpr]:
 
 def contains_depthwise(jaxpr: jcore.Jaxpr | jcore.ClosedJaxpr) -> bool:
     """Whether ``jaxpr`` or any of its sub-jaxprs binds one of our depthwise primitives."""
-    if isinstance(jaxpr, jcore.ClosedJaxpr):
-        jaxpr = jaxpr.jaxpr
-    if any(eqn.primitive in _OURS for eqn in jaxpr.eqns):
+    inner = jaxpr.jaxpr if isinstance(jaxpr, jcore.ClosedJaxpr) else jaxpr
+    if any(eqn.primitive in _OURS for eqn in inner.eqns):
         return True
-    return any(contains_depthwise(sub) for sub in _subjaxprs(jaxpr))
+    return any(contains_depthwise(sub) for sub in _subjaxprs(inner))
 
 
 def depthwise_equations(jaxpr: jcore.Jaxpr | jcore.ClosedJaxpr) -> list[jcore.JaxprEqn]:
     """Every equation binding one of our depthwise primitives, sub-jaxprs included."""
-    if isinstance(jaxpr, jcore.ClosedJaxpr):
-        jaxpr = jaxpr.jaxpr
-    found = [eqn for eqn in jaxpr.eqns if eqn.primitive in _OURS]
-    for sub in _subjaxprs(jaxpr):
+    inner = jaxpr.jaxpr if isinstance(jaxpr, jcore.ClosedJaxpr) else jaxpr
+    found = [eqn for eqn in inner.eqns if eqn.primitive in _OURS]
+    for sub in _subjaxprs(inner):
         found.extend(depthwise_equations(sub))
     return found
 
@@ -170,18 +169,67 @@ def _pool_as_slices(eqn: jcore.JaxprEqn, x: jax.Array) -> jax.Array:
     params = eqn.params
     window, strides = params["window_dimensions"], params["window_strides"]
     x = lax.pad(x, jnp.array(-jnp.inf, x.dtype), [(lo, hi, 0) for lo, hi in params["padding"]])
-    out_shape = eqn.outvars[0].aval.shape
-    result = None
+    out_aval: Any = eqn.outvars[0].aval
+    parts = []
     for offsets in itertools.product(*(range(w) for w in window)):
         start = list(offsets)
-        limit = [o + (n - 1) * s + 1 for o, n, s in zip(offsets, out_shape, strides, strict=True)]
-        part = lax.slice(x, start, limit, strides)
-        result = part if result is None else jnp.maximum(result, part)
-    return result
+        limit = [
+            o + (n - 1) * s + 1 for o, n, s in zip(offsets, out_aval.shape, strides, strict=True)
+        ]
+        parts.append(lax.slice(x, start, limit, strides))
+    return functools.reduce(jnp.maximum, parts)
+
+
+def _is_pointwise_over_batch(eqn: jcore.JaxprEqn) -> bool:
+    """A 1x1 step written as a window-1 convolution whose batch dim holds the positions.
+
+    :func:`sepconv_jax.pointwise_conv` (channels-last) flattens ``(*batch, *spatial, C)``
+    to ``(positions, 1, C)``: one batch element per position, a length-1 window. An
+    ONNX runtime runs such a ``Conv`` one batch element at a time (a matrix-vector
+    product per position), far slower than one matrix product.
+    """
+    if eqn.primitive.name != "conv_general_dilated":
+        return False
+    params = eqn.params
+    lhs: Any = eqn.invars[0].aval
+    rhs: Any = eqn.invars[1].aval
+    numbers = params["dimension_numbers"]
+    return (
+        len(lhs.shape) == 3
+        and lhs.shape[0] > 1
+        and lhs.shape[1] == 1
+        and tuple(rhs.shape[:1]) == (1,)
+        and tuple(numbers.lhs_spec) == (0, 2, 1)
+        and tuple(numbers.rhs_spec) == (2, 1, 0)
+        and tuple(numbers.out_spec) == (0, 2, 1)
+        and params["feature_group_count"] == 1
+        and params["batch_group_count"] == 1
+        and tuple(params["window_strides"]) == (1,)
+        and tuple(params["padding"]) == ((0, 0),)
+        and tuple(params["lhs_dilation"]) == (1,)
+        and tuple(params["rhs_dilation"]) == (1,)
+    )
+
+
+def _pointwise_over_positions(eqn: jcore.JaxprEqn, x: Any, kernel: Any) -> jax.Array:
+    """The same 1x1 step with the positions as its spatial dim: ``(1, positions, C)``."""
+    params = eqn.params
+    y = lax.conv_general_dilated(
+        x.reshape(1, x.shape[0], x.shape[2]),
+        kernel,
+        window_strides=(1,),
+        padding=((0, 0),),
+        dimension_numbers=("NWC", "WIO", "NWC"),
+        precision=params["precision"],
+        preferred_element_type=params["preferred_element_type"],
+    )
+    return y.reshape(x.shape[0], 1, y.shape[-1])
 
 
 def _eval_eqn(eqn: jcore.JaxprEqn, invals: list[Any]) -> list[Any]:
     prim = eqn.primitive
+    if _POOL_AS_SLICES[-1] and _is_pointwise_over_batch(eqn):
+        return [_pointwise_over_positions(eqn, *invals)]
     if prim in _MAPS:
         return [_reference(eqn, *invals)]
     if prim is _separable.separable_p:
@@ -240,7 +288,11 @@ def reference_kernels(
         strided window slices. jax2onnx 0.13 lowers ``reduce_window_max`` of a
         4-d array to a ``MaxPool`` over four spatial dims, which onnxruntime
         refuses ("Unsupported pooling size"); the slices are what a max pooling
-        computes, in ops every ONNX runtime has.
+        computes, in ops every ONNX runtime has. The same flag (the ONNX path) also
+        writes each channels-last 1x1 step, a window-1 convolution over
+        ``(positions, 1, C)``, over ``(1, positions, C)`` instead: the same 1x1
+        ``Conv``, with the positions as its spatial dim rather than its batch, which
+        onnxruntime runs as one matrix product instead of one per position.
 
     Returns:
       A function of the same arguments computing the same values, in which every

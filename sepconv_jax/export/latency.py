@@ -9,6 +9,7 @@ prints them (the benchmark calls :func:`export_latency`).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import tempfile
@@ -74,7 +75,7 @@ def latency_table(
       runtimes: a subset of :data:`RUNTIMES`.
       calibration_batches: inputs for the int8 model's activation ranges (default:
         ``example_input``).
-      workdir: where the exported files go (default: a temporary folder).
+      workdir: where the exported files go (default: a temporary folder, removed after).
 
     Returns:
       One row per runtime: ``runtime``, ``median_ms``, ``p90_ms``, ``runs``, and
@@ -91,6 +92,18 @@ def latency_table(
     x = np.asarray(example_input, np.float32)
     reference = jax.jit(_model.inference_function(module, variables, x, fold_batch_norm=False))
     want = np.asarray(reference(x))
+    if workdir is not None:
+        return _measure(
+            module, variables, x, reference, want, runs, runtimes, calibration_batches, workdir
+        )
+    with tempfile.TemporaryDirectory(prefix="sepconv_export_") as folder:
+        return _measure(
+            module, variables, x, reference, want, runs, runtimes, calibration_batches, folder
+        )
+
+
+def _measure(module, variables, x, reference, want, runs, runtimes, calibration_batches, folder):
+    """The rows of :func:`latency_table`, the exported files written to ``folder``."""
 
     def row(runtime: str, call: Callable[[], Any]) -> dict[str, Any]:
         got = np.asarray(call())
@@ -98,7 +111,6 @@ def latency_table(
         return {"runtime": runtime, **time_calls(call, runs=runs), "max_rel_error": error}
 
     rows = []
-    folder = workdir or tempfile.mkdtemp(prefix="sepconv_export_")
     for runtime in runtimes:
         if runtime == "jax":
             rows.append(row(runtime, lambda: reference(x).block_until_ready()))
@@ -121,7 +133,7 @@ def latency_table(
 
             path = to_tflite(module, variables, x, os.path.join(folder, "model.tflite"))
             it = interpreter(path)
-            rows.append(row(runtime, lambda it=it: run_tflite(it, x)))
+            rows.append(row(runtime, functools.partial(run_tflite, it, x)))
             continue
         from sepconv_jax.export.onnx import op_counts, run_onnx, session, to_onnx
 
@@ -135,7 +147,7 @@ def latency_table(
             path = to_onnx(qmodel, qvars, x, os.path.join(folder, "model_int8.onnx"))
         optimized = os.path.splitext(path)[0] + "_optimized.onnx"
         sess = session(path, optimized_path=optimized)
-        rows.append(row(runtime, lambda sess=sess: run_onnx(sess, x)))
+        rows.append(row(runtime, functools.partial(run_onnx, sess, x)))
         rows[-1]["optimized_ops"] = dict(sorted(op_counts(optimized).items()))
     return rows
 
@@ -152,7 +164,7 @@ def export_latency(
     ``calibration`` maps a model's name to its int8 calibration batches (default:
     its ``x``).
     """
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, module, variables, x in models_and_inputs:
         batches = (calibration or {}).get(name)
         table = latency_table(
