@@ -709,7 +709,7 @@ def run_export(args: argparse.Namespace, out: Path) -> int:
         "# Batch-1 latency of the exported models",
         "",
         f"{machine['cpu']}, {machine['cores']} cores, load average at the start "
-        f"{load[0] if load else 'n/a'}; median and 90th percentile of {runs} calls "
+        f"{f'{load[0]:.1f}' if load else 'n/a'}; median and 90th percentile of {runs} calls "
         f"after 3 warm-up calls; error: max |ours - theirs| / max |ours| against our float "
         f"JAX output (the int8 row includes the quantization error).",
         "",
