@@ -1,6 +1,7 @@
-"""The ``sepconv-jax`` command line: ``demo``, ``cost`` and ``bench``.
+"""The ``sepconv-jax`` command line: ``demo``, ``cost``, ``bench`` and ``export``.
 
-The subcommands live in :mod:`sepconv_jax.apps`; this module only wires them up.
+The subcommands live in :mod:`sepconv_jax.apps` (``export`` in
+:mod:`sepconv_jax.export`); this module only wires them up.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.register_cli(sub)
     cost_report.register_cli(sub)
     bench.register_cli(sub)
+    from sepconv_jax.export import _cli as export_cli  # the exporters load when it runs
+
+    export_cli.register(sub)
     return parser
 
 

@@ -27,6 +27,11 @@ a PNG plot (needs matplotlib) and a Markdown report.
 :mod:`sepconv_jax.apps.bench_report` turns the records into the table, the summary,
 the Markdown report and the plot.
 
+``--export`` measures something else: the batch-1 latency of MobileNetV2, MobileNetV1
+and the demo's separable network exported to ONNX (float32 and QDQ int8, run in
+onnxruntime) and LiteRT, against the jitted JAX forward
+(:mod:`sepconv_jax.export.latency`), written to ``export.json`` and ``export.md``.
+
 Example:
   >>> from sepconv_jax.apps import bench
   >>> layers = bench.layer_shapes(("MobileNetV2",))
@@ -72,6 +77,7 @@ __all__ = [
     "Layer",
     "add_arguments",
     "depthwise_impls",
+    "export_models",
     "layer_shapes",
     "machine_info",
     "main",
@@ -79,6 +85,7 @@ __all__ = [
     "measure_model",
     "register_cli",
     "run",
+    "run_export",
 ]
 
 #: ``(input size, channels C, kernel k, stride s, projection channels N)`` of one layer.
@@ -640,6 +647,80 @@ def machine_info() -> dict:
     return info
 
 
+# ----------------------------------------------------------------------------- export
+
+
+def export_models(quick: bool = False) -> list[tuple[str, Any, Any, Any]]:
+    """The models of ``bench --export``: ``(name, module, variables, x)`` at batch 1.
+
+    MobileNetV2 (1.0, 224) and MobileNetV1 (1.0, 224) with 1000 classes, and the
+    demo's separable digits network (:class:`~sepconv_jax.apps.networks.DigitsCNN`,
+    8x8 inputs); ``quick`` keeps the digits network only (exporting a MobileNet
+    takes tens of seconds). Variables come from ``init`` (latency does not depend
+    on their values); each ``x`` is a standard normal image.
+    """
+    from sepconv_jax import models
+    from sepconv_jax.apps.networks import DigitsCNN
+
+    specs: list[tuple[str, Any, int, int]] = []
+    if not quick:
+        specs = [
+            ("MobileNetV2 1.0/224", models.MobileNetV2(num_classes=1000), 224, 3),
+            ("MobileNetV1 1.0/224", models.MobileNetV1(num_classes=1000), 224, 3),
+        ]
+    specs.append(("DigitsCNN separable 8x8", DigitsCNN(separable=True), 8, 1))
+    found = []
+    for i, (name, module, size, channels) in enumerate(specs):
+        x = jax.random.normal(jax.random.key(i), (1, size, size, channels), jnp.float32)
+        variables = jax.jit(module.init)(jax.random.key(100 + i), x)
+        found.append((name, module, variables, x))
+    return found
+
+
+def run_export(args: argparse.Namespace, out: Path) -> int:
+    """``bench --export``: batch-1 latency of the exported models in each runtime.
+
+    Writes ``export.json`` (machine, configuration, one row per model and runtime)
+    and ``export.md`` into ``out`` and prints the table.
+    """
+    from sepconv_jax.export import latency
+
+    runs = 3 if args.quick else args.export_runs
+    runtimes = tuple(args.export_runtimes or latency.RUNTIMES)
+    started = time.perf_counter()
+    machine = machine_info()
+    print(f"sepconv-jax bench --export on {machine['cpu']} ({machine['cores']} cores)")
+    candidates = export_models(args.quick)
+    calibration = {
+        name: [jax.random.normal(jax.random.key(7), (8, *x.shape[1:]), jnp.float32)]
+        for name, _, _, x in candidates
+    }
+    rows = latency.export_latency(candidates, runs=runs, runtimes=runtimes, calibration=calibration)
+    if hasattr(os, "getloadavg"):
+        machine["load_average_end"] = list(os.getloadavg())
+    machine["suite_seconds"] = round(time.perf_counter() - started, 1)
+    config = {"quick": bool(args.quick), "batch": 1, "runs": runs, "runtimes": list(runtimes)}
+    result = {"machine": machine, "config": config, "rows": rows}
+    table = latency.markdown(rows)
+    print(table)
+    (out / "export.json").write_text(json.dumps(result, indent=2) + "\n")
+    load = machine.get("load_average")
+    report = [
+        "# Batch-1 latency of the exported models",
+        "",
+        f"{machine['cpu']}, {machine['cores']} cores, load average at the start "
+        f"{f'{load[0]:.1f}' if load else 'n/a'}; median and 90th percentile of {runs} calls "
+        f"after 3 warm-up calls; error: max |ours - theirs| / max |ours| against our float "
+        f"JAX output (the int8 row includes the quantization error).",
+        "",
+        table,
+        "",
+    ]
+    (out / "export.md").write_text("\n".join(report))
+    print(f"wrote {out / 'export.json'}, {out / 'export.md'}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- entry points
 
 
@@ -649,7 +730,7 @@ def run(args: argparse.Namespace) -> int:
     Returns:
       The process exit code: 0, or 2 when the plot was asked for without matplotlib.
     """
-    if not args.no_plot:
+    if not args.no_plot and not args.export:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
@@ -661,6 +742,8 @@ def run(args: argparse.Namespace) -> int:
             return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.export:
+        return run_export(args, out)
     model_options: dict[str, Any]
     if args.quick:
         layers = [Layer(*shape, models=("quick",)) for shape in QUICK_LAYERS]
@@ -751,6 +834,8 @@ def run(args: argparse.Namespace) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the ``bench`` options to ``parser``."""
+    from sepconv_jax.export.latency import RUNTIMES
+
     parser.add_argument("--quick", action="store_true", help="tiny shapes, one call each (CI)")
     parser.add_argument("--out", default="bench-results", help="directory for JSON/PNG/Markdown")
     parser.add_argument(
@@ -819,6 +904,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-batch", type=int, default=8, help="batch of the model step")
     parser.add_argument(
         "--model-image-size", type=int, default=224, help="image size of the model step"
+    )
+    parser.add_argument(
+        "--export",
+        action="store_true",
+        help="instead: batch-1 latency of MobileNetV2, MobileNetV1 and the demo's network in "
+        "JAX, onnxruntime (float32, int8) and LiteRT; writes export.json and export.md",
+    )
+    parser.add_argument(
+        "--export-runs", type=int, default=50, help="timed calls per runtime with --export"
+    )
+    parser.add_argument(
+        "--export-runtimes",
+        nargs="+",
+        choices=RUNTIMES,
+        help="runtimes timed with --export (default: all)",
     )
 
 

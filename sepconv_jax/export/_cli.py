@@ -11,48 +11,41 @@ import argparse
 import os
 from typing import Any
 
-import jax
-import numpy as np
+__all__ = ["build_model", "model_names", "register", "run"]
 
-__all__ = ["MODELS", "build_model", "register", "run"]
 
-#: The models the command knows, with their constructor's width argument.
-MODELS = {
-    "mobilenet_v1": ("MobileNetV1", "width_multiplier"),
-    "mobilenet_v2": ("MobileNetV2", "width_multiplier"),
-    "efficientnet_b0": ("EfficientNetB0", "width_coefficient"),
-    "xception": ("Xception", None),
-}
+def model_names() -> tuple[str, ...]:
+    """The names ``--model`` takes: the model zoo's (:data:`sepconv_jax.models.NAMES`)."""
+    from sepconv_jax import models
+
+    return tuple(models.NAMES)
 
 
 def build_model(name: str, *, num_classes: int = 1000, width: float = 1.0) -> Any:
-    """A reference model by name (``models.from_name`` where the package has it)."""
+    """The model-zoo architecture ``name`` (:func:`sepconv_jax.models.from_name`).
+
+    Raises:
+      ValueError: for an unknown name, or a width multiplier the model has not.
+    """
     from sepconv_jax import models
 
-    if name not in MODELS:
-        raise ValueError(f"`--model` must be one of {sorted(MODELS)}, got {name!r}")
-    cls_name, width_arg = MODELS[name]
-    options: dict[str, Any] = {"num_classes": num_classes}
-    if width_arg is not None and width != 1.0:
-        options[width_arg] = width
-    from_name = getattr(models, "from_name", None)
-    if from_name is not None:
-        return from_name(name, **options)
-    return getattr(models, cls_name)(**options)
+    if name not in models.NAMES:
+        raise ValueError(f"`--model` must be one of {', '.join(models.NAMES)}, got {name!r}")
+    return models.from_name(name, num_classes=num_classes, width_multiplier=width)
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
-    """Adds ``export`` to the CLI's subparsers."""
+    """Adds ``export`` to the CLI's subparsers (the exporters load when it runs)."""
     parser = subparsers.add_parser(
         "export",
         help="export a reference model to ONNX or LiteRT (TFLite)",
         description="Export a reference model (batch norm folded) to ONNX or LiteRT.",
     )
-    parser.add_argument("--model", choices=sorted(MODELS), default="mobilenet_v2")
+    parser.add_argument("--model", choices=model_names(), default="mobilenet_v2")
     parser.add_argument("--format", choices=("onnx", "tflite"), default="onnx")
     parser.add_argument("--out", required=True, help="the file to write")
     parser.add_argument("--size", type=int, default=224, help="input height and width")
-    parser.add_argument("--width", type=float, default=1.0, help="width multiplier")
+    parser.add_argument("--width", type=float, default=1.0, help="width multiplier (MobileNets)")
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--int8", action="store_true", help="quantize (ONNX only, QDQ)")
     parser.add_argument("--no-fold", action="store_true", help="keep batch norms unfolded")
@@ -62,6 +55,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Builds, initializes, optionally quantizes and exports; prints what it wrote."""
+    import jax
+    import numpy as np
+
     from sepconv_jax.export import to_onnx
     from sepconv_jax.export.litert import to_tflite
     from sepconv_jax.export.quantization import quantize

@@ -19,12 +19,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import flax.linen as nn
 import jax
+from flax.linen.dtypes import promote_dtype
 
-from sepconv_jax import _module_common as common
+from sepconv_jax import _layers as layers
+from sepconv_jax import _spec, ops
 from sepconv_jax import linen as sl
 
 __all__ = ["KINDS", "Kind", "Unit", "apply_layer", "layer_units", "output_channel_axis"]
@@ -83,7 +85,7 @@ def output_channel_axis(module: nn.Module, ndim: int) -> int:
     if data_format == "channels_last" or isinstance(module, nn.Conv | nn.Dense):
         return ndim - 1
     if isinstance(module, sl.PointwiseConv):
-        n = common.check_pointwise_spatial(module.num_spatial_dims)
+        n = _spec.check_num_spatial_dims(module.num_spatial_dims)
         n = ndim - 2 if n is None else n
         return ndim - n - 1
     return ndim - len(module.kernel_size) - 1
@@ -123,32 +125,37 @@ def apply_layer(
             dw_kernel, dw_bias = kernel(0, "depthwise_kernel"), params.get("depthwise_bias")
         else:
             dw_kernel, dw_bias = kernel(0, "kernel"), params.get("bias")
-        y = common.depthwise_forward(
-            x, dw_kernel, dw_bias, opts, dtype=module.dtype, precision=module.precision
+        x, dw_kernel, dw_bias = promote_dtype(x, dw_kernel, dw_bias, dtype=module.dtype)
+        y = layers.depthwise_forward(
+            x, dw_kernel, dw_bias, opts, impl=module.impl, precision=module.precision
         )
         y = hook("output", 0, y)
         if isinstance(module, sl.DepthwiseConv):
             return y
         y = hook("input", 1, y)
-        y = common.pointwise_forward(
+        y, pw_kernel, bias = promote_dtype(
+            y, kernel(1, "pointwise_kernel"), params.get("bias"), dtype=module.dtype
+        )
+        y = ops.pointwise_conv(
             y,
-            kernel(1, "pointwise_kernel"),
-            params.get("bias"),
+            pw_kernel,
+            bias=bias,
             data_format=opts.data_format,
             num_spatial_dims=opts.num_spatial if opts.data_format == "channels_first" else None,
-            dtype=module.dtype,
             precision=module.precision,
         )
         return hook("output", 1, y)
     if isinstance(module, sl.PointwiseConv):
         x = hook("input", 0, x)
-        y = common.pointwise_forward(
+        x, pw_kernel, bias = promote_dtype(
+            x, kernel(0, "kernel"), params.get("bias"), dtype=module.dtype
+        )
+        y = ops.pointwise_conv(
             x,
-            kernel(0, "kernel"),
-            params.get("bias"),
+            pw_kernel,
+            bias=bias,
             data_format=module.data_format,
-            num_spatial_dims=common.check_pointwise_spatial(module.num_spatial_dims),
-            dtype=module.dtype,
+            num_spatial_dims=_spec.check_num_spatial_dims(module.num_spatial_dims),
             precision=module.precision,
         )
         return hook("output", 0, y)
@@ -156,8 +163,8 @@ def apply_layer(
         x = hook("input", 0, x)
         new = dict(params, kernel=kernel(0, "kernel"))
         clone = module.clone(parent=None, use_bias="bias" in new)
-        y = clone.apply({"params": new}, x)
-        return hook("output", 0, y)
+        out = cast(jax.Array, clone.apply({"params": new}, x))
+        return hook("output", 0, out)
     raise TypeError(
         f"{type(module).__name__} is not a convolution or dense layer"
     )  # pragma: no cover

@@ -100,7 +100,7 @@ def _takes_train(module: nn.Module) -> bool:
 
 
 def _linen_call(module: nn.Module, variables: Mapping[str, Any]) -> Callable[[Any], Any]:
-    kwargs = {"train": False} if _takes_train(module) else {}
+    kwargs: dict[str, Any] = {"train": False} if _takes_train(module) else {}
     return lambda x: module.apply(variables, x, **kwargs)
 
 
@@ -255,10 +255,10 @@ def discover(module: nn.Module, variables: Mapping[str, Any], example: Any) -> D
     for bn_path in state.bns:
         layer_path = state.candidates.get(bn_path)
         reason = _fold_refusal(state, uses, bn_path, layer_path)
-        if reason is None:
-            folds[layer_path] = bn_path
-        else:
+        if reason is not None:
             unfolded[bn_path] = reason
+        elif layer_path is not None:  # always: no layer is a refusal
+            folds[layer_path] = bn_path
     layers = tuple(
         LayerInfo(path, m, units, state.layer_calls[path])
         for path, (m, units) in state.layers.items()
@@ -283,8 +283,8 @@ def _fold_refusal(state: _Discover, uses, bn_path: Path, layer_path: Path | None
     if len(eqns) != 1 or not is_bn_tag[0]:
         return "the layer's output has other uses besides the batch norm"
     layer = state.layers[layer_path][0]
-    axes = bn.axis if isinstance(bn.axis, tuple | list) else (bn.axis,)
-    axes = tuple(a % len(aval.shape) for a in axes)
+    given = bn.axis if isinstance(bn.axis, tuple | list) else (bn.axis,)
+    axes = tuple(a % len(aval.shape) for a in given)
     if axes != (_layers.output_channel_axis(layer, len(aval.shape)),):
         return f"it normalizes axes {axes}, not the layer's channel axis"
     return None
@@ -396,10 +396,13 @@ def inference_function(
     call = _linen_call(module, variables)
     if not fold_batch_norm and hooks is _no_hooks:
         return call
-    if fold_batch_norm and discovery is None:
-        discovery = discover(module, variables, example)
-    params = folded_parameters(variables, discovery) if fold_batch_norm else {}
-    identities = set(discovery.folds.values()) if fold_batch_norm else set()
+    params: dict = {}
+    identities: set = set()
+    if fold_batch_norm:
+        if discovery is None:
+            discovery = discover(module, variables, example)
+        params = folded_parameters(variables, discovery)
+        identities = set(discovery.folds.values())
     rewrite = _Rewrite(params, identities, hooks)
 
     def rewritten(x):

@@ -8,7 +8,9 @@ StableHLO (jax2tf) would see the CPU loop of slices. For export we evaluate the
 function's jaxpr with each of our three primitives replaced by the reference
 kernel's map (:mod:`sepconv_jax.kernels.xla`), so the exporter sees one
 ``conv_general_dilated(feature_group_count=C)`` per depthwise layer: an ONNX
-``Conv`` with ``group = C``, a TFLite ``DEPTHWISE_CONV_2D``.
+``Conv`` with ``group = C``, a TFLite ``DEPTHWISE_CONV_2D``. The separable
+primitive (:mod:`sepconv_jax.kernels.separable`, both steps in one operation) is
+written as its unfused pair: that grouped convolution, then the 1x1 step.
 
 Everything else is bound again unchanged. Sub-jaxprs that hold one of our
 primitives are inlined (``jit``, ``closed_call``, ``remat``, ``custom_jvp_call``,
@@ -21,6 +23,7 @@ names the primitive.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -31,11 +34,13 @@ from jax import lax
 from jax.extend import core as jcore
 
 from sepconv_jax.kernels import op as _op
+from sepconv_jax.kernels import separable as _separable
 from sepconv_jax.kernels import xla as _xla
 
 __all__ = ["contains_depthwise", "depthwise_equations", "reference_kernels"]
 
 _MAPS = {prim: name for name, prim in _op.PRIMITIVES.items()}
+_OURS = (*_MAPS, _separable.separable_p)
 
 # Primitives whose body is inlined: a call boundary, or a custom derivative rule
 # that an exported forward pass does not need. Parameter holding the body.
@@ -58,19 +63,17 @@ def _subjaxprs(jaxpr: jcore.Jaxpr) -> list[jcore.Jaxpr]:
 
 def contains_depthwise(jaxpr: jcore.Jaxpr | jcore.ClosedJaxpr) -> bool:
     """Whether ``jaxpr`` or any of its sub-jaxprs binds one of our depthwise primitives."""
-    if isinstance(jaxpr, jcore.ClosedJaxpr):
-        jaxpr = jaxpr.jaxpr
-    if any(eqn.primitive in _MAPS for eqn in jaxpr.eqns):
+    inner = jaxpr.jaxpr if isinstance(jaxpr, jcore.ClosedJaxpr) else jaxpr
+    if any(eqn.primitive in _OURS for eqn in inner.eqns):
         return True
-    return any(contains_depthwise(sub) for sub in _subjaxprs(jaxpr))
+    return any(contains_depthwise(sub) for sub in _subjaxprs(inner))
 
 
 def depthwise_equations(jaxpr: jcore.Jaxpr | jcore.ClosedJaxpr) -> list[jcore.JaxprEqn]:
     """Every equation binding one of our depthwise primitives, sub-jaxprs included."""
-    if isinstance(jaxpr, jcore.ClosedJaxpr):
-        jaxpr = jaxpr.jaxpr
-    found = [eqn for eqn in jaxpr.eqns if eqn.primitive in _MAPS]
-    for sub in _subjaxprs(jaxpr):
+    inner = jaxpr.jaxpr if isinstance(jaxpr, jcore.ClosedJaxpr) else jaxpr
+    found = [eqn for eqn in inner.eqns if eqn.primitive in _OURS]
+    for sub in _subjaxprs(inner):
         found.extend(depthwise_equations(sub))
     return found
 
@@ -88,6 +91,27 @@ def _reference(eqn: jcore.JaxprEqn, a: Any, b: Any) -> jax.Array:
         preferred_element_type=params["preferred_element_type"],
         out_dtype=params["out_dtype"],
     )
+
+
+def _separable_reference(eqn: jcore.JaxprEqn, x: Any, dk: Any, pk: Any) -> jax.Array:
+    """The separable primitive as its unfused pair: the grouped convolution (the
+    intermediate rounded to ``x``'s dtype, as the unfused lowering has it), then the
+    1x1 step as :func:`sepconv_jax.pointwise_conv` computes it."""
+    params = eqn.params
+    preferred = params["preferred_element_type"]
+    mid = _xla.forward(
+        x,
+        dk,
+        params["spec"],
+        platform=None,
+        precision=params["precision"],
+        preferred_element_type=preferred,
+        out_dtype=preferred or x.dtype,
+    ).astype(x.dtype)
+    y = _separable.pointwise(
+        mid, pk, params["spec"], precision=params["precision"], preferred_element_type=preferred
+    )
+    return y.astype(params["out_dtype"])
 
 
 def _rewrite_closed(closed: jcore.ClosedJaxpr) -> jcore.ClosedJaxpr:
@@ -145,20 +169,71 @@ def _pool_as_slices(eqn: jcore.JaxprEqn, x: jax.Array) -> jax.Array:
     params = eqn.params
     window, strides = params["window_dimensions"], params["window_strides"]
     x = lax.pad(x, jnp.array(-jnp.inf, x.dtype), [(lo, hi, 0) for lo, hi in params["padding"]])
-    out_shape = eqn.outvars[0].aval.shape
-    result = None
+    out_aval: Any = eqn.outvars[0].aval
+    parts = []
     for offsets in itertools.product(*(range(w) for w in window)):
         start = list(offsets)
-        limit = [o + (n - 1) * s + 1 for o, n, s in zip(offsets, out_shape, strides, strict=True)]
-        part = lax.slice(x, start, limit, strides)
-        result = part if result is None else jnp.maximum(result, part)
-    return result
+        limit = [
+            o + (n - 1) * s + 1 for o, n, s in zip(offsets, out_aval.shape, strides, strict=True)
+        ]
+        parts.append(lax.slice(x, start, limit, strides))
+    return functools.reduce(jnp.maximum, parts)
+
+
+def _is_pointwise_over_batch(eqn: jcore.JaxprEqn) -> bool:
+    """A 1x1 step written as a window-1 convolution whose batch dim holds the positions.
+
+    :func:`sepconv_jax.pointwise_conv` (channels-last) flattens ``(*batch, *spatial, C)``
+    to ``(positions, 1, C)``: one batch element per position, a length-1 window. An
+    ONNX runtime runs such a ``Conv`` one batch element at a time (a matrix-vector
+    product per position), far slower than one matrix product.
+    """
+    if eqn.primitive.name != "conv_general_dilated":
+        return False
+    params = eqn.params
+    lhs: Any = eqn.invars[0].aval
+    rhs: Any = eqn.invars[1].aval
+    numbers = params["dimension_numbers"]
+    return (
+        len(lhs.shape) == 3
+        and lhs.shape[0] > 1
+        and lhs.shape[1] == 1
+        and tuple(rhs.shape[:1]) == (1,)
+        and tuple(numbers.lhs_spec) == (0, 2, 1)
+        and tuple(numbers.rhs_spec) == (2, 1, 0)
+        and tuple(numbers.out_spec) == (0, 2, 1)
+        and params["feature_group_count"] == 1
+        and params["batch_group_count"] == 1
+        and tuple(params["window_strides"]) == (1,)
+        and tuple(params["padding"]) == ((0, 0),)
+        and tuple(params["lhs_dilation"]) == (1,)
+        and tuple(params["rhs_dilation"]) == (1,)
+    )
+
+
+def _pointwise_over_positions(eqn: jcore.JaxprEqn, x: Any, kernel: Any) -> jax.Array:
+    """The same 1x1 step with the positions as its spatial dim: ``(1, positions, C)``."""
+    params = eqn.params
+    y = lax.conv_general_dilated(
+        x.reshape(1, x.shape[0], x.shape[2]),
+        kernel,
+        window_strides=(1,),
+        padding=((0, 0),),
+        dimension_numbers=("NWC", "WIO", "NWC"),
+        precision=params["precision"],
+        preferred_element_type=params["preferred_element_type"],
+    )
+    return y.reshape(x.shape[0], 1, y.shape[-1])
 
 
 def _eval_eqn(eqn: jcore.JaxprEqn, invals: list[Any]) -> list[Any]:
     prim = eqn.primitive
+    if _POOL_AS_SLICES[-1] and _is_pointwise_over_batch(eqn):
+        return [_pointwise_over_positions(eqn, *invals)]
     if prim in _MAPS:
         return [_reference(eqn, *invals)]
+    if prim is _separable.separable_p:
+        return [_separable_reference(eqn, *invals)]
     if _POOL_AS_SLICES[-1] and prim.name == "reduce_window_max" and _is_channels_last_pool(eqn):
         return [_pool_as_slices(eqn, *invals)]
     subs = jcore.jaxprs_in_params(eqn.params)
@@ -213,7 +288,11 @@ def reference_kernels(
         strided window slices. jax2onnx 0.13 lowers ``reduce_window_max`` of a
         4-d array to a ``MaxPool`` over four spatial dims, which onnxruntime
         refuses ("Unsupported pooling size"); the slices are what a max pooling
-        computes, in ops every ONNX runtime has.
+        computes, in ops every ONNX runtime has. The same flag (the ONNX path) also
+        writes each channels-last 1x1 step, a window-1 convolution over
+        ``(positions, 1, C)``, over ``(1, positions, C)`` instead: the same 1x1
+        ``Conv``, with the positions as its spatial dim rather than its batch, which
+        onnxruntime runs as one matrix product instead of one per position.
 
     Returns:
       A function of the same arguments computing the same values, in which every

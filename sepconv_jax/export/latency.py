@@ -9,11 +9,12 @@ prints them (the benchmark calls :func:`export_latency`).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -74,12 +75,16 @@ def latency_table(
       runtimes: a subset of :data:`RUNTIMES`.
       calibration_batches: inputs for the int8 model's activation ranges (default:
         ``example_input``).
-      workdir: where the exported files go (default: a temporary folder).
+      workdir: where the exported files go (default: a temporary folder, removed after).
 
     Returns:
       One row per runtime: ``runtime``, ``median_ms``, ``p90_ms``, ``runs``, and
       ``max_rel_error`` against our float output; a runtime whose extra is not
-      installed gets ``median_ms=None`` and a ``note``.
+      installed gets ``median_ms=None`` and a ``note``. The onnxruntime rows also
+      get ``optimized_ops``, the op types (with counts) of the graph onnxruntime
+      runs after its optimizations: for the int8 model, ``QLinearConv`` (or
+      ``ConvInteger``) nodes are convolutions in integer arithmetic, a ``Conv``
+      between ``DequantizeLinear`` and ``QuantizeLinear`` is one in float.
     """
     unknown = [r for r in runtimes if r not in RUNTIMES]
     if unknown:
@@ -87,6 +92,18 @@ def latency_table(
     x = np.asarray(example_input, np.float32)
     reference = jax.jit(_model.inference_function(module, variables, x, fold_batch_norm=False))
     want = np.asarray(reference(x))
+    if workdir is not None:
+        return _measure(
+            module, variables, x, reference, want, runs, runtimes, calibration_batches, workdir
+        )
+    with tempfile.TemporaryDirectory(prefix="sepconv_export_") as folder:
+        return _measure(
+            module, variables, x, reference, want, runs, runtimes, calibration_batches, folder
+        )
+
+
+def _measure(module, variables, x, reference, want, runs, runtimes, calibration_batches, folder):
+    """The rows of :func:`latency_table`, the exported files written to ``folder``."""
 
     def row(runtime: str, call: Callable[[], Any]) -> dict[str, Any]:
         got = np.asarray(call())
@@ -94,7 +111,6 @@ def latency_table(
         return {"runtime": runtime, **time_calls(call, runs=runs), "max_rel_error": error}
 
     rows = []
-    folder = workdir or tempfile.mkdtemp(prefix="sepconv_export_")
     for runtime in runtimes:
         if runtime == "jax":
             rows.append(row(runtime, lambda: reference(x).block_until_ready()))
@@ -117,9 +133,9 @@ def latency_table(
 
             path = to_tflite(module, variables, x, os.path.join(folder, "model.tflite"))
             it = interpreter(path)
-            rows.append(row(runtime, lambda it=it: run_tflite(it, x)))
+            rows.append(row(runtime, functools.partial(run_tflite, it, x)))
             continue
-        from sepconv_jax.export.onnx import run_onnx, session, to_onnx
+        from sepconv_jax.export.onnx import op_counts, run_onnx, session, to_onnx
 
         if runtime == "onnxruntime":
             path = to_onnx(module, variables, x, os.path.join(folder, "model.onnx"))
@@ -129,19 +145,32 @@ def latency_table(
             batches = [x] if calibration_batches is None else calibration_batches
             qmodel, qvars = quantize(module, variables, batches, per_channel=True)
             path = to_onnx(qmodel, qvars, x, os.path.join(folder, "model_int8.onnx"))
-        sess = session(path)
-        rows.append(row(runtime, lambda sess=sess: run_onnx(sess, x)))
+        optimized = os.path.splitext(path)[0] + "_optimized.onnx"
+        sess = session(path, optimized_path=optimized)
+        rows.append(row(runtime, functools.partial(run_onnx, sess, x)))
+        rows[-1]["optimized_ops"] = dict(sorted(op_counts(optimized).items()))
     return rows
 
 
 def export_latency(
-    models_and_inputs: Sequence[tuple[str, Any, Any, Any]], *, runs: int = 50
+    models_and_inputs: Sequence[tuple[str, Any, Any, Any]],
+    *,
+    runs: int = 50,
+    runtimes: Sequence[str] = RUNTIMES,
+    calibration: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """:func:`latency_table` for several ``(name, module, variables, x)``; rows get ``model``."""
-    rows = []
+    """:func:`latency_table` for several ``(name, module, variables, x)``; rows get ``model``.
+
+    ``calibration`` maps a model's name to its int8 calibration batches (default:
+    its ``x``).
+    """
+    rows: list[dict[str, Any]] = []
     for name, module, variables, x in models_and_inputs:
-        for entry in latency_table(module, variables, x, runs=runs):
-            rows.append({"model": name, **entry})
+        batches = (calibration or {}).get(name)
+        table = latency_table(
+            module, variables, x, runs=runs, runtimes=runtimes, calibration_batches=batches
+        )
+        rows.extend({"model": name, **entry} for entry in table)
     return rows
 
 

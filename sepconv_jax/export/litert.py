@@ -107,7 +107,7 @@ def interpreter(path: str | os.PathLike) -> Any:
 
 def run_tflite(path: str | os.PathLike | Any, x: Any) -> np.ndarray:
     """Runs a single-input, single-output ``.tflite`` model in the LiteRT interpreter."""
-    it = path if hasattr(path, "invoke") else interpreter(path)
+    it: Any = path if hasattr(path, "invoke") else interpreter(path)
     it.set_tensor(it.get_input_details()[0]["index"], np.asarray(x, np.float32))
     it.invoke()
     return it.get_tensor(it.get_output_details()[0]["index"])

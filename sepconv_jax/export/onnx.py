@@ -199,7 +199,7 @@ def session(path: str | os.PathLike, *, optimized_path: str | None = None) -> An
 
 def run_onnx(path: str | os.PathLike | Any, x: Any) -> np.ndarray:
     """Runs an exported single-input, single-output model in ``onnxruntime`` on CPU."""
-    sess = path if hasattr(path, "run") else session(path)
+    sess: Any = path if hasattr(path, "run") else session(path)
     name = sess.get_inputs()[0].name
     (y,) = sess.run(None, {name: np.asarray(x, dtype=np.float32)})
     return y

@@ -245,7 +245,7 @@ class QuantizedModel:
             if path not in params:
                 return None
             qp = q[_key(path)]
-            units = _layers.layer_units(module, params[path])
+            units = _layers.layer_units(module, params[path]) or ()
 
             def hook(stage: str, i: int, value: jax.Array) -> jax.Array:
                 unit = qp[f"unit{i}"]
@@ -405,7 +405,7 @@ def quantize(
         _set_subtree(params, info.path, dict(layer_params))
         units = {}
         for i, unit in enumerate(info.units):
-            entry = {
+            entry: dict[str, Any] = {
                 "kernel_scale": weight_scales(layer_params[unit.kernel], per_channel=per_channel)
             }
             for stage in ("input", "output"):
