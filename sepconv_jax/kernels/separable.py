@@ -306,6 +306,7 @@ def _batch_rule(args, dims, *, spec, **params):
         folded = dataclasses.replace(spec, batch_shape=(size * batch,))
         out = separable_p.bind(x.reshape(size * batch, *x.shape[2:]), dk, pk, spec=folded, **params)
         return out.reshape(size, batch, *out.shape[1:]), 0
+
     # Per-example kernels: the unfused pair, whose primitives batch without a loop.
     def run(x, dk, pk):
         return _unfused(x, dk, pk, spec=spec, **params)
