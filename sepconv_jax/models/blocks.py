@@ -514,7 +514,7 @@ class ConvNeXtBlock(Numerics):
                 (channels,),
                 self.param_dtype,
             )
-            h = h * gamma.astype(h.dtype)
+            h = h * gamma.astype(h.dtype).reshape(1, 1, 1, channels)
         if self.drop_rate > 0:
             h = nn.Dropout(self.drop_rate, broadcast_dims=(1, 2, 3), deterministic=not train)(h)
         return x.astype(h.dtype) + h

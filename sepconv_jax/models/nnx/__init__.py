@@ -9,7 +9,8 @@ taking the same options plus ``in_features`` (image channels, 3) and ``rngs=``; 
 blocks are in :mod:`sepconv_jax.models.nnx.blocks`. Both APIs build from the same
 block tables and carry the same parameter names, so :func:`from_linen` turns a
 linen model and its variables (trained, or imported from Keras or timm) into the
-NNX model computing the same outputs.
+NNX model computing the same outputs. :func:`abstract_model` builds one with
+abstract parameters, quickly, for counting or as a skeleton.
 
 NNX conventions apply: a model is built in training mode (batch statistics,
 dropout and stochastic depth active, drawing from the ``"dropout"`` stream of the
@@ -29,6 +30,7 @@ Example:
 """
 
 from sepconv_jax.models.nnx import blocks as blocks
+from sepconv_jax.models.nnx._convert import abstract_model as abstract_model
 from sepconv_jax.models.nnx._convert import from_linen as from_linen
 from sepconv_jax.models.nnx.architectures import ConvNeXt as ConvNeXt
 from sepconv_jax.models.nnx.architectures import ConvNeXtBase as ConvNeXtBase
@@ -68,6 +70,7 @@ __all__ = [
     "MobileNetV3Large",
     "MobileNetV3Small",
     "Xception",
+    "abstract_model",
     "blocks",
     "from_linen",
 ]

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import flax.linen as nn
 import jax.numpy as jnp
 from flax import nnx, traverse_util
 
 from sepconv_jax.models.nnx import architectures
+from sepconv_jax.models.nnx._layers import abstract_build
+
+M = TypeVar("M", bound=architectures.Model)
 
 #: linen class -> NNX class, for every architecture.
 _BY_LINEN: dict[type[nn.Module], type[architectures.Model]] = {
     getattr(architectures, name).linen_class: getattr(architectures, name)
     for name in architectures.__all__
 }
-
-_WEIGHTS = nnx.Any(nnx.Param, nnx.BatchStat)
 
 
 def _flat(variables: Mapping[str, Any], collection: str) -> dict[tuple[str, ...], Any]:
@@ -34,6 +35,34 @@ def _options(linen_model: nn.Module) -> dict[str, Any]:
     }
 
 
+def abstract_model(
+    nnx_class: type[M], *args: Any, rngs: nnx.Rngs | None = None, **options: Any
+) -> M:
+    """``nnx_class(*args, **options)`` with ``jax.ShapeDtypeStruct`` parameters, fast.
+
+    What ``nnx.eval_shape(lambda: nnx_class(..., rngs=rngs))`` gives, for counting
+    parameters or as a skeleton to fill with weights, without tracing the whole
+    initialization at once (each layer is traced alone: for the deepest models this
+    is several times faster). Dropout streams are real, forked from ``rngs``
+    (``nnx.Rngs(0)`` when omitted).
+
+    Example:
+      >>> import jax, math
+      >>> from flax import nnx
+      >>> from sepconv_jax.models.nnx import EfficientNetB7, abstract_model
+      >>> model = abstract_model(EfficientNetB7)
+      >>> sum(math.prod(p.shape) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+      66347960
+    """
+    if not (isinstance(nnx_class, type) and issubclass(nnx_class, architectures.Model)):
+        raise TypeError(
+            f"`nnx_class` must be one of the sepconv_jax.models.nnx architectures, got "
+            f"{nnx_class!r}"
+        )
+    with abstract_build():
+        return nnx_class(*args, rngs=nnx.Rngs(0) if rngs is None else rngs, **options)
+
+
 def from_linen(
     linen_model: nn.Module, variables: Mapping[str, Any], *, rngs: nnx.Rngs | None = None
 ) -> architectures.Model:
@@ -46,7 +75,7 @@ def from_linen(
     the inference output, in training mode the training output (dropout and
     stochastic depth draw from ``rngs``' ``"dropout"`` stream, not from linen's rng,
     so they drop other samples). No parameter is initialized twice: the model is
-    built abstractly and only its random streams are made.
+    built abstractly and then given the weights and its random streams.
 
     Args:
       linen_model: a model of :mod:`sepconv_jax.models` (``MobileNetV1`` ...
@@ -54,7 +83,8 @@ def from_linen(
       variables: its ``{"params": ..., "batch_stats": ...}`` (``batch_stats`` absent
         for ConvNeXt).
       rngs: the random streams for dropout and stochastic depth (``nnx.Rngs(0)``
-        when omitted).
+        when omitted); each dropout forks its own from ``rngs``' ``"dropout"``
+        stream (or its default stream).
 
     Returns:
       The NNX model, in training mode as every freshly built NNX model is (call
@@ -101,25 +131,17 @@ def from_linen(
     in_features = int(jnp.shape(stem)[-2])
     rngs = nnx.Rngs(0) if rngs is None else rngs
 
-    def build(rngs: nnx.Rngs) -> architectures.Model:
-        return nnx_class(**options, in_features=in_features, rngs=rngs)
-
-    abstract = nnx.eval_shape(build, rngs)
-    graphdef, state = nnx.split(abstract)
-    # Only the random streams are made for real: every parameter initializer is
-    # dead code in this program.
-    streams = nnx.jit(lambda rngs: nnx.state(build(rngs), nnx.Not(_WEIGHTS)))(rngs)
-    stream_values = dict(nnx.to_flat_state(streams))
-
-    expected: dict[tuple[str, ...], Any] = {}
-    flat = []
-    for path, variable in nnx.to_flat_state(state):
+    model = abstract_model(nnx_class, **options, in_features=in_features)
+    expected: dict[tuple[str, ...], nnx.Variable] = {}
+    dropouts: list[nnx.Dropout] = []
+    for path, node in nnx.iter_graph(model):
         path = tuple(str(p) for p in path)
-        if isinstance(variable, nnx.Param | nnx.BatchStat):
-            key = ("params" if isinstance(variable, nnx.Param) else "batch_stats", *path)
-            expected[key] = variable
-        else:
-            flat.append((path, stream_values[path]))
+        if isinstance(node, nnx.Param):
+            expected[("params", *path)] = node
+        elif isinstance(node, nnx.BatchStat):
+            expected[("batch_stats", *path)] = node
+        elif isinstance(node, nnx.Dropout) and node.rngs is not None:
+            dropouts.append(node)
     missing = sorted("/".join(k) for k in expected.keys() - weights.keys())
     extra = sorted("/".join(k) for k in weights.keys() - expected.keys())
     wrong = sorted(
@@ -132,6 +154,10 @@ def from_linen(
             f"`variables` do not fit {type(linen_model).__name__}: missing {missing[:5]}, "
             f"unexpected {extra[:5]}, wrong shapes {wrong[:5]}"
         )
+    # The model was built abstractly (no parameter initialized): fill in the weights,
+    # and give each dropout its own stream forked from `rngs`, as building does.
     for key, variable in expected.items():
-        flat.append((key[1:], variable.replace(jnp.asarray(weights[key]))))
-    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+        variable.set_value(jnp.asarray(weights[key]))
+    for dropout in dropouts:
+        dropout.rngs = rngs[dropout.rng_collection].fork()
+    return model

@@ -10,6 +10,7 @@ parameters and batch statistics carry the linen model's names and shapes.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -76,7 +77,7 @@ class Model(nnx.Module):
     def __init__(self, *args: Any, in_features: int = 3, rngs: nnx.Rngs, **options: Any):
         config = self.linen_class(*args, **options)
         self.in_features = _spec.check_positive_int(in_features, "in_features")
-        for field in config.__dataclass_fields__.values():
+        for field in dataclasses.fields(config):
             if field.init and field.name not in ("parent", "name"):
                 value = getattr(config, field.name)
                 setattr(self, field.name, tuple(value) if isinstance(value, list) else value)

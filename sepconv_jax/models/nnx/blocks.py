@@ -275,5 +275,5 @@ class ConvNeXtBlock(nnx.Module):
         h = self.norm(self.depthwise(x))
         h = self.pointwise2(exact_gelu(self.pointwise1(h)))
         if self.layer_scale is not None:
-            h = h * self.layer_scale[...].astype(h.dtype)
+            h = h * self.layer_scale[...].astype(h.dtype).reshape(1, 1, 1, -1)
         return x.astype(h.dtype) + maybe(self.drop_path, h)
