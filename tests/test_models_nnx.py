@@ -172,7 +172,7 @@ def test_from_linen_outputs_equal_linen_in_both_modes(case):
 
 
 def test_from_linen_keeps_options_and_weights():
-    model, variables, nnx_model, _ = converted("mobilenet_v3_small")
+    _, variables, nnx_model, _ = converted("mobilenet_v3_small")
     assert type(nnx_model) is models_nnx.MobileNetV3Small
     assert (nnx_model.alpha, nnx_model.num_classes, nnx_model.dropout_rate) == (0.75, 5, 0.0)
     np.testing.assert_array_equal(

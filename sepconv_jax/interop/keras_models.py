@@ -534,7 +534,8 @@ def _convnext(keras_model: Any, c: _Collector) -> nn.Module:
     (first,) = [name for name in c.layers if name.endswith(suffix)]
     prefix = first.removesuffix(suffix)
     eps = convnext_lib.NORM_EPSILON
-    depths, dims = [], []
+    depths: list[int] = []
+    dims: list[int] = []
     while f"{prefix}_stage_{len(depths)}_block_0_depthwise_conv" in c.layers:
         i = len(depths)
         count = 0

@@ -142,28 +142,28 @@ class ConvNeXt(_common.Classifier):
         Returns:
           ``(batch, num_classes)``, or the features when ``include_top=False``.
         """
-        x = check_image(x, type(self).__name__)
+        h = check_image(x, type(self).__name__)
         if self.include_preprocessing:
-            x = _common.normalize_input(
-                x, self.input_mean, self.input_variance, owner=type(self).__name__
+            h = _common.normalize_input(
+                h, self.input_mean, self.input_variance, owner=type(self).__name__
             )
         for i, (dim, stage) in enumerate(zip(self.dims, self.blocks(), strict=True)):
             if i == 0:
-                x = self._conv(dim, 4, 4, "VALID", "stem_conv", use_bias=True)(x)
-                x = self._layer_norm("stem_norm", NORM_EPSILON)(x)
+                h = self._conv(dim, 4, 4, "VALID", "stem_conv", use_bias=True)(h)
+                h = self._layer_norm("stem_norm", NORM_EPSILON)(h)
             else:
-                x = self._layer_norm(f"downsample{i}_norm", NORM_EPSILON)(x)
-                x = self._conv(dim, 2, 2, "VALID", f"downsample{i}_conv", use_bias=True)(x)
+                h = self._layer_norm(f"downsample{i}_norm", NORM_EPSILON)(h)
+                h = self._conv(dim, 2, 2, "VALID", f"downsample{i}_conv", use_bias=True)(h)
             for name, kwargs in stage:
-                x = ConvNeXtBlock(
+                h = ConvNeXtBlock(
                     **kwargs,
                     dtype=self.dtype,
                     param_dtype=self.param_dtype,
                     precision=self.precision,
                     impl=self.impl,
                     name=name,
-                )(x, train)
-        return self._convnext_head(x, train)
+                )(h, train)
+        return self._convnext_head(h, train)
 
     def _convnext_head(self, x: jax.Array, train: bool) -> jax.Array:
         if self.include_top or self.pooling == "avg":

@@ -79,7 +79,7 @@ def mobilenet_v2_blocks(
     One table for the linen and the NNX model (:mod:`sepconv_jax.models.nnx`).
     """
     _, *widths, _ = mobilenet_v2_widths(width_multiplier)
-    out = []
+    out: list[dict[str, Any]] = []
     for expand_ratio, _, repeats, first_stride in STAGES:
         for j in range(repeats):
             out.append(

@@ -134,8 +134,8 @@ def from_linen(
     model = abstract_model(nnx_class, **options, in_features=in_features)
     expected: dict[tuple[str, ...], nnx.Variable] = {}
     dropouts: list[nnx.Dropout] = []
-    for path, node in nnx.iter_graph(model):
-        path = tuple(str(p) for p in path)
+    for graph_path, node in nnx.iter_graph(model):
+        path = tuple(str(p) for p in graph_path)
         if isinstance(node, nnx.Param):
             expected[("params", *path)] = node
         elif isinstance(node, nnx.BatchStat):

@@ -11,6 +11,7 @@ parameters and batch statistics carry the linen model's names and shapes.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -73,6 +74,17 @@ class Model(nnx.Module):
 
     linen_class: ClassVar[type[_common.Classifier]]
     stem_kernel: ClassVar[tuple[str, ...]]
+
+    # options every model has (set from the linen model's fields)
+    num_classes: int
+    include_top: bool
+    pooling: _common.Pooling
+    dropout_rate: float
+    classifier_activation: _common.Activation | None
+    # options of the models with preprocessing
+    include_preprocessing: bool
+    input_mean: Sequence[float]
+    input_variance: Sequence[float]
 
     def __init__(self, *args: Any, in_features: int = 3, rngs: nnx.Rngs, **options: Any):
         config = self.linen_class(*args, **options)
