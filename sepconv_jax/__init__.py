@@ -1,7 +1,8 @@
 """sepconv_jax: depthwise separable convolutions for JAX and Flax.
 
-The pure functions are re-exported here; the Flax modules, the cost model and the
-kernels are documented submodules, imported with the package. The reference
+The pure functions are re-exported here; the Flax modules, the streaming step
+functions, the cost model and the kernels are documented submodules, imported with
+the package. The reference
 models (``sepconv_jax.models``) and weight conversion (``sepconv_jax.interop``)
 are imported when first used, so that ``import sepconv_jax`` stays light.
 Everything public is listed in ``__all__``. What the command line runs lives in
@@ -15,6 +16,7 @@ from sepconv_jax import cost as cost
 from sepconv_jax import kernels as kernels
 from sepconv_jax import linen as linen
 from sepconv_jax import nnx as nnx
+from sepconv_jax import streaming as streaming
 from sepconv_jax.ops import depthwise_conv as depthwise_conv
 from sepconv_jax.ops import grouped_conv as grouped_conv
 from sepconv_jax.ops import pointwise_conv as pointwise_conv
@@ -37,6 +39,7 @@ __all__ = [
     "nnx",
     "pointwise_conv",
     "separable_conv",
+    "streaming",
 ]
 
 # Submodules imported on first attribute access (PEP 562): the model zoo pulls in

@@ -1,9 +1,10 @@
 """What the linen and NNX layers share: default initializers, option checks, forward calls.
 
 The modules in :mod:`sepconv_jax.linen` and :mod:`sepconv_jax.nnx` own parameters
-and nothing else. What both APIs do the same way lives here, so they cannot drift
-apart: the same defaults, the same option checks (with the same messages), and the
-same call into :mod:`sepconv_jax.ops`. Window options and input channels are
+(and, when they stream, a cache) and nothing else. What both APIs do the same way
+lives here, so they cannot drift apart: the same defaults, the same option checks
+(with the same messages), and the same calls into :mod:`sepconv_jax.ops` and, with
+``decode=True``, :mod:`sepconv_jax.streaming`. Window options and input channels are
 validated by :mod:`sepconv_jax._spec`; inputs and parameters are promoted to one
 dtype by each API's own ``promote_dtype`` before the call.
 """
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from sepconv_jax import _spec, ops
+from sepconv_jax import _spec, ops, streaming
 from sepconv_jax._spec import DataFormat, WindowOptions
 from sepconv_jax.kernels import dispatch
 from sepconv_jax.kernels.dispatch import Impl
@@ -143,3 +144,116 @@ def separable_forward(
         precision=precision,
         impl=impl,
     )
+
+
+# ----------------------------------------------------------------------------- decode
+
+
+def check_decode(opts: WindowOptions, owner: str) -> None:
+    """``decode=True`` streams a causal layer with zero padding, and nothing else."""
+    if opts.padding != "CAUSAL":
+        raise ValueError(
+            f"`decode=True` streams a causal layer, but this {owner} has padding="
+            f"{opts.padding!r}; build it with padding='CAUSAL' (all padding before, so output "
+            f"t sees inputs up to t only) to stream it"
+        )
+    if opts.padding_mode != "zeros":
+        raise ValueError(
+            f"`decode=True` needs padding_mode='zeros' (a stream starts from zeros, the causal "
+            f"padding), but this {owner} has padding_mode={opts.padding_mode!r}"
+        )
+
+
+def zero_buffer(x: Any, opts: WindowOptions, dtype: Any) -> jax.Array:
+    """The cache at the start of a stream: ``(k - 1) * d`` zero frames for chunks like ``x``."""
+    state = streaming.init_state(
+        x, opts.window, dilation=opts.dilation, data_format=opts.data_format, dtype=dtype
+    )
+    return state.buffer
+
+
+def check_stream(
+    x: Any, kernel: Any, buffer: Any, opts: WindowOptions, owner: str, kernel_name: str
+) -> None:
+    """A chunk against a module's kernel and cache, before a step.
+
+    The cache holds arrays only, so it cannot carry a stride phase: with a stride
+    ``s > 1`` along time every chunk must hold a multiple of ``s`` frames (the phase
+    then stays 0).
+    """
+    spec = _spec.stream_spec(
+        x,
+        kernel,
+        buffer,
+        0,
+        strides=opts.strides,
+        dilation=opts.dilation,
+        data_format=opts.data_format,
+        x_name="x",
+        kernel_name=kernel_name,
+        state_name="cache",
+    )
+    stride = opts.strides[0]
+    if spec.chunk_length % stride:
+        step = "separable_conv_step" if owner == "SeparableConv" else "depthwise_conv_step"
+        raise ValueError(
+            f"`x` has {spec.chunk_length} frames along time but this {owner} has stride {stride} "
+            f"along time: with decode=True its chunks must hold a multiple of {stride} frames, "
+            f"because the cache holds arrays only and cannot carry the stride phase between "
+            f"chunks; feed chunks of a multiple of {stride} frames, or use "
+            f"`sepconv_jax.streaming.{step}`, whose state carries the phase"
+        )
+
+
+def depthwise_step(
+    buffer: jax.Array,
+    x: ArrayLike,
+    kernel: ArrayLike,
+    bias: ArrayLike | None,
+    opts: WindowOptions,
+    *,
+    impl: Impl,
+    precision: Any,
+) -> tuple[jax.Array, jax.Array]:
+    """:func:`sepconv_jax.streaming.depthwise_conv_step` with a layer's options and cache."""
+    y, state = streaming.depthwise_conv_step(
+        streaming.StreamState(buffer, 0),
+        x,
+        kernel,
+        strides=opts.strides,
+        dilation=opts.dilation,
+        bias=bias,
+        data_format=opts.data_format,
+        precision=precision,
+        impl=impl,
+    )
+    return y, state.buffer
+
+
+def separable_step(
+    buffer: jax.Array,
+    x: ArrayLike,
+    depthwise_kernel: ArrayLike,
+    pointwise_kernel: ArrayLike,
+    depthwise_bias: ArrayLike | None,
+    bias: ArrayLike | None,
+    opts: WindowOptions,
+    *,
+    impl: Impl,
+    precision: Any,
+) -> tuple[jax.Array, jax.Array]:
+    """:func:`sepconv_jax.streaming.separable_conv_step` with a layer's options and cache."""
+    y, state = streaming.separable_conv_step(
+        streaming.StreamState(buffer, 0),
+        x,
+        depthwise_kernel,
+        pointwise_kernel,
+        strides=opts.strides,
+        dilation=opts.dilation,
+        depthwise_bias=depthwise_bias,
+        bias=bias,
+        data_format=opts.data_format,
+        precision=precision,
+        impl=impl,
+    )
+    return y, state.buffer

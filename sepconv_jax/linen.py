@@ -23,6 +23,15 @@ SeparableConv     ``depthwise_kernel``, ``pointwise_kernel``,  ``(*window, 1, C 
 
 ``M`` is ``depth_multiplier``; depthwise output channel ``c * M + m`` reads input
 channel ``c``.
+
+Streaming: a :class:`DepthwiseConv` or :class:`SeparableConv` with
+``padding="CAUSAL"`` runs on a stream chunk by chunk with ``decode=True``, in Flax's
+convention for incremental decoding: ``module.apply(variables, chunk, decode=True,
+mutable=["cache"])`` returns the chunk's outputs and the updated ``"cache"``
+collection (the last ``(k - 1) * d`` input frames, :mod:`sepconv_jax.streaming`),
+created as zeros (the causal padding) on the first call; pass it back with the
+parameters on the next call. Joined along time, the outputs equal the offline call
+on the whole sequence.
 """
 
 from __future__ import annotations
@@ -42,6 +51,29 @@ from sepconv_jax.kernels.dispatch import Impl
 from sepconv_jax.ops import PrecisionLike
 
 __all__ = ["DepthwiseConv", "PointwiseConv", "SeparableConv"]
+
+
+def _stream_cache(
+    module: DepthwiseConv | SeparableConv,
+    x: ArrayLike,
+    kernel: ArrayLike,
+    opts: WindowOptions,
+    kernel_name: str,
+) -> Any:
+    """The module's ``"cache"`` buffer, zeros on the first call, checked against ``x``."""
+    owner = type(module).__name__
+    _layers.check_decode(opts, owner)
+    if not module.is_mutable_collection("cache"):
+        raise ValueError(
+            f"`decode=True` reads and updates the {owner}'s `cache` collection, which this call "
+            f"cannot change: call `apply(variables, x, decode=True, mutable=['cache'])`, and pass "
+            f"the returned cache back with the parameters on the next call (the first call "
+            f"creates it as zeros, the causal padding)"
+        )
+    dtype = _spec.stream_dtype(x, "x")
+    buffer = module.variable("cache", "buffer", _layers.zero_buffer, x, opts, dtype)
+    _layers.check_stream(x, kernel, buffer.value, opts, owner, kernel_name)
+    return buffer
 
 
 def _window_options(module: DepthwiseConv | SeparableConv) -> WindowOptions:
@@ -100,6 +132,19 @@ class DepthwiseConv(nn.Module):
       ((3, 3, 1, 16), (16,))
       >>> layer.apply(variables, x).shape
       (4, 8, 8, 16)
+
+      Streaming a causal layer, one frame at a time:
+
+      >>> layer = DepthwiseConv(kernel_size=(3,), padding="CAUSAL")
+      >>> x = jnp.arange(5.0).reshape(1, 5, 1)  # (batch, time, channels)
+      >>> params = layer.init(jax.random.key(0), x)["params"]
+      >>> variables, ys = {"params": params}, []
+      >>> for t in range(5):
+      ...     y, cache = layer.apply(variables, x[:, t : t + 1], decode=True, mutable=["cache"])
+      ...     variables = {"params": params, **cache}
+      ...     ys.append(y)
+      >>> bool(jnp.allclose(jnp.concatenate(ys, axis=1), layer.apply({"params": params}, x)))
+      True
     """
 
     kernel_size: Sequence[int]
@@ -130,16 +175,28 @@ class DepthwiseConv(nn.Module):
         _layers.check_initializer(self.bias_init, "bias_init")
 
     @nn.compact
-    def __call__(self, x: ArrayLike) -> jax.Array:
-        """Applies the layer.
+    def __call__(self, x: ArrayLike, decode: bool = False) -> jax.Array:
+        """Applies the layer, to a whole input or (``decode=True``) to a stream's next chunk.
 
         Args:
           x: ``(*batch, *spatial, C)``, or ``(*batch, C, *spatial)`` with
-            ``data_format="channels_first"``.
+            ``data_format="channels_first"``. With ``decode=True``, a chunk of ``n >= 1``
+            frames along time (the first spatial axis), ``n`` a multiple of the
+            stride along time.
+          decode: stream: read the last input frames from the ``"cache"``
+            collection (zeros on the first call), update it, and return the outputs
+            that complete inside the chunk. Needs ``padding="CAUSAL"`` and
+            ``mutable=["cache"]`` in ``apply``.
 
         Returns:
-          ``(*batch, *out_spatial, C * depth_multiplier)`` (or channels-first).
+          ``(*batch, *out_spatial, C * depth_multiplier)`` (or channels-first); with
+          ``decode=True``, ``n / stride`` frames along time.
+
+        Raises:
+          ValueError: with ``decode=True``, for a non-causal layer, a cache this
+            call cannot update, or a chunk that does not fit the cache or the stride.
         """
+        _layers.check_bool(decode, "decode")
         opts = _window_options(self)
         channels = _spec.window_channels(x, opts, "DepthwiseConv")
         shape = opts.depthwise_kernel_shape(channels)
@@ -148,9 +205,17 @@ class DepthwiseConv(nn.Module):
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (shape[-1],), self.param_dtype)
         x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
-        return _layers.depthwise_forward(
-            x, kernel, bias, opts, impl=self.impl, precision=self.precision
+        if not decode:
+            return _layers.depthwise_forward(
+                x, kernel, bias, opts, impl=self.impl, precision=self.precision
+            )
+        buffer = _stream_cache(self, x, kernel, opts, "kernel")
+        y, new_buffer = _layers.depthwise_step(
+            buffer.value, x, kernel, bias, opts, impl=self.impl, precision=self.precision
         )
+        if not self.is_initializing():  # `init` leaves the cache at zeros, as flax's attention
+            buffer.value = new_buffer
+        return y
 
 
 class PointwiseConv(nn.Module):
@@ -308,16 +373,26 @@ class SeparableConv(nn.Module):
         _layers.check_initializer(self.bias_init, "bias_init")
 
     @nn.compact
-    def __call__(self, x: ArrayLike) -> jax.Array:
-        """Applies the layer.
+    def __call__(self, x: ArrayLike, decode: bool = False) -> jax.Array:
+        """Applies the layer, to a whole input or (``decode=True``) to a stream's next chunk.
 
         Args:
           x: ``(*batch, *spatial, C)``, or ``(*batch, C, *spatial)`` with
-            ``data_format="channels_first"``.
+            ``data_format="channels_first"``. With ``decode=True``, a chunk of ``n >= 1``
+            frames along time (the first spatial axis), ``n`` a multiple of the
+            stride along time.
+          decode: stream, as :class:`DepthwiseConv` does: the ``"cache"`` collection
+            holds the last ``(k - 1) * d`` input frames.
 
         Returns:
-          ``(*batch, *out_spatial, features)`` (or channels-first).
+          ``(*batch, *out_spatial, features)`` (or channels-first); with
+          ``decode=True``, ``n / stride`` frames along time.
+
+        Raises:
+          ValueError: with ``decode=True``, for a non-causal layer, a cache this
+            call cannot update, or a chunk that does not fit the cache or the stride.
         """
+        _layers.check_bool(decode, "decode")
         opts = _window_options(self)
         channels = _spec.window_channels(x, opts, "SeparableConv")
         dw_shape = opts.depthwise_kernel_shape(channels)
@@ -335,7 +410,20 @@ class SeparableConv(nn.Module):
         x, dw_kernel, pw_kernel, dw_bias, bias = promote_dtype(
             x, dw_kernel, pw_kernel, dw_bias, bias, dtype=self.dtype
         )
-        return _layers.separable_forward(
+        if not decode:
+            return _layers.separable_forward(
+                x,
+                dw_kernel,
+                pw_kernel,
+                dw_bias,
+                bias,
+                opts,
+                impl=self.impl,
+                precision=self.precision,
+            )
+        buffer = _stream_cache(self, x, dw_kernel, opts, "depthwise_kernel")
+        y, new_buffer = _layers.separable_step(
+            buffer.value,
             x,
             dw_kernel,
             pw_kernel,
@@ -345,3 +433,6 @@ class SeparableConv(nn.Module):
             impl=self.impl,
             precision=self.precision,
         )
+        if not self.is_initializing():  # `init` leaves the cache at zeros, as flax's attention
+            buffer.value = new_buffer
+        return y

@@ -8,6 +8,13 @@ and the input channel count are checked when the module is built.
 
 Given the same parameters, a module here and its :mod:`sepconv_jax.linen`
 counterpart compute the same function (both call :mod:`sepconv_jax.ops`).
+
+Streaming: a :class:`DepthwiseConv` or :class:`SeparableConv` with
+``padding="CAUSAL"`` runs on a stream chunk by chunk, as ``nnx.MultiHeadAttention``
+decodes: ``layer.init_cache(input_shape)`` creates its ``buffer`` (an
+``nnx.Cache`` of the last ``(k - 1) * d`` input frames, zeros: the causal padding),
+and ``layer(chunk, decode=True)`` reads and updates it (:mod:`sepconv_jax.streaming`).
+Joined along time, the outputs equal the offline call on the whole sequence.
 """
 
 from __future__ import annotations
@@ -55,7 +62,53 @@ class _Windowed(nnx.Module):
     depth_multiplier: int
     data_format: DataFormat
     impl: Impl
+    in_features: int
+    buffer: nnx.Cache[jax.Array] | None
     _options: WindowOptions
+
+    def init_cache(self, input_shape: Sequence[int], dtype: Any = jnp.float32) -> None:
+        """Creates the stream's cache: the ``buffer`` ``nnx.Cache``, zeros (the causal padding).
+
+        Call it before the first ``__call__(x, decode=True)``, and again to start a
+        new stream.
+
+        Args:
+          input_shape: the shape of a chunk, ``(*batch, n, *rest, in_features)`` (or
+            channels-first); its length ``n`` along time does not matter.
+          dtype: the dtype the layer computes in (the inputs' and parameters'
+            promoted dtype, or ``dtype`` when set).
+
+        Raises:
+          ValueError: for a layer without ``padding="CAUSAL"``, or a shape that does
+            not fit it.
+          TypeError: for a shape that is not a sequence of ints, or a bad dtype.
+        """
+        owner = type(self).__name__
+        _layers.check_decode(self._options, owner)
+        if not isinstance(input_shape, Sequence) or not all(_spec.is_int(v) for v in input_shape):
+            raise TypeError(
+                f"`input_shape` must be a sequence of ints, the shape of a chunk, got "
+                f"{input_shape!r}"
+            )
+        chunk = jax.ShapeDtypeStruct(tuple(int(v) for v in input_shape), dtype)
+        channels = _spec.window_channels(chunk, self._options, owner)
+        _check_in_features(channels, self.in_features, owner)
+        self.buffer = nnx.Cache(_layers.zero_buffer(chunk, self._options, dtype))
+
+    def _stream_cache(
+        self, x: ArrayLike, kernel: ArrayLike, kernel_name: str
+    ) -> nnx.Cache[jax.Array]:
+        """The cache, checked against the chunk ``x``."""
+        owner = type(self).__name__
+        _layers.check_decode(self._options, owner)
+        cache = self.buffer
+        if cache is None:
+            raise ValueError(
+                f"`decode=True` needs the {owner}'s cache: call `init_cache(input_shape)` "
+                f"with the shape of a chunk before streaming"
+            )
+        _layers.check_stream(x, kernel, cache[...], self._options, owner, kernel_name)
+        return cache
 
     def _store_window_options(self, opts: WindowOptions, impl: Impl) -> None:
         self.kernel_size = opts.window
@@ -67,6 +120,7 @@ class _Windowed(nnx.Module):
         self.data_format = opts.data_format
         self.impl = impl
         self._options = opts
+        self.buffer = nnx.data(None)
 
 
 class DepthwiseConv(_Windowed):
@@ -110,6 +164,15 @@ class DepthwiseConv(_Windowed):
       ((3, 3, 1, 16), (16,))
       >>> layer(jnp.ones((4, 16, 16, 8))).shape
       (4, 8, 8, 16)
+
+      Streaming a causal layer, one frame at a time:
+
+      >>> layer = DepthwiseConv(1, (3,), padding="CAUSAL", rngs=nnx.Rngs(0))
+      >>> x = jnp.arange(5.0).reshape(1, 5, 1)  # (batch, time, channels)
+      >>> layer.init_cache((1, 1, 1))
+      >>> ys = [layer(x[:, t : t + 1], decode=True) for t in range(5)]
+      >>> bool(jnp.allclose(jnp.concatenate(ys, axis=1), layer(x)))
+      True
     """
 
     def __init__(
@@ -164,23 +227,40 @@ class DepthwiseConv(_Windowed):
         self.param_dtype = param_dtype
         self.precision = precision
 
-    def __call__(self, x: ArrayLike) -> jax.Array:
-        """Applies the layer.
+    def __call__(self, x: ArrayLike, decode: bool = False) -> jax.Array:
+        """Applies the layer, to a whole input or (``decode=True``) to a stream's next chunk.
 
         Args:
           x: ``(*batch, *spatial, in_features)``, or ``(*batch, in_features,
-            *spatial)`` with ``data_format="channels_first"``.
+            *spatial)`` with ``data_format="channels_first"``. With ``decode=True``,
+            a chunk of ``n >= 1`` frames along time (the first spatial axis), ``n`` a
+            multiple of the stride along time.
+          decode: stream: read the last input frames from ``buffer`` (made by
+            :meth:`init_cache`), update it, and return the outputs that complete
+            inside the chunk. Needs ``padding="CAUSAL"``.
 
         Returns:
-          ``(*batch, *out_spatial, in_features * depth_multiplier)`` (or channels-first).
+          ``(*batch, *out_spatial, in_features * depth_multiplier)`` (or
+          channels-first); with ``decode=True``, ``n / stride`` frames along time.
+
+        Raises:
+          ValueError: with ``decode=True``, for a non-causal layer, a missing cache,
+            or a chunk that does not fit the cache or the stride.
         """
+        _layers.check_bool(decode, "decode")
         channels = _spec.window_channels(x, self._options, "DepthwiseConv")
         _check_in_features(channels, self.in_features, "DepthwiseConv")
         bias = None if self.bias is None else self.bias[...]
         x, kernel, bias = promote_dtype((x, self.kernel[...], bias), dtype=self.dtype)
-        return _layers.depthwise_forward(
-            x, kernel, bias, self._options, impl=self.impl, precision=self.precision
+        if not decode:
+            return _layers.depthwise_forward(
+                x, kernel, bias, self._options, impl=self.impl, precision=self.precision
+            )
+        cache = self._stream_cache(x, kernel, "kernel")
+        y, cache[...] = _layers.depthwise_step(
+            cache[...], x, kernel, bias, self._options, impl=self.impl, precision=self.precision
         )
+        return y
 
 
 class PointwiseConv(nnx.Module):
@@ -389,16 +469,26 @@ class SeparableConv(_Windowed):
         self.param_dtype = param_dtype
         self.precision = precision
 
-    def __call__(self, x: ArrayLike) -> jax.Array:
-        """Applies the layer.
+    def __call__(self, x: ArrayLike, decode: bool = False) -> jax.Array:
+        """Applies the layer, to a whole input or (``decode=True``) to a stream's next chunk.
 
         Args:
           x: ``(*batch, *spatial, in_features)``, or ``(*batch, in_features,
-            *spatial)`` with ``data_format="channels_first"``.
+            *spatial)`` with ``data_format="channels_first"``. With ``decode=True``,
+            a chunk of ``n >= 1`` frames along time, ``n`` a multiple of the stride
+            along time.
+          decode: stream, as :class:`DepthwiseConv` does: ``buffer`` (made by
+            :meth:`init_cache`) holds the last ``(k - 1) * d`` input frames.
 
         Returns:
-          ``(*batch, *out_spatial, out_features)`` (or channels-first).
+          ``(*batch, *out_spatial, out_features)`` (or channels-first); with
+          ``decode=True``, ``n / stride`` frames along time.
+
+        Raises:
+          ValueError: with ``decode=True``, for a non-causal layer, a missing cache,
+            or a chunk that does not fit the cache or the stride.
         """
+        _layers.check_bool(decode, "decode")
         channels = _spec.window_channels(x, self._options, "SeparableConv")
         _check_in_features(channels, self.in_features, "SeparableConv")
         dw_bias = None if self.depthwise_bias is None else self.depthwise_bias[...]
@@ -407,7 +497,20 @@ class SeparableConv(_Windowed):
             (x, self.depthwise_kernel[...], self.pointwise_kernel[...], dw_bias, bias),
             dtype=self.dtype,
         )
-        return _layers.separable_forward(
+        if not decode:
+            return _layers.separable_forward(
+                x,
+                dw_kernel,
+                pw_kernel,
+                dw_bias,
+                bias,
+                self._options,
+                impl=self.impl,
+                precision=self.precision,
+            )
+        cache = self._stream_cache(x, dw_kernel, "depthwise_kernel")
+        y, cache[...] = _layers.separable_step(
+            cache[...],
             x,
             dw_kernel,
             pw_kernel,
@@ -417,3 +520,4 @@ class SeparableConv(_Windowed):
             impl=self.impl,
             precision=self.precision,
         )
+        return y

@@ -114,3 +114,59 @@ def pointwise_conv_nd(x, kernel, bias=None):
     if bias is not None:
         y = y + np.asarray(bias, np.float64)
     return y
+
+
+def _per_dim(value, n):
+    return (value,) * n if np.isscalar(value) else tuple(value)
+
+
+def _tap_slices(offsets, dilation, strides, out_spatial):
+    """Per spatial dim, the positions of the padded input that one tap reads."""
+    return tuple(
+        slice(o * d, o * d + (size - 1) * s + 1, s)
+        for o, d, s, size in zip(offsets, dilation, strides, out_spatial, strict=True)
+    )
+
+
+def depthwise_input_grad_nd(g, kernel, x_shape, *, strides=1, padding="SAME", dilation=1):
+    """``d<depthwise_conv_nd(x, kernel), g>/dx`` in float64, zero padding.
+
+    Each tap's contribution ``g * kernel[tap]``, summed over the depth multiplier, is
+    added back to the padded input positions that tap read; the padding is cropped.
+    ``x_shape`` is ``(B, *spatial, C)``.
+    """
+    g = np.asarray(g, np.float64)
+    kernel = np.asarray(kernel, np.float64)
+    n = kernel.ndim - 2
+    window, spatial, c = kernel.shape[:n], tuple(x_shape[1:-1]), x_shape[-1]
+    strides, dilation = _per_dim(strides, n), _per_dim(dilation, n)
+    pads = explicit_padding(padding, spatial, window, strides, dilation)
+    m = kernel.shape[-1] // c
+    out_spatial = g.shape[1:-1]
+    dxpad = np.zeros(
+        (x_shape[0], *(s + lo + hi for s, (lo, hi) in zip(spatial, pads, strict=True)), c)
+    )
+    for offsets in itertools.product(*(range(k) for k in window)):
+        contribution = (g * kernel[offsets][0]).reshape(*g.shape[:-1], c, m).sum(axis=-1)
+        idx = _tap_slices(offsets, dilation, strides, out_spatial)
+        dxpad[(slice(None), *idx, slice(None))] += contribution
+    crop = tuple(slice(lo, lo + s) for s, (lo, _) in zip(spatial, pads, strict=True))
+    return dxpad[(slice(None), *crop, slice(None))]
+
+
+def depthwise_kernel_grad_nd(x, g, window, *, strides=1, padding="SAME", dilation=1):
+    """``d<depthwise_conv_nd(x, kernel), g>/dkernel`` in float64, zero padding:
+    ``dk[tap, 0, c*M+m] = sum_{b,i} xpad[b, i*s + tap*d, c] * g[b, i, c*M+m]``."""
+    x = np.asarray(x, np.float64)
+    g = np.asarray(g, np.float64)
+    n = len(window)
+    strides, dilation = _per_dim(strides, n), _per_dim(dilation, n)
+    pads = explicit_padding(padding, x.shape[1:-1], window, strides, dilation)
+    xpad = np.pad(x, [(0, 0), *pads, (0, 0)])
+    m = g.shape[-1] // x.shape[-1]
+    dk = np.zeros((*window, 1, g.shape[-1]))
+    for offsets in itertools.product(*(range(k) for k in window)):
+        idx = _tap_slices(offsets, dilation, strides, g.shape[1:-1])
+        patch = np.repeat(xpad[(slice(None), *idx, slice(None))], m, axis=-1)
+        dk[(*offsets, 0)] = (patch * g).sum(axis=tuple(range(n + 1)))
+    return dk

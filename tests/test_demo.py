@@ -342,3 +342,76 @@ def test_eight_simulated_devices_match_one_device():
     # Same batches, same initialization: only the float32 summation order differs.
     np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5, atol=1e-6)
     assert eight["accuracy"] == pytest.approx(one["accuracy"], abs=1 / 40)
+
+
+def test_best_time_never_reports_the_first_call(monkeypatch):
+    # A fake clock: the first call takes 5 s (one-time costs), every later one 10 ms.
+    from sepconv_jax.apps import timing
+
+    now = [0.0]
+    calls = []
+
+    def call():
+        now[0] += 5.0 if not calls else 0.01
+        calls.append(None)
+
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: now[0])
+    seconds, timed = timing.best_time(call, max_reps=3, min_time=0.15)
+    assert (seconds, timed, len(calls)) == (pytest.approx(0.01), 3, 4)
+    # A call slower than min_time is timed once, after its warm-up.
+    calls.clear()
+    seconds, timed = timing.best_time(call, max_reps=3, min_time=0.001)
+    assert (seconds, timed, len(calls)) == (pytest.approx(0.01), 1, 2)
+
+
+def test_demo_quick_stream_end_to_end(tmp_path, capsys):
+    rc = cli.main(["demo", "--task", "stream", "--quick", "--out", str(tmp_path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "real-time factor" in out and "stream_detections.png" in out
+    assert (tmp_path / "stream_detections.png").read_bytes()[:8] == PNG_MAGIC
+    figures = json.loads((tmp_path / "stream_results.json").read_text())
+    settings = figures["settings"]
+    chunks = figures["chunks"]
+    assert [c["chunk"] for c in chunks] == [1, 16, 160]
+    test_samples = int(settings["test_seconds"] * data.SAMPLE_RATE)
+    assert [c["frames"] for c in chunks] == [
+        settings["one_sample_frames"],
+        test_samples,
+        test_samples,
+    ]
+    for c in chunks:
+        # Streamed equals offline to float32 rounding of the logits.
+        assert c["max_abs_diff"] <= 1e-6 * max(1.0, settings["max_abs_logit"])
+        assert 0 < c["median_us"] <= c["p99_us"]
+        chunk_seconds = c["chunk"] / data.SAMPLE_RATE
+        assert c["real_time_factor"] == pytest.approx(1e-6 * c["median_us"] / chunk_seconds)
+    # The events listed are those of the test audio, generated again here from its seed.
+    audio = data.event_audio(settings["test_seconds"], seed=settings["seed"] + 1)
+    assert [(e["onset"], e["kind"]) for e in figures["events"]] == [
+        (e.onset, e.kind) for e in audio.events
+    ]
+    assert len(figures["training"]["losses"]) == figures["training"]["steps"] == 10
+
+
+def test_detection_metrics_by_hand():
+    from sepconv_jax.apps.stream_demo import detection_metrics
+
+    labels = np.zeros(100, np.int32)
+    labels[10:30] = 1
+    labels[60:80] = 1
+    events = (
+        data.AudioEvent(10, 30, "tone", 500.0, 500.0, 1.0),
+        data.AudioEvent(60, 80, "chirp", 500.0, 3500.0, 1.0),
+    )
+    audio = data.EventAudio(np.zeros(100, np.float32), labels, events)
+    p = np.zeros(100)
+    p[14:30] = 0.9  # the first event, found 4 samples late (0.25 ms at 16 kHz)
+    p[60:65] = 0.8  # the second, a quarter of its samples only: missed
+    p[90:95] = 0.7  # 5 false alarms among 60 noise samples
+    m = detection_metrics(p, audio)
+    assert m["event_recall"] == 0.5 and m["events"] == 2
+    assert m["false_alarm_rate"] == pytest.approx(5 / 60)
+    assert m["median_onset_delay_ms"] == pytest.approx(4 / 16)
+    # Wrong: 4 late samples + 15 missed of the second event + 5 false alarms.
+    assert m["sample_accuracy"] == pytest.approx(1 - 24 / 100)

@@ -303,9 +303,12 @@ def test_forward_mode_runs_the_same_kernel(impl):
     want = _reference(dx, kernel) + _reference(x, dk)
     np.testing.assert_allclose(np.asarray(tangent), want, rtol=RTOL, atol=1e-4)
     hlo = jvp.lower(x, kernel, dx, dk).as_text()
-    # "fused" on a lone depthwise conv runs the kernel "auto" picks: "shift" on CPU here.
-    if impl in ("shift", "fused"):  # no silent switch to lax: shifted loops, no convolution
+    if impl == "shift":  # no silent switch to lax: shifted loops, no convolution
         assert "convolution" not in hlo and "slice" in hlo
+    elif impl in ("pallas", "fused"):
+        # On CPU: the Pallas kernels in interpret mode, a loop over the grid ("fused"
+        # on a lone depthwise conv runs the "pallas" kernel).
+        assert "convolution" not in hlo and "while" in hlo
     else:
         assert "convolution" in hlo
 
@@ -348,6 +351,16 @@ def test_auto_rule_by_platform_and_shape():
     assert dispatch.auto_impl(spec, "cpu") == "shift"
     for platform in ("gpu", "cuda", "rocm", "tpu"):
         assert dispatch.auto_impl(spec, platform) == "xla"
+    # On CUDA, strided windows of up to 3x3 taps run the Pallas kernels.
+    strided = dataclasses.replace(spec, strides=(2, 1))
+    for platform in ("gpu", "cuda"):
+        assert dispatch.auto_impl(strided, platform) == "pallas"
+    for platform in ("cpu", "rocm", "tpu"):
+        assert dispatch.auto_impl(strided, platform) == ("shift" if platform == "cpu" else "xla")
+    wide = dataclasses.replace(strided, window=(5, 5))
+    assert math.prod(wide.window) > dispatch.MAX_PALLAS_GPU_TAPS
+    assert dispatch.auto_impl(wide, "cuda") == "xla"
+    assert dispatch.auto_impl(dataclasses.replace(strided, num_spatial=3), "cuda") == "xla"
     big = _spec.make_spec(
         jax.ShapeDtypeStruct((1, 9, 9, 9, 4), jnp.float32),
         jax.ShapeDtypeStruct((8, 8, 8, 1, 4), jnp.float32),
@@ -365,6 +378,7 @@ def test_auto_rule_by_platform_and_shape():
     # own gets the reference kernel.
     assert dispatch.kernel_for("auto", spec, "cpu") is dispatch.KERNELS["shift"]
     assert dispatch.kernel_for("auto", spec, "cuda") is dispatch.KERNELS["xla"]
+    assert dispatch.kernel_for("auto", strided, "cuda") is dispatch.KERNELS["pallas"]
     assert dispatch.kernel_for("auto", spec, None) is dispatch.KERNELS["xla"]
     assert dispatch.kernel_for("shift", spec, "tpu") is dispatch.KERNELS["shift"]
 
@@ -476,14 +490,19 @@ def test_bench_quick_runs_and_writes_json(tmp_path, capsys):
     records = result["records"]
     assert len(records) == len(bench.QUICK_LAYERS) * len(bench.PASSES)
     for record in records:
-        for column in (*dispatch.KERNELS, "flax", "separable", "standard"):
+        # On CPU: every kernel but Pallas (interpret mode) and the separable-only name.
+        impls = bench.depthwise_impls("cpu")
+        assert impls == ("xla", "shift")
+        assert [impl for impl in dispatch.KERNELS if impl in record["seconds"]] == list(impls)
+        for column in (*impls, "flax", "separable", "standard"):
             assert record["seconds"][column] > 0
         assert record["seconds"]["torch"] is None  # disabled
+        assert "separable fused" not in record["seconds"] and record["errors"] == {}
         # Every ratio is the quotient of the two times it names, recomputed from the JSON.
         seconds, ratios = record["seconds"], record["ratios"]
-        for impl in dispatch.KERNELS:
+        for impl in impls:
             assert ratios[f"xla/{impl}"] == seconds["xla"] / seconds[impl]
-        assert record["ours"] in dispatch.KERNELS
+        assert record["ours"] in impls
         assert ratios["xla/ours"] == seconds["xla"] / seconds[record["ours"]]
         assert ratios["flax/ours"] == seconds["flax"] / seconds[record["ours"]]
         assert ratios["torch/ours"] is None

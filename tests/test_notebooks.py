@@ -26,6 +26,7 @@ def test_notebooks_are_present():
         "02_cost.ipynb",
         "03_separable_vs_standard.ipynb",
         "04_performance.ipynb",
+        "05_streaming_audio.ipynb",
     ]
 
 

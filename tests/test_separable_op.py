@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -22,8 +23,9 @@ from sepconv_jax import _spec, separable_conv
 from sepconv_jax.cost import count, depthwise_conv_cost, pointwise_conv_cost
 from sepconv_jax.kernels import dispatch, pallas_fused
 from sepconv_jax.kernels import separable as sep_op
+from sepconv_jax.kernels._jax_compat import quiet_triton_deprecation
 from tests import reference as ref
-from tests.helpers import HIGHEST, rand, to_first, to_last
+from tests.helpers import HIGHEST, gpu_lowering_here, rand, to_first, to_last
 
 BF16 = jnp.bfloat16
 
@@ -349,7 +351,8 @@ def _sep_args(dtype=np.float32):
 
 
 def _lowered_text(f, args, platform):
-    return jax.jit(f).trace(*args).lower(lowering_platforms=(platform,)).as_text()
+    with gpu_lowering_here():
+        return jax.jit(f).trace(*args).lower(lowering_platforms=(platform,)).as_text()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, BF16])
@@ -362,16 +365,25 @@ def test_lowers_for_cuda_as_a_triton_kernel(dtype):
     fused = _lowered_text(f("fused"), args, "cuda")
     assert "__gpu$xla.gpu.triton" in fused and "sepconv_fused_separable" in fused
     assert "stablehlo.convolution" not in fused
-    # The rule keeps the pair on GPU for now.
-    assert "triton" not in _lowered_text(f("auto"), args, "cuda")
+    # The rule keeps the pair on GPU for now: a strided 3x3 depthwise step runs the
+    # depthwise Triton kernel, then the 1x1 step is a convolution.
+    auto = _lowered_text(f("auto"), args, "cuda")
+    assert "sepconv_fused_separable" not in auto
+    assert "__gpu$xla.gpu.triton" in auto and "stablehlo.convolution" in auto
 
     def loss(x, dk, pk):
         return jnp.sum(f("fused")(x, dk, pk).astype(jnp.float32) ** 2)
 
-    # Forward+backward: the fused forward, then the unfused transposes.
+    # Forward+backward: the fused forward once, then the unfused transposes, whose
+    # depthwise steps are the Pallas kernels of impl="fused" (no grouped convolution)
+    # and whose pointwise steps are 1x1 convolutions.
     grad = _lowered_text(jax.grad(loss, argnums=(0, 1, 2)), args, "cuda")
-    assert grad.count("__gpu$xla.gpu.triton") == 1
+    calls = [line for line in grad.splitlines() if "__gpu$xla.gpu.triton" in line]
+    assert sum("sepconv_fused_separable" in line for line in calls) == 1
+    assert "depthwise_input_transpose" in grad and "depthwise_kernel_transpose" in grad
     assert "stablehlo.convolution" in grad
+    groups = [int(g) for g in re.findall(r"feature_group_count\s*=\s*(\d+)", grad)]
+    assert all(g == 1 for g in groups)
 
 
 def test_exported_for_several_platforms_carries_each_ones_lowering():
@@ -383,7 +395,8 @@ def test_exported_for_several_platforms_carries_each_ones_lowering():
     args = _sep_args()
     f = jax.jit(functools.partial(separable_conv, strides=2, impl="fused", precision=HIGHEST))
     checks = [export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
-    exported = export.export(f, platforms=("cpu", "cuda", "tpu"), disabled_checks=checks)(*args)
+    with gpu_lowering_here():
+        exported = export.export(f, platforms=("cpu", "cuda", "tpu"), disabled_checks=checks)(*args)
     text = exported.mlir_module()
     assert "__gpu$xla.gpu.triton" in text
     assert "stablehlo.while" in text and "stablehlo.convolution" in text
@@ -401,7 +414,7 @@ def test_only_the_triton_deprecation_notice_is_quieted():
     notice = "The Pallas Triton backend is deprecated and will be removed in a future JAX"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with pallas_fused.quiet_triton_deprecation():
+        with quiet_triton_deprecation():
             warnings.warn(notice, DeprecationWarning, stacklevel=1)
             warnings.warn("something else is deprecated", DeprecationWarning, stacklevel=1)
             warnings.warn("another", UserWarning, stacklevel=1)
@@ -410,9 +423,11 @@ def test_only_the_triton_deprecation_notice_is_quieted():
 
 
 def test_lowers_for_tpu_as_the_pair():
+    # No fused kernel on TPU: the pair, whose depthwise step is the "pallas" family's
+    # Mosaic kernel (impl="fused" on a depthwise step) and whose 1x1 step a convolution.
     text = _lowered_text(functools.partial(separable_conv, impl="fused"), _sep_args(), "tpu")
-    assert "tpu_custom_call" not in text and "triton" not in text
-    assert "stablehlo.convolution" in text
+    assert "sepconv_fused_separable" not in text and "triton" not in text
+    assert "tpu_custom_call" in text and "stablehlo.convolution" in text
 
 
 # ----------------------------------------------------------------------------- on a GPU

@@ -18,9 +18,10 @@ the realized separable-vs-standard speedup beside the analytic savings factor
 (forward, backward, optax update) with ``impl="auto"`` against ``impl="xla"``.
 
 Times are the best of ``n`` calls after compilation (``timeit``'s convention, the
-least disturbed by other processes on a shared machine); a call slower than
-``min_time`` is timed once. PyTorch uses symmetric padding ``k // 2``, which gives the
-same output size and cost as ``"SAME"``. Results go to stdout (a table), a JSON file,
+least disturbed by other processes on a shared machine), after one untimed warm-up
+call (on a GPU the first call of an executable carries one-time costs); a call slower
+than ``min_time`` is timed once. PyTorch uses symmetric padding ``k // 2``, which gives
+the same output size and cost as ``"SAME"``. Results go to stdout (a table), a JSON file,
 a PNG plot (needs matplotlib) and a Markdown report.
 
 :mod:`sepconv_jax.apps.bench_report` turns the records into the table, the summary,
@@ -58,17 +59,19 @@ from jax import lax
 
 from sepconv_jax import _spec, cost, ops
 from sepconv_jax.apps import bench_report, bench_torch
-from sepconv_jax.apps.timing import best_time, time_jitted
+from sepconv_jax.apps.timing import best_time
 from sepconv_jax.apps.train import train_step
 from sepconv_jax.kernels import dispatch
 from sepconv_jax.kernels.dispatch import Impl
 
 __all__ = [
+    "MODEL_ARCHITECTURES",
     "MODEL_LAYERS",
     "PASSES",
     "QUICK_LAYERS",
     "Layer",
     "add_arguments",
+    "depthwise_impls",
     "layer_shapes",
     "machine_info",
     "main",
@@ -187,7 +190,31 @@ def _with_grads(fn: Callable, n_args: int) -> Callable:
 # ----------------------------------------------------------------------------- columns
 
 
-def _jax_columns(layer: Layer, batch: int, dtype: Any) -> dict[str, tuple[Callable, list]]:
+def depthwise_impls(backend: str | None = None) -> tuple[str, ...]:
+    """The depthwise impls the suite times by default on ``backend``.
+
+    Every registered kernel except the names that only change separable layers
+    (:data:`~sepconv_jax.kernels.dispatch.FUSED_IMPLS`: on a depthwise conv alone
+    they run another kernel), and except ``"pallas"`` on CPU, where the Pallas
+    kernels run in interpret mode (a test vehicle, not a contender).
+    """
+    backend = jax.default_backend() if backend is None else backend
+    return tuple(
+        impl
+        for impl in dispatch.KERNELS
+        if impl not in dispatch.FUSED_IMPLS and not (impl == "pallas" and backend == "cpu")
+    )
+
+
+def _jax_columns(
+    layer: Layer,
+    batch: int,
+    dtype: Any,
+    impls: Sequence[str],
+    *,
+    flax_column: bool,
+    fused_column: bool,
+) -> dict[str, tuple[Callable, list]]:
     """Column name -> (function of arrays, its arguments) for one layer."""
     import flax.linen as nn
 
@@ -198,29 +225,37 @@ def _jax_columns(layer: Layer, batch: int, dtype: Any) -> dict[str, tuple[Callab
     dw = (jax.random.normal(k2, (k, k, 1, c)) / k).astype(dtype)
     pw = (jax.random.normal(k3, (c, n)) / math.sqrt(c)).astype(dtype)
     full = (jax.random.normal(k4, (k, k, c, n)) / (k * math.sqrt(c))).astype(dtype)
-    flax_conv = nn.Conv(
-        features=c,
-        kernel_size=(k, k),
-        strides=layer.stride,
-        padding="SAME",
-        feature_group_count=c,
-        use_bias=False,
-        dtype=dtype,
-        param_dtype=dtype,
-    )
     columns: dict[str, tuple[Callable, list]] = {}
-    for impl in dispatch.KERNELS:
+    for impl in impls:
         columns[impl] = (
             lambda x, dw, impl=impl: ops.depthwise_conv(
                 x, dw, strides=layer.stride, padding="SAME", impl=impl
             ),
             [x, dw],
         )
-    columns["flax"] = (lambda x, dw: flax_conv.apply({"params": {"kernel": dw}}, x), [x, dw])
+    if flax_column:
+        flax_conv = nn.Conv(
+            features=c,
+            kernel_size=(k, k),
+            strides=layer.stride,
+            padding="SAME",
+            feature_group_count=c,
+            use_bias=False,
+            dtype=dtype,
+            param_dtype=dtype,
+        )
+        columns["flax"] = (lambda x, dw: flax_conv.apply({"params": {"kernel": dw}}, x), [x, dw])
     columns["separable"] = (
         lambda x, dw, pw: ops.separable_conv(x, dw, pw, strides=layer.stride, padding="SAME"),
         [x, dw, pw],
     )
+    if fused_column:
+        columns["separable fused"] = (
+            lambda x, dw, pw: ops.separable_conv(
+                x, dw, pw, strides=layer.stride, padding="SAME", impl=dispatch.FUSED_IMPLS[0]
+            ),
+            [x, dw, pw],
+        )
     columns["standard"] = (
         lambda x, full: lax.conv_general_dilated(
             x,
@@ -256,10 +291,13 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 
 def _ratios(seconds: dict[str, float | None], analytic: float, ours: str) -> dict:
-    ratios = {f"xla/{impl}": _ratio(seconds["xla"], seconds[impl]) for impl in dispatch.KERNELS}
-    ratios["xla/ours"] = _ratio(seconds["xla"], seconds[ours])
-    ratios["flax/ours"] = _ratio(seconds["flax"], seconds[ours])
-    ratios["torch/ours"] = _ratio(seconds["torch"], seconds[ours])
+    impls = [impl for impl in dispatch.KERNELS if impl in seconds]
+    ratios = {f"xla/{impl}": _ratio(seconds["xla"], seconds[impl]) for impl in impls}
+    ours_seconds = seconds.get(ours)
+    ratios["xla/ours"] = _ratio(seconds["xla"], ours_seconds)
+    ratios["flax/ours"] = _ratio(seconds.get("flax"), ours_seconds)
+    ratios["torch/ours"] = _ratio(seconds.get("torch"), ours_seconds)
+    ratios["separable/fused"] = _ratio(seconds["separable"], seconds.get("separable fused"))
     realized = _ratio(seconds["standard"], seconds["separable"])
     ratios["standard/separable"] = realized
     ratios["realized/analytic"] = None if realized is None else realized / analytic
@@ -267,6 +305,35 @@ def _ratios(seconds: dict[str, float | None], analytic: float, ours: str) -> dic
 
 
 # ----------------------------------------------------------------------------- suite
+
+
+def _compile_all(jobs: dict[Any, tuple[Callable, list]], threads: int) -> dict[Any, Any]:
+    """Lowers every job here and compiles them on ``threads`` threads (XLA compiles
+    without the GIL). Returns ``key -> compiled`` or ``key -> the exception``."""
+    import concurrent.futures
+
+    lowered: dict[Any, Any] = {}
+    for key, (fn, args) in jobs.items():
+        try:
+            lowered[key] = jax.jit(fn).lower(*args)
+        except Exception as error:  # a column that cannot run here: recorded, not fatal
+            lowered[key] = error
+    results: dict[Any, Any] = {}
+    with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
+        futures = {
+            key: pool.submit(low.compile)
+            for key, low in lowered.items()
+            if not isinstance(low, Exception)
+        }
+        for key, low in lowered.items():
+            if isinstance(low, Exception):
+                results[key] = low
+                continue
+            try:
+                results[key] = futures[key].result()
+            except Exception as error:
+                results[key] = error
+    return results
 
 
 def measure_layers(
@@ -278,6 +345,10 @@ def measure_layers(
     max_reps: int,
     torch_enabled: bool,
     flax_max_batch: int | None = None,
+    impls: Sequence[str] | None = None,
+    fused_column: bool = False,
+    compile_threads: int = 1,
+    budget: float | None = None,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
     """Times every column for every layer, batch, dtype and pass.
@@ -286,14 +357,26 @@ def measure_layers(
     ``impl="xla"``; ``flax_max_batch`` skips it (``None`` in the record) at larger
     batches to save time.
 
+    Each layer's functions (every column, dtype, batch and pass) are compiled
+    together, on ``compile_threads`` threads, before any of them is timed. A column
+    that fails to lower, compile or run is recorded as ``None`` with its error in the
+    record's ``errors``; the suite goes on. With a ``budget`` (seconds), layers not
+    started when it is spent are skipped (and logged).
+
     Depthwise columns are measured once per distinct depthwise shape and shared by
     the layers that differ only in ``N``.
 
+    Args:
+      impls: the depthwise impls to time (default :func:`depthwise_impls`).
+      fused_column: also time ``separable_conv`` with the fused kernel.
+
     Returns:
       One record per (layer, batch, dtype, pass): the shape, ``seconds`` by column
-      (``None`` where a column could not run), ``reps`` by column, ``ours`` (the impl
-      ``"auto"`` picks) and ``ratios``.
+      (``None`` where a column could not run), ``reps`` by column, ``errors``,
+      ``ours`` (the impl ``"auto"`` picks) and ``ratios``.
     """
+    impls = tuple(depthwise_impls() if impls is None else impls)
+    started = time.perf_counter()
     torch_times = {}
     if torch_enabled:
         log("timing PyTorch in a separate process...")
@@ -302,33 +385,63 @@ def measure_layers(
         )
     records = []
     depthwise_cache: dict[tuple, dict[str, tuple[float | None, int]]] = {}
-    depthwise_columns = (*dispatch.KERNELS, "flax", "torch")
+    depthwise_columns = (*impls, "flax", "torch")
     for layer in layers:
+        if budget is not None and time.perf_counter() - started > budget:
+            log(f"budget of {budget:.0f} s spent: skipping {layer.name}")
+            continue
+        jobs: dict[tuple, tuple[Callable, list]] = {}
         for batch in batches:
             for dtype_name in dtypes:
                 dtype = jnp.dtype(dtype_name)
-                columns = _jax_columns(layer, batch, dtype)
+                flax_column = flax_max_batch is None or batch <= flax_max_batch
+                columns = _jax_columns(
+                    layer, batch, dtype, impls, flax_column=flax_column, fused_column=fused_column
+                )
                 for pass_name in PASSES:
                     cached = depthwise_cache.get(
                         (layer.depthwise_name, batch, dtype_name, pass_name), {}
                     )
-                    timed: dict[str, tuple[float | None, int]] = dict(cached)
                     for name, (fn, args) in columns.items():
-                        if name in timed:
-                            continue
-                        if name == "flax" and flax_max_batch is not None and batch > flax_max_batch:
-                            timed[name] = (None, 0)
+                        if name in cached:
                             continue
                         if pass_name == "fwd+bwd":
                             cotangent = jnp.ones(jax.eval_shape(fn, *args).shape, dtype)
                             fn, args = _with_grads(fn, len(args)), [*args, cotangent]
-                        timed[name] = time_jitted(fn, args, max_reps=max_reps, min_time=min_time)
+                        jobs[(batch, dtype_name, pass_name, name)] = (fn, args)
+        compiled = _compile_all(jobs, compile_threads)
+        for batch in batches:
+            for dtype_name in dtypes:
+                dtype = jnp.dtype(dtype_name)
+                for pass_name in PASSES:
+                    shape_key = (layer.depthwise_name, batch, dtype_name, pass_name)
+                    timed: dict[str, tuple[float | None, int]] = dict(
+                        depthwise_cache.get(shape_key, {})
+                    )
+                    errors: dict[str, str] = {}
+                    for (b, d, p, name), exe in compiled.items():
+                        if (b, d, p) != (batch, dtype_name, pass_name):
+                            continue
+                        args = jobs[(b, d, p, name)][1]
+                        if isinstance(exe, Exception):
+                            timed[name], errors[name] = (None, 0), f"{type(exe).__name__}: {exe}"
+                            continue
+                        try:
+                            timed[name] = best_time(
+                                functools.partial(_run_to_completion, exe, args),
+                                max_reps=max_reps,
+                                min_time=min_time,
+                            )
+                        except Exception as error:
+                            timed[name], errors[name] = (
+                                (None, 0),
+                                f"{type(error).__name__}: {error}",
+                            )
+                    timed.setdefault("flax", (None, 0))
                     if "torch" not in timed:
-                        timed["torch"] = torch_times.get(
-                            (layer.depthwise_name, batch, dtype_name, pass_name), (None, 0)
-                        )
-                    depthwise_cache[(layer.depthwise_name, batch, dtype_name, pass_name)] = {
-                        name: timed[name] for name in depthwise_columns
+                        timed["torch"] = torch_times.get(shape_key, (None, 0))
+                    depthwise_cache[shape_key] = {
+                        name: timed[name] for name in depthwise_columns if name in timed
                     }
                     seconds = {name: value[0] for name, value in timed.items()}
                     ours = _ours(layer, batch, dtype)
@@ -347,33 +460,53 @@ def measure_layers(
                         "ours": ours,
                         "seconds": seconds,
                         "reps": {name: value[1] for name, value in timed.items()},
+                        "errors": errors,
                         "analytic_savings": layer.analytic_savings,
                         "ratios": _ratios(seconds, layer.analytic_savings, ours),
                     }
                     records.append(record)
                     log(bench_report.format_row(record))
+                    for name, message in errors.items():
+                        log(f"  {name}: {message[:300]}")
     return records
 
 
 # ----------------------------------------------------------------------------- whole model
 
 
-def _model(architecture: str, impl: Impl, num_classes: int, width_multiplier: float):
-    """``"MobileNetV2"``, or ``"blocks"``: two of its inverted residuals and a head (quick)."""
+#: The architectures :func:`measure_model` builds: two of the reference models, and
+#: ``"blocks"`` (two of MobileNetV2's inverted residuals and a head, for ``--quick``).
+MODEL_ARCHITECTURES = ("MobileNetV2", "EfficientNetB0", "blocks")
+
+
+def _model(
+    architecture: str, impl: Impl, num_classes: int, width_multiplier: float, dtype: Any = None
+):
+    """A model of :data:`MODEL_ARCHITECTURES` with ``impl`` in every layer."""
     import flax.linen as nn
 
-    from sepconv_jax.models import MobileNetV2
+    from sepconv_jax.models import EfficientNetB0, MobileNetV2
     from sepconv_jax.models.blocks import InvertedResidual
 
     if architecture == "MobileNetV2":
-        return MobileNetV2(num_classes=num_classes, width_multiplier=width_multiplier, impl=impl)
+        return MobileNetV2(
+            num_classes=num_classes, width_multiplier=width_multiplier, impl=impl, dtype=dtype
+        )
+    if architecture == "EfficientNetB0":
+        return EfficientNetB0(num_classes=num_classes, impl=impl, dtype=dtype)
+    if architecture != "blocks":
+        raise ValueError(
+            f"`architecture` must be one of {MODEL_ARCHITECTURES}, got {architecture!r}"
+        )
 
     class Blocks(nn.Module):
         @nn.compact
         def __call__(self, x, train=False):
-            x = InvertedResidual(features=16, expand_ratio=1, impl=impl)(x, train)
-            x = InvertedResidual(features=24, expand_ratio=6, strides=2, impl=impl)(x, train)
-            return nn.Dense(num_classes)(x.mean(axis=(1, 2)))
+            x = InvertedResidual(features=16, expand_ratio=1, impl=impl, dtype=dtype)(x, train)
+            x = InvertedResidual(features=24, expand_ratio=6, strides=2, impl=impl, dtype=dtype)(
+                x, train
+            )
+            return nn.Dense(num_classes, dtype=dtype)(x.mean(axis=(1, 2)))
 
     return Blocks()
 
@@ -392,13 +525,15 @@ def measure_model(
     num_classes: int,
     min_time: float,
     max_reps: int,
+    dtype: str | None = None,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
     """Images per second of a training step (forward, backward, SGD update).
 
-    ``architecture`` is ``"MobileNetV2"`` (:class:`sepconv_jax.models.MobileNetV2`)
-    or ``"blocks"``, two of its inverted-residual blocks and a classifier, which
-    compiles in seconds (``--quick``).
+    ``architecture`` is one of :data:`MODEL_ARCHITECTURES`; ``"blocks"`` compiles in
+    seconds (``--quick``). ``dtype`` is the models' compute dtype (``None``: float32;
+    ``"bfloat16"`` for mixed precision, parameters staying float32). A step that
+    fails to compile or run is recorded with its error and no time.
 
     Returns:
       One record per impl with ``seconds`` per step, ``images_per_second`` and the
@@ -412,40 +547,58 @@ def measure_model(
     optimizer = optax.sgd(0.01, momentum=0.9)
     records = []
     for impl in impls:
-        model = _model(architecture, impl, num_classes, width_multiplier)
-        variables = model.init(k3, images, train=False)
-        params, state = variables["params"], {"batch_stats": variables["batch_stats"]}
-        args = [params, state, optimizer.init(params), images, labels]
-        step = train_step(model, optimizer, train=True)
-        start = time.perf_counter()
-        compiled = jax.jit(step).lower(*args).compile()
-        compile_seconds = time.perf_counter() - start
-        seconds, reps = best_time(
-            functools.partial(_run_to_completion, compiled, args),
-            max_reps=max_reps,
-            min_time=min_time,
-        )
-        record = {
+        record: dict[str, Any] = {
             "model": architecture,
             "impl": impl,
-            # MobileNetV2's depthwise layers are all 3x3, so one layer tells for all.
+            # The models' depthwise layers are 3x3 and 5x5 at strides 1 and 2: the
+            # kernels the rule picks for them, joined by "+" where they differ.
             "resolved_impl": impl
             if impl != "auto"
-            else _ours(Layer(112, 32, 3, 1, 16), 1, "float32"),
+            else "+".join(
+                sorted(
+                    {_ours(Layer(112, 32, k, s, 16), 1, "float32") for k in (3, 5) for s in (1, 2)}
+                )
+            ),
             "batch": batch,
             "image_size": image_size,
             "width_multiplier": width_multiplier,
             "num_classes": num_classes,
-            "seconds": seconds,
-            "reps": reps,
-            "images_per_second": batch / seconds,
-            "compile_seconds": compile_seconds,
+            "dtype": dtype or "float32",
         }
+        try:
+            model = _model(architecture, impl, num_classes, width_multiplier, dtype)
+            variables = model.init(k3, images, train=False)
+            params, state = variables["params"], {"batch_stats": variables["batch_stats"]}
+            args = [params, state, optimizer.init(params), images, labels]
+            # Dropout and stochastic depth (EfficientNet) draw from one fixed key: the
+            # same masks every step, the same work as fresh ones.
+            step = train_step(model, optimizer, train=True, rngs={"dropout": jax.random.key(1)})
+            start = time.perf_counter()
+            compiled = jax.jit(step).lower(*args).compile()
+            compile_seconds = time.perf_counter() - start
+            seconds, reps = best_time(
+                functools.partial(_run_to_completion, compiled, args),
+                max_reps=max_reps,
+                min_time=min_time,
+            )
+        except Exception as error:  # recorded, and the suite goes on
+            record.update(
+                seconds=None, images_per_second=None, error=f"{type(error).__name__}: {error}"
+            )
+            records.append(record)
+            log(f"{architecture} train step impl={impl}: failed: {record['error'][:300]}")
+            continue
+        record.update(
+            seconds=seconds,
+            reps=reps,
+            images_per_second=batch / seconds,
+            compile_seconds=compile_seconds,
+        )
         records.append(record)
         log(
             f"{architecture} train step impl={impl}: {1e3 * seconds:.1f} ms/step, "
             f"{batch / seconds:.1f} images/s (batch {batch}, {image_size}x{image_size}, "
-            f"compiled in {compile_seconds:.1f} s)"
+            f"{record['dtype']}, compiled in {compile_seconds:.1f} s)"
         )
     return records
 
@@ -514,7 +667,6 @@ def run(args: argparse.Namespace) -> int:
         batches, dtypes = args.batch or [2], args.dtype or ["float32"]
         min_time, max_reps = 0.0, 1
         model_options = {
-            "architecture": "blocks",
             "batch": 2,
             "image_size": 16,
             "width_multiplier": 1.0,
@@ -532,22 +684,39 @@ def run(args: argparse.Namespace) -> int:
         }
     started = time.perf_counter()
     machine = machine_info()
-    print(f"sepconv-jax bench on {machine['backend']} ({machine['cpu']}, {machine['cores']} cores)")
-    print(bench_report.format_table([]))
-    records = measure_layers(
-        layers,
-        batches,
-        dtypes,
-        min_time=min_time,
-        max_reps=max_reps,
-        torch_enabled=not args.no_torch,
-        flax_max_batch=None if args.quick else args.flax_max_batch,
-    )
-    model = []
-    if not args.no_model:
-        model = measure_model(
-            ("auto", "xla"), min_time=min_time, max_reps=max_reps, **model_options
+    impls = tuple(args.impls or depthwise_impls())
+    gpu = machine["backend"] in ("gpu", "cuda", "rocm")
+    fused_column = args.fused if args.fused is not None else gpu
+    print(f"sepconv-jax bench on {machine['backend']} ({machine['device']}, {machine['cpu']})")
+    records: list[dict] = []
+    if not args.model_only:
+        print(bench_report.format_table([], impls))
+        records = measure_layers(
+            layers,
+            batches,
+            dtypes,
+            min_time=min_time,
+            max_reps=max_reps,
+            torch_enabled=not args.no_torch,
+            flax_max_batch=None if args.quick else args.flax_max_batch,
+            impls=impls,
+            fused_column=fused_column,
+            compile_threads=args.compile_threads,
+            budget=args.budget,
         )
+    model: list[dict] = []
+    if not args.no_model:
+        architectures = args.model_architectures or (["blocks"] if args.quick else ["MobileNetV2"])
+        model_impls = args.model_impls or ["auto", "xla"]
+        for architecture in architectures:
+            model += measure_model(
+                model_impls,
+                architecture=architecture,
+                min_time=min_time,
+                max_reps=max_reps,
+                dtype=args.model_dtype,
+                **model_options,
+            )
     if hasattr(os, "getloadavg"):
         machine["load_average_end"] = list(os.getloadavg())
     machine["suite_seconds"] = round(time.perf_counter() - started, 1)
@@ -560,7 +729,9 @@ def run(args: argparse.Namespace) -> int:
             "min_time": min_time,
             "max_reps": max_reps,
             "flax_max_batch": None if args.quick else args.flax_max_batch,
-            "impls": list(dispatch.KERNELS),
+            "impls": list(impls),
+            "fused_column": fused_column,
+            "model_dtype": args.model_dtype or "float32",
         },
         "records": records,
         "model": model,
@@ -600,9 +771,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=8,
         help="time flax.linen.Conv only up to this batch (default 8; it lowers like impl='xla')",
     )
+    parser.add_argument(
+        "--impls",
+        nargs="+",
+        choices=tuple(dispatch.KERNELS),
+        help="depthwise impls to time (default: every kernel; pallas only off CPU)",
+    )
+    parser.add_argument(
+        "--fused",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="time separable_conv with the fused kernel too (default: on GPU only)",
+    )
+    parser.add_argument(
+        "--compile-threads",
+        type=int,
+        default=min(16, os.cpu_count() or 1),
+        help="threads compiling a layer's functions before they are timed",
+    )
+    parser.add_argument(
+        "--budget", type=float, default=None, help="seconds after which no new layer starts"
+    )
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch column")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib)")
-    parser.add_argument("--no-model", action="store_true", help="skip the MobileNetV2 step")
+    parser.add_argument("--no-model", action="store_true", help="skip the training steps")
+    parser.add_argument(
+        "--model-only", action="store_true", help="only the training steps, no layers"
+    )
+    parser.add_argument(
+        "--model-architectures",
+        nargs="+",
+        choices=MODEL_ARCHITECTURES,
+        help="models whose training step is timed (default MobileNetV2)",
+    )
+    parser.add_argument(
+        "--model-impls",
+        nargs="+",
+        choices=dispatch.IMPLS,
+        help="impls of the training steps (default auto xla)",
+    )
+    parser.add_argument(
+        "--model-dtype",
+        choices=("float32", "bfloat16"),
+        default=None,
+        help="compute dtype of the training steps (default float32; parameters stay float32)",
+    )
     parser.add_argument("--model-batch", type=int, default=8, help="batch of the model step")
     parser.add_argument(
         "--model-image-size", type=int, default=224, help="image size of the model step"

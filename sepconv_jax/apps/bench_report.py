@@ -24,6 +24,7 @@ __all__ = [
     "markdown_table",
     "plot",
     "summarize",
+    "table_header",
 ]
 
 
@@ -40,22 +41,33 @@ def _x(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-TABLE_HEADER = (
-    "layer",
-    "B",
-    "dtype",
-    "pass",
-    *(f"{impl} ms" for impl in dispatch.KERNELS),
+#: The columns after the depthwise impls' (see :func:`table_header`).
+_TAIL = (
     "flax ms",
     "torch ms",
     "xla/ours",
     "torch/ours",
     "sep ms",
+    "fused ms",
     "std ms",
     "std/sep",
     "analytic",
     "real/anal",
 )
+
+
+def _impls(record: dict) -> list[str]:
+    """The depthwise impls a record measured, in registry order."""
+    return [impl for impl in dispatch.KERNELS if impl in record["seconds"]]
+
+
+def table_header(impls: Sequence[str]) -> tuple[str, ...]:
+    """The table's columns for records that measured the depthwise ``impls``."""
+    return ("layer", "B", "dtype", "pass", *(f"{impl} ms" for impl in impls), *_TAIL)
+
+
+#: The header of the default CPU suite (``xla`` and ``shift``).
+TABLE_HEADER = table_header(("xla", "shift"))
 
 
 def _row_cells(record: dict) -> list[str]:
@@ -65,12 +77,13 @@ def _row_cells(record: dict) -> list[str]:
         str(record["batch"]),
         record["dtype"],
         record["pass"],
-        *(_ms(seconds[impl]) for impl in dispatch.KERNELS),
-        _ms(seconds["flax"]),
-        _ms(seconds["torch"]),
+        *(_ms(seconds[impl]) for impl in _impls(record)),
+        _ms(seconds.get("flax")),
+        _ms(seconds.get("torch")),
         _x(ratios["xla/ours"]),
         _x(ratios["torch/ours"]),
         _ms(seconds["separable"]),
+        _ms(seconds.get("separable fused")),
         _ms(seconds["standard"]),
         _x(ratios["standard/separable"]),
         _x(record["analytic_savings"]),
@@ -80,25 +93,30 @@ def _row_cells(record: dict) -> list[str]:
 
 def format_row(record: dict) -> str:
     """One record as a line of :func:`format_table`."""
+    header = table_header(_impls(record))
     return "  ".join(
         f"{cell:>{max(len(head), 8)}}" if i else f"{cell:<26}"
-        for i, (head, cell) in enumerate(zip(TABLE_HEADER, _row_cells(record), strict=True))
+        for i, (head, cell) in enumerate(zip(header, _row_cells(record), strict=True))
     )
 
 
-def format_table(records: Sequence[dict]) -> str:
-    """The fixed-width table printed on stdout."""
-    head = "  ".join(
-        f"{h:>{max(len(h), 8)}}" if i else f"{h:<26}" for i, h in enumerate(TABLE_HEADER)
-    )
-    return "\n".join([head, *(format_row(r) for r in records)])
+def _header_line(header: Sequence[str]) -> str:
+    return "  ".join(f"{h:>{max(len(h), 8)}}" if i else f"{h:<26}" for i, h in enumerate(header))
+
+
+def format_table(records: Sequence[dict], impls: Sequence[str] | None = None) -> str:
+    """The fixed-width table printed on stdout (``impls``: the depthwise columns when
+    there are no records yet)."""
+    header = table_header(_impls(records[0]) if records else impls or ("xla", "shift"))
+    return "\n".join([_header_line(header), *(format_row(r) for r in records)])
 
 
 def markdown_table(records: Sequence[dict]) -> str:
     """The same table in Markdown."""
+    header = table_header(_impls(records[0]) if records else ("xla", "shift"))
     lines = [
-        "| " + " | ".join(TABLE_HEADER) + " |",
-        "|" + "|".join("---" if i < 4 else "---:" for i in range(len(TABLE_HEADER))) + "|",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if i < 4 else "---:" for i in range(len(header))) + "|",
     ]
     lines += ["| " + " | ".join(_row_cells(r)) + " |" for r in records]
     return "\n".join(lines)
@@ -147,11 +165,19 @@ def summarize(records: Sequence[dict], model: Sequence[dict] = ()) -> dict:
                 entry["realized/analytic min (C,N>=128)"] = min(v for v, _ in wide)
                 entry["realized/analytic median (C,N>=128)"] = statistics.median(v for v, _ in wide)
             summary[f"{dtype} {pass_name}"] = entry
-    by_impl = {m["impl"]: m for m in model}
-    if "auto" in by_impl and "xla" in by_impl:
-        summary[f"{by_impl['auto']['model']} train step auto/xla images/s"] = (
-            by_impl["auto"]["images_per_second"] / by_impl["xla"]["images_per_second"]
-        )
+    for architecture in dict.fromkeys(m["model"] for m in model):
+        by_impl = {
+            m["impl"]: m
+            for m in model
+            if m["model"] == architecture and m.get("images_per_second") is not None
+        }
+        if "xla" not in by_impl:
+            continue
+        for impl, m in by_impl.items():
+            if impl != "xla":
+                summary[f"{architecture} train step {impl}/xla images/s"] = (
+                    m["images_per_second"] / by_impl["xla"]["images_per_second"]
+                )
     return summary
 
 
@@ -219,11 +245,15 @@ def markdown_report(result: dict) -> str:
     if result["model"]:
         lines += ["", "## Whole model", ""]
         for m in result["model"]:
+            what = f"- {m['model']} training step, impl={m['impl']} ({m['resolved_impl']}): "
+            if m.get("images_per_second") is None:
+                lines.append(what + f"failed: {m.get('error', '')[:300]}")
+                continue
             lines.append(
-                f"- {m['model']} training step, impl={m['impl']} ({m['resolved_impl']}): "
-                f"{m['images_per_second']:.1f} images/s ({1e3 * m['seconds']:.0f} ms/step, "
-                f"batch {m['batch']}, {m['image_size']}x{m['image_size']}, width "
-                f"{m['width_multiplier']})"
+                what + f"{m['images_per_second']:.1f} images/s ({1e3 * m['seconds']:.0f} ms/step, "
+                f"batch {m['batch']}, {m['image_size']}x{m['image_size']}, "
+                f"{m.get('dtype', 'float32')}, width {m['width_multiplier']}, compiled in "
+                f"{m['compile_seconds']:.1f} s)"
             )
     lines += [
         "",

@@ -17,8 +17,9 @@ if TYPE_CHECKING:
 __all__ = ["measure_torch"]
 
 
-def _torch_depthwise(layer: Layer, batch: int, dtype_name: str, pass_name: str):
-    """A no-argument callable running PyTorch's depthwise conv, or ``None``."""
+def _torch_depthwise(layer: Layer, batch: int, dtype_name: str, pass_name: str, device: str):
+    """A no-argument callable running PyTorch's depthwise conv on ``device``
+    (``"cpu"`` or ``"cuda"``, where the call waits for the GPU), or ``None``."""
     try:
         import torch
     except ImportError:
@@ -28,9 +29,10 @@ def _torch_depthwise(layer: Layer, batch: int, dtype_name: str, pass_name: str):
         return None
     gen = torch.Generator().manual_seed(0)
     s, k, c = layer.size, layer.kernel, layer.channels
-    x = torch.randn(batch, c, s, s, generator=gen).to(torch_dtype)
+    x = torch.randn(batch, c, s, s, generator=gen).to(device=device, dtype=torch_dtype)
     x = x.contiguous(memory_format=torch.channels_last)
-    w = (torch.randn(c, 1, k, k, generator=gen) / k).to(torch_dtype)
+    w = (torch.randn(c, 1, k, k, generator=gen) / k).to(device=device, dtype=torch_dtype)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def conv(x, w):
         return torch.nn.functional.conv2d(x, w, stride=layer.stride, padding=k // 2, groups=c)
@@ -39,7 +41,9 @@ def _torch_depthwise(layer: Layer, batch: int, dtype_name: str, pass_name: str):
 
         def call():
             with torch.no_grad():
-                return conv(x, w)
+                y = conv(x, w)
+            sync()
+            return y
 
     else:
         x.requires_grad_(True)
@@ -50,6 +54,7 @@ def _torch_depthwise(layer: Layer, batch: int, dtype_name: str, pass_name: str):
         def call():
             x.grad = w.grad = None
             conv(x, w).backward(cotangent)
+            sync()
             return x.grad
 
     try:
@@ -59,11 +64,17 @@ def _torch_depthwise(layer: Layer, batch: int, dtype_name: str, pass_name: str):
     return call
 
 
-def _torch_worker(jobs: list[tuple], min_time: float, max_reps: int) -> dict:
+def _torch_worker(jobs: list[tuple], min_time: float, max_reps: int, device: str) -> dict:
     """Times PyTorch for every ``(layer, batch, dtype name, pass)`` job (in a child process)."""
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            return {}
+        torch.backends.cudnn.benchmark = True  # PyTorch's fastest algorithm per shape
     results = {}
     for layer, batch, dtype_name, pass_name in jobs:
-        call = _torch_depthwise(layer, batch, dtype_name, pass_name)
+        call = _torch_depthwise(layer, batch, dtype_name, pass_name, device)
         key = (layer.depthwise_name, batch, dtype_name, pass_name)
         results[key] = (
             (None, 0) if call is None else best_time(call, max_reps=max_reps, min_time=min_time)
@@ -79,6 +90,7 @@ def measure_torch(
     *,
     min_time: float,
     max_reps: int,
+    device: str | None = None,
 ) -> dict[tuple, tuple[float | None, int]]:
     """PyTorch's depthwise conv for every distinct shape, timed in a separate process.
 
@@ -92,6 +104,8 @@ def measure_torch(
         :func:`~sepconv_jax.apps.bench.measure_layers`.
       passes: ``"fwd"`` and/or ``"fwd+bwd"`` (forward, or forward and backward).
       min_time, max_reps: as for :func:`sepconv_jax.apps.timing.best_time`.
+      device: ``"cpu"`` or ``"cuda"``; ``None``: ``"cuda"`` when JAX runs on a GPU
+        (then PyTorch's CUDA kernels, with cuDNN's autotuner on), else ``"cpu"``.
 
     Returns:
       ``(depthwise name, batch, dtype, pass) -> (seconds or None, calls)``; empty when
@@ -111,5 +125,9 @@ def measure_torch(
                     if key not in seen:
                         seen.add(key)
                         jobs.append((layer, batch, dtype_name, pass_name))
+    if device is None:
+        import jax
+
+        device = "cuda" if jax.default_backend() == "gpu" else "cpu"
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_torch_worker, (jobs, min_time, max_reps))
+        return pool.apply(_torch_worker, (jobs, min_time, max_reps, device))

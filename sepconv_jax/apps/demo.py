@@ -16,6 +16,8 @@ measured train-step time and test accuracy, with the ratios between them
   with causal 1-D convolutions; the data are generated on the spot from a fixed seed.
 * ``layers``: no training; standard vs separable cost (:mod:`sepconv_jax.cost`) and
   ``jax.jit`` time of a few MobileNet-sized 3x3 layers.
+* ``stream``: a causal separable detector trained on generated 16 kHz audio, then
+  streamed chunk by chunk with ``decode=True`` (:mod:`sepconv_jax.apps.stream_demo`).
 
 Training is data-parallel over every local device (see :mod:`sepconv_jax.apps.train`);
 ``--devices N`` picks how many.
@@ -52,7 +54,7 @@ __all__ = [
     "run",
 ]
 
-TASKS = ("digits", "sequence", "layers")
+TASKS = ("digits", "sequence", "layers", "stream")
 
 # ----------------------------------------------------------------------------- comparison
 
@@ -376,6 +378,10 @@ def run(args: argparse.Namespace) -> int:
 
     _request_devices(args.devices)
     console = Console()
+    if args.task == "stream":
+        from sepconv_jax.apps import stream_demo
+
+        return stream_demo.run(args)
     if args.task == "layers":
         batch = 1 if args.batch_size is None else args.batch_size
         demo_report.print_layer_table(layer_rows(batch=batch, repeats=3 if args.quick else 10))
@@ -408,14 +414,16 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
         help="train standard vs separable CNNs and compare cost and accuracy",
         description="Trains two networks of the same topology, one with standard and one "
         "with separable convolutions, and prints parameters, mult-adds, step time and test "
-        "accuracy with their ratios. --task layers times single layers instead.",
+        "accuracy with their ratios. --task layers times single layers instead; --task stream "
+        "streams a causal separable network on generated audio and prints its latency.",
     )
     parser.add_argument(
         "--task",
         choices=TASKS,
         default="digits",
         help="digits (default: scikit-learn's handwritten digits), sequence (1-D causal, "
-        "generated waveforms) or layers (no training: single-layer costs and times)",
+        "generated waveforms), layers (no training: single-layer costs and times) or stream "
+        "(a causal separable detector on generated audio, streamed chunk by chunk)",
     )
     parser.add_argument("--epochs", type=int, default=None, help="default 15 digits, 6 sequence")
     parser.add_argument(

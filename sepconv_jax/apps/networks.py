@@ -3,6 +3,9 @@
 The first layer is a standard convolution in both variants, as in MobileNet: on a
 one-channel input a separable layer would be a single filter scaled per output
 channel. Only the blocks after it differ.
+
+:class:`StreamingDetector`, the streaming demo's network, is causal and separable
+throughout, so it runs on a live waveform with ``decode=True``.
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
-from sepconv_jax.linen import SeparableConv
+from sepconv_jax.linen import DepthwiseConv, PointwiseConv, SeparableConv
 
-__all__ = ["DigitsCNN", "SequenceCNN"]
+__all__ = ["DigitsCNN", "SequenceCNN", "StreamingDetector"]
 
 
 def _conv(separable: bool, features: int, window: tuple[int, ...], name: str, **kwargs):
@@ -102,3 +105,65 @@ class SequenceCNN(nn.Module):
             )
             x = nn.relu(conv(x))
         return nn.Dense(self.num_classes, name="head")(x.mean(axis=1))
+
+
+class StreamingDetector(nn.Module):
+    """A causal per-sample event detector on a raw waveform, made to stream.
+
+    A causal depthwise stem on the one input channel with ``channels`` outputs
+    (with one input channel, a depthwise convolution of depth multiplier
+    ``channels`` is a standard convolution), then residual blocks ``x + relu(
+    separable(x))`` with causal, dilated windows (a WaveNet-like stack), then a
+    per-sample pointwise classifier. Every windowed layer streams with
+    ``decode=True`` (see :mod:`sepconv_jax.streaming`), so the network runs on a
+    live waveform chunk by chunk and gives the same outputs as offline.
+
+    Attributes:
+      channels: width of the stem and the blocks.
+      kernel: window length of every layer.
+      dilations: one block per dilation; the receptive field is
+        ``1 + (kernel - 1) * (1 + sum(dilations))`` samples.
+      num_classes: outputs per sample.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from sepconv_jax.apps.networks import StreamingDetector
+      >>> model = StreamingDetector()
+      >>> x = jnp.zeros((2, 400, 1))  # (batch, samples, 1)
+      >>> variables = jax.jit(model.init)(jax.random.key(0), x)
+      >>> jax.jit(model.apply)(variables, x).shape
+      (2, 400, 2)
+      >>> model.receptive_field()
+      513
+    """
+
+    channels: int = 12
+    kernel: int = 9
+    dilations: Sequence[int] = (1, 2, 4, 8, 16, 32)
+    num_classes: int = 2
+
+    def receptive_field(self) -> int:
+        """Samples an output depends on: the stem's window and every block's."""
+        return 1 + (self.kernel - 1) * (1 + sum(self.dilations))
+
+    @nn.compact
+    def __call__(self, x: jax.Array, decode: bool = False) -> jax.Array:
+        """``(batch, samples, 1)`` waveforms to ``(batch, samples, num_classes)`` logits.
+
+        With ``decode=True``, ``x`` is the next chunk of a stream (call ``apply``
+        with ``mutable=["cache"]``).
+        """
+        stem = DepthwiseConv(
+            (self.kernel,), depth_multiplier=self.channels, padding="CAUSAL", name="stem"
+        )
+        h = stem(x, decode=decode)
+        for i, dilation in enumerate(self.dilations, start=1):
+            conv = SeparableConv(
+                self.channels,
+                (self.kernel,),
+                kernel_dilation=dilation,
+                padding="CAUSAL",
+                name=f"block{i}",
+            )
+            h = h + nn.relu(conv(h, decode=decode))
+        return PointwiseConv(self.num_classes, name="head")(nn.relu(h))

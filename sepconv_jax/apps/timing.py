@@ -22,9 +22,11 @@ def best_time(
 ) -> tuple[float, int]:
     """Best wall time of ``call()``, over up to ``max_reps`` calls after one warm-up.
 
-    The first call is a warm-up, unless it alone takes ``min_time`` seconds: then it
-    is the measurement (a slow call is timed once). Otherwise ``call`` runs until
-    ``max_reps`` calls are timed or ``min_time`` seconds are spent on them.
+    The first call is always a warm-up and never a measurement: on a GPU it carries
+    one-time costs (loading the executable's kernels, library handles, allocations)
+    that measured seconds for a training step whose later calls took milliseconds.
+    Then ``call`` runs until ``max_reps`` calls are timed or ``min_time`` seconds are
+    spent on them, at least once.
 
     Args:
       call: a function of no arguments that returns when its work is done (wrap a
@@ -42,11 +44,7 @@ def best_time(
       >>> calls, seconds > 0
       (3, True)
     """
-    start = time.perf_counter()
-    call()
-    first = time.perf_counter() - start
-    if first >= min_time:
-        return first, 1
+    call()  # warm-up
     times: list[float] = []
     while len(times) < max(1, max_reps) and sum(times) < min_time:
         start = time.perf_counter()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 
 def match_manual_axes(*arrays):
     """The arrays made to vary over the same ``shard_map`` manual axes.
@@ -53,3 +55,52 @@ def varies_over_manual_axes(x) -> bool:
     if mat is not None:
         return bool(getattr(mat, "varying", frozenset()))
     return bool(getattr(aval, "vma", frozenset()))  # pragma: no cover - an older JAX
+
+
+@contextlib.contextmanager
+def vma_checks_off():
+    """Within the block, JAX does not check how values vary over ``shard_map`` axes.
+
+    Pallas interpret mode evaluates a kernel's body on the operands themselves, so
+    inside ``shard_map`` a gather of a sharded array at indices computed in the
+    kernel mixes values that vary over the mesh with values that do not, which the
+    check rejects (JAX suggests ``check_vma=False``). The kernel's results are
+    declared to vary like its operands either way. Without the JAX setting the block
+    does nothing.
+    """
+    from jax._src import config
+
+    state = getattr(config, "_check_vma", None)
+    if state is None:  # pragma: no cover - a JAX without the check
+        yield
+        return
+    with state(False):
+        yield
+
+
+@contextlib.contextmanager
+def quiet_triton_deprecation():
+    """Within the block, JAX's notice that Pallas' Triton backend is deprecated
+    (JAX 0.11 and later, raised on every lowering of a Triton kernel) is not shown;
+    every other warning passes through.
+
+    The notice is about JAX's roadmap (Mosaic GPU is to replace Triton there), not
+    about anything a caller of this library can act on.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore",
+            message="The Pallas Triton backend is deprecated",
+            category=DeprecationWarning,
+        )
+        yield
+
+
+def lowering_for_export(ctx) -> bool:
+    """Whether a lowering rule's ``ctx`` lowers for :func:`jax.export` (whose
+    artifacts may only hold custom calls with compatibility guarantees, which Pallas'
+    Triton and Mosaic calls are not). ``False`` where JAX does not say."""
+    params = getattr(getattr(ctx, "module_context", None), "lowering_parameters", None)
+    return bool(getattr(params, "for_export", False))

@@ -15,8 +15,21 @@ The rule for ``"auto"``, by platform and shape:
   2-core CPU (see ``benchmarks/RESULTS.md``), unless the window has more than
   :data:`MAX_SHIFT_TAPS` taps (more than a 7x7x7 3-D window), where the unrolled
   loop would compile slowly; then ``"xla"``.
-* ``cuda``, ``rocm``, ``tpu`` and any other platform: ``"xla"``
-  (``lax.conv_general_dilated`` with ``feature_group_count``).
+* ``cuda``: ``"pallas"`` (the Triton kernels of :mod:`sepconv_jax.kernels.pallas`)
+  for 2-D windows of at most 3x3 taps with a stride above 1, ``"xla"`` otherwise. On
+  one H100 at batch 64, forward+backward (``benchmarks/results/gpu/``, summarized in
+  ``benchmarks/RESULTS.md``), the Pallas kernels beat ``lax.conv_general_dilated``
+  on every strided 3x3 MobileNetV2/EfficientNet-B0 layer measured: 1.58-1.93x in
+  float32, 1.22-1.54x in bfloat16. At stride 1 the two were mixed (0.77-1.62x in
+  float32, median 1.03x; 0.81-1.78x in bfloat16, median 1.16x), and on 5x5 windows
+  XLA was mostly faster (0.89-1.16x in float32, 0.54-0.95x in bfloat16), so those
+  stay with XLA.
+  Lowered for :func:`jax.export`, ``"auto"`` runs ``"xla"`` on CUDA at every shape:
+  serialized artifacts may only hold custom calls with compatibility guarantees,
+  which the Triton calls do not have (:func:`kernel_for`).
+* ``rocm``, ``tpu`` and any other platform: ``"xla"``
+  (``lax.conv_general_dilated`` with ``feature_group_count``). The Pallas kernels run
+  there by name; none of them has been measured on those platforms yet.
 
 Separable layers (:func:`sepconv_jax.separable_conv` without a depthwise bias, and
 the ``SeparableConv`` modules) are one operation of their own
@@ -25,7 +38,8 @@ depthwise kernel above, then the 1x1 step) or as one fused Pallas kernel
 (:mod:`sepconv_jax.kernels.pallas_fused`) that keeps the intermediate on chip.
 :func:`fuse_separable` is the rule for ``"auto"``: the unfused pair on every
 platform until a GPU measurement shows the fused kernel faster. ``impl="fused"``
-asks for the fused kernel explicitly (see :data:`FUSED_IMPLS`).
+asks for the fused kernel explicitly (see :data:`FUSED_IMPLS`); a depthwise
+convolution on its own runs the ``"pallas"`` kernel under that name.
 
 The rule can be overridden, in order of precedence, when a function is traced:
 
@@ -58,12 +72,13 @@ from typing import Literal
 import jax
 
 from sepconv_jax._spec import ConvSpec, check_choice
-from sepconv_jax.kernels import shift, xla
+from sepconv_jax.kernels import pallas, shift, xla
 
 __all__ = [
     "FUSED_IMPLS",
     "IMPLS",
     "KERNELS",
+    "MAX_PALLAS_GPU_TAPS",
     "MAX_SHIFT_TAPS",
     "Impl",
     "Kernel",
@@ -78,7 +93,7 @@ __all__ = [
 ]
 
 #: The names ``impl`` accepts.
-Impl = Literal["auto", "xla", "shift", "fused"]
+Impl = Literal["auto", "xla", "shift", "pallas", "fused"]
 #: :data:`Impl` as a tuple, ``"auto"`` first.
 IMPLS: tuple[Impl, ...] = typing.get_args(Impl)
 
@@ -98,54 +113,52 @@ class Kernel:
       forward: ``(x, kernel) -> y``.
       input_transpose: ``(g, kernel) -> dx``, the transpose of ``forward`` in ``x``.
       kernel_transpose: ``(x, g) -> dkernel``, the transpose of ``forward`` in ``kernel``.
+      lowering_context: optional ``platform -> context manager``, entered while the
+        kernel's maps are lowered for ``platform`` (``None``: nothing to enter).
     """
 
     name: str
     forward: Callable
     input_transpose: Callable
     kernel_transpose: Callable
+    lowering_context: Callable[[str | None], contextlib.AbstractContextManager] | None = None
 
 
 def _kernel(name: str, module) -> Kernel:
-    return Kernel(name, module.forward, module.input_transpose, module.kernel_transpose)
+    return Kernel(
+        name,
+        module.forward,
+        module.input_transpose,
+        module.kernel_transpose,
+        getattr(module, "lowering_context", None),
+    )
 
 
-def _follow_auto(map_name: str) -> Callable:
-    """One map of the kernel ``"auto"`` picks for the platform being lowered for."""
-
-    def run(a, b, spec: ConvSpec, *, platform, **kwargs):
-        kernel = kernel_for("auto", spec, platform)
-        return getattr(kernel, map_name)(a, b, spec, platform=platform, **kwargs)
-
-    run.__name__ = map_name
-    run.__doc__ = f"``{map_name}`` of the kernel ``impl='auto'`` picks for ``platform``."
-    return run
-
-
-#: Registered kernels by name. ``"fused"`` is the name that asks for the fused
-#: separable kernel (:data:`FUSED_IMPLS`); a depthwise convolution on its own has
-#: nothing to fuse with, so its maps are those of the kernel ``"auto"`` picks.
+#: Registered kernels by name. ``"fused"`` is the Pallas family with one more
+#: kernel: it asks separable layers for the fused depthwise+pointwise kernel
+#: (:data:`FUSED_IMPLS`); a depthwise convolution on its own has nothing to fuse
+#: with, so its maps are the ``"pallas"`` kernel's.
 KERNELS: dict[str, Kernel] = {
     "xla": _kernel("xla", xla),
     "shift": _kernel("shift", shift),
-    "fused": Kernel(
-        "fused",
-        _follow_auto("forward"),
-        _follow_auto("input_transpose"),
-        _follow_auto("kernel_transpose"),
-    ),
+    "pallas": _kernel("pallas", pallas),
+    "fused": dataclasses.replace(_kernel("pallas", pallas), name="fused"),
 }
 
 #: The ``impl`` names that ask separable layers for the fused depthwise+pointwise
 #: kernel on every platform it supports (GPU through Triton, CPU in Pallas
 #: interpret mode, which is slow and meant for tests); elsewhere (TPU, complex
 #: dtypes) and for layers with a depthwise bias, the unfused pair runs.
-FUSED_IMPLS: tuple[str, ...] = ("fused",)
+FUSED_IMPLS: tuple[Impl, ...] = ("fused",)
 
 #: Largest window (number of taps, e.g. 5 * 5 = 25) for which "auto" picks "shift". At
 #: 7 * 7 * 7 = 343 taps its forward+backward measured ~10x faster than "xla" on CPU and
 #: compiled in ~3 s; the tap loop is unrolled, so compile time grows with the window.
 MAX_SHIFT_TAPS = 343
+
+#: Largest window (taps) for which "auto" picks "pallas" on a GPU at a stride above 1:
+#: measured faster than "xla" on 3x3 windows, slower on 5x5 ones (see above).
+MAX_PALLAS_GPU_TAPS = 9
 
 _GLOBAL_DEFAULT: str | None = None
 _CONTEXT_DEFAULT: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -175,11 +188,21 @@ def auto_impl(spec: ConvSpec, platform: str | None = None) -> str:
       ...     data_format="channels_last")
       >>> auto_impl(spec, "cpu"), auto_impl(spec, "cuda"), auto_impl(spec, "tpu")
       ('shift', 'xla', 'xla')
+      >>> import dataclasses
+      >>> auto_impl(dataclasses.replace(spec, strides=(2, 2)), "cuda")
+      'pallas'
     """
     platform = jax.default_backend() if platform is None else platform
     platform = _PLATFORM_ALIASES.get(platform, platform)
     if platform == "cpu" and math.prod(spec.window) <= MAX_SHIFT_TAPS:
         return "shift"
+    if (
+        platform == "cuda"
+        and spec.num_spatial == 2
+        and math.prod(spec.window) <= MAX_PALLAS_GPU_TAPS
+        and any(s > 1 for s in spec.strides)
+    ):
+        return "pallas"
     return "xla"
 
 
@@ -304,12 +327,20 @@ def resolve_override(impl: str) -> str:
     return impl
 
 
-def kernel_for(impl: str, spec: ConvSpec, platform: str | None) -> Kernel:
+def kernel_for(
+    impl: str, spec: ConvSpec, platform: str | None, *, for_export: bool = False
+) -> Kernel:
     """The kernel that runs ``impl`` for ``spec`` when lowered for ``platform``.
 
     ``platform=None`` stands for a platform without a lowering rule of its own,
-    where ``"auto"`` means ``"xla"``.
+    where ``"auto"`` means ``"xla"``. ``for_export``: the lowering is for
+    :func:`jax.export`, whose serialized artifacts may only hold custom calls with
+    compatibility guarantees; Pallas' Triton and Mosaic calls have none, so there
+    ``"auto"`` keeps to the kernels written in StableHLO (``"pallas"`` becomes
+    ``"xla"``). A kernel named explicitly is used as named.
     """
     if impl == "auto":
         impl = "xla" if platform is None else auto_impl(spec, platform)
+        if for_export and impl in ("pallas", "fused"):
+            impl = "xla"
     return KERNELS[impl]

@@ -46,6 +46,7 @@ three maps; nothing here changes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from typing import Any
@@ -58,7 +59,7 @@ from jax.interpreters import ad, batching, mlir
 
 from sepconv_jax._spec import ConvSpec
 from sepconv_jax.kernels import dispatch
-from sepconv_jax.kernels._jax_compat import match_manual_axes
+from sepconv_jax.kernels._jax_compat import lowering_for_export, match_manual_axes
 
 __all__ = [
     "PLATFORMS",
@@ -304,20 +305,21 @@ for _prim in PRIMITIVES.values():
 
 
 def _lowering(map_name: str, platform: str | None):
-    def run(a, b, *, spec, impl, precision, preferred_element_type, out_dtype):
-        kernel = dispatch.kernel_for(impl, spec, platform)
-        compute = getattr(kernel, map_name)
-        return compute(
-            a,
-            b,
-            spec,
+    def rule(ctx, a, b, *, spec, impl, precision, preferred_element_type, out_dtype):
+        kernel = dispatch.kernel_for(impl, spec, platform, for_export=lowering_for_export(ctx))
+        compute = functools.partial(
+            getattr(kernel, map_name),
+            spec=spec,
             platform=platform,
             precision=precision,
             preferred_element_type=preferred_element_type,
             out_dtype=out_dtype,
         )
+        context = kernel.lowering_context
+        with contextlib.nullcontext() if context is None else context(platform):
+            return mlir.lower_fun(compute, multiple_results=False)(ctx, a, b)
 
-    return mlir.lower_fun(run, multiple_results=False)
+    return rule
 
 
 for _name, _prim in PRIMITIVES.items():

@@ -39,12 +39,9 @@ guarantee): export a fused layer for GPU with ``disabled_checks=
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import math
-import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -60,7 +57,6 @@ __all__ = [
     "PLATFORMS",
     "Blocks",
     "fused_separable",
-    "quiet_triton_deprecation",
     "supported",
 ]
 
@@ -297,21 +293,3 @@ def fused_separable(
     )
     y = call(x3, dk2, pointwise_kernel)
     return y.reshape(spec.flat_shape(out_sp, c_out))
-
-
-@contextlib.contextmanager
-def quiet_triton_deprecation() -> Iterator[None]:
-    """Within the block, JAX's notice that Pallas' Triton backend is deprecated
-    (JAX 0.11 and later) is not shown; every other warning passes through.
-
-    The notice is about JAX's roadmap (Mosaic GPU is to replace Triton there), not
-    about anything a caller of this library can act on, and it would be raised on
-    every compilation of a fused layer on GPU.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore",
-            message="The Pallas Triton backend is deprecated",
-            category=DeprecationWarning,
-        )
-        yield

@@ -46,6 +46,7 @@ path); ``pk`` has the pointwise step's compute dtype, which the output has unles
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from typing import Any
@@ -59,7 +60,12 @@ from jax.interpreters import ad, batching, mlir
 
 from sepconv_jax._spec import ConvSpec
 from sepconv_jax.kernels import dispatch, op, pallas_fused
-from sepconv_jax.kernels._jax_compat import match_manual_axes, varies_over_manual_axes
+from sepconv_jax.kernels._jax_compat import (
+    lowering_for_export,
+    match_manual_axes,
+    quiet_triton_deprecation,
+    varies_over_manual_axes,
+)
 
 __all__ = ["PLATFORMS", "pointwise", "separable", "separable_p"]
 
@@ -321,9 +327,13 @@ batching.primitive_batchers[separable_p] = _batch_rule
 
 
 def _lowering(platform: str | None):
-    def run(x, dk, pk, *, spec, impl, precision, preferred_element_type, out_dtype, blocks):
+    def run(
+        x, dk, pk, *, spec, impl, precision, preferred_element_type, out_dtype, blocks, for_export
+    ):
         dtypes = (x.dtype, dk.dtype, pk.dtype)
         fused = dispatch.separable_is_fused(impl, spec, pk.shape[1], dtypes, platform)
+        # "auto" lowered for jax.export keeps to StableHLO (see dispatch.kernel_for).
+        fused = fused and not (for_export and impl == "auto")
         # Pallas' interpret mode (CPU) cannot run inside shard_map on values that vary
         # over its manual axes (JAX's interpreter loop drops them): the pair runs there.
         if fused and not (platform == "cpu" and varies_over_manual_axes(x)):
@@ -338,25 +348,28 @@ def _lowering(platform: str | None):
                 out_dtype=out_dtype,
                 blocks=blocks,
             )
-        kernel = dispatch.kernel_for(impl, spec, platform)
-        mid = kernel.forward(
-            x,
-            dk,
-            spec,
-            platform=platform,
-            precision=precision,
-            preferred_element_type=preferred_element_type,
-            out_dtype=preferred_element_type or np.dtype(x.dtype),
-        ).astype(x.dtype)
+        kernel = dispatch.kernel_for(impl, spec, platform, for_export=for_export)
+        context = kernel.lowering_context
+        with contextlib.nullcontext() if context is None else context(platform):
+            mid = kernel.forward(
+                x,
+                dk,
+                spec,
+                platform=platform,
+                precision=precision,
+                preferred_element_type=preferred_element_type,
+                out_dtype=preferred_element_type or np.dtype(x.dtype),
+            ).astype(x.dtype)
         y = pointwise(
             mid, pk, spec, precision=precision, preferred_element_type=preferred_element_type
         )
         return y.astype(out_dtype)
 
-    lowered = mlir.lower_fun(run, multiple_results=False)
-
     def rule(ctx, *args, **params):
-        with pallas_fused.quiet_triton_deprecation():
+        lowered = mlir.lower_fun(
+            functools.partial(run, for_export=lowering_for_export(ctx)), multiple_results=False
+        )
+        with quiet_triton_deprecation():
             return lowered(ctx, *args, **params)
 
     return rule

@@ -11,11 +11,17 @@
 * the same architectures as ``flax.nnx`` modules in :mod:`sepconv_jax.models.nnx`, with
   :func:`sepconv_jax.models.nnx.from_linen`;
 * their blocks in :mod:`sepconv_jax.models.blocks`;
+* the 1-D speech models :class:`MatchboxNet` (Majumdar & Ginsburg, 2020) and
+  :class:`QuartzNet` (Kriman et al., 2019) and their :class:`TimeChannelSeparableBlock`,
+  in :mod:`sepconv_jax.models.speech`, with NNX versions in
+  :mod:`sepconv_jax.models.speech_nnx`;
 * :func:`from_name`, the architectures by :data:`Name` (:data:`NAMES`), as the command line
   and configuration files name them.
 
-Every model takes channels-last images ``(batch, height, width, 3)`` and is used as
-any Flax model: ``variables = model.init(key, x, train=False)`` gives ``params``
+Every image model takes channels-last images ``(batch, height, width, 3)`` (the
+speech models take feature frames ``(batch, time, features)``, follow NVIDIA NeMo's
+conventions rather than Keras', and stream with ``decode=True``: see
+:mod:`sepconv_jax.models.speech`) and is used as any Flax model: ``variables = model.init(key, x, train=False)`` gives ``params``
 and ``batch_stats``; ``model.apply(variables, x, train=False)`` runs inference and
 ``model.apply(variables, x, train=True, mutable=["batch_stats"],
 rngs={"dropout": key})`` a training step. Architectures, padding and batch-norm
@@ -70,6 +76,9 @@ from sepconv_jax.models.mobilenet_v2 import mobilenet_v2_widths as mobilenet_v2_
 from sepconv_jax.models.mobilenet_v3 import MobileNetV3 as MobileNetV3
 from sepconv_jax.models.mobilenet_v3 import MobileNetV3Large as MobileNetV3Large
 from sepconv_jax.models.mobilenet_v3 import MobileNetV3Small as MobileNetV3Small
+from sepconv_jax.models.speech import MatchboxNet as MatchboxNet
+from sepconv_jax.models.speech import QuartzNet as QuartzNet
+from sepconv_jax.models.speech import TimeChannelSeparableBlock as TimeChannelSeparableBlock
 from sepconv_jax.models.xception import Xception as Xception
 
 __all__ = [
@@ -91,13 +100,16 @@ __all__ = [
     "EfficientNetB7",
     "InvertedResidual",
     "MBConv",
+    "MatchboxNet",
     "MobileNetV1",
     "MobileNetV2",
     "MobileNetV3",
     "MobileNetV3Large",
     "MobileNetV3Small",
     "Name",
+    "QuartzNet",
     "SqueezeExcite",
+    "TimeChannelSeparableBlock",
     "Xception",
     "XceptionBlock",
     "blocks",

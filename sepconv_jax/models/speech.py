@@ -1,0 +1,524 @@
+"""1-D time-channel separable networks for speech: MatchboxNet and QuartzNet (flax.linen).
+
+* :class:`MatchboxNet` (Majumdar & Ginsburg, 2020, "MatchboxNet: 1D Time-Channel
+  Separable Convolutional Neural Network Architecture for Speech Commands
+  Recognition"): keyword spotting, one label per clip.
+* :class:`QuartzNet` (Kriman et al., 2019, "QuartzNet: Deep Automatic Speech
+  Recognition with 1D Time-Channel Separable Convolutions"): speech recognition,
+  one CTC distribution over characters per output frame.
+* :class:`TimeChannelSeparableBlock`, the block both are made of.
+
+Both take channels-last features ``(batch, time, features)`` (MFCC or mel frames;
+NeMo, the papers' code, uses channels-first ``(batch, features, time)``). Layouts
+follow the papers' tables and, where they are silent, NVIDIA NeMo's configurations
+(``examples/asr/conf/matchboxnet/matchboxnet_3x1x64_v1.yaml``,
+``examples/asr/conf/quartznet/quartznet_15x5.yaml``): convolutions without bias,
+batch norm with epsilon 1e-3 and PyTorch momentum 0.1 (0.9 here, Flax's weight of
+the old value), a 1x1 convolution and batch norm on every residual, symmetric
+"same" padding. Parameter counts equal the published ones (see each model).
+
+``causal=True`` pads every window causally, so a model streams: ``apply(variables,
+chunk, decode=True, mutable=["cache"])`` runs on a chunk of frames, batch norm in
+inference mode, each windowed layer keeping its last input frames in the
+``"cache"`` collection (:mod:`sepconv_jax.streaming`); joined along time, the
+outputs equal the offline outputs. Pointwise layers, batch norm and the residual
+1x1 convolutions act on each frame alone and keep no state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from sepconv_jax import _layers, _spec
+from sepconv_jax.linen import PointwiseConv, SeparableConv
+from sepconv_jax.models import _common
+from sepconv_jax.models._common import Activation, Normalized
+
+__all__ = [
+    "MATCHBOXNET_KERNELS",
+    "QUARTZNET_BLOCKS",
+    "MatchboxNet",
+    "QuartzNet",
+    "TimeChannelSeparableBlock",
+    "block_layout",
+]
+
+#: Kernel widths of MatchboxNet's three residual blocks B1-B3 (Majumdar & Ginsburg,
+#: 2020, Table 1; NeMo's matchboxnet_3x1x64 configuration).
+MATCHBOXNET_KERNELS: tuple[int, ...] = (13, 15, 17)
+#: (kernel width, channels) of QuartzNet's five block kinds B1-B5 (Kriman et al.,
+#: 2019, Table 1).
+QUARTZNET_BLOCKS: tuple[tuple[int, int], ...] = (
+    (33, 256),
+    (39, 256),
+    (51, 512),
+    (63, 512),
+    (75, 512),
+)
+
+#: NeMo's batch norm: epsilon 1e-3, PyTorch momentum 0.1, which is 0.9 in Flax's
+#: convention (the weight of the old running value).
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-3
+
+
+def block_layout(kinds: Sequence[Any], blocks: int) -> tuple[Any, ...]:
+    """The kind of each of ``blocks`` residual blocks: block ``i`` takes kind ``i * K // blocks``.
+
+    For ``blocks`` a multiple of the ``K`` kinds, each kind repeats ``blocks / K``
+    times in a row: QuartzNet's layout (10x5 and 15x5 repeat each of the five
+    blocks of 5x5 two and three times; Kriman et al., 2019, Section 2). Other
+    counts spread the kinds evenly, in order.
+
+    Example:
+      >>> from sepconv_jax.models.speech import block_layout
+      >>> block_layout((13, 15, 17), 6), block_layout((13, 15, 17), 2)
+      ((13, 13, 15, 15, 17, 17), (13, 15))
+    """
+    blocks = _spec.check_positive_int(blocks, "blocks")
+    return tuple(kinds[i * len(kinds) // blocks] for i in range(blocks))
+
+
+def check_sequence(x: ArrayLike, owner: str) -> jax.Array:
+    """``x`` as an array of rank 3, ``(batch, time, features)``, or a clear error."""
+    shape = jnp.shape(x)
+    if len(shape) != 3:
+        raise ValueError(
+            f"`x` has shape {tuple(shape)} (rank {len(shape)}) but {owner} takes channels-last "
+            f"feature frames (batch, time, features), rank 3"
+        )
+    return jnp.asarray(x)
+
+
+def check_stream_mode(train: Any, decode: Any, causal: bool, owner: str) -> None:
+    _layers.check_bool(train, "train")
+    _layers.check_bool(decode, "decode")
+    if decode and train:
+        raise ValueError(
+            f"`decode=True` streams {owner} in inference mode (batch norm with its running "
+            f"statistics); call it with train=False"
+        )
+    if decode and not causal:
+        raise ValueError(
+            f"`decode=True` streams a causal model, but this {owner} has causal=False; build it "
+            f"with causal=True"
+        )
+
+
+class TimeChannelSeparableBlock(Normalized):
+    """QuartzNet's block: ``repeat`` separable sub-blocks and a residual connection.
+
+    Each sub-block is a depthwise convolution over time (one ``kernel_size`` filter
+    per channel), a pointwise convolution to ``features`` channels, batch norm,
+    ReLU and dropout; the first sub-block's stride is ``strides``. With
+    ``residual``, the block's input goes through a 1x1 convolution and batch norm
+    (as in NeMo, even when the widths agree) and is added after the last
+    sub-block's batch norm, before its activation. A ``kernel_size`` of 1 is a
+    plain pointwise convolution (QuartzNet's C3, MatchboxNet's Conv3).
+
+    Attributes:
+      features: output channels.
+      kernel_size: the depthwise window along time.
+      repeat: sub-blocks, ``R``.
+      dilation: the depthwise dilation.
+      strides: the first sub-block's stride along time (and the residual's).
+      residual: add the (1x1 conv, BN) residual.
+      causal: ``"CAUSAL"`` padding (all before) instead of symmetric ``(k - 1) * d / 2``.
+      dropout_rate: dropout after every activation (NeMo's ``dropout``).
+      activation: ReLU in both papers.
+      bn_momentum, bn_epsilon: 0.9 (Flax's convention) and 1e-3, as NeMo.
+      dtype, param_dtype, precision, impl: passed to every layer.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from sepconv_jax.models.speech import TimeChannelSeparableBlock
+      >>> block = TimeChannelSeparableBlock(features=16, kernel_size=5, repeat=2)
+      >>> x = jnp.ones((2, 20, 8))
+      >>> variables = block.init(jax.random.key(0), x)
+      >>> sorted(variables["params"])
+      ['bn1', 'bn2', 'conv1', 'conv2', 'residual', 'residual_bn']
+      >>> block.apply(variables, x).shape
+      (2, 20, 16)
+    """
+
+    features: int = 64
+    kernel_size: int = 13
+    repeat: int = 1
+    dilation: int = 1
+    strides: int = 1
+    residual: bool = True
+    causal: bool = False
+    dropout_rate: float = 0.0
+    activation: Activation = nn.relu
+    bn_momentum: float = BN_MOMENTUM
+    bn_epsilon: float = BN_EPSILON
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("features", "kernel_size", "repeat", "dilation", "strides"):
+            _spec.check_positive_int(getattr(self, name), name)
+        _layers.check_bool(self.residual, "residual")
+        _layers.check_bool(self.causal, "causal")
+        _common.check_rate(self.dropout_rate, "dropout_rate")
+
+    def _padding(self) -> Any:
+        if self.causal:
+            return "CAUSAL"
+        half = (self.kernel_size - 1) * self.dilation // 2
+        return ((half, (self.kernel_size - 1) * self.dilation - half),)
+
+    @nn.compact
+    def __call__(self, x: ArrayLike, train: bool = False, decode: bool = False) -> jax.Array:
+        """``(batch, time, channels)`` -> ``(batch, time / strides, features)``.
+
+        Args:
+          x: feature frames, or with ``decode=True`` a stream's next chunk (a
+            multiple of ``strides`` frames).
+          train: batch statistics and dropout (``mutable=["batch_stats"]`` and a
+            ``"dropout"`` rng when ``dropout_rate > 0``).
+          decode: stream (needs ``causal=True`` and ``train=False``; call ``apply``
+            with ``mutable=["cache"]``).
+        """
+        owner = type(self).__name__
+        x = check_sequence(x, owner)
+        check_stream_mode(train, decode, self.causal, owner)
+        h = x
+        for i in range(1, self.repeat + 1):
+            strides = self.strides if i == 1 else 1
+            if self.kernel_size == 1:
+                h = self._pointwise(self.features, f"conv{i}")(h[:, ::strides])
+            else:
+                h = SeparableConv(
+                    features=self.features,
+                    kernel_size=(self.kernel_size,),
+                    strides=strides,
+                    padding=self._padding(),
+                    kernel_dilation=self.dilation,
+                    use_bias=False,
+                    dtype=self.dtype,
+                    param_dtype=self.param_dtype,
+                    precision=self.precision,
+                    impl=self.impl,
+                    name=f"conv{i}",
+                )(h, decode=decode)
+            h = self._bn(f"bn{i}", train)(h)
+            if i == self.repeat and self.residual:
+                # A 1x1 conv of stride s reads frames 0, s, 2s, ...: those that the
+                # block's (causal or symmetric) windows are centred or end on.
+                r = self._pointwise(self.features, "residual")(x[:, :: self.strides])
+                h = h + self._bn("residual_bn", train)(r).astype(h.dtype)
+            h = self.activation(h)
+            if self.dropout_rate > 0:
+                h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+        return h
+
+
+def _block(
+    model: MatchboxNet | QuartzNet,
+    name: str,
+    features: int,
+    kernel_size: int,
+    *,
+    repeat: int = 1,
+    dilation: int = 1,
+    strides: int = 1,
+    residual: bool = False,
+) -> TimeChannelSeparableBlock:
+    """A block of ``model``, with its padding, dropout, batch-norm and numerics options."""
+    return TimeChannelSeparableBlock(
+        features=features,
+        kernel_size=kernel_size,
+        repeat=repeat,
+        dilation=dilation,
+        strides=strides,
+        residual=residual,
+        causal=model.causal,
+        dropout_rate=model.block_dropout_rate,
+        bn_momentum=model.bn_momentum,
+        bn_epsilon=model.bn_epsilon,
+        dtype=model.dtype,
+        param_dtype=model.param_dtype,
+        precision=model.precision,
+        impl=model.impl,
+        name=name,
+    )
+
+
+class MatchboxNet(_common.Classifier):
+    """MatchboxNet-BxRxC: a keyword-spotting classifier of 1-D time-channel separable blocks.
+
+    Layout (Majumdar & Ginsburg, 2020, Table 1; NeMo's matchboxnet_3x1x64
+    configuration): a prologue block Conv1 (kernel 11, 128 channels), ``blocks``
+    residual blocks of ``repeat`` sub-blocks and ``channels`` channels (kernels 13,
+    15, 17, spread over the blocks by :func:`block_layout`), an epilogue Conv2
+    (kernel 29, dilation 2, 128 channels) and Conv3 (1x1, 128 channels), each with
+    batch norm and ReLU, then average pooling over time and a dense layer (NeMo's
+    classification decoder; the paper's Conv4). Every window is separable.
+
+    Trainable parameters with 64 input features and 30 classes, against the
+    paper's Table 2 (which gives thousands to two significant digits):
+
+    ========  ==========  =====
+    model     here        paper
+    ========  ==========  =====
+    3x1x64    77,214      77K
+    3x2x64    92,766      93K
+    6x2x64    136,542     140K
+    ========  ==========  =====
+
+    The paper's Table 1 lists three blocks; 6x2x64 is taken here to repeat each of
+    them twice, as QuartzNet builds its deeper models (136.5K, 140K to two
+    significant digits). Kernels growing on to 19, 21 and 23 would give 138,846,
+    which also rounds to 140K: the published count does not tell the two apart.
+
+    Attributes:
+      num_classes: classes (30 for Google Speech Commands v1 with all words; 12 for
+        its 10-command subset with "unknown" and "silence").
+      blocks: residual blocks, ``B``.
+      repeat: sub-blocks per residual block, ``R``.
+      channels: width of the residual blocks, ``C``.
+      kernel_sizes: one depthwise window per residual block; default the paper's
+        13, 15, 17 spread by :func:`block_layout`.
+      causal: causal padding everywhere, so that the model streams (``decode``).
+      block_dropout_rate: dropout after every activation (NeMo's ``dropout``, 0 in
+        its configuration).
+      include_top, pooling, dropout_rate, classifier_activation: the head, as
+        every :class:`~sepconv_jax.models._common.Classifier`, pooling over time.
+      bn_momentum, bn_epsilon: NeMo's batch norm (0.9 in Flax's convention, 1e-3).
+      dtype, param_dtype, precision, impl: passed to every layer.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from sepconv_jax.models import MatchboxNet
+      >>> model = MatchboxNet(blocks=3, repeat=2, channels=64)
+      >>> x = jnp.zeros((2, 128, 64))  # (batch, frames, MFCC features)
+      >>> variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+      >>> sum(p.size for p in jax.tree.leaves(variables["params"]))
+      92766
+      >>> jax.eval_shape(lambda v: model.apply(v, x), variables).shape
+      (2, 30)
+    """
+
+    num_classes: int = 30
+    blocks: int = 3
+    repeat: int = 1
+    channels: int = 64
+    kernel_sizes: Sequence[int] | None = None
+    causal: bool = False
+    block_dropout_rate: float = 0.0
+    bn_momentum: float = BN_MOMENTUM
+    bn_epsilon: float = BN_EPSILON
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("blocks", "repeat", "channels"):
+            _spec.check_positive_int(getattr(self, name), name)
+        self._kernels()
+        _layers.check_bool(self.causal, "causal")
+        _common.check_rate(self.block_dropout_rate, "block_dropout_rate")
+
+    def _kernels(self) -> tuple[int, ...]:
+        if self.kernel_sizes is None:
+            return block_layout(MATCHBOXNET_KERNELS, self.blocks)
+        kernels = tuple(self.kernel_sizes)
+        if len(kernels) != self.blocks:
+            raise ValueError(
+                f"`kernel_sizes` has {len(kernels)} entries {kernels!r} but the model has "
+                f"blocks={self.blocks}; give one window per residual block"
+            )
+        return tuple(_spec.check_positive_int(k, "kernel_sizes") for k in kernels)
+
+    @nn.compact
+    def __call__(self, x: ArrayLike, train: bool = False, decode: bool = False) -> jax.Array:
+        """Classifies clips, or (``decode=True``) streams a chunk of frames.
+
+        Args:
+          x: ``(batch, time, features)``, e.g. 64 MFCC per 10 ms frame.
+          train: batch statistics and dropout when True (then pass
+            ``mutable=["batch_stats"]``, and a ``"dropout"`` rng with dropout).
+          decode: stream a causal model in inference mode: ``x`` is the next chunk
+            of frames, and ``apply`` needs ``mutable=["cache"]``. The pooling over
+            time becomes a running pool over every frame so far (its sum and count,
+            or its maximum, in the cache).
+
+        Returns:
+          ``(batch, num_classes)`` logits (or pooled features, or per-frame
+          features ``(batch, time, 128)`` with ``include_top=False`` and
+          ``pooling=None``). With ``decode=True`` one row per frame of the chunk,
+          ``(batch, n, ...)``: frame ``t``'s row is the output for the clip of every
+          frame up to ``t``, so the last frame of a stream gives the offline output.
+        """
+        x = check_sequence(x, "MatchboxNet")
+        check_stream_mode(train, decode, self.causal, "MatchboxNet")
+        x = _block(self, "prologue", 128, 11)(x, train, decode)
+        for i, kernel in enumerate(self._kernels(), start=1):
+            x = _block(self, f"block{i}", self.channels, kernel, repeat=self.repeat, residual=True)(
+                x, train, decode
+            )
+        x = _block(self, "epilogue1", 128, 29, dilation=2)(x, train, decode)
+        x = _block(self, "epilogue2", 128, 1)(x, train, decode)
+        return self._head_1d(x, train, decode)
+
+    def _head_1d(self, x: jax.Array, train: bool, decode: bool) -> jax.Array:
+        """Pooling over time (a running pool when decoding), dropout, dense."""
+        pooling = "avg" if self.include_top else self.pooling
+        if pooling is None:
+            return x
+        if decode:
+            pooled = self._running_pool(x, pooling)
+        else:
+            pooled = jnp.mean(x, axis=1) if pooling == "avg" else jnp.max(x, axis=1)
+        if not self.include_top:
+            return pooled
+        if self.dropout_rate > 0:
+            pooled = nn.Dropout(self.dropout_rate, deterministic=not train, name="top_dropout")(
+                pooled
+            )
+        logits = nn.Dense(
+            self.num_classes,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            precision=self.precision,
+            name="predictions",
+        )(pooled)
+        if self.classifier_activation is not None:
+            logits = self.classifier_activation(logits)
+        return logits
+
+    def _running_pool(self, x: jax.Array, pooling: str) -> jax.Array:
+        """The pool over every frame so far, at each frame of the chunk ``(batch, n, C)``."""
+        if not self.is_mutable_collection("cache"):
+            raise ValueError(
+                "`decode=True` reads and updates MatchboxNet's `cache` collection, which this "
+                "call cannot change: call `apply(variables, x, decode=True, mutable=['cache'])`"
+            )
+        batch, _, channels = x.shape
+        if pooling == "avg":
+            # Sums and counts in float32 at least, as jnp.mean accumulates.
+            acc = jnp.promote_types(x.dtype, jnp.float32)
+            total = self.variable("cache", "pool_sum", jnp.zeros, (batch, channels), acc)
+            count = self.variable("cache", "pool_count", jnp.zeros, (), acc)
+            _check_pool_cache(total.value, (batch, channels))
+            sums = total.value[:, None] + jnp.cumsum(x.astype(acc), axis=1)
+            counts = count.value + jnp.arange(1, x.shape[1] + 1, dtype=acc)
+            if not self.is_initializing():
+                total.value, count.value = sums[:, -1], counts[-1]
+            return (sums / counts[None, :, None]).astype(x.dtype)
+        peak = self.variable("cache", "pool_max", jnp.full, (batch, channels), -jnp.inf, x.dtype)
+        _check_pool_cache(peak.value, (batch, channels))
+        peaks = jnp.maximum(peak.value[:, None], jax.lax.cummax(x, axis=1))
+        if not self.is_initializing():
+            peak.value = peaks[:, -1]
+        return peaks
+
+
+def _check_pool_cache(value: jax.Array, shape: tuple[int, ...]) -> None:
+    if value.shape != shape:
+        raise ValueError(
+            f"the cache's running pool has shape {value.shape} but this chunk needs {shape}: "
+            f"the batch size changed within a stream"
+        )
+
+
+class QuartzNet(Normalized):
+    """QuartzNet-BxR: a CTC speech recognizer of 1-D time-channel separable blocks.
+
+    Layout (Kriman et al., 2019, Table 1): C1 (kernel 33, stride 2, 256 channels),
+    ``blocks`` residual blocks of ``repeat`` sub-blocks (the five kinds B1-B5:
+    kernels 33, 39, 51, 63, 75 with 256, 256, 512, 512, 512 channels, each repeated
+    ``blocks / 5`` times in a row, :func:`block_layout`), C2 (kernel 87, dilation 2,
+    512 channels), C3 (1x1, 1024 channels), each with batch norm and ReLU, and C4, a
+    1x1 convolution with bias to ``num_classes`` logits per output frame. Every
+    window is separable (NeMo's ``separable: true``).
+
+    Trainable parameters with 64 mel features and 29 outputs (28 characters and the
+    CTC blank), against the paper's Table 2:
+
+    =====  ==========  =====
+    model  here        paper
+    =====  ==========  =====
+    5x5    6,713,181   6.7M
+    10x5   12,818,781  12.8M
+    15x5   18,924,381  18.9M
+    =====  ==========  =====
+
+    Attributes:
+      num_classes: outputs per frame: 29 for English characters (NeMo's 28
+        labels, space, a-z and apostrophe, plus the CTC blank).
+      blocks: residual blocks, ``B``.
+      repeat: sub-blocks per residual block, ``R``.
+      causal: causal padding everywhere, so that the model streams (``decode``;
+        chunks of an even number of frames, for C1's stride 2).
+      block_dropout_rate: dropout after every activation (NeMo's ``dropout``).
+      bn_momentum, bn_epsilon: NeMo's batch norm (0.9 in Flax's convention, 1e-3).
+      dtype, param_dtype, precision, impl: passed to every layer.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from sepconv_jax.models import QuartzNet
+      >>> model = QuartzNet(blocks=5, repeat=5)
+      >>> x = jnp.zeros((1, 301, 64))  # (batch, 10 ms frames, mel features)
+      >>> variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+      >>> sum(p.size for p in jax.tree.leaves(variables["params"]))
+      6713181
+      >>> jax.eval_shape(lambda v: model.apply(v, x), variables).shape  # stride 2
+      (1, 151, 29)
+    """
+
+    num_classes: int = 29
+    blocks: int = 5
+    repeat: int = 5
+    causal: bool = False
+    block_dropout_rate: float = 0.0
+    bn_momentum: float = BN_MOMENTUM
+    bn_epsilon: float = BN_EPSILON
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("num_classes", "blocks", "repeat"):
+            _spec.check_positive_int(getattr(self, name), name)
+        _layers.check_bool(self.causal, "causal")
+        _common.check_rate(self.block_dropout_rate, "block_dropout_rate")
+
+    @nn.compact
+    def __call__(self, x: ArrayLike, train: bool = False, decode: bool = False) -> jax.Array:
+        """Per-frame character logits, for a whole utterance or (``decode=True``) a chunk.
+
+        Args:
+          x: ``(batch, time, features)``, e.g. 64 mel features per 10 ms frame.
+          train: batch statistics and dropout when True.
+          decode: stream a causal model in inference mode: ``x`` is the next chunk,
+            an even number of frames, and ``apply`` needs ``mutable=["cache"]``.
+
+        Returns:
+          ``(batch, ceil(time / 2), num_classes)`` logits (``time / 2`` frames per
+          chunk with ``decode=True``).
+        """
+        x = check_sequence(x, "QuartzNet")
+        check_stream_mode(train, decode, self.causal, "QuartzNet")
+        if decode and x.shape[1] % 2:
+            raise ValueError(
+                f"`x` has {x.shape[1]} frames but QuartzNet's first convolution has stride 2: "
+                f"with decode=True stream chunks of an even number of frames"
+            )
+        x = _block(self, "prologue", 256, 33, strides=2)(x, train, decode)
+        for i, (kernel, width) in enumerate(block_layout(QUARTZNET_BLOCKS, self.blocks), start=1):
+            x = _block(self, f"block{i}", width, kernel, repeat=self.repeat, residual=True)(
+                x, train, decode
+            )
+        x = _block(self, "epilogue1", 512, 87, dilation=2)(x, train, decode)
+        x = _block(self, "epilogue2", 1024, 1)(x, train, decode)
+        return PointwiseConv(
+            features=self.num_classes,
+            use_bias=True,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            precision=self.precision,
+            name="decoder",
+        )(x)

@@ -1,0 +1,222 @@
+"""int8 post-training quantization simulated in JAX, its QDQ ONNX export, and the
+depthwise failure mode of per-tensor weight scales.
+
+Expected values: closed forms for the quantizer, a float64 NumPy evaluation of the
+quantized layer written from the scheme's definition (``tests/reference.py``
+convolutions), and onnxruntime running the exported QDQ graph.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sepconv_jax import linen as sl
+from sepconv_jax.export import _digits, fold_batch_norm, quantization, spread
+from sepconv_jax.export.quantization import (
+    activation_params,
+    fake_quant,
+    layer_sqnr_table,
+    sqnr_by_kind,
+    weight_scales,
+)
+from sepconv_jax.kernels.dispatch import default_impl
+from tests import reference
+
+
+def quantize_np(x, scale, zero_point, qmin, qmax):
+    """The definition: clip(round-half-even(x / scale) + z, qmin, qmax), then back."""
+    q = np.clip(np.round(np.asarray(x, np.float64) / scale) + zero_point, qmin, qmax)
+    return (q - zero_point) * scale
+
+
+def test_fake_quant_closed_form():
+    x = jnp.array([-2.0, -0.26, 0.0, 0.25, 0.75, 1.0, 100.0])
+    got = fake_quant(x, 0.5, np.uint8(4), axis=None, qmin=0, qmax=10)
+    # round(x / 0.5): -4, -1 (-0.52), 0, 0 (0.5 rounds to even), 2 (1.5 to even), 2, 200
+    # plus 4, clipped to [0, 10], minus 4, times 0.5.
+    np.testing.assert_array_equal(got, [-2.0, -0.5, 0.0, 0.0, 1.0, 1.0, 3.0])
+
+
+def test_fake_quant_per_channel_axis():
+    w = np.random.default_rng(0).normal(size=(3, 3, 1, 5)).astype(np.float32)
+    scale = weight_scales(w, per_channel=True)
+    np.testing.assert_allclose(scale, np.abs(w).reshape(-1, 5).max(0) / 127, rtol=1e-6)
+    got = fake_quant(jnp.asarray(w), scale, np.zeros(5, np.int8), axis=-1, qmin=-127, qmax=127)
+    np.testing.assert_allclose(got, quantize_np(w, scale, 0, -127, 127), rtol=1e-6, atol=1e-7)
+    # Each channel's largest magnitude is exact, and at most half a step is lost.
+    assert np.all(np.abs(np.asarray(got) - w) <= scale / 2 * (1 + 1e-6))
+
+
+def test_activation_params_hold_zero_exactly():
+    for low, high in [(-1.0, 3.0), (0.0, 6.0), (0.5, 2.0), (-4.0, -1.0)]:
+        scale, zero = activation_params(low, high)
+        assert zero.dtype == np.uint8
+        lo, hi = min(low, 0.0), max(high, 0.0)
+        np.testing.assert_allclose(scale * 255, hi - lo, rtol=1e-6)
+        assert quantize_np(0.0, scale, int(zero), 0, 255) == 0.0
+
+
+def test_fold_batch_norm_equals_the_batch_norm_formula():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 6, 6, 3))
+    kernel = rng.normal(size=(3, 3, 1, 6))  # depthwise, multiplier 2
+    bias = rng.normal(size=6)
+    mean, var = rng.normal(size=6), rng.uniform(0.1, 2.0, 6)
+    gamma, beta, eps = rng.normal(size=6), rng.normal(size=6), 1e-3
+    z = reference.depthwise_conv_nd(x, kernel, bias=bias)
+    want = (z - mean) / np.sqrt(var + eps) * gamma + beta  # Keras: eps inside the sqrt
+    k, b = fold_batch_norm(kernel, bias, mean=mean, var=var, scale=gamma, offset=beta, epsilon=eps)
+    got = reference.depthwise_conv_nd(x, np.asarray(k), bias=np.asarray(b))
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+    assert k.dtype == np.float64 and b.dtype == np.float64
+    with pytest.raises(ValueError, match="`mean` has shape"):
+        fold_batch_norm(kernel, None, mean=mean[:3], var=var, epsilon=eps)
+
+
+def test_quantized_separable_layer_equals_numpy_definition():
+    layer = sl.SeparableConv(features=5, kernel_size=(3, 3), strides=2)
+    x = jax.random.normal(jax.random.key(0), (2, 9, 9, 3))
+    variables = layer.init(jax.random.key(1), x)
+    variables = {"params": dict(variables["params"], bias=jnp.linspace(-0.3, 0.3, 5))}
+    qmodel, qvars = quantization.quantize(layer, variables, [x])
+    got = qmodel.apply(qvars, x)
+
+    p, q = variables["params"], qvars["quantization"]["<root>"]
+    xs = np.asarray(x, np.float64)
+
+    def act(v, unit, stage):
+        return quantize_np(
+            v, float(unit[f"{stage}_scale"]), int(unit[f"{stage}_zero_point"]), 0, 255
+        )
+
+    u0, u1 = q["unit0"], q["unit1"]
+    dk = quantize_np(p["depthwise_kernel"], u0["kernel_scale"], 0, -127, 127)
+    pk = quantize_np(p["pointwise_kernel"], u1["kernel_scale"], 0, -127, 127)
+    h = reference.depthwise_conv_nd(act(xs, u0, "input"), dk, strides=2)
+    h = act(act(h, u0, "output"), u1, "input")
+    y = act(reference.pointwise_conv_nd(h, pk, np.asarray(p["bias"])), u1, "output")
+    # The float32 simulation may round a value on the other side of a step: allow one.
+    step = float(u1["output_scale"])
+    assert np.abs(np.asarray(got, np.float64) - y).max() <= step * (1 + 1e-6)
+    assert np.mean(np.isclose(np.asarray(got), y, atol=1e-5)) > 0.98
+    # Calibration: the ranges are the float tensors' own, with 0 inside.
+    y_float = np.asarray(layer.apply(variables, x))
+    np.testing.assert_allclose(
+        float(u1["output_scale"]) * 255,
+        max(y_float.max(), 0) - min(y_float.min(), 0),
+        rtol=1e-5,
+    )
+
+
+def test_quantize_errors():
+    layer = sl.PointwiseConv(features=2)
+    x = jnp.ones((1, 2, 2, 3))
+    variables = layer.init(jax.random.key(0), x)
+    with pytest.raises(TypeError, match="`module`"):
+        quantization.quantize(lambda x: x, None, [x])
+    with pytest.raises(ValueError, match="`calibration_batches` is empty"):
+        quantization.quantize(layer, variables, [])
+    with pytest.raises(TypeError, match="`per_channel`"):
+        quantization.quantize(layer, variables, [x], per_channel="yes")
+    with pytest.raises(ValueError, match="`kinds`"):
+        quantization.quantize(layer, variables, [x], kinds=("conv",))
+
+
+@pytest.fixture(scope="module")
+def digits_net():
+    """The separable digits network, trained for a few seconds, and its data."""
+    x_train, y_train, x_test, y_test = _digits.digits()
+    net = _digits.SeparableDigitsNet()
+    with default_impl("xla"):  # compiles faster than the CPU default; same function
+        variables = _digits.train(net, x_train, y_train, epochs=6)
+    return net, variables, x_train, x_test, y_test
+
+
+def _accuracy(model, variables, x, y):
+    return quantization.accuracy(jax.jit(lambda x: model.apply(variables, x)), x, y)
+
+
+def _trained_network_survives_int8(digits_net):
+    net, variables, x_train, x_test, y_test = digits_net
+    float_acc = quantization.accuracy(
+        jax.jit(lambda x: net.apply(variables, x, train=False)), x_test, y_test
+    )
+    assert float_acc > 0.85
+    for per_channel in (False, True):
+        qmodel, qvars = quantization.quantize(
+            net, variables, [x_train[:256]], per_channel=per_channel
+        )
+        assert _accuracy(qmodel, qvars, x_test, y_test) >= float_acc - 0.03
+
+
+def _depthwise_spread_breaks_per_tensor_weights(digits_net):
+    net, variables, x_train, x_test, y_test = digits_net
+    spread_vars, fraction = spread.spread_depthwise_channels(
+        net, variables, np.concatenate([x_train, x_test]), decades=3.0
+    )
+    assert fraction > 0.5
+    # The float function is the same.
+    f = jax.jit(lambda v, x: net.apply(v, x, train=False))
+    want = np.asarray(f(variables, x_test))
+    np.testing.assert_allclose(f(spread_vars, x_test), want, atol=1e-5 * np.abs(want).max())
+    float_acc = quantization.accuracy(lambda x: f(variables, x), x_test, y_test)
+    # Depthwise weights alone in int8: one scale per tensor loses the small channels,
+    # one per channel keeps them (the construction moves no range elsewhere).
+    accs = {}
+    for per_channel in (False, True):
+        qmodel, qvars = quantization.quantize(
+            net,
+            spread_vars,
+            [x_train[:256]],
+            per_channel=per_channel,
+            kinds=("depthwise",),
+            activations=False,
+        )
+        accs[per_channel] = _accuracy(qmodel, qvars, x_test, y_test)
+    assert accs[True] >= float_acc - 0.02
+    assert accs[False] < float_acc - 0.2
+    rows = layer_sqnr_table(net, spread_vars, [x_train[:256]], [x_test[:128]])
+    kinds = {r["kind"] for r in rows}
+    assert kinds == {"standard", "depthwise", "pointwise", "dense"}
+    for row in rows:
+        if row["kind"] == "depthwise":
+            assert row["weight_sqnr_per_channel"] > 35.0
+            assert row["weight_sqnr_per_tensor"] < row["weight_sqnr_per_channel"] - 10.0
+    summary = {r["kind"]: r for r in sqnr_by_kind(rows)}
+    assert summary["depthwise"]["units"] == 2
+
+
+def _qdq_onnx_runs_in_onnxruntime(digits_net, tmp_path):
+    from sepconv_jax.export import op_counts, run_onnx, to_onnx
+    from sepconv_jax.export.onnx import session
+
+    net, variables, x_train, x_test, _ = digits_net
+    qmodel, qvars = quantization.quantize(net, variables, [x_train[:256]], per_channel=True)
+    x = x_test[:1]
+    path = to_onnx(qmodel, qvars, x, tmp_path / "q.onnx")
+    ops = op_counts(path)
+    # One QuantizeLinear/DequantizeLinear pair per quantized tensor: 4 layers' inputs,
+    # kernels and outputs plus 2 depthwise outputs... counted from the model instead.
+    tensors = sum(3 * len(u) for u in qvars["quantization"].values())
+    assert ops["QuantizeLinear"] == ops["DequantizeLinear"] == tensors
+    sess = session(path, optimized_path=str(tmp_path / "opt.onnx"))
+    got = run_onnx(sess, x)
+    want = np.asarray(qmodel.apply(qvars, x))
+    step = float(qvars["quantization"]["predictions"]["unit0"]["output_scale"])
+    assert np.abs(got - want).max() <= step * (1 + 1e-6)
+    assert op_counts(tmp_path / "opt.onnx")  # onnxruntime wrote its optimized graph
+
+
+def test_digits_network(digits_net, tmp_path):
+    """One test, so that the network is trained once (not once per xdist worker)."""
+    _trained_network_survives_int8(digits_net)
+    _depthwise_spread_breaks_per_tensor_weights(digits_net)
+    try:
+        import jax2onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return  # the QDQ export needs the export extra
+    _qdq_onnx_runs_in_onnxruntime(digits_net, tmp_path)
