@@ -83,17 +83,37 @@ def keras_forward(keras_model, x, training=False):
         return fn(trainable, non_trainable, x)
 
 
-def randomize(keras_model, calibration, rng):
+def randomize(keras_model, calibration, rng, spread=1.0):
     """Non-trivial weights: random gammas, betas and biases, then moving statistics at a
     random perturbation of the batch statistics of ``calibration``, so that every layer
     stays in range (random statistics unrelated to the data saturate or kill a deep
-    network, making its output independent of the input)."""
+    network, making its output independent of the input). ``spread`` scales the
+    perturbations.
+
+    EfficientNet-B1 and beyond, at 32 x 32, need more calibration images and smaller
+    perturbations. Measured with B1 and B4, comparing each model with a float64 run of
+    itself (Keras rebuilt with float64 variables and the same weights; ours with
+    ``dtype=float64``), block by block where noted:
+
+    * 8 calibration images: the last stages run on 2 x 2 and 1 x 1 maps, so their batch
+      statistics come from 8 numbers per channel and the logits reach ~2e4 (B1) and
+      ~1e5 (B4). Keras float32 then differs from Keras float64 by 1.9e-4 (B1) and 0.19
+      (B4): rounding, amplified, is beyond the tolerance in Keras itself. Block by block
+      in float64, ours matches a NumPy batch norm at the stem to 4e-16 and differs from
+      Keras (whose batch norm rounds at ~1e-7 even with float64 variables) by an error
+      that grows smoothly with the activations through every block, with no jump at any
+      block: no model difference (padding, filter or repeat rounding, squeeze-excite).
+    * 64 calibration images, spread 1: logits ~1e2 (B1), ~5e2 (B4); B1 passes (2.0e-5),
+      but for B4 Keras float32 differs from Keras float64 by 2.7e-4 and ours float32 from
+      ours float64 by 3.0e-4, again rounding beyond the tolerance in both.
+    * hence 64 images and spread 0.3 for B1-B7.
+    """
     for layer in keras_model.layers:
         for w in layer.weights:
             if w.name == "gamma":
-                w.assign(rng.uniform(0.5, 1.5, w.shape).astype("float32"))
+                w.assign(rng.uniform(1 - 0.5 * spread, 1 + 0.5 * spread, w.shape).astype("float32"))
             elif w.name in ("beta", "bias"):
-                w.assign(rng.normal(0.0, 0.2, w.shape).astype("float32"))
+                w.assign(rng.normal(0.0, 0.2 * spread, w.shape).astype("float32"))
         if type(layer).__name__ == "LayerScale":  # ConvNeXt's, 1e-6 at init
             (gamma,) = layer.weights
             gamma.assign(rng.uniform(0.5, 1.0, gamma.shape).astype("float32"))
@@ -105,16 +125,24 @@ def randomize(keras_model, calibration, rng):
     momenta = [layer.momentum for layer in bns]
     for layer in bns:
         layer.momentum = 0.0  # one training step stores the batch statistics
+    # ... of the network as inference runs it: no dropout, every block (stochastic depth off)
+    dropouts = [layer for layer in keras_model.layers if type(layer).__name__ == "Dropout"]
+    rates = [layer.rate for layer in dropouts]
+    for layer in dropouts:
+        layer.rate = 0.0
     _, state = keras_forward(keras_model, calibration, training=True)
+    for layer, rate in zip(dropouts, rates, strict=True):
+        layer.rate = rate
     for variable, value in zip(keras_model.non_trainable_variables, state, strict=True):
         variable.assign(value)
     for layer, momentum in zip(bns, momenta, strict=True):
         layer.momentum = momentum
         mean = np.asarray(layer.moving_mean.value)
         var = np.asarray(layer.moving_variance.value)
-        noise = 0.3 * np.sqrt(var) * rng.normal(size=var.shape)
+        noise = 0.3 * spread * np.sqrt(var) * rng.normal(size=var.shape)
         layer.moving_mean.assign((mean + noise).astype("float32"))
-        layer.moving_variance.assign((var * rng.uniform(0.5, 2.0, var.shape)).astype("float32"))
+        factor = rng.uniform(0.5, 2.0, var.shape) ** spread
+        layer.moving_variance.assign((var * factor).astype("float32"))
 
 
 def images(rng, batch, size, scale):
@@ -194,7 +222,7 @@ CASES = {
             getattr(models, f"EfficientNetB{k}"),
             dict(num_classes=4, stride2_padding="same"),
         )
-        for k in range(1, 8)
+        for k in (1, 4, 7)
     },
     "convnext_tiny": (
         "ConvNeXtTiny",
@@ -215,7 +243,9 @@ def imported(case):
     rng = np.random.default_rng(seed)
     kwargs = {"classifier_activation": None, **kwargs}
     keras_model = build(getattr(keras.applications, factory), seed=seed, **kwargs)
-    randomize(keras_model, images(rng, 8, sizes[0], scale), rng)
+    deep = factory.startswith("EfficientNetB") and factory != "EfficientNetB0"
+    calibration = images(rng, 64 if deep else 8, sizes[0], scale)
+    randomize(keras_model, calibration, rng, 0.3 if deep else 1.0)
     return (keras_model, *convert(keras_model))
 
 
@@ -284,7 +314,7 @@ def our_counts(module, size):
         jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
     )
     return tuple(
-        sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(variables[c]))
+        sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(variables.get(c, {})))
         for c in ("params", "batch_stats")
     )
 
