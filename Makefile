@@ -5,7 +5,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-TORCH ?= torch==2.13.0
+# PyTorch, torchvision and timm are test-only peers. timm imports torchvision, and the
+# torchvision wheels on the package index load their operators only with the CUDA build
+# of torch (the CPU-only torch 2.13 wheel cannot), so the pins are the CUDA builds of
+# 2.14.1 / 0.29.1; they run on the CPU here.
+TORCH ?= torch==2.14.1
+TORCHVISION ?= torchvision==0.29.1
 
 .PHONY: demo test lint typecheck format bench device-check device-tune clean
 
@@ -13,13 +18,16 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "sepconv_jax needs Python 3.11 or newer, found " + sys.version' 
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	@# PyTorch is a test-only peer. Install it only where a CPU wheel of the pinned
-	@# version is on hand locally (pip's find-links), never a multi-GB CUDA download.
-	@if $(BIN)/python -m pip download --quiet --no-index --no-deps -d "$$(mktemp -d)" "$(TORCH)" >/dev/null 2>&1; then \
-		echo "installing $(TORCH) from the local wheel for the PyTorch parity tests"; \
-		$(BIN)/python -m pip install --quiet "$(TORCH)"; \
+	@# Install them only where pip would take the pinned wheels from this machine's disk
+	@# (find-links or a local file:// index, which `pip download --no-index` cannot see),
+	@# never a multi-GB download; timm itself is small. pip's dry-run report says where
+	@# each wheel would come from.
+	@if $(BIN)/python -m pip install --dry-run --quiet --no-deps --ignore-installed --report - "$(TORCH)" "$(TORCHVISION)" 2>/dev/null \
+		| $(BIN)/python -c 'import json, sys; wheels = json.load(sys.stdin)["install"]; sys.exit(not wheels or not all(w["download_info"]["url"].startswith("file:") for w in wheels))'; then \
+		echo "installing $(TORCH), $(TORCHVISION) and timm from local wheels for the PyTorch and timm tests"; \
+		$(BIN)/python -m pip install --quiet "$(TORCH)" "$(TORCHVISION)" -e ".[timm]"; \
 	else \
-		echo "no local wheel for $(TORCH): the PyTorch parity tests will be skipped"; \
+		echo "no local wheels for $(TORCH) and $(TORCHVISION): the PyTorch and timm tests will be skipped"; \
 	fi
 	touch $(STAMP)
 

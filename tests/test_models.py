@@ -328,6 +328,14 @@ def test_errors_name_the_argument():
         (lambda: models.MobileNetV1(param_dtype=None), TypeError, "`param_dtype`"),
         (lambda: models.EfficientNetB0(precision="max"), ValueError, "`precision`"),
         (lambda: blocks.InvertedResidual(impl="cuda"), ValueError, "`impl` must be one of"),
+        (lambda: models.MobileNetV3Small(alpha=0), ValueError, "`alpha`"),
+        (lambda: models.MobileNetV3Large(minimalistic="no"), TypeError, "`minimalistic`"),
+        (lambda: models.MobileNetV3Large(bn_epsilon=0.0), ValueError, "`bn_epsilon`"),
+        (lambda: models.EfficientNetB5(stride2_padding="torch"), ValueError, "'symmetric'"),
+        (lambda: models.ConvNeXt(depths=(3, 3), dims=(96,)), ValueError, "`depths` has 2 stages"),
+        (lambda: models.ConvNeXt(depths=3), TypeError, "`depths`"),
+        (lambda: models.ConvNeXtTiny(drop_path_rate=1.0), ValueError, "`drop_path_rate`"),
+        (lambda: models.ConvNeXtSmall(layer_scale_init_value=-1.0), ValueError, "`layer_scale"),
     ],
 )
 def test_bad_options_fail_at_construction(make, error, match):
@@ -345,7 +353,18 @@ def test_bad_options_fail_in_clone_and_replace():
 
 
 @pytest.mark.parametrize(
-    "cls", [models.MobileNetV1, models.MobileNetV2, models.EfficientNetB0, models.Xception]
+    "cls",
+    [
+        models.MobileNetV1,
+        models.MobileNetV2,
+        models.EfficientNetB0,
+        models.Xception,
+        models.MobileNetV3Small,
+        models.MobileNetV3Large,
+        models.EfficientNetB3,
+        models.EfficientNetB7,
+        models.ConvNeXtTiny,
+    ],
 )
 def test_shared_fields_defaults_and_keywords(cls):
     """The fields every model shares come first (``num_classes`` positional), each
@@ -358,8 +377,11 @@ def test_shared_fields_defaults_and_keywords(cls):
     assert positional[: len(shared)] == shared
     assert keyword_only == numerics
     assert cls(7).num_classes == 7
-    # the defaults of Keras' applications (dropout: MobileNet 1e-3, EfficientNet 0.2)
-    dropout = {"MobileNetV1": 1e-3, "EfficientNetB0": 0.2}.get(cls.__name__, 0.0)
+    # the defaults of Keras' applications (dropout: MobileNet 1e-3, EfficientNet 0.2 to
+    # 0.5 growing with the variant, MobileNetV3 0.2)
+    dropout = {"MobileNetV1": 1e-3, "EfficientNetB0": 0.2, "EfficientNetB3": 0.3}
+    dropout |= {"EfficientNetB7": 0.5, "MobileNetV3Small": 0.2, "MobileNetV3Large": 0.2}
+    dropout = dropout.get(cls.__name__, 0.0)
     assert cls().dropout_rate == dropout
     model = cls(num_classes=3, impl="xla", dtype=jnp.bfloat16)
     changed = dataclasses.replace(model, num_classes=4)
@@ -481,6 +503,12 @@ def test_from_name_builds_each_architecture_with_its_options():
         "mobilenet_v2": models.MobileNetV2,
         "efficientnet_b0": models.EfficientNetB0,
         "xception": models.Xception,
+        "mobilenet_v3_small": models.MobileNetV3Small,
+        "mobilenet_v3_large": models.MobileNetV3Large,
+        **{f"efficientnet_b{k}": getattr(models, f"EfficientNetB{k}") for k in range(1, 8)},
+        "convnext_tiny": models.ConvNeXtTiny,
+        "convnext_small": models.ConvNeXtSmall,
+        "convnext_base": models.ConvNeXtBase,
     }
     assert models.NAMES == tuple(expected)
     for name, cls in expected.items():
@@ -490,6 +518,7 @@ def test_from_name_builds_each_architecture_with_its_options():
     assert v2.width_multiplier == 0.35
     v1 = models.from_name("mobilenet_v1", width_multiplier=0.5, full_convolution=True)
     assert (v1.width_multiplier, v1.full_convolution) == (0.5, True)
+    assert models.from_name("mobilenet_v3_large", width_multiplier=0.75).alpha == 0.75
 
 
 @pytest.mark.parametrize(
@@ -498,7 +527,8 @@ def test_from_name_builds_each_architecture_with_its_options():
         (
             "resnet50",
             {},
-            "`name` must be one of mobilenet_v1, mobilenet_v2, efficientnet_b0, xception",
+            "`name` must be one of mobilenet_v1, mobilenet_v2, efficientnet_b0, xception, "
+            "mobilenet_v3_small",
         ),
         ("xception", {"full_convolution": True}, "mobilenet_v1 only"),
         ("efficientnet_b0", {"width_multiplier": 0.5}, "efficientnet_b0 has no width multiplier"),

@@ -27,6 +27,7 @@ def test_notebooks_are_present():
         "03_separable_vs_standard.ipynb",
         "04_performance.ipynb",
         "05_streaming_audio.ipynb",
+        "06_fine_tuning.ipynb",
         "07_deploy.ipynb",
     ]
 

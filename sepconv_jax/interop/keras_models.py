@@ -1,7 +1,9 @@
 """Whole-model import from ``keras.applications``: a Keras model in, a Flax model out.
 
 :func:`convert` recognizes the Keras applications ``MobileNet``, ``MobileNetV2``,
-``EfficientNetB0`` and ``Xception`` (any ``alpha``, ``depth_multiplier``,
+``MobileNetV3Large``, ``MobileNetV3Small`` (and their minimalistic forms),
+``EfficientNetB0`` ... ``EfficientNetB7``, ``Xception`` and ``ConvNeXtTiny`` /
+``Small`` / ``Base`` (any ``alpha``, ``depth_multiplier``,
 ``classes``, ``include_top``, ``pooling``, ``classifier_activation`` and input size
 Keras accepts), builds the matching :mod:`sepconv_jax.models` module and copies every
 weight into its ``params`` and ``batch_stats``, so that
@@ -17,7 +19,8 @@ Weight layouts (Keras -> ours):
   ``(1, 1, C * M, out)`` -> ``(C * M, out)``.
 * ``BatchNormalization``: ``gamma``, ``beta`` -> ``params`` ``scale``, ``bias``;
   ``moving_mean``, ``moving_variance`` -> ``batch_stats`` ``mean``, ``var``.
-* ``Dense``: unchanged.
+* ``Dense``: unchanged; ``LayerNormalization``: ``gamma``, ``beta`` -> ``scale``,
+  ``bias``; ConvNeXt's ``LayerScale`` -> ``layer_scale``.
 """
 
 from __future__ import annotations
@@ -34,9 +37,11 @@ import numpy as np
 from flax import traverse_util
 
 from sepconv_jax import models
+from sepconv_jax.models import convnext as convnext_lib
 from sepconv_jax.models import efficientnet as efficientnet_lib
 from sepconv_jax.models import mobilenet_v1 as mobilenet_v1_lib
 from sepconv_jax.models import mobilenet_v2 as mobilenet_v2_lib
+from sepconv_jax.models import mobilenet_v3 as mobilenet_v3_lib
 from sepconv_jax.models import xception as xception_lib
 from sepconv_jax.models.blocks import BN_EPSILON, Stride2Padding
 
@@ -76,7 +81,15 @@ class _Collector:
     """Accumulates converted weights by our module path, tracking which layers were used."""
 
     def __init__(self, keras_model: Any) -> None:
-        self.layers: dict[str, Any] = {layer.name: layer for layer in keras_model.layers}
+        # nested models (ConvNeXt's stem and downsampling are Sequential) are flattened
+        self.layers: dict[str, Any] = {}
+        pending = list(keras_model.layers)
+        while pending:
+            layer = pending.pop(0)
+            if hasattr(layer, "layers") and _class(layer) in ("Sequential", "Functional"):
+                pending = list(layer.layers) + pending
+            else:
+                self.layers[layer.name] = layer
         self.used: set[str] = set()
         self.params: dict[Path, np.ndarray] = {}
         self.stats: dict[Path, np.ndarray] = {}
@@ -125,6 +138,15 @@ class _Collector:
         self.params[(*path, "pointwise_kernel")] = pointwise.reshape(pointwise.shape[2:])
         self._bias(w, path)
 
+    def layer_norm(self, name: str, path: Path, epsilon: float) -> None:
+        """``LayerNormalization`` -> ``flax.linen.LayerNorm``, checking its epsilon."""
+        layer = self.layer(name)
+        if not np.isclose(layer.get_config()["epsilon"], epsilon, rtol=1e-6, atol=0):
+            raise ValueError(f"layer norm {name!r} has epsilon {layer.epsilon}; expected {epsilon}")
+        w = _weights(layer)
+        self.params[(*path, "scale")] = w["gamma"]
+        self.params[(*path, "bias")] = w["beta"]
+
     def dense(self, name: str, path: Path) -> None:
         w = _weights(self.layer(name))
         self.params[(*path, "kernel")] = w["kernel"]
@@ -155,16 +177,19 @@ class _Collector:
         ]
 
     def variables(self) -> Variables:
-        out: Variables = {
-            "params": traverse_util.unflatten_dict(
-                {k: jnp.asarray(v) for k, v in self.params.items()}
-            )
-        }
-        if self.stats:
-            out["batch_stats"] = traverse_util.unflatten_dict(
-                {k: jnp.asarray(v) for k, v in self.stats.items()}
-            )
-        return out
+        return variables_from_flat(self.params, self.stats)
+
+
+def variables_from_flat(params: dict[Path, np.ndarray], stats: dict[Path, np.ndarray]) -> Variables:
+    """``{"params": ..., "batch_stats": ...}`` from arrays keyed by module path."""
+    out: Variables = {
+        "params": traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in params.items()})
+    }
+    if stats:
+        out["batch_stats"] = traverse_util.unflatten_dict(
+            {k: jnp.asarray(v) for k, v in stats.items()}
+        )
+    return out
 
 
 # ----------------------------------------------------------------------------- model options
@@ -239,7 +264,7 @@ def _named_alpha(keras_model: Any) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def _find_multiplier(
+def find_multiplier(
     widths_of: Callable[[float], tuple[int, ...]],
     observed: tuple[int, ...],
     bases: Iterable[int],
@@ -288,7 +313,7 @@ def _mobilenet_v1(keras_model: Any, c: _Collector) -> nn.Module:
         int(_weights(c.layer("conv1"))["kernel"].shape[-1]),
         *(int(_weights(c.layer(f"conv_pw_{i}"))["kernel"].shape[-1]) for i in range(1, 14)),
     )
-    alpha = _find_multiplier(
+    alpha = find_multiplier(
         mobilenet_v1_lib.mobilenet_v1_widths, observed, [32, 1024], _named_alpha(keras_model)
     )
     options = _head_options(
@@ -317,7 +342,7 @@ def _mobilenet_v2(keras_model: Any, c: _Collector) -> nn.Module:
         int(_weights(c.layer("Conv_1"))["kernel"].shape[-1]),
     )
     bases = [32, 1280, *(ch for _, ch, _, _ in mobilenet_v2_lib.STAGES)]
-    alpha = _find_multiplier(
+    alpha = find_multiplier(
         mobilenet_v2_lib.mobilenet_v2_widths, observed, bases, _named_alpha(keras_model)
     )
     options = _head_options(c, keras_model, "predictions")
@@ -342,13 +367,8 @@ def _mobilenet_v2(keras_model: Any, c: _Collector) -> nn.Module:
     return module
 
 
-def _preprocessing(keras_model: Any, c: _Collector) -> dict[str, Any]:
-    """Folds the Rescaling/Normalization layers before the stem into mean/variance.
-
-    The chain is an affine map ``x * a + b`` per channel; ours is
-    ``(x / 255 - mean) / sqrt(variance)``, so ``sqrt(variance) = 1 / (255 a)`` and
-    ``mean = -b sqrt(variance)``.
-    """
+def _affine_input(keras_model: Any, c: _Collector) -> tuple[np.ndarray, np.ndarray] | None:
+    """The Rescaling/Normalization layers before the stem as ``x * a + b`` per channel."""
     channels = int(keras_model.input_shape[-1])
     a = np.ones(channels)
     b = np.zeros(channels)
@@ -373,8 +393,20 @@ def _preprocessing(keras_model: Any, c: _Collector) -> dict[str, Any]:
             break
         c.used.add(layer.name)
         found = True
-    if not found:
+    return (a, b) if found else None
+
+
+def _preprocessing(keras_model: Any, c: _Collector) -> dict[str, Any]:
+    """EfficientNet: the input layers folded into ``input_mean`` / ``input_variance``.
+
+    The chain is an affine map ``x * a + b`` per channel; ours is
+    ``(x / 255 - mean) / sqrt(variance)``, so ``sqrt(variance) = 1 / (255 a)`` and
+    ``mean = -b sqrt(variance)``.
+    """
+    affine = _affine_input(keras_model, c)
+    if affine is None:
         return {"include_preprocessing": False}
+    a, b = affine
     std = 1.0 / (255.0 * a)
     return {
         "include_preprocessing": True,
@@ -383,30 +415,38 @@ def _preprocessing(keras_model: Any, c: _Collector) -> dict[str, Any]:
     }
 
 
-def _efficientnet_b0(keras_model: Any, c: _Collector) -> nn.Module:
-    block_names = [
-        f"block{i + 1}{chr(ord('a') + j)}"
-        for i, stage in enumerate(efficientnet_lib.STAGES)
-        for j in range(stage[1])
-    ]
-    if any(name.startswith("block") and name.split("_")[0] not in block_names for name in c.layers):
-        raise ValueError(
-            "`keras_model` has more MBConv blocks than EfficientNet-B0; only B0 is supported"
-        )
+def _efficientnet(keras_model: Any, c: _Collector) -> nn.Module:
+    """EfficientNetB0 ... B7: the variant whose stage depths and widths the model has."""
     stem = int(_weights(c.layer("stem_conv"))["kernel"].shape[-1])
     top = int(_weights(c.layer("top_conv"))["kernel"].shape[-1])
-    if (stem, top) != (32, 1280):
-        raise ValueError(
-            f"`keras_model` has stem and head widths {(stem, top)}; EfficientNet-B0 has (32, 1280)"
+    present = {name.split("_")[0] for name in c.layers if re.fullmatch(r"block\d+[a-z]_.*", name)}
+
+    def matches(width: float, depth: float) -> bool:
+        table = efficientnet_lib.efficientnet_blocks(width, depth, 0.0, "same")
+        widths = (
+            efficientnet_lib.round_filters(32, width),
+            efficientnet_lib.round_filters(1280, width),
         )
+        return {name for name, _ in table} == present and widths == (stem, top)
+
+    variant = next(
+        (v for v, (w, d, _, _) in efficientnet_lib.SCALING.items() if matches(w, d)), None
+    )
+    if variant is None:
+        raise ValueError(
+            f"`keras_model` has MBConv blocks {sorted(present)[:4]}... and stem and head "
+            f"widths {(stem, top)}, which no EfficientNet B0-B7 has"
+        )
+    width, depth, _, _ = efficientnet_lib.SCALING[variant]
+    names = [name for name, _ in efficientnet_lib.efficientnet_blocks(width, depth, 0.0, "same")]
     drop_connect_rate = 0.0
-    for index, name in enumerate(block_names):
+    for index, name in enumerate(names):
         if f"{name}_drop" in c.layers and index > 0:
             rate = float(c.layer(f"{name}_drop").get_config()["rate"])
-            drop_connect_rate = rate * len(block_names) / index
+            drop_connect_rate = rate * len(names) / index
             break
     options = _head_options(c, keras_model, "predictions", dropout="top_dropout")
-    module = models.EfficientNetB0(
+    module = efficientnet_lib.VARIANTS[variant](
         drop_connect_rate=drop_connect_rate,
         stride2_padding=_stride2_padding(keras_model),
         **_preprocessing(keras_model, c),
@@ -414,7 +454,7 @@ def _efficientnet_b0(keras_model: Any, c: _Collector) -> nn.Module:
     )
     c.conv("stem_conv", ("stem_conv",))
     c.bn("stem_bn", ("stem_bn",))
-    for name in block_names:
+    for name in names:
         if f"{name}_expand_conv" in c.layers:
             c.pointwise(f"{name}_expand_conv", (name, "expand"))
             c.bn(f"{name}_expand_bn", (name, "expand_bn"))
@@ -428,6 +468,122 @@ def _efficientnet_b0(keras_model: Any, c: _Collector) -> nn.Module:
     c.bn("top_bn", ("top_bn",))
     if module.include_top:
         c.dense("predictions", ("predictions",))
+    return module
+
+
+def _mobilenet_v3(keras_model: Any, c: _Collector) -> nn.Module:
+    """MobileNetV3Large / Small: variant by depth, alpha by widths, minimalistic by SE."""
+    prefixes = ["expanded_conv_"]
+    while f"expanded_conv_{len(prefixes)}_project" in c.layers:
+        prefixes.append(f"expanded_conv_{len(prefixes)}_")
+    variant: mobilenet_v3_lib.Variant = "large" if len(prefixes) == 15 else "small"
+    if len(prefixes) != len(mobilenet_v3_lib.TABLES[variant]):
+        raise ValueError(f"`keras_model` has {len(prefixes)} blocks; MobileNetV3 has 15 or 11")
+    minimalistic = not any("squeeze_excite" in name for name in c.layers)
+    observed = tuple(int(_weights(c.layer(f"{p}project"))["kernel"].shape[-1]) for p in prefixes)
+    padding = _stride2_padding(keras_model)
+
+    def widths_of(alpha: float) -> tuple[int, ...]:
+        table = mobilenet_v3_lib.mobilenet_v3_blocks(variant, alpha, minimalistic, padding)
+        return tuple(kwargs["features"] for _, kwargs in table)
+
+    bases = [row[1] for row in mobilenet_v3_lib.TABLES[variant]]
+    alpha = find_multiplier(widths_of, observed, bases)
+    affine = _affine_input(keras_model, c)
+    if affine is not None and not (
+        np.allclose(affine[0], 1 / 127.5, rtol=1e-6) and np.allclose(affine[1], -1.0)
+    ):
+        raise ValueError("`keras_model` does not rescale its input as MobileNetV3 does")
+    options = _head_options(c, keras_model, "logits", activation_layer="predictions")
+    if options["include_top"]:
+        dropouts = [layer for layer in c.layers.values() if _class(layer) == "Dropout"]
+        options["dropout_rate"] = float(dropouts[0].rate) if dropouts else 0.0
+    cls = models.MobileNetV3Large if variant == "large" else models.MobileNetV3Small
+    module = cls(
+        alpha=alpha,
+        minimalistic=minimalistic,
+        include_preprocessing=affine is not None,
+        stride2_padding=padding,
+        **options,
+    )
+    c.conv("conv", ("stem_conv",))
+    c.bn("conv_bn", ("stem_bn",))
+    for i, prefix in enumerate(prefixes):
+        block = f"block{i}"
+        if i > 0:
+            c.pointwise(f"{prefix}expand", (block, "expand"))
+            c.bn(f"{prefix}expand_bn", (block, "expand_bn"))
+        c.depthwise(f"{prefix}depthwise", (block, "depthwise"))
+        c.bn(f"{prefix}depthwise_bn", (block, "depthwise_bn"))
+        if f"{prefix}squeeze_excite_conv" in c.layers:
+            c.pointwise(f"{prefix}squeeze_excite_conv", (block, "se", "reduce"))
+            c.pointwise(f"{prefix}squeeze_excite_conv_1", (block, "se", "expand"))
+        c.pointwise(f"{prefix}project", (block, "project"))
+        c.bn(f"{prefix}project_bn", (block, "project_bn"))
+    c.pointwise("conv_1", ("last_conv",))
+    c.bn("conv_1_bn", ("last_bn",))
+    if module.include_top:
+        c.pointwise("conv_2", ("head_conv",))
+        c.pointwise("logits", ("predictions",))
+    return module
+
+
+def _convnext(keras_model: Any, c: _Collector) -> nn.Module:
+    """ConvNeXt (any depths and widths Keras builds), its prefix read from a block name."""
+    suffix = "_stage_0_block_0_depthwise_conv"
+    (first,) = [name for name in c.layers if name.endswith(suffix)]
+    prefix = first.removesuffix(suffix)
+    eps = convnext_lib.NORM_EPSILON
+    depths: list[int] = []
+    dims: list[int] = []
+    while f"{prefix}_stage_{len(depths)}_block_0_depthwise_conv" in c.layers:
+        i = len(depths)
+        count = 0
+        while f"{prefix}_stage_{i}_block_{count}_depthwise_conv" in c.layers:
+            count += 1
+        depths.append(count)
+        dims.append(int(_weights(c.layer(f"{prefix}_stage_{i}_block_0_depthwise_conv"))["kernel"].shape[-1]))  # fmt: skip
+    drop_path_rate = 0.0
+    last = f"{prefix}_stage_{len(depths) - 1}_block_{depths[-1] - 1}_stochastic_depth"
+    if last in c.layers:
+        drop_path_rate = float(c.layer(last).get_config()["drop_path_rate"])
+    affine = _affine_input(keras_model, c)
+    preprocessing: dict[str, Any] = {"include_preprocessing": affine is not None}
+    if affine is not None:  # (x - mean) / sqrt(variance) = x * a + b
+        a, b = affine
+        preprocessing["input_mean"] = tuple(float(v) for v in -b / a)
+        preprocessing["input_variance"] = tuple(float(v) for v in 1.0 / a**2)
+    head = f"{prefix}_head_dense"
+    options = _head_options(c, keras_model, head)
+    module = models.ConvNeXt(
+        depths=tuple(depths),
+        dims=tuple(dims),
+        drop_path_rate=drop_path_rate,
+        **preprocessing,
+        **options,
+    )
+    c.conv(f"{prefix}_stem_conv", ("stem_conv",))
+    c.layer_norm(f"{prefix}_stem_layernorm", ("stem_norm",), eps)
+    for i, depth in enumerate(depths):
+        if i > 0:
+            c.layer_norm(f"{prefix}_downsampling_layernorm_{i - 1}", (f"downsample{i}_norm",), eps)
+            c.conv(f"{prefix}_downsampling_conv_{i - 1}", (f"downsample{i}_conv",))
+        for j in range(depth):
+            name, path = f"{prefix}_stage_{i}_block_{j}", (f"stage{i}_block{j}",)
+            c.depthwise(f"{name}_depthwise_conv", (*path, "depthwise"))
+            c.layer_norm(f"{name}_layernorm", (*path, "norm"), eps)
+            c.dense(f"{name}_pointwise_conv_1", (*path, "pointwise1"))
+            c.dense(f"{name}_pointwise_conv_2", (*path, "pointwise2"))
+            (gamma,) = c.layer(f"{name}_layer_scale").weights
+            c.params[(*path, "layer_scale")] = np.asarray(getattr(gamma, "value", gamma))
+    if module.include_top:
+        c.layer_norm(f"{prefix}_head_layernorm", ("head_norm",), eps)
+        c.dense(head, ("predictions",))
+    else:
+        norms = [n for n, layer in c.layers.items() if _class(layer) == "LayerNormalization" and n not in c.used]  # fmt: skip
+        if len(norms) != 1:
+            raise ValueError(f"`keras_model` has unexpected layer norms {norms}")
+        c.layer_norm(norms[0], ("head_norm",), eps)
     return module
 
 
@@ -470,19 +626,17 @@ def _xception(keras_model: Any, c: _Collector) -> nn.Module:
 
 _SIGNATURES: tuple[tuple[str, str, Callable[[Any, _Collector], nn.Module]], ...] = (
     ("MobileNet", "conv_dw_1", _mobilenet_v1),
+    ("MobileNetV3Large/Small", "conv_bn", _mobilenet_v3),
     ("MobileNetV2", "expanded_conv_depthwise", _mobilenet_v2),
-    ("EfficientNetB0", "block1a_dwconv", _efficientnet_b0),
+    ("EfficientNetB0...B7", "block1a_dwconv", _efficientnet),
     ("Xception", "block2_sepconv1", _xception),
+    ("ConvNeXt", "_stage_0_block_0_depthwise_conv", _convnext),
 )
 
 
-def _check_shapes(module: nn.Module, variables: Variables, keras_model: Any) -> None:
+def check_shapes(module: nn.Module, variables: Variables, input_shape: tuple[int, ...]) -> None:
     """Raises unless ``variables`` has exactly the tree and shapes ``module`` expects."""
-    height, width = _spatial(keras_model)
-    size = 299 if isinstance(module, models.Xception) else 224
-    x = jax.ShapeDtypeStruct(
-        (1, height or size, width or size, keras_model.input_shape[-1]), jnp.float32
-    )
+    x = jax.ShapeDtypeStruct(input_shape, jnp.float32)
     expected = jax.eval_shape(lambda x: module.init(jax.random.key(0), x, train=False), x)
     want = {k: v.shape for k, v in traverse_util.flatten_dict(dict(expected)).items()}
     got = {k: v.shape for k, v in traverse_util.flatten_dict(variables).items()}
@@ -503,7 +657,9 @@ def _check_shapes(module: nn.Module, variables: Variables, keras_model: Any) -> 
 def convert(keras_model: Any) -> tuple[nn.Module, Variables]:
     """Converts a ``keras.applications`` model to a :mod:`sepconv_jax.models` module.
 
-    Supports ``MobileNet`` (v1), ``MobileNetV2``, ``EfficientNetB0`` and ``Xception``,
+    Supports ``MobileNet`` (v1), ``MobileNetV2``, ``MobileNetV3Large`` /
+    ``MobileNetV3Small``, ``EfficientNetB0`` ... ``B7``, ``Xception`` and
+    ``ConvNeXtTiny`` / ``Small`` / ``Base``,
     channels-last, with or without the top, with any ``alpha`` / ``depth_multiplier``
     / ``classes`` / ``pooling`` and input size Keras allows, including Keras' own
     preprocessing layers (EfficientNet) and its stride-2 padding conventions (which
@@ -521,7 +677,7 @@ def convert(keras_model: Any) -> tuple[nn.Module, Variables]:
       width, channels)``.
 
     Raises:
-      ValueError: for a model that is not one of the four (or was modified), a
+      ValueError: for a model that is not one of these (or was modified), a
         channels-first model, or an unsupported classifier activation.
 
     Example:
@@ -545,10 +701,12 @@ def convert(keras_model: Any) -> tuple[nn.Module, Variables]:
             f"`keras_model` must be a built Keras model, got {type(keras_model).__name__}"
         )
     _check_channels_last(keras_model)
-    names = {layer.name for layer in keras_model.layers}
+    collector = _Collector(keras_model)
+    names = set(collector.layers)
     for _, signature, build in _SIGNATURES:
-        if signature in names:
-            collector = _Collector(keras_model)
+        if signature in names or (
+            signature.startswith("_") and any(n.endswith(signature) for n in names)
+        ):
             module = build(keras_model, collector)
             break
     else:
@@ -562,5 +720,8 @@ def convert(keras_model: Any) -> tuple[nn.Module, Variables]:
             f"`keras_model` has weighted layers this conversion does not know: {leftover[:5]}"
         )
     variables = collector.variables()
-    _check_shapes(module, variables, keras_model)
+    height, width = _spatial(keras_model)
+    size = 299 if isinstance(module, models.Xception) else 224
+    channels = keras_model.input_shape[-1]
+    check_shapes(module, variables, (1, height or size, width or size, channels))
     return module, variables

@@ -3,8 +3,13 @@
 * :class:`MobileNetV1` (Howard et al., 2017), with a ``full_convolution`` option for
   the paper's Table 4 comparison;
 * :class:`MobileNetV2` (Sandler et al., 2018);
-* :class:`EfficientNetB0` / :class:`EfficientNet` (Tan & Le, 2019);
+* :class:`MobileNetV3Small` / :class:`MobileNetV3Large` (Howard et al., 2019);
+* :class:`EfficientNetB0` ... :class:`EfficientNetB7` / :class:`EfficientNet` (Tan & Le, 2019);
 * :class:`Xception` (Chollet, 2017);
+* :class:`ConvNeXtTiny` / :class:`ConvNeXtSmall` / :class:`ConvNeXtBase` /
+  :class:`ConvNeXt` (Liu et al., 2022);
+* the same architectures as ``flax.nnx`` modules in :mod:`sepconv_jax.models.nnx`, with
+  :func:`sepconv_jax.models.nnx.from_linen`;
 * their blocks in :mod:`sepconv_jax.models.blocks`;
 * the 1-D speech models :class:`MatchboxNet` (Majumdar & Ginsburg, 2020) and
   :class:`QuartzNet` (Kriman et al., 2019) and their :class:`TimeChannelSeparableBlock`,
@@ -38,22 +43,39 @@ Example:
   ((1, 10), ['batch_stats'])
 """
 
+from typing import Any
+
 from sepconv_jax.models import blocks as blocks
 from sepconv_jax.models._registry import NAMES as NAMES
 from sepconv_jax.models._registry import Name as Name
 from sepconv_jax.models._registry import from_name as from_name
+from sepconv_jax.models.blocks import ConvNeXtBlock as ConvNeXtBlock
 from sepconv_jax.models.blocks import DepthwiseSeparableBlock as DepthwiseSeparableBlock
 from sepconv_jax.models.blocks import InvertedResidual as InvertedResidual
 from sepconv_jax.models.blocks import MBConv as MBConv
 from sepconv_jax.models.blocks import SqueezeExcite as SqueezeExcite
 from sepconv_jax.models.blocks import XceptionBlock as XceptionBlock
+from sepconv_jax.models.convnext import ConvNeXt as ConvNeXt
+from sepconv_jax.models.convnext import ConvNeXtBase as ConvNeXtBase
+from sepconv_jax.models.convnext import ConvNeXtSmall as ConvNeXtSmall
+from sepconv_jax.models.convnext import ConvNeXtTiny as ConvNeXtTiny
 from sepconv_jax.models.efficientnet import EfficientNet as EfficientNet
 from sepconv_jax.models.efficientnet import EfficientNetB0 as EfficientNetB0
+from sepconv_jax.models.efficientnet import EfficientNetB1 as EfficientNetB1
+from sepconv_jax.models.efficientnet import EfficientNetB2 as EfficientNetB2
+from sepconv_jax.models.efficientnet import EfficientNetB3 as EfficientNetB3
+from sepconv_jax.models.efficientnet import EfficientNetB4 as EfficientNetB4
+from sepconv_jax.models.efficientnet import EfficientNetB5 as EfficientNetB5
+from sepconv_jax.models.efficientnet import EfficientNetB6 as EfficientNetB6
+from sepconv_jax.models.efficientnet import EfficientNetB7 as EfficientNetB7
 from sepconv_jax.models.mobilenet_v1 import MobileNetV1 as MobileNetV1
 from sepconv_jax.models.mobilenet_v1 import mobilenet_v1_widths as mobilenet_v1_widths
 from sepconv_jax.models.mobilenet_v2 import MobileNetV2 as MobileNetV2
 from sepconv_jax.models.mobilenet_v2 import make_divisible as make_divisible
 from sepconv_jax.models.mobilenet_v2 import mobilenet_v2_widths as mobilenet_v2_widths
+from sepconv_jax.models.mobilenet_v3 import MobileNetV3 as MobileNetV3
+from sepconv_jax.models.mobilenet_v3 import MobileNetV3Large as MobileNetV3Large
+from sepconv_jax.models.mobilenet_v3 import MobileNetV3Small as MobileNetV3Small
 from sepconv_jax.models.speech import MatchboxNet as MatchboxNet
 from sepconv_jax.models.speech import QuartzNet as QuartzNet
 from sepconv_jax.models.speech import TimeChannelSeparableBlock as TimeChannelSeparableBlock
@@ -61,14 +83,29 @@ from sepconv_jax.models.xception import Xception as Xception
 
 __all__ = [
     "NAMES",
+    "ConvNeXt",
+    "ConvNeXtBase",
+    "ConvNeXtBlock",
+    "ConvNeXtSmall",
+    "ConvNeXtTiny",
     "DepthwiseSeparableBlock",
     "EfficientNet",
     "EfficientNetB0",
+    "EfficientNetB1",
+    "EfficientNetB2",
+    "EfficientNetB3",
+    "EfficientNetB4",
+    "EfficientNetB5",
+    "EfficientNetB6",
+    "EfficientNetB7",
     "InvertedResidual",
     "MBConv",
     "MatchboxNet",
     "MobileNetV1",
     "MobileNetV2",
+    "MobileNetV3",
+    "MobileNetV3Large",
+    "MobileNetV3Small",
     "Name",
     "QuartzNet",
     "SqueezeExcite",
@@ -80,4 +117,14 @@ __all__ = [
     "make_divisible",
     "mobilenet_v1_widths",
     "mobilenet_v2_widths",
+    "nnx",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``models.nnx`` (the ``flax.nnx`` versions) loads when first touched."""
+    if name == "nnx":
+        import importlib
+
+        return importlib.import_module("sepconv_jax.models.nnx")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

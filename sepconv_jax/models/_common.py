@@ -77,15 +77,21 @@ class Numerics(nn.Module, kw_only=True):
         _layers.check_impl(self.impl)
 
     def _conv(
-        self, features: int, kernel_size: int, strides: int, padding: Any, name: str
+        self,
+        features: int,
+        kernel_size: int,
+        strides: int,
+        padding: Any,
+        name: str,
+        use_bias: bool = False,
     ) -> nn.Conv:
-        """A standard square convolution without bias."""
+        """A standard square convolution, without bias by default."""
         return nn.Conv(
             features,
             (kernel_size, kernel_size),
             strides=(strides, strides),
             padding=padding,
-            use_bias=False,
+            use_bias=use_bias,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             precision=self.precision,
@@ -99,16 +105,17 @@ class Numerics(nn.Module, kw_only=True):
         padding: Any,
         name: str,
         multiplier: int = 1,
+        use_bias: bool = False,
         channel_axis: str | None = None,
     ) -> DepthwiseConv:
-        """A square depthwise convolution without bias (our :class:`DepthwiseConv`)."""
+        """A square depthwise convolution (our :class:`DepthwiseConv`), without bias by default."""
         return DepthwiseConv(
             channel_axis=channel_axis,
             kernel_size=(kernel_size, kernel_size),
             strides=(strides, strides),
             padding=padding,
             depth_multiplier=multiplier,
-            use_bias=False,
+            use_bias=use_bias,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             precision=self.precision,
@@ -160,6 +167,27 @@ class Numerics(nn.Module, kw_only=True):
             epsilon=epsilon,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            name=name,
+        )
+
+    def _layer_norm(self, name: str, epsilon: float) -> nn.LayerNorm:
+        """A layer norm over the channels, its variance computed as the mean of squared
+        deviations (as Keras and PyTorch do) rather than ``E[x^2] - E[x]^2``."""
+        return nn.LayerNorm(
+            epsilon=epsilon,
+            use_fast_variance=False,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name=name,
+        )
+
+    def _dense(self, features: int, name: str) -> nn.Dense:
+        """A dense layer with bias."""
+        return nn.Dense(
+            features,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            precision=self.precision,
             name=name,
         )
 
@@ -217,13 +245,48 @@ class Classifier(Numerics):
         x = jnp.mean(x, axis=(1, 2))
         if self.dropout_rate > 0:
             x = nn.Dropout(self.dropout_rate, deterministic=not train, name="top_dropout")(x)
-        x = nn.Dense(
-            self.num_classes,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            precision=self.precision,
-            name="predictions",
-        )(x)
+        x = self._dense(self.num_classes, "predictions")(x)
         if self.classifier_activation is not None:
             x = self.classifier_activation(x)
         return x
+
+
+# ----------------------------------------------------------------------------- input
+
+
+#: Keras' ``backend.epsilon()``, the floor of a ``Normalization`` layer's standard deviation.
+NORMALIZATION_EPSILON = 1e-7
+
+
+def check_epsilon(value: Any, name: str) -> float:
+    """A normalization epsilon: a float > 0."""
+    return check_positive_float(value, name)
+
+
+def float_input(x: jax.Array) -> jax.Array:
+    """``x`` itself if it is floating point, else as float32 (images in 0..255)."""
+    return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
+
+
+def normalize_input(
+    x: jax.Array, mean: Any, variance: Any, rescale: float = 1.0, owner: str = "the model"
+) -> jax.Array:
+    """``(x * rescale - mean) / max(sqrt(variance), 1e-7)`` per channel, as Keras'
+    ``Rescaling`` followed by ``Normalization`` compute it.
+
+    Raises:
+      ValueError: when ``mean`` or ``variance`` do not have one value per channel.
+    """
+    channels = x.shape[-1]
+    if len(mean) != channels or len(variance) != channels:
+        raise ValueError(
+            f"`input_mean` and `input_variance` have {len(mean)} and {len(variance)} values "
+            f"but `x` has {channels} channels; give {owner} one per channel or set "
+            f"include_preprocessing=False"
+        )
+    x = float_input(x)
+    m = jnp.asarray(mean, x.dtype).reshape(1, 1, 1, channels)
+    std = jnp.maximum(jnp.sqrt(jnp.asarray(variance, x.dtype)), NORMALIZATION_EPSILON)
+    if rescale != 1.0:
+        x = x * rescale
+    return (x - m) / std.reshape(1, 1, 1, channels)

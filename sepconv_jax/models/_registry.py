@@ -6,18 +6,39 @@ from typing import Literal, get_args
 
 import flax.linen as nn
 
-from sepconv_jax.models.efficientnet import EfficientNetB0
+from sepconv_jax.models.convnext import ConvNeXtBase, ConvNeXtSmall, ConvNeXtTiny
+from sepconv_jax.models.efficientnet import VARIANTS as EFFICIENTNETS
 from sepconv_jax.models.mobilenet_v1 import MobileNetV1
 from sepconv_jax.models.mobilenet_v2 import MobileNetV2
+from sepconv_jax.models.mobilenet_v3 import MobileNetV3Large, MobileNetV3Small
 from sepconv_jax.models.xception import Xception
 
 #: A model-zoo architecture's name.
-Name = Literal["mobilenet_v1", "mobilenet_v2", "efficientnet_b0", "xception"]
+Name = Literal[
+    "mobilenet_v1",
+    "mobilenet_v2",
+    "efficientnet_b0",
+    "xception",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "efficientnet_b1",
+    "efficientnet_b2",
+    "efficientnet_b3",
+    "efficientnet_b4",
+    "efficientnet_b5",
+    "efficientnet_b6",
+    "efficientnet_b7",
+    "convnext_tiny",
+    "convnext_small",
+    "convnext_base",
+]
 
 #: Every name :func:`from_name` knows, in display order.
 NAMES: tuple[Name, ...] = get_args(Name)
 
-_WITH_WIDTH = ("mobilenet_v1", "mobilenet_v2")
+_WITH_WIDTH = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
+_CONVNEXTS = {"convnext_tiny": ConvNeXtTiny, "convnext_small": ConvNeXtSmall}
+_CONVNEXTS["convnext_base"] = ConvNeXtBase
 
 
 def from_name(
@@ -31,8 +52,11 @@ def from_name(
 
     Args:
       name: one of :data:`NAMES`: ``"mobilenet_v1"``, ``"mobilenet_v2"``,
-        ``"efficientnet_b0"`` or ``"xception"``.
-      width_multiplier: the width multiplier (MobileNets only; 1.0 for the others).
+        ``"mobilenet_v3_small"``, ``"mobilenet_v3_large"``, ``"efficientnet_b0"`` ...
+        ``"efficientnet_b7"``, ``"xception"``, ``"convnext_tiny"``,
+        ``"convnext_small"`` or ``"convnext_base"``.
+      width_multiplier: the width multiplier (MobileNets only, ``alpha`` of
+        MobileNetV3; 1.0 for the others).
       num_classes: classifier outputs.
       full_convolution: standard convolutions in place of the separable ones
         (``"mobilenet_v1"`` only, the MobileNet paper's Table 4 comparison).
@@ -71,6 +95,12 @@ def from_name(
         )
     if name == "mobilenet_v2":
         return MobileNetV2(num_classes=num_classes, width_multiplier=width_multiplier)
-    if name == "efficientnet_b0":
-        return EfficientNetB0(num_classes=num_classes)
+    if name == "mobilenet_v3_small":
+        return MobileNetV3Small(num_classes=num_classes, alpha=width_multiplier)
+    if name == "mobilenet_v3_large":
+        return MobileNetV3Large(num_classes=num_classes, alpha=width_multiplier)
+    if name.startswith("efficientnet_"):
+        return EFFICIENTNETS[name.removeprefix("efficientnet_")](num_classes=num_classes)
+    if name in _CONVNEXTS:
+        return _CONVNEXTS[name](num_classes=num_classes)
     return Xception(num_classes=num_classes)

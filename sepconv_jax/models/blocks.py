@@ -23,10 +23,15 @@ Blocks:
   average (Hu et al., 2018).
 * :class:`XceptionBlock`: a stack of (ReLU, separable 3x3 conv, BN) units with an
   optional stride-2 max-pool and a residual shortcut (Chollet, 2017, Fig. 5).
+* :class:`ConvNeXtBlock`: depthwise 7x7, LayerNorm, pointwise MLP with GELU,
+  layer scale and stochastic depth around a residual (Liu et al., 2022).
+
+:mod:`sepconv_jax.models.nnx` holds the same blocks as ``flax.nnx`` modules.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -41,26 +46,32 @@ from sepconv_jax.models._common import Activation as Activation
 from sepconv_jax.models._common import Normalized, Numerics
 
 __all__ = [
+    "ConvNeXtBlock",
     "DepthwiseSeparableBlock",
     "InvertedResidual",
     "MBConv",
     "SqueezeExcite",
     "XceptionBlock",
     "conv_padding",
+    "exact_gelu",
+    "inverted_residual_plan",
+    "stem_padding",
 ]
 
-Stride2Padding = Literal["same", "fixed"]
+Stride2Padding = Literal["same", "fixed", "symmetric"]
 
 
 STRIDE2_PADDINGS: tuple[Stride2Padding, ...] = typing.get_args(Stride2Padding)
 
 
 def check_stride2_padding(stride2_padding: Any) -> Stride2Padding:
-    """``"same"`` or ``"fixed"``, see :func:`conv_padding`."""
+    """``"same"``, ``"fixed"`` or ``"symmetric"``, see :func:`conv_padding`."""
     for choice in STRIDE2_PADDINGS:
         if isinstance(stride2_padding, str) and stride2_padding == choice:
             return choice
-    raise ValueError(f"`stride2_padding` must be 'same' or 'fixed', got {stride2_padding!r}")
+    raise ValueError(
+        f"`stride2_padding` must be 'same', 'fixed' or 'symmetric', got {stride2_padding!r}"
+    )
 
 
 def conv_padding(
@@ -78,6 +89,9 @@ def conv_padding(
       always pads this way (``ZeroPadding2D(((0, 1), (0, 1)))``), and so do
       MobileNetV2 and EfficientNet when built with an unknown input size. It differs
       from ``"same"`` only on odd sizes.
+    * ``"symmetric"``: ``(k // 2, k // 2)`` on every size, PyTorch's
+      ``Conv2d(padding=k // 2)`` as timm's (non-``tf_``) models use it. It differs
+      from ``"same"`` on even sizes.
 
     Args:
       kernel_size: the window's side.
@@ -94,12 +108,27 @@ def conv_padding(
       >>> from sepconv_jax.models.blocks import conv_padding
       >>> conv_padding(3, 1, "fixed"), conv_padding(5, 2, "fixed")
       ('SAME', ((1, 2), (1, 2)))
+      >>> conv_padding(3, 2, "symmetric")
+      ((1, 1), (1, 1))
     """
     check_stride2_padding(stride2_padding)
     if strides == 1 or stride2_padding == "same":
         return "SAME"
-    pair = (kernel_size // 2 - 1, kernel_size // 2)
-    return (pair, pair)
+    low = kernel_size // 2 if stride2_padding == "symmetric" else kernel_size // 2 - 1
+    return ((low, kernel_size // 2), (low, kernel_size // 2))
+
+
+def stem_padding(
+    kernel_size: int, strides: int, stride2_padding: Stride2Padding
+) -> str | tuple[tuple[int, int], tuple[int, int]]:
+    """The padding of a stem convolution that Keras always builds with ``"same"``.
+
+    Keras' MobileNetV2 and MobileNetV3 stems are ``Conv2D(padding="same")`` whatever
+    the input size, so only ``"symmetric"`` (timm's PyTorch padding) changes them.
+    """
+    if check_stride2_padding(stride2_padding) == "symmetric":
+        return conv_padding(kernel_size, strides, "symmetric")
+    return "SAME"
 
 
 def check_image(x: ArrayLike, owner: str) -> jax.Array:
@@ -206,16 +235,67 @@ class SqueezeExcite(Numerics):
         return x * s
 
 
-class InvertedResidual(Normalized):
-    """Inverted residual with linear bottleneck (MobileNetV2), or MBConv (EfficientNet).
+@dataclasses.dataclass(frozen=True)
+class InvertedResidualPlan:
+    """What an :class:`InvertedResidual` block builds for a given input width.
 
-    ``expand`` (1x1, BN, activation; skipped when ``expand_ratio == 1``), then a
-    ``kernel_size`` depthwise convolution (BN, activation), then optional
-    squeeze-and-excitation, then a linear 1x1 projection (BN, no activation). When
-    the stride is 1, ``id_skip`` is set and the input has ``features`` channels, the
-    input is added back; in training the residual branch is then dropped per sample
-    with probability ``drop_rate`` (stochastic depth, as Keras' EfficientNet:
-    surviving samples are scaled by ``1 / (1 - drop_rate)``).
+    Attributes:
+      expanded: width after the expansion (equal to the input width: no expansion).
+      se_features: bottleneck width of the squeeze-excite, or None for none.
+      padding: padding of the depthwise step.
+      residual: whether the input is added back.
+    """
+
+    expanded: int
+    se_features: int | None
+    padding: Any
+    residual: bool
+
+
+def inverted_residual_plan(
+    channels: int,
+    *,
+    features: int,
+    expand_ratio: float,
+    kernel_size: int,
+    strides: int,
+    se_ratio: float,
+    id_skip: bool,
+    stride2_padding: Stride2Padding,
+    expanded_features: int | None,
+    se_features: int | None,
+) -> InvertedResidualPlan:
+    """The layout of an inverted residual on ``channels`` inputs (linen and NNX blocks).
+
+    The expansion width is ``expanded_features`` when given (MobileNetV3 rounds it
+    to a multiple of 8), else ``round(channels * expand_ratio)``. The squeeze-excite
+    width is ``se_features`` when given, else ``max(1, int(channels * se_ratio))``
+    (EfficientNet's rule, a ratio of the block's *input* width) when
+    ``0 < se_ratio <= 1``.
+    """
+    expanded = (
+        expanded_features if expanded_features is not None else round(channels * expand_ratio)
+    )
+    if se_features is None and 0 < se_ratio <= 1:
+        se_features = max(1, int(channels * se_ratio))
+    return InvertedResidualPlan(
+        expanded=expanded,
+        se_features=se_features,
+        padding=conv_padding(kernel_size, strides, stride2_padding),
+        residual=id_skip and strides == 1 and channels == features,
+    )
+
+
+class InvertedResidual(Normalized):
+    """Inverted residual with linear bottleneck (MobileNetV2/V3), or MBConv (EfficientNet).
+
+    ``expand`` (1x1, BN, activation; skipped when the expanded width equals the
+    input width), then a ``kernel_size`` depthwise convolution (BN, activation),
+    then optional squeeze-and-excitation, then a linear 1x1 projection (BN, no
+    activation). When the stride is 1, ``id_skip`` is set and the input has
+    ``features`` channels, the input is added back; in training the residual branch
+    is then dropped per sample with probability ``drop_rate`` (stochastic depth, as
+    Keras' EfficientNet: surviving samples are scaled by ``1 / (1 - drop_rate)``).
 
     Attributes:
       features: output channels.
@@ -227,7 +307,15 @@ class InvertedResidual(Normalized):
       id_skip: allow the identity shortcut.
       stride2_padding: see :func:`conv_padding`; ``"same"`` matches Keras models
         built with a known input size.
-      activation: ReLU6 for MobileNetV2, swish for EfficientNet.
+      activation: ReLU6 for MobileNetV2, swish for EfficientNet, ReLU or hard-swish
+        for MobileNetV3.
+      expanded_features: the expanded width, overriding ``expand_ratio`` (MobileNetV3
+        rounds ``channels * expand_ratio`` to a multiple of 8).
+      se_features: the squeeze-excite width, overriding ``se_ratio``.
+      se_activation: after the squeeze-excite reduction; ``None`` uses
+        ``activation`` (EfficientNet); MobileNetV3 uses ReLU.
+      se_gate: the squeeze-excite gate: sigmoid (EfficientNet) or hard sigmoid
+        (MobileNetV3).
       bn_momentum, bn_epsilon: 0.999 / 1e-3 in Keras' MobileNetV2, 0.99 / 1e-3 in
         its EfficientNet.
       dtype, param_dtype, precision, impl: passed to every layer.
@@ -253,7 +341,7 @@ class InvertedResidual(Normalized):
     """
 
     features: int = 16
-    expand_ratio: int = 6
+    expand_ratio: float = 6
     kernel_size: int = 3
     strides: int = 1
     se_ratio: float = 0.0
@@ -261,27 +349,46 @@ class InvertedResidual(Normalized):
     id_skip: bool = True
     stride2_padding: Stride2Padding = "same"
     activation: Activation = nn.relu6
+    expanded_features: int | None = None
+    se_features: int | None = None
+    se_activation: Activation | None = None
+    se_gate: Activation = nn.sigmoid
     model_axis: str | None = None
+
+    def plan(self, channels: int) -> InvertedResidualPlan:
+        """The layout for ``channels`` input channels, see :func:`inverted_residual_plan`."""
+        return inverted_residual_plan(
+            channels,
+            features=self.features,
+            expand_ratio=self.expand_ratio,
+            kernel_size=self.kernel_size,
+            strides=self.strides,
+            se_ratio=self.se_ratio,
+            id_skip=self.id_skip,
+            stride2_padding=self.stride2_padding,
+            expanded_features=self.expanded_features,
+            se_features=self.se_features,
+        )
 
     @nn.compact
     def __call__(self, x: ArrayLike, train: bool = False) -> jax.Array:
         """``(batch, height, width, channels)`` -> ``(batch, height', width', features)``."""
         x = check_image(x, type(self).__name__)
-        channels = x.shape[-1]
+        plan = self.plan(x.shape[-1])
         axis = self.model_axis
         h = x
-        if self.expand_ratio != 1:
-            h = self._pointwise(channels * self.expand_ratio, "expand", out_axis=axis)(h)
+        if plan.expanded != x.shape[-1]:
+            h = self._pointwise(plan.expanded, "expand", out_axis=axis)(h)
             h = self.activation(self._bn("expand_bn", train)(h))
-        padding = conv_padding(self.kernel_size, self.strides, self.stride2_padding)
         h = self._depthwise(
-            self.kernel_size, self.strides, padding, "depthwise", channel_axis=axis
+            self.kernel_size, self.strides, plan.padding, "depthwise", channel_axis=axis
         )(h)
         h = self.activation(self._bn("depthwise_bn", train)(h))
-        if 0 < self.se_ratio <= 1:
+        if plan.se_features is not None:
             h = SqueezeExcite(
-                features=max(1, int(channels * self.se_ratio)),
-                activation=self.activation,
+                features=plan.se_features,
+                activation=self.activation if self.se_activation is None else self.se_activation,
+                gate=self.se_gate,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 precision=self.precision,
@@ -289,7 +396,7 @@ class InvertedResidual(Normalized):
             )(h)
         h = self._pointwise(self.features, "project", in_axis=axis)(h)
         h = self._bn("project_bn", train)(h)
-        if self.id_skip and self.strides == 1 and channels == self.features:
+        if plan.residual:
             if self.drop_rate > 0:
                 h = nn.Dropout(self.drop_rate, broadcast_dims=(1, 2, 3), deterministic=not train)(h)
             h = h + x.astype(h.dtype)
@@ -359,3 +466,67 @@ class XceptionBlock(Normalized):
         r = self._pointwise(self.features[-1], "residual")(r)
         r = self._bn("residual_bn", train)(r)
         return h + r.astype(h.dtype)
+
+
+def exact_gelu(x: jax.Array) -> jax.Array:
+    """GELU with the exact error function (Keras' ``"gelu"`` and PyTorch's ``nn.GELU``
+    default; ``jax.nn.gelu`` defaults to the tanh approximation)."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+class ConvNeXtBlock(Numerics):
+    """ConvNeXt block: depthwise 7x7, LayerNorm, MLP with GELU, layer scale, residual.
+
+    ``y = x + drop_path(gamma * W2 gelu(W1 norm(depthwise(x))))`` (Liu et al., 2022,
+    Fig. 4): a ``kernel_size`` depthwise convolution with bias, a layer norm over the
+    channels, two pointwise (1x1) layers with bias widening by ``mlp_ratio`` and
+    back, a learned per-channel scale ``gamma`` initialized to
+    ``layer_scale_init_value``, and stochastic depth of rate ``drop_rate`` (per
+    sample, surviving samples scaled by ``1 / (1 - drop_rate)``).
+
+    Attributes:
+      kernel_size: the depthwise window side (7 in the paper).
+      mlp_ratio: hidden width of the MLP over the block width (4).
+      layer_scale_init_value: initial ``gamma``; ``None`` disables the layer scale.
+      drop_rate: stochastic depth rate.
+      norm_epsilon: the layer norm's epsilon (1e-6 in Keras and timm).
+      dtype, param_dtype, precision, impl: passed to every layer.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from sepconv_jax.models.blocks import ConvNeXtBlock
+      >>> block = ConvNeXtBlock()
+      >>> x = jnp.ones((1, 8, 8, 16))
+      >>> variables = block.init(jax.random.key(0), x)
+      >>> sorted(variables["params"])
+      ['depthwise', 'layer_scale', 'norm', 'pointwise1', 'pointwise2']
+      >>> block.apply(variables, x).shape
+      (1, 8, 8, 16)
+    """
+
+    kernel_size: int = 7
+    mlp_ratio: int = 4
+    layer_scale_init_value: float | None = 1e-6
+    drop_rate: float = 0.0
+    norm_epsilon: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x: ArrayLike, train: bool = False) -> jax.Array:
+        """``(batch, height, width, channels)`` -> the same shape."""
+        x = check_image(x, type(self).__name__)
+        channels = x.shape[-1]
+        h = self._depthwise(self.kernel_size, 1, "SAME", "depthwise", use_bias=True)(x)
+        h = self._layer_norm("norm", self.norm_epsilon)(h)
+        h = exact_gelu(self._pointwise(self.mlp_ratio * channels, "pointwise1", use_bias=True)(h))
+        h = self._pointwise(channels, "pointwise2", use_bias=True)(h)
+        if self.layer_scale_init_value is not None:
+            gamma = self.param(
+                "layer_scale",
+                nn.initializers.constant(self.layer_scale_init_value),
+                (channels,),
+                self.param_dtype,
+            )
+            h = h * gamma.astype(h.dtype).reshape(1, 1, 1, channels)
+        if self.drop_rate > 0:
+            h = nn.Dropout(self.drop_rate, broadcast_dims=(1, 2, 3), deterministic=not train)(h)
+        return x.astype(h.dtype) + h

@@ -1,14 +1,15 @@
 """EfficientNet: Tan & Le, 2019, "EfficientNet: Rethinking Model Scaling for
-Convolutional Neural Networks", Table 1 (B0), as in ``keras.applications.EfficientNetB0``."""
+Convolutional Neural Networks", Table 1 (B0) and compound scaling (B1-B7), as in
+``keras.applications.EfficientNetB0`` ... ``EfficientNetB7``."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from sepconv_jax import _layers
@@ -22,7 +23,18 @@ from sepconv_jax.models.blocks import (
 )
 from sepconv_jax.models.mobilenet_v2 import make_divisible
 
-__all__ = ["EfficientNet", "EfficientNetB0"]
+__all__ = [
+    "EfficientNet",
+    "EfficientNetB0",
+    "EfficientNetB1",
+    "EfficientNetB2",
+    "EfficientNetB3",
+    "EfficientNetB4",
+    "EfficientNetB5",
+    "EfficientNetB6",
+    "EfficientNetB7",
+    "efficientnet_blocks",
+]
 
 #: (kernel, repeats, in channels, out channels, expansion, first stride) per stage of
 #: B0 (Table 1); every block has squeeze-excite of ratio 0.25.
@@ -39,7 +51,66 @@ SE_RATIO = 0.25
 #: Keras' batch-norm momentum for EfficientNet (its default).
 BN_MOMENTUM = 0.99
 #: Keras' ``backend.epsilon()``, the floor of the normalization's standard deviation.
-NORMALIZATION_EPSILON = 1e-7
+NORMALIZATION_EPSILON = _common.NORMALIZATION_EPSILON
+#: Channel counts are rounded to multiples of this (Keras' ``depth_divisor``).
+DEPTH_DIVISOR = 8
+
+#: (width coefficient, depth coefficient, resolution, dropout rate) of B0 ... B7, as
+#: ``keras.applications`` (and the reference implementation) define the compound
+#: scaling; the paper's Eq. 3 with phi = 0 ... 7, rounded.
+SCALING: dict[str, tuple[float, float, int, float]] = {
+    "b0": (1.0, 1.0, 224, 0.2),
+    "b1": (1.0, 1.1, 240, 0.2),
+    "b2": (1.1, 1.2, 260, 0.3),
+    "b3": (1.2, 1.4, 300, 0.3),
+    "b4": (1.4, 1.8, 380, 0.4),
+    "b5": (1.6, 2.2, 456, 0.4),
+    "b6": (1.8, 2.6, 528, 0.5),
+    "b7": (2.0, 3.1, 600, 0.5),
+}
+
+
+def round_filters(filters: int, width_coefficient: float) -> int:
+    """Keras' ``round_filters``: ``filters * width_coefficient`` to a multiple of 8."""
+    return make_divisible(filters * width_coefficient, DEPTH_DIVISOR)
+
+
+def round_repeats(repeats: int, depth_coefficient: float) -> int:
+    """Keras' ``round_repeats``: ``ceil(depth_coefficient * repeats)``."""
+    return math.ceil(depth_coefficient * repeats)
+
+
+def efficientnet_blocks(
+    width_coefficient: float,
+    depth_coefficient: float,
+    drop_connect_rate: float,
+    stride2_padding: Stride2Padding,
+) -> list[tuple[str, dict[str, Any]]]:
+    """Every MBConv block: ``(name, InvertedResidual fields)`` in order.
+
+    Stage ``i`` (1-based) repeats its block ``round_repeats(repeats)`` times, named
+    ``block{i}a``, ``block{i}b``, ... as in Keras; the stochastic depth rate grows
+    linearly from 0 to ``drop_connect_rate`` over all blocks (the ``b``-th of ``n``
+    blocks drops with rate ``drop_connect_rate * b / n``). One table for the linen
+    and the NNX model.
+    """
+    total = sum(round_repeats(stage[1], depth_coefficient) for stage in STAGES)
+    out: list[tuple[str, dict[str, Any]]] = []
+    for i, (kernel, repeats, _, features, expand, first_stride) in enumerate(STAGES):
+        for j in range(round_repeats(repeats, depth_coefficient)):
+            kwargs = dict(
+                features=round_filters(features, width_coefficient),
+                expand_ratio=expand,
+                kernel_size=kernel,
+                strides=first_stride if j == 0 else 1,
+                se_ratio=SE_RATIO,
+                drop_rate=drop_connect_rate * len(out) / total,
+                activation=nn.swish,
+                stride2_padding=stride2_padding,
+                bn_momentum=BN_MOMENTUM,
+            )
+            out.append((f"block{i + 1}{chr(ord('a') + j)}", kwargs))
+    return out
 
 
 class EfficientNet(_common.Classifier):
@@ -69,8 +140,15 @@ class EfficientNet(_common.Classifier):
       input_mean: per-channel mean of the normalization (Keras' default 0).
       input_variance: per-channel variance of the normalization (Keras' default 1).
       classifier_activation: applied to the logits; ``None`` returns logits.
-      stride2_padding: see :func:`~sepconv_jax.models.blocks.conv_padding`.
+      stride2_padding: see :func:`~sepconv_jax.models.blocks.conv_padding`;
+        ``"symmetric"`` is timm's ``efficientnet_b*``, ``"same"`` Keras' models built
+        for a known size and timm's ``tf_efficientnet_b*``.
+      bn_epsilon: the batch norms' epsilon (Keras and timm's ``tf_`` models 1e-3,
+        timm's others 1e-5).
       dtype, param_dtype, precision, impl: numerics, passed to every layer.
+
+    ``default_size`` (a class attribute) is the input side each variant was scaled
+    for (224 for B0 ... 600 for B7); any size at least 32 works.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -90,6 +168,9 @@ class EfficientNet(_common.Classifier):
     input_mean: Sequence[float] = (0.0, 0.0, 0.0)
     input_variance: Sequence[float] = (1.0, 1.0, 1.0)
     stride2_padding: Stride2Padding = "same"
+    bn_epsilon: float = _common.BN_EPSILON
+
+    default_size: ClassVar[int] = 224
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -98,26 +179,24 @@ class EfficientNet(_common.Classifier):
         _common.check_rate(self.drop_connect_rate, "drop_connect_rate")
         _layers.check_bool(self.include_preprocessing, "include_preprocessing")
         check_stride2_padding(self.stride2_padding)
+        _common.check_positive_float(self.bn_epsilon, "bn_epsilon")
 
     def _round_filters(self, filters: int) -> int:
-        return make_divisible(filters * self.width_coefficient, 8)
-
-    def _round_repeats(self, repeats: int) -> int:
-        return math.ceil(self.depth_coefficient * repeats)
+        return round_filters(filters, self.width_coefficient)
 
     def _preprocess(self, x: jax.Array) -> jax.Array:
-        channels = x.shape[-1]
-        if len(self.input_mean) != channels or len(self.input_variance) != channels:
-            raise ValueError(
-                f"`input_mean` and `input_variance` have {len(self.input_mean)} and "
-                f"{len(self.input_variance)} values but `x` has {channels} channels; give one "
-                f"per channel or set include_preprocessing=False"
-            )
-        dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
-        mean = jnp.asarray(self.input_mean, dtype).reshape(1, 1, 1, channels)
-        std = jnp.sqrt(jnp.asarray(self.input_variance, dtype))
-        std = jnp.maximum(std, NORMALIZATION_EPSILON).reshape(1, 1, 1, channels)
-        return (x.astype(dtype) * (1.0 / 255.0) - mean) / std
+        return _common.normalize_input(
+            x, self.input_mean, self.input_variance, 1.0 / 255.0, type(self).__name__
+        )
+
+    def blocks(self) -> list[tuple[str, dict[str, Any]]]:
+        """This model's MBConv blocks, see :func:`efficientnet_blocks`."""
+        return efficientnet_blocks(
+            self.width_coefficient,
+            self.depth_coefficient,
+            self.drop_connect_rate,
+            self.stride2_padding,
+        )
 
     @nn.compact
     def __call__(self, x: ArrayLike, train: bool = False) -> jax.Array:
@@ -136,31 +215,24 @@ class EfficientNet(_common.Classifier):
         if self.include_preprocessing:
             x = self._preprocess(x)
         padding = conv_padding(3, 2, self.stride2_padding)
+
+        def bn(name: str) -> nn.BatchNorm:
+            return self._batch_norm(name, train, BN_MOMENTUM, self.bn_epsilon)
+
         x = self._conv(self._round_filters(32), 3, 2, padding, "stem_conv")(x)
-        x = nn.swish(self._batch_norm("stem_bn", train, BN_MOMENTUM)(x))
-        total = sum(self._round_repeats(stage[1]) for stage in STAGES)
-        index = 0
-        for i, (kernel, repeats, _, out, expand, first_stride) in enumerate(STAGES):
-            for j in range(self._round_repeats(repeats)):
-                x = InvertedResidual(
-                    features=self._round_filters(out),
-                    expand_ratio=expand,
-                    kernel_size=kernel,
-                    strides=first_stride if j == 0 else 1,
-                    se_ratio=SE_RATIO,
-                    drop_rate=self.drop_connect_rate * index / total,
-                    activation=nn.swish,
-                    stride2_padding=self.stride2_padding,
-                    bn_momentum=BN_MOMENTUM,
-                    dtype=self.dtype,
-                    param_dtype=self.param_dtype,
-                    precision=self.precision,
-                    impl=self.impl,
-                    name=f"block{i + 1}{chr(ord('a') + j)}",
-                )(x, train)
-                index += 1
+        x = nn.swish(bn("stem_bn")(x))
+        for name, kwargs in self.blocks():
+            x = InvertedResidual(
+                **kwargs,
+                bn_epsilon=self.bn_epsilon,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                precision=self.precision,
+                impl=self.impl,
+                name=name,
+            )(x, train)
         x = self._pointwise(self._round_filters(1280), "top_conv")(x)
-        x = nn.swish(self._batch_norm("top_bn", train, BN_MOMENTUM)(x))
+        x = nn.swish(bn("top_bn")(x))
         return self._head(x, train)
 
 
@@ -178,3 +250,78 @@ class EfficientNetB0(EfficientNet):
       >>> jax.eval_shape(lambda v: model.apply(v, x), variables).shape
       (1, 1280)
     """
+
+
+def _variant_doc(name: str) -> str:
+    width, depth, size, dropout = SCALING[name.lower()[-2:]]
+    return (
+        f"EfficientNet-{name[-2:]} (width coefficient {width}, depth coefficient {depth}, "
+        f"dropout {dropout}, {size} x {size}).\n\n    All attributes as :class:`EfficientNet`."
+    )
+
+
+class EfficientNetB1(EfficientNet):
+    __doc__ = _variant_doc("B1")
+    depth_coefficient: float = 1.1
+    default_size: ClassVar[int] = 240
+
+
+class EfficientNetB2(EfficientNet):
+    __doc__ = _variant_doc("B2")
+    width_coefficient: float = 1.1
+    depth_coefficient: float = 1.2
+    dropout_rate: float = 0.3
+    default_size: ClassVar[int] = 260
+
+
+class EfficientNetB3(EfficientNet):
+    __doc__ = _variant_doc("B3")
+    width_coefficient: float = 1.2
+    depth_coefficient: float = 1.4
+    dropout_rate: float = 0.3
+    default_size: ClassVar[int] = 300
+
+
+class EfficientNetB4(EfficientNet):
+    __doc__ = _variant_doc("B4")
+    width_coefficient: float = 1.4
+    depth_coefficient: float = 1.8
+    dropout_rate: float = 0.4
+    default_size: ClassVar[int] = 380
+
+
+class EfficientNetB5(EfficientNet):
+    __doc__ = _variant_doc("B5")
+    width_coefficient: float = 1.6
+    depth_coefficient: float = 2.2
+    dropout_rate: float = 0.4
+    default_size: ClassVar[int] = 456
+
+
+class EfficientNetB6(EfficientNet):
+    __doc__ = _variant_doc("B6")
+    width_coefficient: float = 1.8
+    depth_coefficient: float = 2.6
+    dropout_rate: float = 0.5
+    default_size: ClassVar[int] = 528
+
+
+class EfficientNetB7(EfficientNet):
+    __doc__ = _variant_doc("B7")
+    width_coefficient: float = 2.0
+    depth_coefficient: float = 3.1
+    dropout_rate: float = 0.5
+    default_size: ClassVar[int] = 600
+
+
+#: The variants by name (``"b0"`` ... ``"b7"``).
+VARIANTS: dict[str, type[EfficientNet]] = {
+    "b0": EfficientNetB0,
+    "b1": EfficientNetB1,
+    "b2": EfficientNetB2,
+    "b3": EfficientNetB3,
+    "b4": EfficientNetB4,
+    "b5": EfficientNetB5,
+    "b6": EfficientNetB6,
+    "b7": EfficientNetB7,
+}

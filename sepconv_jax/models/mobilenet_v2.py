@@ -3,6 +3,8 @@ Bottlenecks", Table 2, as in ``keras.applications.MobileNetV2``."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 from jax.typing import ArrayLike
@@ -13,9 +15,10 @@ from sepconv_jax.models.blocks import (
     Stride2Padding,
     check_image,
     check_stride2_padding,
+    stem_padding,
 )
 
-__all__ = ["MobileNetV2", "make_divisible", "mobilenet_v2_widths"]
+__all__ = ["MobileNetV2", "make_divisible", "mobilenet_v2_blocks", "mobilenet_v2_widths"]
 
 #: (expansion t, output channels c, repeats n, first stride s), Table 2.
 STAGES: tuple[tuple[int, int, int, int], ...] = (
@@ -68,6 +71,31 @@ def mobilenet_v2_widths(width_multiplier: float) -> tuple[int, ...]:
     return (make_divisible(32 * alpha), *blocks, last)
 
 
+def mobilenet_v2_blocks(
+    width_multiplier: float, stride2_padding: Stride2Padding
+) -> list[tuple[str, dict[str, Any]]]:
+    """The 17 inverted residuals: ``(name, InvertedResidual fields)`` in order.
+
+    One table for the linen and the NNX model (:mod:`sepconv_jax.models.nnx`).
+    """
+    _, *widths, _ = mobilenet_v2_widths(width_multiplier)
+    out: list[dict[str, Any]] = []
+    for expand_ratio, _, repeats, first_stride in STAGES:
+        for j in range(repeats):
+            out.append(
+                dict(
+                    features=widths[len(out)],
+                    expand_ratio=expand_ratio,
+                    kernel_size=3,
+                    strides=first_stride if j == 0 else 1,
+                    activation=nn.relu6,
+                    stride2_padding=stride2_padding,
+                    bn_momentum=BN_MOMENTUM,
+                )
+            )
+    return [(f"block{i}", kwargs) for i, kwargs in enumerate(out)]
+
+
 class MobileNetV2(_common.Classifier):
     """MobileNetV2: inverted residuals with linear bottlenecks and ReLU6.
 
@@ -87,7 +115,10 @@ class MobileNetV2(_common.Classifier):
       classifier_activation: applied to the logits; ``None`` returns logits.
       stride2_padding: padding of strided depthwise steps, see
         :func:`~sepconv_jax.models.blocks.conv_padding`. ``"same"`` matches a Keras
-        model built for a known input size, ``"fixed"`` one built for ``None``.
+        model built for a known input size, ``"fixed"`` one built for ``None``,
+        ``"symmetric"`` (which pads the stem symmetrically too) timm's
+        ``mobilenetv2_100``.
+      bn_epsilon: the batch norms' epsilon (Keras 1e-3; PyTorch and timm 1e-5).
       dtype, param_dtype, precision, impl: numerics, passed to every layer.
 
     Example:
@@ -102,11 +133,13 @@ class MobileNetV2(_common.Classifier):
 
     width_multiplier: float = 1.0
     stride2_padding: Stride2Padding = "same"
+    bn_epsilon: float = _common.BN_EPSILON
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _common.check_positive_float(self.width_multiplier, "width_multiplier")
         check_stride2_padding(self.stride2_padding)
+        _common.check_positive_float(self.bn_epsilon, "bn_epsilon")
 
     @nn.compact
     def __call__(self, x: ArrayLike, train: bool = False) -> jax.Array:
@@ -122,27 +155,20 @@ class MobileNetV2(_common.Classifier):
           ``(batch, num_classes)``, or the features when ``include_top=False``.
         """
         x = check_image(x, "MobileNetV2")
-        stem, *widths, last = mobilenet_v2_widths(self.width_multiplier)
-        x = self._conv(stem, 3, 2, "SAME", "conv1")(x)
-        x = nn.relu6(self._batch_norm("conv1_bn", train, BN_MOMENTUM)(x))
-        block = 0
-        for expand_ratio, _, repeats, first_stride in STAGES:
-            for j in range(repeats):
-                x = InvertedResidual(
-                    features=widths[block],
-                    expand_ratio=expand_ratio,
-                    kernel_size=3,
-                    strides=first_stride if j == 0 else 1,
-                    activation=nn.relu6,
-                    stride2_padding=self.stride2_padding,
-                    bn_momentum=BN_MOMENTUM,
-                    dtype=self.dtype,
-                    param_dtype=self.param_dtype,
-                    precision=self.precision,
-                    impl=self.impl,
-                    name=f"block{block}",
-                )(x, train)
-                block += 1
+        stem, *_, last = mobilenet_v2_widths(self.width_multiplier)
+        padding = stem_padding(3, 2, self.stride2_padding)
+        x = self._conv(stem, 3, 2, padding, "conv1")(x)
+        x = nn.relu6(self._batch_norm("conv1_bn", train, BN_MOMENTUM, self.bn_epsilon)(x))
+        for name, kwargs in mobilenet_v2_blocks(self.width_multiplier, self.stride2_padding):
+            x = InvertedResidual(
+                **kwargs,
+                bn_epsilon=self.bn_epsilon,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                precision=self.precision,
+                impl=self.impl,
+                name=name,
+            )(x, train)
         x = self._pointwise(last, "conv_last")(x)
-        x = nn.relu6(self._batch_norm("conv_last_bn", train, BN_MOMENTUM)(x))
+        x = nn.relu6(self._batch_norm("conv_last_bn", train, BN_MOMENTUM, self.bn_epsilon)(x))
         return self._head(x, train)
