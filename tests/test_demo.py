@@ -362,6 +362,10 @@ def test_best_time_never_reports_the_first_call(monkeypatch):
     calls.clear()
     seconds, timed = timing.best_time(call, max_reps=3, min_time=0.001)
     assert (seconds, timed, len(calls)) == (pytest.approx(0.01), 1, 2)
+    # No time to spend at all still times one call.
+    calls.clear()
+    seconds, timed = timing.best_time(call, max_reps=3, min_time=0.0)
+    assert (seconds, timed, len(calls)) == (pytest.approx(0.01), 1, 2)
 
 
 def test_demo_quick_stream_end_to_end(tmp_path, capsys):

@@ -46,7 +46,7 @@ def best_time(
     """
     call()  # warm-up
     times: list[float] = []
-    while len(times) < max(1, max_reps) and sum(times) < min_time:
+    while not times or (len(times) < max_reps and sum(times) < min_time):
         start = time.perf_counter()
         call()
         times.append(time.perf_counter() - start)
