@@ -30,8 +30,31 @@ KINDS: tuple[Kind, ...] = get_args(Kind)
 OTHER: Literal["other"] = "other"
 
 
+class BilinearTraffic:
+    """Intensity and backward cost of a bilinear operation from its ``mult_adds``
+    and ``bytes_moved`` (shared by :class:`OpCost` and the profile's layer rows)."""
+
+    mult_adds: int
+    bytes_moved: int
+
+    @property
+    def intensity(self) -> float:
+        """Arithmetic intensity: mult-adds per byte moved (``nan`` when no bytes)."""
+        return intensity(self.mult_adds, self.bytes_moved)
+
+    @property
+    def backward_mult_adds(self) -> int:
+        """Mult-adds of its two transposes (input and weight gradients): ``2 * mult_adds``."""
+        return 2 * self.mult_adds
+
+    @property
+    def backward_bytes_moved(self) -> int:
+        """Least bytes of its two transposes: ``2 * bytes_moved`` (see :func:`count`)."""
+        return 2 * self.bytes_moved
+
+
 @dataclasses.dataclass(frozen=True)
-class OpCost:
+class OpCost(BilinearTraffic):
     """One counted operation of a traced function.
 
     Attributes:
@@ -63,21 +86,6 @@ class OpCost:
     feature_groups: int
     name: str
     bytes_moved: int = 0
-
-    @property
-    def intensity(self) -> float:
-        """Arithmetic intensity: mult-adds per byte moved (``nan`` when no bytes)."""
-        return intensity(self.mult_adds, self.bytes_moved)
-
-    @property
-    def backward_mult_adds(self) -> int:
-        """Mult-adds of its two transposes (input and weight gradients): ``2 * mult_adds``."""
-        return 2 * self.mult_adds
-
-    @property
-    def backward_bytes_moved(self) -> int:
-        """Least bytes of its two transposes: ``2 * bytes_moved`` (see :func:`count`)."""
-        return 2 * self.bytes_moved
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,6 +24,7 @@ from sepconv_jax.cost._count import (
     _EMPTY,
     KINDS,
     OTHER,
+    BilinearTraffic,
     Kind,
     _is_array_leaf,
     _State,
@@ -39,7 +40,7 @@ RowKind = Kind | Literal["other"]
 
 
 @dataclasses.dataclass(frozen=True)
-class LayerCost:
+class LayerCost(BilinearTraffic):
     """One row of a :class:`Profile`: a counted operation, or uncounted parameters.
 
     Attributes:
@@ -65,21 +66,6 @@ class LayerCost:
     params: int
     bytes_moved: int = 0
     measured_s: float | None = None
-
-    @property
-    def intensity(self) -> float:
-        """Mult-adds per byte moved (``nan`` for ``"other"`` rows)."""
-        return intensity(self.mult_adds, self.bytes_moved)
-
-    @property
-    def backward_mult_adds(self) -> int:
-        """Mult-adds of the operation's two transposes: ``2 * mult_adds``."""
-        return 2 * self.mult_adds
-
-    @property
-    def backward_bytes_moved(self) -> int:
-        """Least bytes of the operation's two transposes: ``2 * bytes_moved``."""
-        return 2 * self.bytes_moved
 
 
 def _fmt_int(value: int) -> str:
