@@ -339,9 +339,10 @@ COUNT_CASES = {
 }  # fmt: skip
 
 #: Keras weights with no counterpart here: the (mean, variance, count) of the input
-#: ``Normalization`` layer that EfficientNet and ConvNeXt include (preprocessing, not
-#: parameters; MobileNetV3's ``Rescaling`` has none).
-NORMALIZATION_WEIGHTS = {"EfficientNet": 2 * 3 + 1, "ConvNeXt": 2 * 3 + 1}
+#: ``Normalization`` layer that EfficientNet includes (preprocessing, not parameters).
+#: ConvNeXt's ``Normalization`` gets its mean and variance as constructor constants and
+#: holds no weights, and MobileNetV3's ``Rescaling`` has none either.
+NORMALIZATION_WEIGHTS = {"EfficientNet": 2 * 3 + 1}
 
 
 @pytest.mark.parametrize("case", sorted(COUNT_CASES))
