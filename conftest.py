@@ -24,3 +24,44 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+# ----------------------------------------------------------------------------- import errors
+# The model-import tests (Keras, timm) keep the largest relative logit error of each
+# model in their module's ``ERRORS``; the run ends by printing them. Under xdist each
+# worker sends its share to the controller when it finishes.
+
+_IMPORT_TEST_MODULES = ("test_keras_import", "test_timm_import")
+_LOGIT_ERRORS: dict[str, float] = {}
+
+
+def _collected_errors() -> dict[str, float]:
+    import sys
+
+    errors: dict[str, float] = {}
+    for name, module in list(sys.modules.items()):
+        short = name.rsplit(".", 1)[-1]
+        if short in _IMPORT_TEST_MODULES:
+            source = short.removeprefix("test_").removesuffix("_import")
+            for case, error in getattr(module, "ERRORS", {}).items():
+                errors[f"{source}: {case}"] = error
+    return errors
+
+
+def pytest_sessionfinish(session):
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker
+        workeroutput["logit_errors"] = _collected_errors()
+    else:
+        _LOGIT_ERRORS.update(_collected_errors())
+
+
+if importlib.util.find_spec("xdist") is not None:
+
+    def pytest_testnodedown(node, error):
+        _LOGIT_ERRORS.update(getattr(node, "workeroutput", {}).get("logit_errors", {}))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _LOGIT_ERRORS:
+        terminalreporter.section("largest relative logit error per model import")
+        for case, error in sorted(_LOGIT_ERRORS.items()):
+            terminalreporter.write_line(f"{case}: {error:.1e}")

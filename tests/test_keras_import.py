@@ -222,7 +222,7 @@ CASES = {
             getattr(models, f"EfficientNetB{k}"),
             dict(num_classes=4, stride2_padding="same"),
         )
-        for k in (1, 4, 7)
+        for k in range(1, 8)
     },
     "convnext_tiny": (
         "ConvNeXtTiny",

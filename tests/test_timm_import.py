@@ -135,3 +135,36 @@ def test_convert_rejects_other_models():
         convert(hardswish_v2)
     with pytest.raises(ValueError, match="num_classes=0"):
         convert(timm.create_model("mobilenetv3_small_100", pretrained=False, num_classes=0))
+
+
+# ----------------------------------------------------------------------------- bench --models
+
+
+def test_bench_models_quick_runs_both_sides_on_one_network(tmp_path, capsys):
+    """``bench --models``: ours and timm's records, the same parameter count on both
+    sides (one network), and a table with every runner."""
+    import json
+
+    from sepconv_jax import cli
+
+    argv = ["bench", "--models", "MobileNetV2", "--quick", "--model-impls", "auto"]
+    assert cli.main([*argv, "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "models.json").read_text())
+    records = result["records"]
+    runners = {(r["runner"], r["mode"]) for r in records}
+    expected_runners = ("ours impl=auto", "timm NCHW", "timm channels_last")
+    assert runners == {(r, m) for r in expected_runners for m in ("inference", "training")}
+    assert all(r["images_per_second"] > 0 and r["seconds"] > 0 for r in records)
+    assert {r["params"] for r in records} == {result["facts"]["timm_params"]["MobileNetV2"]}
+    assert result["config"]["image_size"] == 32 and result["config"]["batch"] == 2
+    table = (tmp_path / "models.md").read_text()
+    assert all(f"| MobileNetV2 | {runner} |" in table for runner in expected_runners)
+    assert (tmp_path / "models.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_bench_models_rejects_unknown_models(tmp_path, capsys):
+    from sepconv_jax import cli
+
+    assert cli.main(["bench", "--models", "ResNet50", "--out", str(tmp_path)]) == 2
+    assert "--models takes MobileNetV2" in capsys.readouterr().err
+    assert not (tmp_path / "models.json").exists()

@@ -31,6 +31,10 @@ the Markdown report and the plot.
 and the demo's separable network exported to ONNX (float32 and QDQ int8, run in
 onnxruntime) and LiteRT, against the jitted JAX forward
 (:mod:`sepconv_jax.export.latency`), written to ``export.json`` and ``export.md``.
+``--models`` measures whole models: inference and training images/s of MobileNetV2,
+MobileNetV3-Large, EfficientNet-B0 and ConvNeXt-T, ours against the same timm model
+in PyTorch (:mod:`sepconv_jax.apps.bench_models`), written to ``models.json``,
+``models.md`` and ``models.png``.
 
 Example:
   >>> from sepconv_jax.apps import bench
@@ -47,6 +51,7 @@ import argparse
 import dataclasses
 import datetime
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -63,7 +68,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from sepconv_jax import _spec, cost, ops
-from sepconv_jax.apps import bench_report, bench_torch
+from sepconv_jax.apps import bench_models, bench_report, bench_torch
 from sepconv_jax.apps.timing import best_time
 from sepconv_jax.apps.train import train_step
 from sepconv_jax.kernels import dispatch
@@ -721,6 +726,89 @@ def run_export(args: argparse.Namespace, out: Path) -> int:
     return 0
 
 
+def run_models(args: argparse.Namespace, out: Path) -> int:
+    """``bench --models``: whole models, ours against timm's in PyTorch.
+
+    Writes ``models.json`` (machine, configuration, records), ``models.md`` and, unless
+    ``--no-plot``, ``models.png`` into ``out`` and prints the table. Returns 2, with
+    a message, for a model name not in :data:`~sepconv_jax.apps.bench_models.ZOO`
+    or without timm.
+    """
+    names = args.models or (["MobileNetV2"] if args.quick else list(bench_models.ZOO))
+    unknown = [name for name in names if name not in bench_models.ZOO]
+    if unknown:
+        print(
+            f"sepconv-jax bench: --models takes {' '.join(bench_models.ZOO)}, got "
+            f"{' '.join(unknown)}",
+            file=sys.stderr,
+        )
+        return 2
+    if importlib.util.find_spec("timm") is None:
+        print(
+            "sepconv-jax bench: --models builds every model from timm: "
+            "pip install 'sepconv-jax[timm]'",
+            file=sys.stderr,
+        )
+        return 2
+    config: dict[str, Any] = {
+        "quick": bool(args.quick),
+        "models": names,
+        "impls": args.model_impls or ["auto", "xla"],
+        "batch": 2 if args.quick else args.model_batch,
+        "image_size": 32 if args.quick else args.model_image_size,
+        "min_time": 0.0 if args.quick else args.min_time,
+        "max_reps": 1 if args.quick else args.max_reps,
+        "torch": not args.no_torch,
+    }
+    started = time.perf_counter()
+    machine = machine_info()
+    print(
+        f"sepconv-jax bench --models on {machine['cpu']} ({machine['cores']} cores), batch "
+        f"{config['batch']}, {config['image_size']}x{config['image_size']}, float32"
+    )
+    records, facts = bench_models.measure_zoo(
+        names,
+        config["impls"],
+        batch=config["batch"],
+        image_size=config["image_size"],
+        min_time=config["min_time"],
+        max_reps=config["max_reps"],
+        torch_enabled=config["torch"],
+    )
+    machine["torch_threads"] = facts.get("torch_threads", machine.get("torch_threads"))
+    if hasattr(os, "getloadavg"):
+        machine["load_average_end"] = list(os.getloadavg())
+    machine["suite_seconds"] = round(time.perf_counter() - started, 1)
+    result = {"machine": machine, "config": config, "facts": facts, "records": records}
+    table = bench_models.markdown(records)
+    print(table)
+    (out / "models.json").write_text(json.dumps(result, indent=2) + "\n")
+    load, load_end = machine.get("load_average"), machine.get("load_average_end")
+    report = [
+        "# Whole models: ours against timm in PyTorch",
+        "",
+        f"{machine['cpu']}, {machine['cores']} cores, load average "
+        f"{f'{load[0]:.1f}' if load else 'n/a'} at the start and "
+        f"{f'{load_end[0]:.1f}' if load_end else 'n/a'} at the end; jax {machine['jax']}, torch {machine['torch']} "
+        f"({machine['torch_threads']} threads). Batch {config['batch']}, "
+        f"{config['image_size']}x{config['image_size']} float32 images; the best of up to "
+        f"{config['max_reps']} calls after a warm-up. Both sides run the same network: ours "
+        "is the timm model converted by sepconv_jax.interop.timm. `vs timm`: images/s "
+        "over the faster of timm's two layouts (> 1: ours is faster). Training: forward, "
+        "backward and an SGD-with-momentum update, in training mode.",
+        "",
+        table,
+        "",
+    ]
+    (out / "models.md").write_text("\n".join(report))
+    written = [out / "models.json", out / "models.md"]
+    if not args.no_plot:
+        bench_models.plot(records, out / "models.png")
+        written.append(out / "models.png")
+    print("wrote " + ", ".join(str(path) for path in written))
+    return 0
+
+
 # ----------------------------------------------------------------------------- entry points
 
 
@@ -744,6 +832,8 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.export:
         return run_export(args, out)
+    if args.models is not None:
+        return run_models(args, out)
     model_options: dict[str, Any]
     if args.quick:
         layers = [Layer(*shape, models=("quick",)) for shape in QUICK_LAYERS]
@@ -756,7 +846,7 @@ def run(args: argparse.Namespace) -> int:
             "num_classes": 10,
         }
     else:
-        layers = layer_shapes(args.models or tuple(MODEL_LAYERS))
+        layers = layer_shapes(args.layers_of or tuple(MODEL_LAYERS))
         batches, dtypes = args.batch or [8, 32], args.dtype or ["float32", "bfloat16"]
         min_time, max_reps = args.min_time, args.max_reps
         model_options = {
@@ -839,7 +929,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny shapes, one call each (CI)")
     parser.add_argument("--out", default="bench-results", help="directory for JSON/PNG/Markdown")
     parser.add_argument(
-        "--models", nargs="+", choices=tuple(MODEL_LAYERS), help="whose layer shapes to run"
+        "--layers-of", nargs="+", choices=tuple(MODEL_LAYERS), help="whose layer shapes to run"
     )
     parser.add_argument("--batch", nargs="+", type=int, help="batch sizes (default 8 32)")
     parser.add_argument(
@@ -901,9 +991,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="compute dtype of the training steps (default float32; parameters stay float32)",
     )
-    parser.add_argument("--model-batch", type=int, default=8, help="batch of the model step")
     parser.add_argument(
-        "--model-image-size", type=int, default=224, help="image size of the model step"
+        "--model-batch", type=int, default=8, help="batch of the model steps and of --models"
+    )
+    parser.add_argument(
+        "--model-image-size",
+        type=int,
+        default=224,
+        help="image size of the model steps and of --models",
+    )
+    parser.add_argument(
+        "--models",
+        nargs="*",
+        metavar="MODEL",
+        help="instead: inference and training images/s of whole models (default: "
+        f"{' '.join(bench_models.ZOO)}), ours (--model-impls) against the same timm model "
+        "in PyTorch; writes models.json, models.md and models.png",
     )
     parser.add_argument(
         "--export",

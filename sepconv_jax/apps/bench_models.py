@@ -1,0 +1,354 @@
+"""``sepconv-jax bench --models``: whole models, ours against the same timm model in PyTorch.
+
+For each model of :data:`ZOO` (MobileNetV2, MobileNetV3-Large, EfficientNet-B0,
+ConvNeXt-T) the timm model is built (``pretrained=False``: nothing is downloaded)
+and converted with :func:`sepconv_jax.interop.timm.convert`, so both sides run the
+same network with the same weights. Then, on the same CPU, one run measures:
+
+* ours, once per impl (``"auto"`` and ``"xla"`` by default): inference
+  (``apply(..., train=False)``, jitted) and a training step (forward, backward and
+  an optax SGD-with-momentum update, batch norm, dropout and stochastic depth in
+  training mode; :func:`sepconv_jax.apps.train.train_step`);
+* timm in PyTorch, eager, in a separate ``spawn`` process that never imports JAX
+  (see :mod:`sepconv_jax.apps.bench_torch` for why): inference under
+  ``torch.inference_mode()`` in ``eval()`` mode, and a training step
+  (``torch.optim.SGD`` with momentum, the same loss), each with the input in
+  PyTorch's default NCHW layout and in ``channels_last``.
+
+Times are :func:`~sepconv_jax.apps.timing.best_time`'s (best call after a warm-up);
+JAX's compile time is recorded apart. Results: ``models.json``, ``models.md`` and,
+with matplotlib, ``models.png``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from sepconv_jax.apps.timing import best_time
+from sepconv_jax.apps.train import train_step
+
+__all__ = ["ZOO", "markdown", "measure_zoo", "plot"]
+
+#: Our model name -> the timm model of the same architecture.
+ZOO = {
+    "MobileNetV2": "mobilenetv2_100",
+    "MobileNetV3Large": "mobilenetv3_large_100",
+    "EfficientNetB0": "efficientnet_b0",
+    "ConvNeXtTiny": "convnext_tiny",
+}
+
+#: PyTorch's two input layouts, as the records name them.
+TORCH_LAYOUTS = ("NCHW", "channels_last")
+
+MODES = ("inference", "training")
+
+_LEARNING_RATE, _MOMENTUM = 0.01, 0.9
+
+
+def _count(tree: Any) -> int:
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
+
+
+def _timm_model(timm_name: str, num_classes: int) -> Any:
+    import timm
+    import torch
+
+    torch.manual_seed(0)
+    return timm.create_model(timm_name, pretrained=False, num_classes=num_classes)
+
+
+def _ours(
+    name: str,
+    impls: Sequence[str],
+    *,
+    batch: int,
+    image_size: int,
+    num_classes: int,
+    min_time: float,
+    max_reps: int,
+    log: Callable[[str], None],
+) -> tuple[list[dict], int]:
+    """Our records for one model (one per impl and mode) and the timm model's parameter count."""
+    import optax
+
+    from sepconv_jax.interop.timm import convert
+
+    timm_model = _timm_model(ZOO[name], num_classes)
+    timm_params = sum(p.numel() for p in timm_model.parameters())
+    module, variables = convert(timm_model)
+    del timm_model
+    params = _count(variables["params"])
+    k1, k2 = jax.random.split(jax.random.key(0))
+    images = jax.random.normal(k1, (batch, image_size, image_size, 3))
+    labels = jax.random.randint(k2, (batch,), 0, num_classes)
+    optimizer = optax.sgd(_LEARNING_RATE, momentum=_MOMENTUM)
+    state = {key: value for key, value in variables.items() if key != "params"}
+    records = []
+    for impl in impls:
+        model = module.clone(impl=impl)
+        step = train_step(model, optimizer, train=True, rngs={"dropout": jax.random.key(1)})
+        jobs: dict[str, tuple[Callable, list]] = {
+            "inference": (
+                lambda v, x, model=model: model.apply(v, x, train=False),
+                [variables, images],
+            ),
+            "training": (
+                step,
+                [variables["params"], state, optimizer.init(variables["params"]), images, labels],
+            ),
+        }
+        for mode, (fn, args) in jobs.items():
+            record: dict[str, Any] = {
+                "model": name,
+                "runner": f"ours impl={impl}",
+                "framework": "jax",
+                "impl": impl,
+                "mode": mode,
+                "params": params,
+            }
+            try:
+                start = time.perf_counter()
+                compiled = jax.jit(fn).lower(*args).compile()
+                compile_seconds = time.perf_counter() - start
+                seconds, reps = best_time(
+                    functools.partial(_block, compiled, args), max_reps=max_reps, min_time=min_time
+                )
+            except Exception as error:  # recorded, and the suite goes on
+                record.update(seconds=None, images_per_second=None, error=repr(error)[:300])
+                log(f"{name} {record['runner']} {mode}: failed: {record['error']}")
+                records.append(record)
+                continue
+            record.update(
+                seconds=seconds,
+                reps=reps,
+                images_per_second=batch / seconds,
+                compile_seconds=compile_seconds,
+            )
+            records.append(record)
+            log(
+                f"{name} {record['runner']} {mode}: {1e3 * seconds:.1f} ms, "
+                f"{batch / seconds:.1f} images/s (compiled in {compile_seconds:.1f} s)"
+            )
+    return records, timm_params
+
+
+def _block(compiled: Callable, args: Sequence[Any]) -> Any:
+    return jax.block_until_ready(compiled(*args))
+
+
+def _torch_worker(
+    names: list[str],
+    batch: int,
+    image_size: int,
+    num_classes: int,
+    min_time: float,
+    max_reps: int,
+) -> tuple[list[dict], int]:
+    """Times every timm model of ``names`` in PyTorch (in a child process)."""
+    import torch
+
+    records = []
+    for name in names:
+        timm_model = _timm_model(ZOO[name], num_classes)
+        params = sum(p.numel() for p in timm_model.parameters())
+        generator = torch.Generator().manual_seed(0)
+        images = torch.randn(batch, 3, image_size, image_size, generator=generator)
+        labels = torch.randint(0, num_classes, (batch,), generator=generator)
+        for layout in TORCH_LAYOUTS:
+            memory_format = (
+                torch.channels_last if layout == "channels_last" else torch.contiguous_format
+            )
+            model = timm_model.to(memory_format=memory_format)
+            x = images.contiguous(memory_format=memory_format)
+            optimizer = torch.optim.SGD(model.parameters(), lr=_LEARNING_RATE, momentum=_MOMENTUM)
+
+            def infer(model=model, x=x):
+                model.eval()
+                with torch.inference_mode():
+                    return model(x)
+
+            def train(model=model, x=x, optimizer=optimizer, labels=labels):
+                model.train()
+                optimizer.zero_grad(set_to_none=True)
+                loss = torch.nn.functional.cross_entropy(model(x), labels)
+                loss.backward()
+                optimizer.step()
+                return loss
+
+            for mode, call in (("inference", infer), ("training", train)):
+                seconds, reps = best_time(call, max_reps=max_reps, min_time=min_time)
+                records.append(
+                    {
+                        "model": name,
+                        "runner": f"timm {layout}",
+                        "framework": "torch",
+                        "layout": layout,
+                        "mode": mode,
+                        "params": params,
+                        "seconds": seconds,
+                        "reps": reps,
+                        "images_per_second": batch / seconds,
+                    }
+                )
+    return records, torch.get_num_threads()
+
+
+def measure_zoo(
+    names: Sequence[str] = tuple(ZOO),
+    impls: Sequence[str] = ("auto", "xla"),
+    *,
+    batch: int,
+    image_size: int,
+    min_time: float,
+    max_reps: int,
+    num_classes: int = 1000,
+    torch_enabled: bool = True,
+    log: Callable[[str], None] = print,
+) -> tuple[list[dict], dict[str, Any]]:
+    """Images per second of inference and of a training step, ours against timm's.
+
+    Args:
+      names: models of :data:`ZOO`.
+      impls: depthwise impls of our side (see :mod:`sepconv_jax.kernels.dispatch`).
+      batch, image_size: the input, ``(batch, image_size, image_size, 3)``.
+      min_time, max_reps: as for :func:`~sepconv_jax.apps.timing.best_time`.
+      num_classes: classifier width of every model.
+      torch_enabled: also time timm in PyTorch (in a child process).
+      log: where progress lines go.
+
+    Returns:
+      ``(records, facts)``: one record per model, runner (``"ours impl=..."`` or
+      ``"timm NCHW"`` / ``"timm channels_last"``) and mode, with ``seconds``,
+      ``images_per_second`` and ``params``; and facts of the run (PyTorch's
+      thread count, each model's timm parameter count).
+
+    Raises:
+      ValueError: for a name not in :data:`ZOO`.
+      ImportError: when timm (which builds both sides) is not installed.
+    """
+    unknown = [name for name in names if name not in ZOO]
+    if unknown:
+        raise ValueError(f"`names` must be models of {tuple(ZOO)}, got {unknown}")
+    if not names:
+        raise ValueError("`names` must name at least one model")
+    try:
+        import timm  # noqa: F401
+    except ImportError as error:
+        raise ImportError(
+            "bench --models builds every model from timm: pip install 'sepconv-jax[timm]'"
+        ) from error
+    records: list[dict] = []
+    facts: dict[str, Any] = {"timm_params": {}}
+    for name in names:
+        ours, timm_params = _ours(
+            name,
+            impls,
+            batch=batch,
+            image_size=image_size,
+            num_classes=num_classes,
+            min_time=min_time,
+            max_reps=max_reps,
+            log=log,
+        )
+        records += ours
+        facts["timm_params"][name] = timm_params
+    if torch_enabled:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            theirs, threads = pool.apply(
+                _torch_worker,
+                (list(names), batch, image_size, num_classes, min_time, max_reps),
+            )
+        facts["torch_threads"] = threads
+        for record in theirs:
+            log(
+                f"{record['model']} {record['runner']} {record['mode']}: "
+                f"{1e3 * record['seconds']:.1f} ms, {record['images_per_second']:.1f} images/s"
+            )
+        records += theirs
+    return records, facts
+
+
+def _fastest_timm(records: Sequence[dict], model: str, mode: str) -> dict | None:
+    timed = [
+        r
+        for r in records
+        if r["model"] == model and r["mode"] == mode and r["framework"] == "torch"
+    ]
+    return min(timed, key=lambda r: r["seconds"], default=None)
+
+
+def markdown(records: Sequence[dict]) -> str:
+    """One row per model and runner: parameters, images/s of each mode, and each
+    against the faster of timm's two layouts (> 1: faster than PyTorch)."""
+    lines = [
+        "| model | runner | params | inference images/s | vs timm | training images/s "
+        "| vs timm | compile s (inf / train) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    models = list(dict.fromkeys(r["model"] for r in records))
+    for model in models:
+        runners = list(dict.fromkeys(r["runner"] for r in records if r["model"] == model))
+        for runner in runners:
+            row = {r["mode"]: r for r in records if r["model"] == model and r["runner"] == runner}
+            cells = [model, runner, f"{next(iter(row.values()))['params'] / 1e6:.2f}M"]
+            compiles = []
+            for mode in MODES:
+                record = row.get(mode)
+                rate = None if record is None else record.get("images_per_second")
+                best = _fastest_timm(records, model, mode)
+                cells.append("failed" if rate is None else f"{rate:.1f}")
+                if rate is None or best is None:
+                    cells.append("")
+                else:
+                    cells.append(f"{rate / best['images_per_second']:.2f}")
+                if record is not None and record.get("compile_seconds") is not None:
+                    compiles.append(f"{record['compile_seconds']:.1f}")
+            cells.append(" / ".join(compiles))
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(records: Sequence[dict], path: Path) -> None:
+    """Images per second by model, one panel per mode, one bar per runner."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in records))
+    runners = list(dict.fromkeys(r["runner"] for r in records))
+    fig, axes = plt.subplots(1, len(MODES), figsize=(6 * len(MODES), 4.5))
+    width = 0.8 / max(1, len(runners))
+    for ax, mode in zip(axes, MODES, strict=True):
+        for i, runner in enumerate(runners):
+            rates = [
+                next(
+                    (
+                        r["images_per_second"] or 0.0
+                        for r in records
+                        if r["model"] == m and r["runner"] == runner and r["mode"] == mode
+                    ),
+                    0.0,
+                )
+                for m in models
+            ]
+            ax.bar(np.arange(len(models)) + i * width, rates, width, label=runner)
+        ax.set_xticks(np.arange(len(models)) + width * (len(runners) - 1) / 2)
+        ax.set_xticklabels(models, rotation=15)
+        ax.set_ylabel("images / s")
+        ax.set_title(mode)
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
