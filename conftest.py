@@ -24,6 +24,8 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+
 # ----------------------------------------------------------------------------- import errors
 # The model-import tests (Keras, timm) keep the largest relative logit error of each
 # model in their module's ``ERRORS``; the run ends by printing them. Under xdist each

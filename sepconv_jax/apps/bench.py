@@ -789,8 +789,8 @@ def run_models(args: argparse.Namespace, out: Path) -> int:
         "",
         f"{machine['cpu']}, {machine['cores']} cores, load average "
         f"{f'{load[0]:.1f}' if load else 'n/a'} at the start and "
-        f"{f'{load_end[0]:.1f}' if load_end else 'n/a'} at the end; jax {machine['jax']}, torch {machine['torch']} "
-        f"({machine['torch_threads']} threads). Batch {config['batch']}, "
+        f"{f'{load_end[0]:.1f}' if load_end else 'n/a'} at the end; jax {machine['jax']}, "
+        f"torch {machine['torch']} ({machine['torch_threads']} threads). Batch {config['batch']}, "
         f"{config['image_size']}x{config['image_size']} float32 images; the best of up to "
         f"{config['max_reps']} calls after a warm-up. Both sides run the same network: ours "
         "is the timm model converted by sepconv_jax.interop.timm. `vs timm`: images/s "
