@@ -23,24 +23,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import jax
 
 from sepconv_jax import models, ops
 from sepconv_jax.apps.bench import machine_info
+from sepconv_jax.apps.timing import time_jitted
 
 
 def _best_ms(fn, *args, repeats: int) -> float:
-    compiled = jax.jit(fn).lower(*args).compile()
-    jax.block_until_ready(compiled(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - start)
-    return 1e3 * min(times)
+    return 1e3 * time_jitted(fn, args, max_reps=repeats)[0]
 
 
 def main() -> None:

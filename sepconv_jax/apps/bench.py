@@ -69,7 +69,7 @@ from jax import lax
 
 from sepconv_jax import _spec, cost, ops
 from sepconv_jax.apps import bench_models, bench_report, bench_torch
-from sepconv_jax.apps.timing import best_time
+from sepconv_jax.apps.timing import best_time, compile_and_time
 from sepconv_jax.apps.train import train_step
 from sepconv_jax.kernels import dispatch
 from sepconv_jax.kernels.dispatch import Impl
@@ -585,13 +585,8 @@ def measure_model(
             # Dropout and stochastic depth (EfficientNet) draw from one fixed key: the
             # same masks every step, the same work as fresh ones.
             step = train_step(model, optimizer, train=True, rngs={"dropout": jax.random.key(1)})
-            start = time.perf_counter()
-            compiled = jax.jit(step).lower(*args).compile()
-            compile_seconds = time.perf_counter() - start
-            seconds, reps = best_time(
-                functools.partial(_run_to_completion, compiled, args),
-                max_reps=max_reps,
-                min_time=min_time,
+            seconds, reps, compile_seconds = compile_and_time(
+                step, args, max_reps=max_reps, min_time=min_time
             )
         except Exception as error:  # recorded, and the suite goes on
             record.update(

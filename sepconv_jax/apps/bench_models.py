@@ -22,9 +22,7 @@ with matplotlib, ``models.png``.
 
 from __future__ import annotations
 
-import functools
 import math
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from sepconv_jax.apps.timing import best_time
+from sepconv_jax.apps.timing import best_time, compile_and_time
 from sepconv_jax.apps.train import train_step
 
 __all__ = ["ZOO", "markdown", "measure_zoo", "plot"]
@@ -115,11 +113,8 @@ def _ours(
                 "params": params,
             }
             try:
-                start = time.perf_counter()
-                compiled = jax.jit(fn).lower(*args).compile()
-                compile_seconds = time.perf_counter() - start
-                seconds, reps = best_time(
-                    functools.partial(_block, compiled, args), max_reps=max_reps, min_time=min_time
+                seconds, reps, compile_seconds = compile_and_time(
+                    fn, args, max_reps=max_reps, min_time=min_time
                 )
             except Exception as error:  # recorded, and the suite goes on
                 record.update(seconds=None, images_per_second=None, error=repr(error)[:300])
@@ -138,10 +133,6 @@ def _ours(
                 f"{batch / seconds:.1f} images/s (compiled in {compile_seconds:.1f} s)"
             )
     return records, timm_params
-
-
-def _block(compiled: Callable, args: Sequence[Any]) -> Any:
-    return jax.block_until_ready(compiled(*args))
 
 
 def _torch_worker(

@@ -14,7 +14,7 @@ from typing import Any
 
 import jax
 
-__all__ = ["best_time", "time_jitted"]
+__all__ = ["best_time", "compile_and_time", "time_jitted"]
 
 
 def best_time(
@@ -61,7 +61,23 @@ def time_jitted(
     Returns:
       ``(seconds, calls)`` as :func:`best_time`.
     """
+    seconds, calls, _ = compile_and_time(fn, args, max_reps=max_reps, min_time=min_time)
+    return seconds, calls
+
+
+def compile_and_time(
+    fn: Callable, args: Sequence[Any], *, max_reps: int, min_time: float = math.inf
+) -> tuple[float, int, float]:
+    """:func:`time_jitted`, also saying how long compilation took.
+
+    Returns:
+      ``(seconds, calls, compile_seconds)``: :func:`best_time`'s pair, and the wall
+      time of ``jax.jit(fn).lower(*args).compile()``.
+    """
+    start = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
-    return best_time(
+    compile_seconds = time.perf_counter() - start
+    seconds, calls = best_time(
         lambda: jax.block_until_ready(compiled(*args)), max_reps=max_reps, min_time=min_time
     )
+    return seconds, calls, compile_seconds
