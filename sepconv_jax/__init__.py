@@ -3,15 +3,18 @@
 The pure functions are re-exported here; the Flax modules, the streaming step
 functions, the cost model and the kernels are documented submodules, imported with
 the package. The reference
-models (``sepconv_jax.models``) and weight conversion (``sepconv_jax.interop``)
-are imported when first used, so that ``import sepconv_jax`` stays light.
-Everything public is listed in ``__all__``. What the command line runs lives in
-``sepconv_jax.apps``, which is not library API.
+models (``sepconv_jax.models``), weight conversion (``sepconv_jax.interop``) and the
+exporters (``sepconv_jax.export``) are imported when first used, so that ``import
+sepconv_jax`` stays light: every submodule of every package is an attribute of its
+parent, loaded on first access (``sepconv_jax.interop.timm.convert(model)`` works
+after ``import sepconv_jax`` alone). Everything public is listed in ``__all__``.
+What the command line runs lives in ``sepconv_jax.apps``, which is not library API
+and which the library never imports.
 """
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
+from sepconv_jax import _lazy
 from sepconv_jax import cost as cost
 from sepconv_jax import kernels as kernels
 from sepconv_jax import linen as linen
@@ -23,6 +26,7 @@ from sepconv_jax.ops import pointwise_conv as pointwise_conv
 from sepconv_jax.ops import separable_conv as separable_conv
 
 if TYPE_CHECKING:
+    from sepconv_jax import export as export
     from sepconv_jax import interop as interop
     from sepconv_jax import models as models
 
@@ -43,17 +47,12 @@ __all__ = [
 ]
 
 # Submodules imported on first attribute access (PEP 562): the model zoo pulls in
-# every architecture, interop the Keras application tables.
-_LAZY_SUBMODULES = frozenset({"interop", "models"})
+# every architecture, interop the Keras application tables, export the exporters.
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY_SUBMODULES:
-        module = importlib.import_module(f"{__name__}.{name}")
-        globals()[name] = module
-        return module
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _lazy.submodule(__name__, __path__, globals(), name)
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | _LAZY_SUBMODULES)
+    return _lazy.listing(__path__, globals())

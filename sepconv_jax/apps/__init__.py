@@ -16,3 +16,16 @@ package; everything here imports the library, as an example or a script would.
   :mod:`~sepconv_jax.apps.bench_torch` times its PyTorch column in a child process and
   :mod:`~sepconv_jax.apps.bench_report` turns its records into tables, a summary and a plot.
 """
+
+from typing import Any
+
+from sepconv_jax import _lazy
+
+
+def __getattr__(name: str) -> Any:
+    """Submodules not yet imported load on first access (PEP 562)."""
+    return _lazy.submodule(__name__, __path__, globals(), name)
+
+
+def __dir__() -> list[str]:
+    return _lazy.listing(__path__, globals())

@@ -33,7 +33,6 @@ A step whose loss goes NaN or infinite stops training
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from typing import Any, Literal
@@ -45,6 +44,9 @@ import jax.numpy as jnp
 from sepconv_jax import cost, ops
 from sepconv_jax.apps import demo_report, distributed
 from sepconv_jax.apps.data import digits_data, waveform_data
+from sepconv_jax.apps.demo_records import Comparison as Comparison
+from sepconv_jax.apps.demo_records import ModelRun as ModelRun
+from sepconv_jax.apps.demo_records import TrainingFault as TrainingFault
 from sepconv_jax.apps.networks import DigitsCNN, SequenceCNN
 from sepconv_jax.apps.timing import time_jitted
 from sepconv_jax.apps.train import NonFiniteLossError, data_mesh, train_classifier
@@ -65,121 +67,6 @@ __all__ = [
 TASKS = ("digits", "sequence", "layers", "stream")
 
 # ----------------------------------------------------------------------------- comparison
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelRun:
-    """One trained network of a :class:`Comparison`.
-
-    Attributes:
-      name: ``"standard"`` or ``"separable"``.
-      params: trainable parameters.
-      mult_adds: mult-adds per example (:func:`sepconv_jax.cost.profile`).
-      block_mult_adds: mult-adds per example in the blocks, the layers that differ.
-      block_params: parameters of the blocks.
-      step_ms: median wall time of one training step, in milliseconds.
-      compile_s: compile time of the training step, in seconds.
-      test_accuracy: accuracy on the test set after training, in ``[0, 1]``.
-      test_predictions: the predicted label of every test example after training,
-        in the test set's order (``test_accuracy`` is the fraction of them correct).
-      epoch_accuracy: test accuracy after each epoch.
-      losses: training loss of every step.
-      predicted_step_ms: the roofline's time for the step's convolutions and matrix
-        multiplies, forward and backward, on one device's share of the batch
-        (:func:`sepconv_jax.cost.roofline` with this machine's measured
-        :class:`~sepconv_jax.cost.Device`), in milliseconds.
-    """
-
-    name: str
-    params: int
-    mult_adds: int
-    block_mult_adds: int
-    block_params: int
-    step_ms: float
-    compile_s: float
-    test_accuracy: float
-    test_predictions: tuple[int, ...]
-    epoch_accuracy: tuple[float, ...]
-    losses: tuple[float, ...]
-    predicted_step_ms: float | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Comparison:
-    """The outcome of :func:`compare`: the two runs and their settings.
-
-    Attributes:
-      task: ``"digits"`` or ``"sequence"``.
-      standard: the standard-convolution run.
-      separable: the separable-convolution run.
-      settings: epochs, batch size, seed, devices, backend, input shape, sizes.
-      wall_s: wall time of the whole comparison (data, compile, training), seconds.
-    """
-
-    task: str
-    standard: ModelRun
-    separable: ModelRun
-    settings: dict[str, Any]
-    wall_s: float
-
-    def ratios(self) -> dict[str, float]:
-        """Standard over separable for params, mult-adds and step time; accuracy difference.
-
-        ``accuracy_points`` is separable minus standard test accuracy, in
-        percentage points. With roofline predictions, ``predicted_step_time`` is
-        their ratio and ``gap_explained`` how much of the gap between the mult-add
-        ratio and the step-time ratio the roofline accounts for
-        (:func:`sepconv_jax.cost.gap_explained`: 1 all of it, 0 none).
-        """
-        s, p = self.standard, self.separable
-        ratios = {
-            "params": s.params / p.params,
-            "mult_adds": s.mult_adds / p.mult_adds,
-            "block_params": s.block_params / p.block_params,
-            "block_mult_adds": s.block_mult_adds / p.block_mult_adds,
-            "step_time": s.step_ms / p.step_ms,
-            "accuracy_points": 100.0 * (p.test_accuracy - s.test_accuracy),
-        }
-        if s.predicted_step_ms and p.predicted_step_ms:
-            ratios["predicted_step_time"] = s.predicted_step_ms / p.predicted_step_ms
-            ratios["gap_explained"] = cost.gap_explained(
-                ratios["mult_adds"], ratios["step_time"], ratios["predicted_step_time"]
-            )
-        return ratios
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data for JSON: settings, both runs, ratios."""
-        return {
-            "task": self.task,
-            "settings": self.settings,
-            "wall_s": self.wall_s,
-            "standard": dataclasses.asdict(self.standard),
-            "separable": dataclasses.asdict(self.separable),
-            "ratios": self.ratios(),
-        }
-
-
-class TrainingFault(RuntimeError):
-    """One network of :func:`compare` stopped on a non-finite step.
-
-    Attributes:
-      task: the task.
-      network: ``"standard"`` or ``"separable"``.
-      settings: as in :class:`Comparison`.
-      error: the :class:`~sepconv_jax.apps.train.NonFiniteLossError`.
-    """
-
-    def __init__(
-        self, task: str, network: str, settings: dict[str, Any], error: NonFiniteLossError
-    ):
-        super().__init__(f"{network} network: {error}")
-        self.task, self.network, self.settings, self.error = task, network, settings, error
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data for JSON: task, settings, and the fault with its network."""
-        fault = {"network": self.network, **self.error.to_dict()}
-        fault["losses"] = [float(v) for v in self.error.losses]
-        return {"task": self.task, "settings": self.settings, "fault": fault}
 
 
 #: Training examples in a ``quick`` run.
@@ -252,7 +139,38 @@ def compare(
     step_example = jax.ShapeDtypeStruct((per_device, *train[0].shape[1:]), jnp.float32)
     if device is None:
         device = cost.Device.measure(copy_bytes=1 << 26, matmul_size=512 if quick else 1024)
-    settings = {
+    settings = _settings(epochs, batch_size, learning_rate, seed, mesh, train, test, device)
+    runs = [
+        _train_run(
+            task,
+            name,
+            model,
+            train,
+            test,
+            settings,
+            example=example,
+            step_example=step_example,
+            device=device,
+            mesh=mesh,
+            progress=progress,
+        )
+        for name, model in (("standard", standard), ("separable", separable))
+    ]
+    return Comparison(task, runs[0], runs[1], settings, time.perf_counter() - start)
+
+
+def _settings(
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    mesh: Any,
+    train: Any,
+    test: Any,
+    device: cost.Device,
+) -> dict[str, Any]:
+    """The settings of a :class:`Comparison`: the budget, the machine, the data."""
+    return {
         "epochs": epochs,
         "batch_size": batch_size,
         "learning_rate": learning_rate,
@@ -270,44 +188,57 @@ def compare(
             "source": device.source,
         },
     }
-    runs = []
-    for name, model in (("standard", standard), ("separable", separable)):
-        prof = cost.profile(model, example)
-        block_mult_adds, block_params = _block_cost(prof)
-        predicted = cost.roofline(cost.profile(model, step_example), device, training=True)
-        with _EpochBars(name, epochs, len(train[0]) // batch_size, progress) as bars:
-            try:
-                result = train_classifier(
-                    model,
-                    train,
-                    test,
-                    epochs=epochs,
-                    batch_size=batch_size,
-                    learning_rate=learning_rate,
-                    seed=seed,
-                    mesh=mesh,
-                    on_step=bars.step,
-                    on_epoch=bars.epoch,
-                )
-            except NonFiniteLossError as e:
-                raise TrainingFault(task, name, settings, e) from e
-        runs.append(
-            ModelRun(
-                name=name,
-                params=prof.params,
-                mult_adds=prof.mult_adds,
-                block_mult_adds=block_mult_adds,
-                block_params=block_params,
-                step_ms=1e3 * result.step_time_s,
-                compile_s=result.compile_time_s,
-                test_accuracy=result.test_accuracy,
-                test_predictions=tuple(int(v) for v in result.test_predictions),
-                epoch_accuracy=tuple(e.test_accuracy for e in result.epochs),
-                losses=tuple(float(v) for v in result.losses),
-                predicted_step_ms=1e3 * predicted.predicted_s,
+
+
+def _train_run(
+    task: str,
+    name: str,
+    model: nn.Module,
+    train: Any,
+    test: Any,
+    settings: dict[str, Any],
+    *,
+    example: jax.ShapeDtypeStruct,
+    step_example: jax.ShapeDtypeStruct,
+    device: cost.Device,
+    mesh: Any,
+    progress: bool,
+) -> ModelRun:
+    """Profiles and trains one network of :func:`compare` with its settings."""
+    epochs, batch_size = settings["epochs"], settings["batch_size"]
+    prof = cost.profile(model, example)
+    block_mult_adds, block_params = _block_cost(prof)
+    predicted = cost.roofline(cost.profile(model, step_example), device, training=True)
+    with _EpochBars(name, epochs, len(train[0]) // batch_size, progress) as bars:
+        try:
+            result = train_classifier(
+                model,
+                train,
+                test,
+                epochs=epochs,
+                batch_size=batch_size,
+                learning_rate=settings["learning_rate"],
+                seed=settings["seed"],
+                mesh=mesh,
+                on_step=bars.step,
+                on_epoch=bars.epoch,
             )
-        )
-    return Comparison(task, runs[0], runs[1], settings, time.perf_counter() - start)
+        except NonFiniteLossError as e:
+            raise TrainingFault(task, name, settings, e) from e
+    return ModelRun(
+        name=name,
+        params=prof.params,
+        mult_adds=prof.mult_adds,
+        block_mult_adds=block_mult_adds,
+        block_params=block_params,
+        step_ms=1e3 * result.step_time_s,
+        compile_s=result.compile_time_s,
+        test_accuracy=result.test_accuracy,
+        test_predictions=tuple(int(v) for v in result.test_predictions),
+        epoch_accuracy=tuple(e.test_accuracy for e in result.epochs),
+        losses=tuple(float(v) for v in result.losses),
+        predicted_step_ms=1e3 * predicted.predicted_s,
+    )
 
 
 class _EpochBars:

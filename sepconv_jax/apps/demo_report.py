@@ -1,6 +1,6 @@
 """The demo's outcome for people: a table, a plot, JSON figures, printed lines.
 
-Renders a :class:`~sepconv_jax.apps.demo.Comparison` and the rows of
+Renders a :class:`~sepconv_jax.apps.demo_records.Comparison` and the rows of
 :func:`~sepconv_jax.apps.demo.layer_rows`; computes nothing of its own.
 """
 
@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 if TYPE_CHECKING:
-    from sepconv_jax.apps.demo import Comparison, TrainingFault
+    from sepconv_jax.apps.demo_records import Comparison, TrainingFault
 
 __all__ = [
     "comparison_table",

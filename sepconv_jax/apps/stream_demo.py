@@ -32,6 +32,8 @@ import optax
 from sepconv_jax.apps import stream_report
 from sepconv_jax.apps.data import SAMPLE_RATE, EventAudio, event_audio
 from sepconv_jax.apps.networks import StreamingDetector
+from sepconv_jax.apps.stream_records import ChunkRun as ChunkRun
+from sepconv_jax.apps.stream_records import StreamRun as StreamRun
 from sepconv_jax.apps.train import train_step
 
 __all__ = ["CHUNKS", "ChunkRun", "StreamRun", "detection_metrics", "run", "run_stream", "stream"]
@@ -54,64 +56,6 @@ class _Sizes:
 
 _FULL = _Sizes(30.0, 10.0, 150, 16, 2048, SAMPLE_RATE)
 _QUICK = _Sizes(4.0, 1.0, 10, 8, 1024, 800)
-
-
-@dataclasses.dataclass(frozen=True)
-class ChunkRun:
-    """One chunk size of a :class:`StreamRun`.
-
-    Attributes:
-      chunk: samples per chunk.
-      frames: samples streamed (a whole number of chunks).
-      max_abs_diff: largest ``|streamed - offline|`` over the streamed logits.
-      median_us: median wall time of one chunk, microseconds.
-      p99_us: 99th percentile of the wall time of one chunk, microseconds.
-      real_time_factor: ``median_us`` over the chunk's duration (below 1 keeps up).
-      total_s: wall time of the whole stream, seconds.
-    """
-
-    chunk: int
-    frames: int
-    max_abs_diff: float
-    median_us: float
-    p99_us: float
-    real_time_factor: float
-    total_s: float
-
-
-@dataclasses.dataclass(frozen=True)
-class StreamRun:
-    """The outcome of :func:`run_stream`.
-
-    Attributes:
-      settings: sizes, seed, backend and model.
-      training: steps, seconds and the loss of every step.
-      detection: per-sample accuracy, event recall, false alarms and onset delay of
-        the streamed detections (:func:`detection_metrics`).
-      chunks: one :class:`ChunkRun` per chunk size.
-      audio: the test waveform, its labels and its events.
-      probabilities: the streamed event probability of every test sample.
-      wall_s: wall time of the whole run, seconds.
-    """
-
-    settings: dict[str, Any]
-    training: dict[str, Any]
-    detection: dict[str, Any]
-    chunks: tuple[ChunkRun, ...]
-    audio: EventAudio
-    probabilities: np.ndarray
-    wall_s: float
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data for JSON (without the waveform and the probabilities)."""
-        return {
-            "settings": self.settings,
-            "training": self.training,
-            "detection": self.detection,
-            "chunks": [dataclasses.asdict(c) for c in self.chunks],
-            "events": [dataclasses.asdict(e) for e in self.audio.events],
-            "wall_s": self.wall_s,
-        }
 
 
 def _train(

@@ -1,6 +1,6 @@
 """The streaming demo's outcome for people: a table, a plot, JSON figures.
 
-Renders a :class:`~sepconv_jax.apps.stream_demo.StreamRun`; computes nothing of its own.
+Renders a :class:`~sepconv_jax.apps.stream_records.StreamRun`; computes nothing of its own.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from sepconv_jax.apps.stream_demo import StreamRun
+    from sepconv_jax.apps.stream_records import StreamRun
 
 __all__ = ["chunk_table", "plot_detections", "print_run", "write_outputs"]
 

@@ -14,7 +14,9 @@ Across hosts, call :func:`jax.distributed.initialize` first; :func:`data_mesh` t
 spans every device of every process and :func:`shard_batch` builds the global batch
 with :func:`jax.make_array_from_callback`, each process filling only the shards of
 its own devices. Every process runs the same loop with the same seed, so all of them
-draw the same global batches.
+draw the same global batches. The mesh and the batch layout live in
+:mod:`sepconv_jax.apps.data_parallel`, the error of a non-finite step and its
+diagnosis in :mod:`sepconv_jax.apps.non_finite`; both are re-exported here.
 
 To try several devices on one CPU, set ``XLA_FLAGS=--xla_force_host_platform_device_count=8``
 (or ``jax.config.update("jax_num_cpu_devices", 8)``) before JAX starts.
@@ -33,12 +35,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
 from sepconv_jax import _spec
 from sepconv_jax.apps import checkpoints
+from sepconv_jax.apps.data_parallel import DATA_AXIS as DATA_AXIS
+from sepconv_jax.apps.data_parallel import data_mesh as data_mesh
+from sepconv_jax.apps.data_parallel import replicate as replicate
+from sepconv_jax.apps.data_parallel import shard_batch as shard_batch
+from sepconv_jax.apps.non_finite import NonFiniteLossError as NonFiniteLossError
+from sepconv_jax.apps.non_finite import _first_non_finite_leaf
+from sepconv_jax.apps.non_finite import first_non_finite_layer as first_non_finite_layer
 
 __all__ = [
     "DATA_AXIS",
@@ -53,112 +62,6 @@ __all__ = [
     "train_classifier",
     "train_step",
 ]
-
-#: Name of the mesh axis the batch is split along.
-DATA_AXIS = "data"
-
-
-def data_mesh(num_devices: int | None = None) -> Mesh:
-    """A 1-D mesh over the first ``num_devices`` devices, with the axis ``"data"``.
-
-    Args:
-      num_devices: how many devices to use; ``None`` means all of them (of every
-        process after :func:`jax.distributed.initialize`).
-
-    Returns:
-      A :class:`jax.sharding.Mesh` of shape ``(num_devices,)``.
-
-    Raises:
-      TypeError: when ``num_devices`` is not an int.
-      ValueError: when ``num_devices`` is not between 1 and the number of devices,
-        or is a strict subset of the devices of a multi-process run.
-
-    Example:
-      >>> from sepconv_jax.apps.train import data_mesh
-      >>> mesh = data_mesh(1)
-      >>> mesh.axis_names, mesh.devices.shape
-      (('data',), (1,))
-    """
-    devices = jax.devices()
-    if num_devices is None:
-        num_devices = len(devices)
-    if isinstance(num_devices, bool) or not isinstance(num_devices, int):
-        raise TypeError(f"`num_devices` must be an int, got {type(num_devices).__name__}")
-    if not 1 <= num_devices <= len(devices):
-        raise ValueError(
-            f"`num_devices`={num_devices} but {len(devices)} {jax.default_backend()} "
-            f"device(s) are available; pass a number from 1 to {len(devices)} (on a CPU, "
-            f"XLA_FLAGS=--xla_force_host_platform_device_count={num_devices} simulates more)"
-        )
-    if jax.process_count() > 1 and num_devices != len(devices):
-        raise ValueError(
-            f"`num_devices`={num_devices}: a run over {jax.process_count()} processes "
-            f"uses all {len(devices)} devices; pass None"
-        )
-    return jax.make_mesh(
-        (num_devices,), (DATA_AXIS,), (AxisType.Auto,), devices=devices[:num_devices]
-    )
-
-
-def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Places every leaf of ``tree`` whole on every device of ``mesh``.
-
-    Args:
-      tree: a pytree of arrays (parameters, optimizer state), the same on every
-        process.
-      mesh: the mesh from :func:`data_mesh`.
-
-    Returns:
-      The pytree with each leaf a :class:`jax.Array` sharded as ``P()``.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> from sepconv_jax.apps.train import data_mesh, replicate
-      >>> replicate({"w": jnp.ones(3)}, data_mesh(1))["w"].sharding.spec
-      P()
-    """
-    sharding = NamedSharding(mesh, P())
-    return jax.tree.map(lambda leaf: jax.device_put(leaf, sharding), tree)
-
-
-def shard_batch(batch: ArrayLike, mesh: Mesh) -> jax.Array:
-    """Splits a global batch along its first dim over the ``"data"`` axis of ``mesh``.
-
-    Every process passes the whole global batch (the same on all processes, as
-    the loop below draws it from a shared seed); each keeps only the rows its own
-    devices hold, so the host-to-device traffic is the local share.
-
-    Args:
-      batch: ``(global_batch, ...)``; ``global_batch`` must be a multiple of the
-        number of devices in ``mesh``.
-      mesh: the mesh from :func:`data_mesh`.
-
-    Returns:
-      A :class:`jax.Array` of the same shape, sharded as ``P("data")``.
-
-    Raises:
-      ValueError: when the batch does not split evenly over the devices.
-
-    Example:
-      >>> import numpy as np
-      >>> from sepconv_jax.apps.train import data_mesh, shard_batch
-      >>> x = shard_batch(np.zeros((8, 3), np.float32), data_mesh(1))
-      >>> x.shape, x.sharding.spec
-      ((8, 3), P('data',))
-    """
-    batch = np.asarray(batch)
-    devices = mesh.devices.size
-    if batch.ndim == 0 or batch.shape[0] % devices:
-        raise ValueError(
-            f"`batch` of shape {batch.shape} must have a leading batch dim that is a "
-            f"multiple of the {devices} devices of the mesh; pick a batch size divisible "
-            f"by {devices}"
-        )
-    sharding = NamedSharding(mesh, P(DATA_AXIS))
-    if jax.process_count() == 1:
-        return jax.device_put(batch, sharding)
-    # Each process fills only the shards of its own devices from the global batch.
-    return jax.make_array_from_callback(batch.shape, sharding, lambda index: batch[index])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,117 +240,6 @@ def _fraction_correct(predictions: np.ndarray, labels: np.ndarray) -> float:
     return int((predictions == labels).sum()) / len(labels)
 
 
-class NonFiniteLossError(FloatingPointError):
-    """Training stopped: a step gave a NaN or infinite loss, or would have made a
-    parameter non-finite.
-
-    The parameters and optimizer state of the failed step are not applied, and no
-    checkpoint is written for it, so the last checkpoint is the last good state.
-
-    Attributes:
-      step: the 1-based step that failed.
-      layer: the path of the first layer (in call order) whose output is
-        non-finite on the failing batch, ``"input"`` when the batch itself is, the
-        name of the first parameter the update made non-finite, or ``None`` when
-        every layer's output is finite (the loss itself is at fault).
-      losses: the losses of the steps before, in order.
-      checkpoint: the folder of the last checkpoint written, or ``None``.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        step: int,
-        layer: str | None,
-        losses: np.ndarray,
-        checkpoint: str | None,
-    ):
-        super().__init__(message)
-        self.step, self.layer, self.losses, self.checkpoint = step, layer, losses, checkpoint
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data for JSON: message, step, layer, checkpoint."""
-        return {
-            "message": str(self),
-            "step": self.step,
-            "layer": self.layer,
-            "checkpoint": self.checkpoint,
-        }
-
-
-def _ordered_outputs(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """``(path, outputs)`` of captured intermediates, in the order the modules returned.
-
-    Flax stores a module's output when its ``__call__`` returns, so a dict's keys are
-    in completion order: children before their parent's own ``__call__`` entry.
-    """
-    found = []
-    for key, value in tree.items():
-        if key == "__call__":
-            found.append((prefix or "<model>", value))
-        elif isinstance(value, dict) or hasattr(value, "items"):
-            found.extend(_ordered_outputs(value, f"{prefix}/{key}" if prefix else key))
-    return found
-
-
-def first_non_finite_layer(
-    model: Any, variables: dict[str, Any], x: jax.Array, **apply_kwargs: Any
-) -> str | None:
-    """The path of the first module (in call order) whose output has a NaN or Inf.
-
-    Runs ``model`` once on ``x`` with every module's output captured
-    (``capture_intermediates=True``).
-
-    Args:
-      model: a ``flax.linen.Module``.
-      variables: its variables, ``{"params": ..., ...}``.
-      x: the input batch.
-      **apply_kwargs: passed to ``model.apply``.
-
-    Returns:
-      A path such as ``"block2"`` or ``"encoder/conv1"``, ``"<model>"`` when only the
-      model's own output is non-finite, or ``None`` when every output is finite.
-
-    Example:
-      >>> import flax.linen as nn, jax.numpy as jnp
-      >>> from sepconv_jax.apps.train import first_non_finite_layer
-      >>> class Net(nn.Module):
-      ...     @nn.compact
-      ...     def __call__(self, x):
-      ...         return nn.Dense(2, name="out")(jnp.log(nn.Dense(3, name="hidden")(x)))
-      >>> model, x = Net(), jnp.ones((1, 2))
-      >>> variables = model.init(jax.random.key(0), x)
-      >>> first_non_finite_layer(model, variables, -1e30 * x)
-      'out'
-    """
-    paths: list[str] = []
-
-    def flags(variables, x):
-        _, state = model.apply(
-            variables, x, capture_intermediates=True, mutable=["intermediates"], **apply_kwargs
-        )
-        found = _ordered_outputs(state.get("intermediates", {}))
-        paths[:] = [path for path, _ in found]
-        return [
-            jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(out)]))
-            for _, out in found
-        ]
-
-    finite = jax.jit(flags)(variables, x)
-    for path, ok in zip(paths, finite, strict=True):
-        if not bool(ok):
-            return path
-    return None
-
-
-def _first_non_finite_leaf(tree: Any) -> str | None:
-    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        if not bool(jnp.all(jnp.isfinite(leaf))):
-            return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
-    return None
-
-
 def _guarded_step(model: Any, optimizer: optax.GradientTransformation) -> Callable:
     """:func:`train_step` that keeps the old state when the step is not finite.
 
@@ -581,146 +373,234 @@ def train_classifier(
       ((8,), 1)
     """
     x_train, y_train = _check_data(*train_data, "train_data")
-    x_test, y_test = _check_data(*test_data, "test_data")
-    mesh = data_mesh() if mesh is None else mesh
-    devices = mesh.devices.size
-    epochs = _spec.check_positive_int(epochs, "epochs")
-    checkpoint_every = _spec.check_positive_int(checkpoint_every, "checkpoint_every")
-    keep_checkpoints = _spec.check_positive_int(keep_checkpoints, "keep_checkpoints")
+    test = _check_data(*test_data, "test_data")
+    loop = _Loop(
+        model=model,
+        mesh=data_mesh() if mesh is None else mesh,
+        x_train=x_train,
+        y_train=y_train,
+        test=test,
+        epochs=_spec.check_positive_int(epochs, "epochs"),
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        seed=seed,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=_spec.check_positive_int(checkpoint_every, "checkpoint_every"),
+        keep_checkpoints=_spec.check_positive_int(keep_checkpoints, "keep_checkpoints"),
+        on_step=on_step,
+        on_epoch=on_epoch,
+    )
+    return loop.run()
+
+
+def _check_batch_size(batch_size: Any, devices: int, n_train: int) -> None:
     if (
         isinstance(batch_size, bool)
         or not isinstance(batch_size, int)
         or batch_size < 1
         or batch_size % devices
-        or batch_size > len(x_train)
+        or batch_size > n_train
     ):
         raise ValueError(
             f"`batch_size`={batch_size!r} must be a positive multiple of the {devices} "
-            f"device(s) and at most the {len(x_train)} training examples"
+            f"device(s) and at most the {n_train} training examples"
         )
-    steps_per_epoch = len(x_train) // batch_size
-    total_steps = epochs * steps_per_epoch
-    schedule = optax.cosine_decay_schedule(learning_rate, total_steps)
-    optimizer = optax.adamw(schedule, weight_decay=1e-4)
 
-    init_key = jax.random.key(seed)
-    params = jax.jit(model.init)(init_key, jnp.asarray(x_train[:1]))["params"]
-    params = replicate(params, mesh)
-    opt_state = replicate(optimizer.init(params), mesh)
 
-    replicated = NamedSharding(mesh, P())
-    data = NamedSharding(mesh, P(DATA_AXIS))
+@dataclasses.dataclass
+class _Loop:
+    """One run of :func:`train_classifier`: its settings, and the state it carries.
 
-    order_rng = np.random.default_rng(seed)
-    losses: list[float] = []
-    history: list[EpochStats] = []
-    step = 0
-    config = {
-        "seed": seed,
-        "batch_size": batch_size,
-        "epochs": epochs,
-        "learning_rate": learning_rate,
-        "n_train": len(x_train),
-    }
-    last_checkpoint: str | None = None
-    if checkpoint_dir is not None:
-        restored = checkpoints.restore_latest(
-            checkpoint_dir, {"params": params, "opt_state": opt_state}
-        )
-        if restored is not None:
-            tree, meta = restored
-            if meta["config"] != config:
-                raise ValueError(
-                    f"`checkpoint_dir` {os.fspath(checkpoint_dir)!r} holds a run with "
-                    f"settings {meta['config']}, not {config}; pass another folder"
-                )
-            params, opt_state = tree["params"], tree["opt_state"]
-            step = int(meta["step"])
-            losses = [float(v) for v in meta["losses"]]
-            history = [EpochStats(*e) for e in meta["epochs"]]
-            order_rng.bit_generator.state = meta["order_rng"]
-            last_checkpoint = os.fspath(checkpoints.step_dir(checkpoint_dir, step))
+    The state (parameters, optimizer state, step, losses, epoch figures, the data
+    order's generator) is what a checkpoint holds.
+    """
 
-    jitted = jax.jit(
-        _guarded_step(model, optimizer),
-        in_shardings=(replicated, replicated, replicated, data, data),
-        out_shardings=(replicated, replicated, replicated, replicated, replicated),
-        donate_argnums=(0, 1, 2),
-    )
-    state: dict[str, Any] = {}  # a classifier without batch statistics
-    start = time.perf_counter()
-    x_spec = jax.ShapeDtypeStruct((batch_size, *x_train.shape[1:]), jnp.float32, sharding=data)
-    y_spec = jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=data)
-    compiled = jitted.lower(params, state, opt_state, x_spec, y_spec).compile()
-    compile_time = time.perf_counter() - start
+    model: Any
+    mesh: Mesh
+    x_train: np.ndarray
+    y_train: np.ndarray
+    test: tuple[np.ndarray, np.ndarray]
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    seed: int
+    checkpoint_dir: str | os.PathLike | None
+    checkpoint_every: int
+    keep_checkpoints: int
+    on_step: Callable[[int, float], None] | None
+    on_epoch: Callable[[EpochStats], None] | None
 
-    def save_checkpoint() -> str:
-        meta = {
-            "step": step,
-            "config": config,
-            # The generator's state at the start of the epoch of the next step.
-            "order_rng": epoch_rng_state if step % steps_per_epoch else order_rng_state(),
-            "losses": losses,
-            "epochs": [dataclasses.astuple(e) for e in history],
+    def __post_init__(self) -> None:
+        self.devices = self.mesh.devices.size
+        _check_batch_size(self.batch_size, self.devices, len(self.x_train))
+        self.steps_per_epoch = len(self.x_train) // self.batch_size
+        self.total_steps = self.epochs * self.steps_per_epoch
+        schedule = optax.cosine_decay_schedule(self.learning_rate, self.total_steps)
+        self.optimizer = optax.adamw(schedule, weight_decay=1e-4)
+
+        init_key = jax.random.key(self.seed)
+        params = jax.jit(self.model.init)(init_key, jnp.asarray(self.x_train[:1]))["params"]
+        self.params = replicate(params, self.mesh)
+        self.opt_state = replicate(self.optimizer.init(self.params), self.mesh)
+        self.state: dict[str, Any] = {}  # a classifier without batch statistics
+        self.replicated = NamedSharding(self.mesh, P())
+        self.data = NamedSharding(self.mesh, P(DATA_AXIS))
+
+        self.order_rng = np.random.default_rng(self.seed)
+        self.epoch_rng_state: dict[str, Any] = {}
+        self.losses: list[float] = []
+        self.history: list[EpochStats] = []
+        self.step = 0
+        self.config = {
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "epochs": self.epochs,
+            "learning_rate": self.learning_rate,
+            "n_train": len(self.x_train),
         }
-        assert checkpoint_dir is not None
-        tree = {"params": params, "opt_state": opt_state}
-        return os.fspath(checkpoints.save(checkpoint_dir, step, tree, meta, keep=keep_checkpoints))
+        self.last_checkpoint: str | None = None
+        self.step_times: list[float] = []
 
-    def order_rng_state() -> dict[str, Any]:
-        return dict(order_rng.bit_generator.state)
+    def restore(self, checkpoint_dir: str | os.PathLike) -> None:
+        """Continues from the newest good checkpoint in ``checkpoint_dir``, if any."""
+        restored = checkpoints.restore_latest(
+            checkpoint_dir, {"params": self.params, "opt_state": self.opt_state}
+        )
+        if restored is None:
+            return
+        tree, meta = restored
+        if meta["config"] != self.config:
+            raise ValueError(
+                f"`checkpoint_dir` {os.fspath(checkpoint_dir)!r} holds a run with "
+                f"settings {meta['config']}, not {self.config}; pass another folder"
+            )
+        self.params, self.opt_state = tree["params"], tree["opt_state"]
+        self.step = int(meta["step"])
+        self.losses = [float(v) for v in meta["losses"]]
+        self.history = [EpochStats(*e) for e in meta["epochs"]]
+        self.order_rng.bit_generator.state = meta["order_rng"]
+        self.last_checkpoint = os.fspath(checkpoints.step_dir(checkpoint_dir, self.step))
 
-    predict = _predict_fn(model.apply, mesh)
-    step_times: list[float] = []
-    predictions = None
-    for epoch in range(step // steps_per_epoch + 1, epochs + 1):
-        epoch_rng_state = order_rng_state()
-        order = order_rng.permutation(len(x_train))
-        for i in range(step % steps_per_epoch, steps_per_epoch):
-            rows = order[i * batch_size : (i + 1) * batch_size]
-            xb = shard_batch(x_train[rows], mesh)
-            yb = shard_batch(y_train[rows], mesh)
-            t0 = time.perf_counter()
-            params, state, opt_state, loss, ok = compiled(params, state, opt_state, xb, yb)
-            loss = float(loss)
-            step_times.append(time.perf_counter() - t0)
-            step += 1
-            if not bool(ok):
-                message, layer = _diagnose(
-                    model, optimizer, params, state, opt_state, xb, yb, x_train[rows], step, loss
-                )
-                if last_checkpoint is not None:
-                    message += f"; the last good checkpoint is {last_checkpoint}"
-                raise NonFiniteLossError(
-                    message,
-                    step=step,
-                    layer=layer,
-                    losses=np.asarray(losses, np.float32),
-                    checkpoint=last_checkpoint,
-                )
-            losses.append(loss)
-            if on_step is not None:
-                on_step(step, loss)
-            if i == steps_per_epoch - 1:
-                predictions = _predictions(predict, params, x_test, mesh, 512)
-                accuracy = _fraction_correct(predictions, y_test)
-                epoch_losses = losses[step - steps_per_epoch : step]
-                stats = EpochStats(epoch, float(np.mean(epoch_losses)), accuracy)
-                history.append(stats)
-                if on_epoch is not None:
-                    on_epoch(stats)
-            if checkpoint_dir is not None and (step % checkpoint_every == 0 or step == total_steps):
-                last_checkpoint = save_checkpoint()
-    if predictions is None:  # resumed from the final checkpoint
-        predictions = _predictions(predict, params, x_test, mesh, 512)
-    timed = step_times[1:] if len(step_times) > 1 else step_times
-    return TrainResult(
-        params=params,
-        losses=np.asarray(losses, np.float32),
-        epochs=tuple(history),
-        test_accuracy=history[-1].test_accuracy,
-        test_predictions=predictions,
-        step_time_s=float(np.median(timed)) if timed else float("nan"),
-        compile_time_s=compile_time,
-        num_devices=devices,
-    )
+    def save(self, checkpoint_dir: str | os.PathLike) -> str:
+        """Writes a checkpoint of the state after the current step; returns its folder."""
+        meta = {
+            "step": self.step,
+            "config": self.config,
+            # The generator's state at the start of the epoch of the next step.
+            "order_rng": (
+                self.epoch_rng_state
+                if self.step % self.steps_per_epoch
+                else self._order_rng_state()
+            ),
+            "losses": self.losses,
+            "epochs": [dataclasses.astuple(e) for e in self.history],
+        }
+        tree = {"params": self.params, "opt_state": self.opt_state}
+        return os.fspath(
+            checkpoints.save(checkpoint_dir, self.step, tree, meta, keep=self.keep_checkpoints)
+        )
+
+    def _order_rng_state(self) -> dict[str, Any]:
+        return dict(self.order_rng.bit_generator.state)
+
+    def compile(self) -> tuple[Callable, float]:
+        """The guarded step, compiled for this mesh and batch, and the compile time."""
+        replicated, data = self.replicated, self.data
+        jitted = jax.jit(
+            _guarded_step(self.model, self.optimizer),
+            in_shardings=(replicated, replicated, replicated, data, data),
+            out_shardings=(replicated, replicated, replicated, replicated, replicated),
+            donate_argnums=(0, 1, 2),
+        )
+        start = time.perf_counter()
+        x_spec = jax.ShapeDtypeStruct(
+            (self.batch_size, *self.x_train.shape[1:]), jnp.float32, sharding=data
+        )
+        y_spec = jax.ShapeDtypeStruct((self.batch_size,), jnp.int32, sharding=data)
+        compiled = jitted.lower(self.params, self.state, self.opt_state, x_spec, y_spec).compile()
+        return compiled, time.perf_counter() - start
+
+    def train_batch(self, compiled: Callable, rows: np.ndarray) -> float:
+        """One step on the training rows ``rows``; raises on a non-finite step."""
+        xb = shard_batch(self.x_train[rows], self.mesh)
+        yb = shard_batch(self.y_train[rows], self.mesh)
+        t0 = time.perf_counter()
+        self.params, self.state, self.opt_state, loss, ok = compiled(
+            self.params, self.state, self.opt_state, xb, yb
+        )
+        loss = float(loss)
+        self.step_times.append(time.perf_counter() - t0)
+        self.step += 1
+        if not bool(ok):
+            message, layer = _diagnose(
+                self.model,
+                self.optimizer,
+                self.params,
+                self.state,
+                self.opt_state,
+                xb,
+                yb,
+                self.x_train[rows],
+                self.step,
+                loss,
+            )
+            if self.last_checkpoint is not None:
+                message += f"; the last good checkpoint is {self.last_checkpoint}"
+            raise NonFiniteLossError(
+                message,
+                step=self.step,
+                layer=layer,
+                losses=np.asarray(self.losses, np.float32),
+                checkpoint=self.last_checkpoint,
+            )
+        self.losses.append(loss)
+        return loss
+
+    def end_epoch(self, epoch: int, predict: Callable) -> np.ndarray:
+        """The test predictions after ``epoch``, recorded with the epoch's figures."""
+        x_test, y_test = self.test
+        predictions = _predictions(predict, self.params, x_test, self.mesh, 512)
+        accuracy = _fraction_correct(predictions, y_test)
+        epoch_losses = self.losses[self.step - self.steps_per_epoch : self.step]
+        stats = EpochStats(epoch, float(np.mean(epoch_losses)), accuracy)
+        self.history.append(stats)
+        if self.on_epoch is not None:
+            self.on_epoch(stats)
+        return predictions
+
+    def run(self) -> TrainResult:
+        """Trains from the newest checkpoint (or from the start) to the last epoch."""
+        checkpoint_dir = self.checkpoint_dir
+        if checkpoint_dir is not None:
+            self.restore(checkpoint_dir)
+        compiled, compile_time = self.compile()
+        predict = _predict_fn(self.model.apply, self.mesh)
+        predictions = None
+        steps = self.steps_per_epoch
+        for epoch in range(self.step // steps + 1, self.epochs + 1):
+            self.epoch_rng_state = self._order_rng_state()
+            order = self.order_rng.permutation(len(self.x_train))
+            for i in range(self.step % steps, steps):
+                rows = order[i * self.batch_size : (i + 1) * self.batch_size]
+                loss = self.train_batch(compiled, rows)
+                if self.on_step is not None:
+                    self.on_step(self.step, loss)
+                if i == steps - 1:
+                    predictions = self.end_epoch(epoch, predict)
+                if checkpoint_dir is not None and (
+                    self.step % self.checkpoint_every == 0 or self.step == self.total_steps
+                ):
+                    self.last_checkpoint = self.save(checkpoint_dir)
+        if predictions is None:  # resumed from the final checkpoint
+            predictions = _predictions(predict, self.params, self.test[0], self.mesh, 512)
+        timed = self.step_times[1:] if len(self.step_times) > 1 else self.step_times
+        return TrainResult(
+            params=self.params,
+            losses=np.asarray(self.losses, np.float32),
+            epochs=tuple(self.history),
+            test_accuracy=self.history[-1].test_accuracy,
+            test_predictions=predictions,
+            step_time_s=float(np.median(timed)) if timed else float("nan"),
+            compile_time_s=compile_time,
+            num_devices=self.devices,
+        )

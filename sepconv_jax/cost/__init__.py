@@ -36,6 +36,9 @@ exactly ``2 * count(f, ...).mult_adds``. With padding XLA skips the taps that la
 on padding, so its figure is smaller by twice the number of such taps.
 """
 
+from typing import Any
+
+from sepconv_jax import _lazy
 from sepconv_jax.cost._analytic import Cost as Cost
 from sepconv_jax.cost._analytic import depthwise_conv_cost as depthwise_conv_cost
 from sepconv_jax.cost._analytic import grouped_conv_cost as grouped_conv_cost
@@ -87,3 +90,12 @@ __all__ = [
     "separable_conv_cost",
     "standard_conv_cost",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Submodules not yet imported load on first access (PEP 562)."""
+    return _lazy.submodule(__name__, __path__, globals(), name)
+
+
+def __dir__() -> list[str]:
+    return _lazy.listing(__path__, globals())

@@ -343,25 +343,42 @@ def profile(
       >>> p.by_kind["pointwise"]
       Cost(mult_adds=2048, params=144)
     """
+    if measure:
+        measure_repeats = _measure.check_repeats(measure_repeats, "measure_repeats")
+    program, params, rest, root = _program(module, inputs, apply_kwargs, variables)
+    paths, sizes = _param_paths(params, root)
+    walker = _walk(program, (params, rest, *inputs), paths, root)
+    op_params, others = _attribute(walker, paths, sizes)
+    times: list[float | None] = [None] * len(walker.ops)
+    if measure:
+        for i, op in enumerate(walker.ops):
+            times[i] = _measure.time_op(op.eqn, op.step, op.cost.calls, measure_repeats, i)
+    rows = _rows(walker, op_params, others, times)
+    return _summarize(rows, sum(sizes), dict(walker.unattributed), measure)
+
+
+def _program(module: Any, inputs: tuple, apply_kwargs: dict, variables: Any):
+    """(function of (params, rest, inputs), params, rest, name of the linen root or None)."""
     import flax.linen as nn
     from flax import nnx
 
-    if measure:
-        measure_repeats = _measure.check_repeats(measure_repeats, "measure_repeats")
     if variables is not None and not isinstance(module, nn.Module):
         raise TypeError("`variables` is only accepted with a flax.linen.Module")
     if isinstance(module, nn.Module):
         program, params, rest = _linen_program(module, inputs, apply_kwargs, variables)
         root = type(module).__name__ if module.name is None else module.name
-    elif isinstance(module, nnx.Module):
+        return program, params, rest, root
+    if isinstance(module, nnx.Module):
         program, params, rest = _nnx_program(module, inputs, apply_kwargs)
-        root = None
-    else:
-        raise TypeError(
-            f"`module` must be a flax.linen.Module or a flax.nnx.Module, got "
-            f"{type(module).__name__}; for a plain function use `sepconv_jax.cost.count`"
-        )
+        return program, params, rest, None
+    raise TypeError(
+        f"`module` must be a flax.linen.Module or a flax.nnx.Module, got "
+        f"{type(module).__name__}; for a plain function use `sepconv_jax.cost.count`"
+    )
 
+
+def _param_paths(params: Any, root: str | None) -> tuple[list[tuple[str, ...]], list[int]]:
+    """The path and the size of every parameter leaf, in flattening order."""
     leaves_with_paths = jax.tree_util.tree_flatten_with_path(params)[0]
     paths = []
     for path, _ in leaves_with_paths:
@@ -375,9 +392,12 @@ def profile(
                 f"`variables` parameter {'/'.join(parts)} must be an array or a "
                 f"jax.ShapeDtypeStruct, got {type(leaf).__name__}"
             )
-    sizes = [_leaf_size(leaf) for _, leaf in leaves_with_paths]
+    return paths, [_leaf_size(leaf) for _, leaf in leaves_with_paths]
 
-    closed, n_in = _trace(program, (params, rest, *inputs), {})
+
+def _walk(program: Any, args: tuple, paths: list[tuple[str, ...]], root: str | None) -> _Walker:
+    """Traces ``program(*args)`` and walks it, each parameter leaf followed by its index."""
+    closed, n_in = _trace(program, args, {})
     walker = _Walker(paths)
     states = [_State(frozenset({i}), None) for i in range(len(paths))]
     states += [_EMPTY] * (n_in - len(paths))
@@ -389,7 +409,16 @@ def profile(
         if root is not None and op.path == name:
             head, _, tail = name.partition("/")
             op.path = tail if head == root else name
+    return walker
 
+
+def _attribute(
+    walker: _Walker, paths: list[tuple[str, ...]], sizes: list[int]
+) -> tuple[list[int], dict[int | None, dict[str, int]]]:
+    """Parameters per counted op, and the others per module, keyed by the op they follow.
+
+    ``None`` keys the parameters no operation met.
+    """
     op_params = [0] * len(walker.ops)
     others: dict[int | None, dict[str, int]] = {}
     for leaf, size in enumerate(sizes):
@@ -400,12 +429,16 @@ def profile(
             group = others.setdefault(None if owner is None else owner[1], {})
             module_path = "/".join(paths[leaf][:-1])
             group[module_path] = group.get(module_path, 0) + size
+    return op_params, others
 
-    times: list[float | None] = [None] * len(walker.ops)
-    if measure:
-        for i, op in enumerate(walker.ops):
-            times[i] = _measure.time_op(op.eqn, op.step, op.cost.calls, measure_repeats, i)
 
+def _rows(
+    walker: _Walker,
+    op_params: list[int],
+    others: dict[int | None, dict[str, int]],
+    times: list[float | None],
+) -> list[LayerCost]:
+    """One row per counted op, each followed by the ``"other"`` rows first met on its output."""
     rows: list[LayerCost] = []
     for i, op in enumerate(walker.ops):
         rows.append(
@@ -423,7 +456,13 @@ def profile(
             rows.append(LayerCost(module_path, OTHER, None, 0, size))
     for module_path, size in others.get(None, {}).items():
         rows.append(LayerCost(module_path, OTHER, None, 0, size))
+    return rows
 
+
+def _summarize(
+    rows: list[LayerCost], params: int, unattributed: dict[str, int], measure: bool
+) -> Profile:
+    """The :class:`Profile` of ``rows``: totals and per-kind sums."""
     by_kind: dict[RowKind, Cost] = {}
     bytes_by_kind: dict[RowKind, int] = {}
     time_by_kind: dict[RowKind, float] = {}
@@ -436,10 +475,10 @@ def profile(
                 time_by_kind[kind] = sum(r.measured_s or 0.0 for r in picked)
     return Profile(
         mult_adds=sum(c.mult_adds for c in by_kind.values()),
-        params=sum(sizes),
+        params=params,
         layers=tuple(rows),
         by_kind=by_kind,
-        unattributed=dict(walker.unattributed),
+        unattributed=unattributed,
         bytes_moved=sum(bytes_by_kind.values()),
         bytes_by_kind=bytes_by_kind,
         time_by_kind=time_by_kind,

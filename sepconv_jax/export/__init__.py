@@ -15,6 +15,9 @@ extras: ``pip install "sepconv-jax[export]"`` for ONNX (``jax2onnx``, ``onnx``,
 * :mod:`sepconv_jax.export.latency`: batch-1 latency in each runtime.
 """
 
+from typing import Any
+
+from sepconv_jax import _lazy
 from sepconv_jax.export.fold import fold_batch_norm as fold_batch_norm
 from sepconv_jax.export.litert import run_tflite as run_tflite
 from sepconv_jax.export.litert import tflite_ops as tflite_ops
@@ -44,3 +47,12 @@ __all__ = [
     "to_onnx",
     "to_tflite",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Submodules not yet imported load on first access (PEP 562)."""
+    return _lazy.submodule(__name__, __path__, globals(), name)
+
+
+def __dir__() -> list[str]:
+    return _lazy.listing(__path__, globals())

@@ -21,7 +21,19 @@ Example:
   (3, 3, 1, 6)
 """
 
+from typing import Any
+
+from sepconv_jax import _lazy
 from sepconv_jax.interop import keras as keras
 from sepconv_jax.interop import torch as torch
 
 __all__ = ["keras", "torch"]
+
+
+def __getattr__(name: str) -> Any:
+    """Submodules not yet imported load on first access (PEP 562)."""
+    return _lazy.submodule(__name__, __path__, globals(), name)
+
+
+def __dir__() -> list[str]:
+    return _lazy.listing(__path__, globals())

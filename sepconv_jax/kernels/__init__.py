@@ -15,3 +15,16 @@ A new kernel is three such maps registered in :mod:`~sepconv_jax.kernels.dispatc
 the reference suite of ``tests/test_kernels.py`` and the transformation matrix of
 ``tests/test_transforms.py`` then run over it.
 """
+
+from typing import Any
+
+from sepconv_jax import _lazy
+
+
+def __getattr__(name: str) -> Any:
+    """Submodules not yet imported load on first access (PEP 562)."""
+    return _lazy.submodule(__name__, __path__, globals(), name)
+
+
+def __dir__() -> list[str]:
+    return _lazy.listing(__path__, globals())

@@ -121,10 +121,18 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """``models.nnx`` (the ``flax.nnx`` versions) loads when first touched."""
-    if name == "nnx":
-        import importlib
+# Submodules not imported above (``models.nnx``, the ``flax.nnx`` versions, and
+# ``models.speech_nnx``) load when first touched (PEP 562).
 
-        return importlib.import_module("sepconv_jax.models.nnx")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def __getattr__(name: str) -> Any:
+    """A submodule of ``sepconv_jax.models``, imported on first access."""
+    from sepconv_jax import _lazy
+
+    return _lazy.submodule(__name__, __path__, globals(), name)
+
+
+def __dir__() -> list[str]:
+    from sepconv_jax import _lazy
+
+    return _lazy.listing(__path__, globals())
