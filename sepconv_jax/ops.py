@@ -507,18 +507,32 @@ def separable_conv(
         bias_name="depthwise_bias",
     )
     pointwise = _spec.pointwise_after(spec, pointwise_kernel, bias)
+    kwargs: dict[str, Any] = {
+        "impl": impl,
+        "precision": precision,
+        "preferred_element_type": preferred_element_type,
+    }
     if depthwise_bias is None:
-        return _run_separable(
-            spec,
-            x,
-            depthwise_kernel,
-            pointwise_kernel,
-            bias,
-            impl=impl,
-            precision=precision,
-            preferred_element_type=preferred_element_type,
-        )
-    # With a depthwise bias the layer is affine, not multilinear: the two steps.
+        return _run_separable(spec, x, depthwise_kernel, pointwise_kernel, bias, **kwargs)
+    return _run_biased_pair(
+        spec, x, depthwise_kernel, pointwise_kernel, bias, pointwise, depthwise_bias, **kwargs
+    )
+
+
+def _run_biased_pair(
+    spec: ConvSpec,
+    x: ArrayLike,
+    depthwise_kernel: ArrayLike,
+    pointwise_kernel: ArrayLike,
+    bias: ArrayLike | None,
+    pointwise: PointwiseSpec,
+    depthwise_bias: ArrayLike,
+    *,
+    impl: Impl,
+    precision: PrecisionLike,
+    preferred_element_type: Any,
+) -> jax.Array:
+    """A separable layer with a depthwise bias: affine, not multilinear, so the two steps."""
     compute_dtype = _compute_dtype(x, depthwise_kernel, depthwise_bias)
     y = _run_windowed(
         spec,
