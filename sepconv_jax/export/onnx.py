@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sepconv_jax.export import _model, _rewrite
+from sepconv_jax.export import _emit, _model, _rewrite
 
 __all__ = ["conv_groups", "op_counts", "run_onnx", "to_onnx", "traced_function"]
 
@@ -108,6 +108,7 @@ def to_onnx(
     path: str | os.PathLike,
     *,
     fold_batch_norm: bool = True,
+    layout: str | None = None,
 ) -> str:
     """Exports a model to an ONNX file that ``onnxruntime`` runs.
 
@@ -147,15 +148,20 @@ def to_onnx(
       True
     """
     path = _check_path(path)
-    jax2onnx = require("jax2onnx")
     onnx = require("onnx")
-    fn, spec = traced_function(
-        module, variables, example_input, fold_batch_norm=fold_batch_norm, pool_as_slices=True
-    )
-    from sepconv_jax.export import _qdq
-
-    _qdq.register()
-    model = jax2onnx.to_onnx(fn, [spec], model_name="sepconv_jax_model", opset=OPSET)
+    if layout not in (None, "NCHW"):
+        raise ValueError(
+            f"`layout` must be None (the graph takes the model's own input) or 'NCHW' (a "
+            f"channels-last input given with its channels second), got {layout!r}"
+        )
+    fn, spec = traced_function(module, variables, example_input, fold_batch_norm=fold_batch_norm)
+    if layout == "NCHW" and len(spec.shape) < 3:
+        raise ValueError(
+            f"`layout='NCHW'` needs an input of rank 3 or more (batch, spatial..., "
+            f"channels), got shape {spec.shape}"
+        )
+    closed = jax.make_jaxpr(fn)(spec)
+    model = _emit.emit(closed, layout=layout)
     onnx.save(model, path)
     return path
 
