@@ -125,7 +125,6 @@ _UNARY = {
     "sin": "Sin",
     "cos": "Cos",
     "not": "Not",
-    "is_finite": None,
 }
 _BINARY = {
     "add": "Add",
@@ -271,9 +270,10 @@ class _Emitter:
                         inputs.append(self.physical(a.base, base.perm))
                     else:
                         c = self._flat_const(np.asarray(_value(a)), flats[0])
+                        assert c is not None  # checked above
                         inputs.append(self.const_in(c, base.perm, c.dtype))
                 out = self.node(op, inputs, **attrs)
-                shape = base.shape[:-1] + (aval.shape[-1],)
+                shape = (*base.shape[:-1], aval.shape[-1])
                 return _Flat(
                     _T(out, shape, aval.dtype, base.perm, any(f.base.broadcast for f in flats)),
                     tuple(aval.shape),
@@ -314,6 +314,15 @@ class _Emitter:
         return array.reshape(shape)
 
 
+def _squeeze(kernel: Any, axes: tuple[int, ...]) -> Any:
+    if isinstance(kernel, _QConst):
+        axis = kernel.axis
+        if axis is not None:
+            axis -= sum(a < axis for a in axes)
+        return dataclasses.replace(kernel, q=kernel.q.squeeze(axes), axis=axis)
+    return np.asarray(kernel).squeeze(axes)
+
+
 def _value(a: Any) -> Any:
     if isinstance(a, _QConst):
         return a.value()
@@ -332,7 +341,7 @@ class _Converter(_Emitter):
 
         def read(v: Any) -> Any:
             if isinstance(v, jcore.Literal):
-                return np.asarray(v.val, v.aval.dtype)
+                return np.asarray(v.val, getattr(v.aval, "dtype", None))
             return env[v]
 
         for var, value in zip(jaxpr.constvars, consts, strict=True):
@@ -367,8 +376,9 @@ class _Converter(_Emitter):
             return [method(eqn, aval, *args)]
         if name in _BINARY:
             return [self.elementwise(_BINARY[name], args, aval)]
-        if _UNARY.get(name):
-            return [self.elementwise(_UNARY[name], args, aval)]
+        unary = _UNARY.get(name)
+        if unary:
+            return [self.elementwise(unary, args, aval)]
         raise NotImplementedError(
             f"ONNX export: the primitive `{name}` has no ONNX form here (the model's jaxpr "
             f"holds it); write the model with the operations the exporter knows, see "
@@ -454,11 +464,7 @@ class _Converter(_Emitter):
             x = self.materialize(x)
         x = self.solid(x)
         rank = len(x.shape)
-        if (
-            rank >= 2
-            and len(new) == 3
-            and new == (math.prod(x.shape[:-1]), 1, x.shape[-1])
-        ):
+        if rank >= 2 and len(new) == 3 and new == (math.prod(x.shape[:-1]), 1, x.shape[-1]):
             return _Flat(x, new, x.dtype)
         if new == x.shape:
             return x
@@ -499,7 +505,9 @@ class _Converter(_Emitter):
         dims = tuple(eqn.params["broadcast_dimensions"])
         rank = len(shape)
         # Unit axes first, then a broadcast the elementwise readers do themselves.
-        unit = tuple(shape[d] if x.shape[i] != 1 else 1 for d, i in zip(dims, range(len(dims))))
+        unit = tuple(
+            shape[d] if x.shape[i] != 1 else 1 for d, i in zip(dims, range(len(dims)), strict=False)
+        )
         ones = [1] * rank
         for i, d in enumerate(dims):
             ones[d] = unit[i]
@@ -544,7 +552,9 @@ class _Converter(_Emitter):
             fill = self.const(np.asarray(value, x.dtype))
             out = self.node("Pad", [x.name, self.ints(lows + highs, "pads"), fill], mode="constant")
         if any(lo < 0 or hi < 0 for lo, hi, _ in config):
-            padded = [d + max(lo, 0) + max(hi, 0) for d, (lo, hi, _) in zip(x.shape, config)]
+            padded = [
+                d + max(lo, 0) + max(hi, 0) for d, (lo, hi, _) in zip(x.shape, config, strict=False)
+            ]
             starts = [-min(config[p][0], 0) for p in x.perm]
             ends = [padded[p] + min(config[p][1], 0) for p in x.perm]
             out = self.node("Slice", [out, self.ints(starts), self.ints(ends)])
@@ -555,8 +565,11 @@ class _Converter(_Emitter):
         start = eqn.params["start_indices"]
         limit = eqn.params["limit_indices"]
         strides = eqn.params["strides"] or (1,) * len(start)
-        axes = [i for i, p in enumerate(x.perm) if (start[p], limit[p], strides[p]) != (
-            0, x.shape[p], 1)]
+        axes = [
+            i
+            for i, p in enumerate(x.perm)
+            if (start[p], limit[p], strides[p]) != (0, x.shape[p], 1)
+        ]
         if not axes:
             return x
         out = self.node(
@@ -646,7 +659,9 @@ class _Converter(_Emitter):
         padding = params["padding"]
         if any(d != 1 for d in (*params["base_dilation"], *params["window_dilation"])):
             raise NotImplementedError(f"ONNX export: dilated `{eqn.primitive.name}`")
-        pooled = [a for a in range(rank) if window[a] != 1 or strides[a] != 1 or padding[a] != (0, 0)]
+        pooled = [
+            a for a in range(rank) if window[a] != 1 or strides[a] != 1 or padding[a] != (0, 0)
+        ]
         if rank < 3 or len(pooled) > rank - 2:
             raise NotImplementedError(
                 f"ONNX export: `{eqn.primitive.name}` over axes {pooled} of a rank-{rank} array"
@@ -744,7 +759,7 @@ class _Converter(_Emitter):
         base = self.solid(flat.base)
         rank = len(base.shape)
         cout = aval.shape[-1]
-        shape = base.shape[:-1] + (cout,)
+        shape = (*base.shape[:-1], cout)
         if rank == 2:
             y = self.gemm(base, rhs, kernel_axes=(1, 2))
         else:
@@ -784,20 +799,25 @@ class _Converter(_Emitter):
         others = [a for a in range(np.ndim(value)) if a not in kernel_axes]
         if any(np.shape(value)[a] != 1 for a in others):
             raise NotImplementedError("ONNX export: a dense kernel with more than two axes")
-        order = (*others, m_axis, k_axis)
-        name = self.weight(kernel, order)
-        if others:
-            shape = self.ints([np.shape(value)[m_axis], np.shape(value)[k_axis]], "shape")
-            name = self.node("Reshape", [name, shape])
+        if others:  # unit axes: squeezed from the constant itself
+            kernel = _squeeze(kernel, tuple(others))
+            k_axis, m_axis = (a - sum(o < a for o in others) for a in (k_axis, m_axis))
+            value = _value(kernel)
+        name = self.weight(kernel, (m_axis, k_axis))
         out = self.node("Gemm", [self.physical(x, (0, 1)), name], transB=1)
-        shape = (x.shape[0], np.shape(value)[m_axis])
-        return _T(out, shape, x.dtype, (0, 1))
+        return _T(out, (x.shape[0], np.shape(value)[m_axis]), x.dtype, (0, 1))
 
     def p_dot_general(self, eqn, aval, lhs, rhs):
-        (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+        (lc, rc), (lb, _rb) = eqn.params["dimension_numbers"]
         if isinstance(lhs, _Flat):
             lhs = self.materialize(lhs)
-        if not _is_const(lhs) and _is_const(rhs) and not lb and len(lc) == 1 and np.ndim(_value(rhs)) == 2:
+        if (
+            not _is_const(lhs)
+            and _is_const(rhs)
+            and not lb
+            and len(lc) == 1
+            and np.ndim(_value(rhs)) == 2
+        ):
             lhs = self.solid(lhs)
             (c,) = lc
             (k,) = rc
@@ -806,7 +826,9 @@ class _Converter(_Emitter):
             if rank == 2:
                 if c == 1:
                     return self.gemm(lhs, rhs, (k, m))
-                return self.gemm(_T(lhs.name, lhs.shape[::-1], lhs.dtype, lhs.perm[::-1]), rhs, (k, m))
+                return self.gemm(
+                    _T(lhs.name, lhs.shape[::-1], lhs.dtype, lhs.perm[::-1]), rhs, (k, m)
+                )
             if c == rank - 1 and rank >= 3:
                 perm = _channels_first(rank)
                 name = self.weight(rhs, (m, k))
@@ -866,11 +888,17 @@ class _Converter(_Emitter):
         aval = eqn.outvars[0].aval
         if isinstance(x, _Flat) and axis is None:
             base = x.base
-            q = self.node("QuantizeLinear", [base.name, self.const(scale, "scale"),
-                                             self.const(zero_point, "zero_point")])
-            dq = self.node("DequantizeLinear", [q, self.const(scale, "scale"),
-                                                self.const(zero_point, "zero_point")])
-            return _Flat(_T(dq, base.shape, base.dtype, base.perm, base.broadcast), x.shape, x.dtype)
+            q = self.node(
+                "QuantizeLinear",
+                [base.name, self.const(scale, "scale"), self.const(zero_point, "zero_point")],
+            )
+            dq = self.node(
+                "DequantizeLinear",
+                [q, self.const(scale, "scale"), self.const(zero_point, "zero_point")],
+            )
+            return _Flat(
+                _T(dq, base.shape, base.dtype, base.perm, base.broadcast), x.shape, x.dtype
+            )
         x = self.materialize(x)
         attrs = {} if axis is None else {"axis": x.perm.index(axis)}
         q = self.node(
@@ -1246,8 +1274,8 @@ def emit(
     out_aval: Any = closed.jaxpr.outvars[0].aval
     t = conv.materialize(y)
     out_rank = len(t.shape)
-    out_perm = _channels_first(out_rank) if (layout == "NCHW" and out_rank >= 3) else _identity(
-        out_rank
+    out_perm = (
+        _channels_first(out_rank) if (layout == "NCHW" and out_rank >= 3) else _identity(out_rank)
     )
     name = conv.node("Identity", [conv.physical(t, out_perm)], "output")
     g = _Graph(onnx, conv.nodes, conv.initializers, [name])

@@ -51,7 +51,7 @@ import numpy as np
 from jax.extend import core as jcore
 from jax.interpreters import ad, batching, mlir
 
-from sepconv_jax.export import _layers, _model
+from sepconv_jax.export import _apply, _layers, _model
 
 __all__ = [
     "QuantizedModel",
@@ -206,7 +206,7 @@ def _key(path: Path) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class QuantizedModel:
+class QuantizedModel(_apply.InferenceModel):
     """A linen model with folded batch norms and fake-quantized layers.
 
     Used like a linen model: ``qmodel.apply(qvariables, x)`` (inference only).
@@ -238,7 +238,7 @@ class QuantizedModel:
     def _function(self, variables: Mapping[str, Any], record: dict | None):
         q = variables["quantization"]
         inner = {k: v for k, v in variables.items() if k != "quantization"}
-        params = {path: dict(_model._subtree(inner["params"], path)) for path in self.layers}
+        params = {path: dict(_apply.subtree(inner["params"], path)) for path in self.layers}
         per_channel, kinds, activations = self.per_channel, self.kinds, self.activations
 
         def hooks(path: Path, module: nn.Module):
@@ -279,8 +279,8 @@ class QuantizedModel:
 
             return hook
 
-        call = _model._linen_call(self.model, inner)
-        rewrite = _model._Rewrite(params, set(self.folded), hooks)
+        call = _apply.linen_call(self.model, inner)
+        rewrite = _apply.Rewrite(params, set(self.folded), hooks)
 
         def run(x):
             with nn.intercept_methods(rewrite):
@@ -401,7 +401,7 @@ def quantize(
     params = _unfreeze(params)
     quant: dict[str, Any] = {}
     for info in discovery.layers:
-        layer_params = folded.get(info.path, dict(_model._subtree(variables["params"], info.path)))
+        layer_params = folded.get(info.path, dict(_apply.subtree(variables["params"], info.path)))
         _set_subtree(params, info.path, dict(layer_params))
         units = {}
         for i, unit in enumerate(info.units):
@@ -527,7 +527,7 @@ def layer_sqnr_table(
             row: dict[str, Any] = {"layer": _key(info.path), "unit": i, "kind": unit.kind}
             for per_channel, label in ((False, "per_tensor"), (True, "per_channel")):
                 qvars, signal, noise = tables[per_channel]
-                kernel = np.asarray(_model._subtree(qvars["params"], info.path)[unit.kernel])
+                kernel = np.asarray(_apply.subtree(qvars["params"], info.path)[unit.kernel])
                 scale = qvars["quantization"][_key(info.path)][f"unit{i}"]["kernel_scale"]
                 q = np.asarray(
                     fake_quant(
