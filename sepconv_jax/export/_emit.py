@@ -1243,6 +1243,19 @@ def _qdq_pass(g: _Graph) -> None:
 # ----------------------------------------------------------------------------- entry
 
 
+def _first_conv_input(jaxpr: jcore.Jaxpr) -> tuple[int, ...] | None:
+    """The input layout (``lhs_spec``) of the first convolution, sub-jaxprs included."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated":
+            spec = tuple(eqn.params["dimension_numbers"].lhs_spec)
+            return None if spec == (0, 2, 1) and eqn.invars[0].aval.shape[1] == 1 else spec
+        for sub in jcore.jaxprs_in_params(eqn.params):
+            found = _first_conv_input(sub)
+            if found is not None:
+                return found
+    return None
+
+
 def emit(
     closed: jcore.ClosedJaxpr,
     *,
@@ -1267,6 +1280,10 @@ def emit(
     conv = _Converter(onnx)
     in_perm = _channels_first(rank) if nchw else _identity(rank)
     x = _T("input", tuple(in_aval.shape), np.dtype(in_aval.dtype), in_perm)
+    if not nchw and rank >= 3 and _first_conv_input(closed.jaxpr) == _channels_first(rank):
+        # Channels-last data meets its first convolution as NCHW: transpose it once,
+        # at the input, so that any preprocessing before it runs in NCHW too.
+        x = _T(conv.physical(x, _channels_first(rank)), x.shape, x.dtype, _channels_first(rank))
     outs = conv.run(closed.jaxpr, closed.consts, [x])
     if len(outs) != 1:
         raise ValueError(f"ONNX export: the function must return one array, got {len(outs)}")

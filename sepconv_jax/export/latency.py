@@ -115,7 +115,7 @@ def _measure(module, variables, x, reference, want, runs, runtimes, calibration_
         if runtime == "jax":
             rows.append(row(runtime, lambda: reference(x).block_until_ready()))
             continue
-        needs = "tensorflow" if runtime == "litert" else "jax2onnx"
+        needs = "tensorflow" if runtime == "litert" else "onnxruntime"
         if not _available(needs):
             extra = "litert" if runtime == "litert" else "export"
             rows.append(
