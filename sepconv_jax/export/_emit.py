@@ -366,6 +366,12 @@ class _Converter(_Emitter):
             if isinstance(body, jcore.ClosedJaxpr):
                 return self.run(body.jaxpr, body.consts, args)
             return self.run(body, (), args)
+        if name in ("reshape", "transpose", "convert_element_type") and isinstance(
+            args[0], _QConst
+        ):
+            kept = self.quantized_view(eqn, args[0])
+            if kept is not None:
+                return [kept]
         if all(_is_const(a) for a in args):
             return self.fold(eqn, args)
         method = getattr(self, f"p_{name}", None)
@@ -384,6 +390,28 @@ class _Converter(_Emitter):
             f"holds it); write the model with the operations the exporter knows, see "
             f"sepconv_jax.export.onnx"
         )
+
+    def quantized_view(self, eqn: jcore.JaxprEqn, k: _QConst) -> _QConst | None:
+        """A reshape, transpose or same-type cast of a fake-quantized kernel that keeps
+        its integers and its scale axis (``None`` when it cannot)."""
+        name = eqn.primitive.name
+        if name == "convert_element_type":
+            dtype = np.dtype(eqn.params["new_dtype"])
+            return dataclasses.replace(k, dtype=dtype) if dtype == k.dtype else None
+        if name == "transpose":
+            permutation = tuple(eqn.params["permutation"])
+            axis = None if k.axis is None else permutation.index(k.axis)
+            return dataclasses.replace(k, q=k.q.transpose(permutation), axis=axis)
+        new = tuple(eqn.params["new_sizes"])
+        if k.axis is None:
+            return dataclasses.replace(k, q=k.q.reshape(new))
+        # The scale axis must stay one axis of the same size, with what is before it
+        # and after it reshaped separately.
+        before, size = math.prod(k.q.shape[: k.axis]), k.q.shape[k.axis]
+        for axis in range(len(new)):
+            if new[axis] == size and math.prod(new[:axis]) == before:
+                return dataclasses.replace(k, q=k.q.reshape(new), axis=axis)
+        return None
 
     def fold(self, eqn: jcore.JaxprEqn, args: list[Any]) -> list[Any]:
         values = [jax.numpy.asarray(_value(a)) for a in args]
