@@ -299,3 +299,35 @@ def test_digits_network(digits_net, tmp_path):
     except ImportError:
         return  # the QDQ export needs the export extra
     _qdq_onnx_runs_in_onnxruntime(digits_net, tmp_path)
+
+
+def test_reduce_range_weights_run_exactly_in_onnxruntime(tmp_path):
+    """7-bit weights: onnxruntime's integer kernels compute what its reference
+    (unoptimized) evaluation of the same QDQ graph does, on every x86 CPU."""
+    ort = pytest.importorskip("onnxruntime")
+    import onnx
+
+    from sepconv_jax.export import to_onnx
+
+    layer = sl.PointwiseConv(features=8)
+    x = np.asarray(jax.random.normal(jax.random.key(0), (1, 8, 8, 4)), np.float32)
+    variables = layer.init(jax.random.key(1), x)
+    qmodel, qvars = quantization.quantize(layer, variables, [x], reduce_range=True)
+    path = str(to_onnx(qmodel, qvars, x, tmp_path / "q.onnx"))
+    weights = [
+        onnx.numpy_helper.to_array(i)
+        for i in onnx.load(path).graph.initializer
+        if onnx.numpy_helper.to_array(i).dtype == np.int8
+    ]
+    assert weights and max(int(np.abs(w).max()) for w in weights) == 63
+    outs = []
+    for level in (
+        ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    ):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = level
+        sess = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        outs.append(sess.run(None, {sess.get_inputs()[0].name: x})[0])
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_allclose(outs[0], qmodel.apply(qvars, x), rtol=0, atol=1e-6)

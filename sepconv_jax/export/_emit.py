@@ -1110,8 +1110,11 @@ def _bias_pass(g: _Graph) -> None:
                 and all(d == 1 for d in shape[1:])
             )
         if not ok and bias.size == 1 and channels is not None:
-            ok = bias.ndim <= (2 if node.op_type == "Gemm" else len(g.inits.get(
-                node.input[1], np.zeros((1,) * 4)).shape))
+            ok = bias.ndim <= (
+                2
+                if node.op_type == "Gemm"
+                else len(g.inits.get(node.input[1], np.zeros((1,) * 4)).shape)
+            )
             bias = np.full((channels,), bias.reshape(()), bias.dtype)
         if not ok:
             continue
