@@ -1283,7 +1283,8 @@ def _first_conv_input(jaxpr: jcore.Jaxpr) -> tuple[int, ...] | None:
     for eqn in jaxpr.eqns:
         if eqn.primitive.name == "conv_general_dilated":
             spec = tuple(eqn.params["dimension_numbers"].lhs_spec)
-            return None if spec == (0, 2, 1) and eqn.invars[0].aval.shape[1] == 1 else spec
+            shape = tuple(getattr(eqn.invars[0].aval, "shape", ()))
+            return None if spec == (0, 2, 1) and shape[1:2] == (1,) else spec
         for sub in jcore.jaxprs_in_params(eqn.params):
             found = _first_conv_input(sub)
             if found is not None:
