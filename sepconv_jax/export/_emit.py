@@ -641,6 +641,7 @@ class _Converter(_Emitter):
             # A sum over every spatial position: the global average pool, times the
             # count (which the division after it cancels, see _mean_pass).
             pooled = self.node("Flatten", [self.node("GlobalAveragePool", [x.name])], axis=1)
+            self.nodes[-2].doc_string = f"rank={rank}"
             count = math.prod(x.shape[p] for p in axes)
             out = self.fresh("sum")
             self.nodes.append(
@@ -1166,7 +1167,9 @@ def _toposort(g: _Graph) -> None:
 
 
 def _mean_pass(g: _Graph) -> None:
-    """``Mul(GlobalAveragePool..., n)`` then ``Div(..., n)``: the mean itself."""
+    """``Mul(GlobalAveragePool..., n)`` then ``Div(..., n)`` (a Reshape between them
+    allowed): the mean itself; and ``Flatten`` then a Reshape back to the pooled
+    shape (a squeeze-excite block's ``(N, C, 1, 1)``): the pooled tensor itself."""
     consumers = g.consumers()
     for node in list(g.nodes):
         if node.op_type != "Mul" or len(node.input) != 2:
@@ -1175,13 +1178,67 @@ def _mean_pass(g: _Graph) -> None:
         if n is None or not getattr(node, "doc_string", "") == "mean_count":
             continue
         nxt = g.sole(node.output[0], consumers)
-        inv = None if nxt is None else g.scalar(nxt.input[1])
-        if nxt is not None and inv is not None and nxt.input[0] == node.output[0]:
-            if (nxt.op_type == "Div" and math.isclose(inv, n, rel_tol=1e-6)) or (
-                nxt.op_type == "Mul" and math.isclose(inv * n, 1.0, rel_tol=1e-6)
-            ):
-                g.rename(nxt.output[0], node.input[0])
-                consumers = g.consumers()
+        reshape = None
+        if nxt is not None and nxt.op_type == "Reshape":
+            reshape, nxt = nxt, g.sole(nxt.output[0], consumers)
+        inv = None if nxt is None or len(nxt.input) != 2 else g.scalar(nxt.input[1])
+        if nxt is None or inv is None:
+            continue
+        if not (
+            (nxt.op_type == "Div" and math.isclose(inv, n, rel_tol=1e-6))
+            or (nxt.op_type == "Mul" and math.isclose(inv * n, 1.0, rel_tol=1e-6))
+        ):
+            continue
+        if reshape is None:
+            g.rename(nxt.output[0], node.input[0])
+        else:
+            reshape.input[0] = node.input[0]
+            g.rename(nxt.output[0], reshape.output[0])
+        consumers = g.consumers()
+    g.prune()
+    producers = g.producers()
+    for node in list(g.nodes):
+        if node.op_type != "Reshape" or node.input[1] not in g.inits:
+            continue
+        flatten = producers.get(node.input[0])
+        if flatten is None or flatten.op_type != "Flatten":
+            continue
+        pool = producers.get(flatten.input[0])
+        if pool is None or pool.op_type != "GlobalAveragePool":
+            continue
+        target = g.inits[node.input[1]].tolist()
+        rank = int(pool.doc_string.removeprefix("rank=")) if pool.doc_string else -1
+        if len(target) == rank and all(d == 1 for d in target[2:]):
+            g.rename(node.output[0], pool.output[0])
+    g.prune()
+
+
+def _hard_pass(g: _Graph) -> None:
+    """``Clip(x + 3, 0, 6) / 6`` -> ``HardSigmoid``; ``x * HardSigmoid(x)`` -> ``HardSwish``
+    (MobileNetV3's activations, as the standard export writes them)."""
+    consumers = g.consumers()
+    producers = g.producers()
+    for div in list(g.nodes):
+        if div.op_type != "Div" or len(div.input) != 2 or g.scalar(div.input[1]) != 6.0:
+            continue
+        clip = producers.get(div.input[0])
+        if clip is None or clip.op_type != "Clip" or g.sole(clip.output[0], consumers) is not div:
+            continue
+        if (g.scalar(clip.input[1]), g.scalar(clip.input[2])) != (0.0, 6.0):
+            continue
+        add = producers.get(clip.input[0])
+        if add is None or add.op_type != "Add" or g.sole(add.output[0], consumers) is not clip:
+            continue
+        if g.scalar(add.input[1]) != 3.0:
+            continue
+        x = add.input[0]
+        hs = g.make("HardSigmoid", [x], list(div.output), alpha=1.0 / 6.0, beta=0.5)
+        g.nodes[g.nodes.index(div)] = hs
+        users = consumers.get(div.output[0], [])
+        if len(users) == 1 and users[0].op_type == "Mul" and div.output[0] not in g.outputs:
+            mul = users[0]
+            if sorted(mul.input) == sorted([x, div.output[0]]):
+                g.nodes[g.nodes.index(mul)] = g.make("HardSwish", [x], list(mul.output))
     g.prune()
 
 
@@ -1337,6 +1394,7 @@ def emit(
     g.prune()
     _bias_pass(g)
     _mean_pass(g)
+    _hard_pass(g)
     if any(n.op_type == "QuantizeLinear" for n in g.nodes):
         _qdq_pass(g)
     g.prune()
