@@ -11,7 +11,7 @@ import pytest
 from sepconv_jax import linen as sl
 from sepconv_jax.export import _cli, latency
 
-pytest.importorskip("jax2onnx")
+pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 

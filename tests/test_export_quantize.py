@@ -189,25 +189,104 @@ def _depthwise_spread_breaks_per_tensor_weights(digits_net):
     assert summary["depthwise"]["units"] == 2
 
 
+def qdq_conv_units(path):
+    """For each Conv of a QDQ graph: whether its inputs are DequantizeLinear nodes of
+    a per-tensor uint8 activation, per-channel int8 weights (axis 0) and an int32
+    bias, and its output goes to QuantizeLinear nodes only (after a ReLU6 Clip that
+    the quantization's range contains)."""
+    import onnx
+
+    graph = onnx.load(path).graph
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    consumers = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def axis(node):
+        return next((onnx.helper.get_attribute_value(a) for a in node.attribute), None)
+
+    units = []
+    for node in graph.node:
+        if node.op_type != "Conv":
+            continue
+        x, w, b = (producers.get(i) for i in node.input)
+        ok = all(d is not None and d.op_type == "DequantizeLinear" for d in (x, w, b))
+        ok = ok and inits[x.input[2]].dtype == np.uint8 and inits[x.input[1]].size == 1
+        ok = ok and inits[w.input[0]].dtype == np.int8 and axis(w) == 0
+        ok = ok and inits[w.input[1]].size == inits[w.input[0]].shape[0]
+        ok = ok and inits[b.input[0]].dtype == np.int32
+        np.testing.assert_allclose(  # bias scale = x_scale * w_scale
+            inits[b.input[1]], inits[x.input[1]] * inits[w.input[1]], rtol=1e-6
+        )
+        after = consumers[node.output[0]]
+        if len(after) == 1 and after[0].op_type == "Clip":
+            after = consumers[after[0].output[0]]
+        ok = ok and all(n.op_type == "QuantizeLinear" for n in after)
+        # One QuantizeLinear feeds each DequantizeLinear of the input.
+        ok = ok and producers[x.input[0]].op_type == "QuantizeLinear"
+        units.append(ok)
+    return units
+
+
+def optimized_ops(path, tmp_path):
+    """onnxruntime's optimized graph (ORT_ENABLE_EXTENDED, saved) as op-type counts."""
+    import onnxruntime as ort
+
+    from sepconv_jax.export import op_counts
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.log_severity_level = 3
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return op_counts(tmp_path / "optimized.onnx")
+
+
+def test_quantized_mobilenet_v2_runs_every_conv_as_qlinearconv(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from sepconv_jax import models
+    from sepconv_jax.export import conv_groups, op_counts, to_onnx
+    from tests.export_helpers import random_variables
+
+    model = models.MobileNetV2(num_classes=10, width_multiplier=0.35)
+    x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+    variables = random_variables(model, x[:1])
+    qmodel, qvars = quantization.quantize(model, variables, [x])
+    path = to_onnx(qmodel, qvars, x[:1], tmp_path / "q.onnx")
+    units = qdq_conv_units(path)
+    assert units and all(units), units
+    convs = len(conv_groups(path))
+    ops = optimized_ops(path, tmp_path)
+    # Every Conv became an integer convolution; none is left in float.
+    assert "Conv" not in ops and ops["QLinearConv"] == convs, ops
+    # The residual additions run on integers too, as does the classifier.
+    assert ops.get("QLinearAdd", 0) == op_counts(path)["Add"], ops
+    assert "QGemm" in ops, ops
+
+
 def _qdq_onnx_runs_in_onnxruntime(digits_net, tmp_path):
-    from sepconv_jax.export import op_counts, run_onnx, to_onnx
+    from sepconv_jax.export import conv_groups, run_onnx, to_onnx
     from sepconv_jax.export.onnx import session
 
-    net, variables, x_train, x_test, _ = digits_net
+    net, variables, x_train, x_test, y_test = digits_net
     qmodel, qvars = quantization.quantize(net, variables, [x_train[:256]], per_channel=True)
-    x = x_test[:1]
-    path = to_onnx(qmodel, qvars, x, tmp_path / "q.onnx")
-    ops = op_counts(path)
-    # One QuantizeLinear/DequantizeLinear pair per quantized tensor: 4 layers' inputs,
-    # kernels and outputs plus 2 depthwise outputs... counted from the model instead.
-    tensors = sum(3 * len(u) for u in qvars["quantization"].values())
-    assert ops["QuantizeLinear"] == ops["DequantizeLinear"] == tensors
-    sess = session(path, optimized_path=str(tmp_path / "opt.onnx"))
-    got = run_onnx(sess, x)
-    want = np.asarray(qmodel.apply(qvars, x))
-    step = float(qvars["quantization"]["predictions"]["unit0"]["output_scale"])
-    assert np.abs(got - want).max() <= step * (1 + 1e-6)
-    assert op_counts(tmp_path / "opt.onnx")  # onnxruntime wrote its optimized graph
+    path = to_onnx(qmodel, qvars, x_test[:1], tmp_path / "q.onnx")
+    units = qdq_conv_units(path)
+    assert len(units) == len(conv_groups(path)) and all(units), units
+    assert "Conv" not in optimized_ops(path, tmp_path)
+    sess = session(path)
+    got = np.concatenate([run_onnx(sess, x_test[i : i + 1]) for i in range(len(x_test))])
+    want = np.asarray(qmodel.apply(qvars, x_test))
+    # The graph quantizes a ReLU6 output once where the simulation rounds the layer's
+    # output and then the ReLU6's: the two differ by about one output step, and
+    # agree on almost every prediction.
+    assert np.mean(got.argmax(-1) == want.argmax(-1)) > 0.97
+    float_acc = quantization.accuracy(
+        jax.jit(lambda x: net.apply(variables, x, train=False)), x_test, y_test
+    )
+    assert np.mean(got.argmax(-1) == y_test) >= float_acc - 0.01
 
 
 def test_digits_network(digits_net, tmp_path):
@@ -215,8 +294,40 @@ def test_digits_network(digits_net, tmp_path):
     _trained_network_survives_int8(digits_net)
     _depthwise_spread_breaks_per_tensor_weights(digits_net)
     try:
-        import jax2onnx  # noqa: F401
+        import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError:
         return  # the QDQ export needs the export extra
     _qdq_onnx_runs_in_onnxruntime(digits_net, tmp_path)
+
+
+def test_reduce_range_weights_run_exactly_in_onnxruntime(tmp_path):
+    """7-bit weights: onnxruntime's integer kernels compute what its reference
+    (unoptimized) evaluation of the same QDQ graph does, on every x86 CPU."""
+    ort = pytest.importorskip("onnxruntime")
+    import onnx
+
+    from sepconv_jax.export import to_onnx
+
+    layer = sl.PointwiseConv(features=8)
+    x = np.asarray(jax.random.normal(jax.random.key(0), (1, 8, 8, 4)), np.float32)
+    variables = layer.init(jax.random.key(1), x)
+    qmodel, qvars = quantization.quantize(layer, variables, [x], reduce_range=True)
+    path = str(to_onnx(qmodel, qvars, x, tmp_path / "q.onnx"))
+    weights = [
+        onnx.numpy_helper.to_array(i)
+        for i in onnx.load(path).graph.initializer
+        if onnx.numpy_helper.to_array(i).dtype == np.int8
+    ]
+    assert weights and max(int(np.abs(w).max()) for w in weights) == 63
+    outs = []
+    for level in (
+        ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    ):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = level
+        sess = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        outs.append(sess.run(None, {sess.get_inputs()[0].name: x})[0])
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_allclose(outs[0], qmodel.apply(qvars, x), rtol=0, atol=1e-6)

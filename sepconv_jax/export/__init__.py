@@ -1,15 +1,17 @@
 """Export to ONNX and LiteRT (TFLite), and int8 post-training quantization.
 
 Not imported by ``import sepconv_jax``; it loads when imported. The exporters need
-extras: ``pip install "sepconv-jax[export]"`` for ONNX (``jax2onnx``, ``onnx``,
-``onnxruntime``) and ``"sepconv-jax[litert]"`` for LiteRT (``tensorflow-cpu``,
+extras: ``pip install "sepconv-jax[export]"`` for ONNX (``onnx``, ``onnxruntime``) and ``"sepconv-jax[litert]"`` for LiteRT (``tensorflow-cpu``,
 ``ai-edge-litert``); quantization in JAX needs neither.
 
 * :func:`to_onnx`, :func:`to_tflite`: a linen model, an NNX module or a function,
   in inference mode, batch norm folded (:func:`fold_batch_norm`), each depthwise
-  layer a grouped ``Conv`` (ONNX) or a ``DEPTHWISE_CONV_2D`` (TFLite).
+  layer a grouped ``Conv`` (ONNX, an NCHW graph shaped as the standard PyTorch
+  export: 1x1 ``Conv`` pointwise steps, biases in the ``Conv``, ``Clip``, pooled
+  ``Gemm`` head) or a ``DEPTHWISE_CONV_2D`` (TFLite).
 * :func:`quantize`: int8 weights (per channel or per tensor) and calibrated 8-bit
-  activations, simulated in JAX; :func:`to_onnx` writes the result as a QDQ model.
+  activations, simulated in JAX; :func:`to_onnx` writes the result as a QDQ model
+  that onnxruntime runs with integer kernels (``QLinearConv``).
 * :func:`layer_sqnr_table`, :func:`sqnr_by_kind`, :func:`spread_depthwise_channels`:
   the depthwise failure mode of per-tensor weight scales, measured.
 * :mod:`sepconv_jax.export.latency`: batch-1 latency in each runtime.

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -36,6 +35,14 @@ from jax.extend import core as jcore
 from jax.interpreters import mlir
 
 from sepconv_jax.export import _layers
+from sepconv_jax.export._apply import (
+    Hooks,
+    InferenceModel,
+    Rewrite,
+    linen_call,
+    nnx_call,
+    subtree,
+)
 from sepconv_jax.export.fold import fold_batch_norm
 
 __all__ = ["Discovery", "LayerInfo", "discover", "inference_function", "kind_of_model"]
@@ -90,35 +97,6 @@ def kind_of_model(module: Any, variables: Any) -> str:
         f"`module` must be a flax.linen Module, a flax.nnx Module or a function of one array, "
         f"got {type(module).__name__}"
     )
-
-
-def _takes_train(module: nn.Module) -> bool:
-    try:
-        return "train" in inspect.signature(type(module).__call__).parameters
-    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
-        return False
-
-
-def _linen_call(module: nn.Module, variables: Mapping[str, Any]) -> Callable[[Any], Any]:
-    kwargs: dict[str, Any] = {"train": False} if _takes_train(module) else {}
-    return lambda x: module.apply(variables, x, **kwargs)
-
-
-def _nnx_call(module: nnx.Module) -> Callable[[Any], Any]:
-    graphdef, state = nnx.split(module)
-
-    def call(x: Any) -> Any:
-        copy = nnx.merge(graphdef, state)
-        copy.eval()
-        return copy(x)
-
-    return call
-
-
-def _subtree(tree: Mapping[str, Any], path: Path) -> Mapping[str, Any]:
-    for name in path:
-        tree = tree[name]
-    return tree
 
 
 # ----------------------------------------------------------------------------- discovery
@@ -242,7 +220,7 @@ def discover(module: nn.Module, variables: Mapping[str, Any], example: Any) -> D
       The :class:`Discovery`.
     """
     state = _Discover()
-    call = _linen_call(module, variables)
+    call = linen_call(module, variables)
 
     def traced(x):
         with nn.intercept_methods(state):
@@ -293,42 +271,6 @@ def _fold_refusal(state: _Discover, uses, bn_path: Path, layer_path: Path | None
 # ----------------------------------------------------------------------------- rewriting
 
 
-Hooks = Callable[[Path, nn.Module], _layers.Hook | None]
-
-
-class _Rewrite:
-    def __init__(self, params: dict[Path, dict[str, Any]], identities: set[Path], hooks: Hooks):
-        self.params = params
-        self.identities = identities
-        self.hooks = hooks
-        self.busy = False
-
-    def __call__(self, next_fun, args, kwargs, context):
-        if context.method_name != "__call__" or self.busy:
-            return next_fun(*args, **kwargs)
-        module = context.module
-        if module.scope is None:
-            return next_fun(*args, **kwargs)
-        path = tuple(module.path)
-        if isinstance(module, nn.BatchNorm) and path in self.identities:
-            return args[0] if args else kwargs["x"]
-        params = module.variables.get("params", {})
-        if _layers.layer_units(module, params) is None:
-            return next_fun(*args, **kwargs)
-        x = args[0] if args else kwargs["x"]
-        hook = self.hooks(path, module)
-        if path not in self.params and hook is None:
-            return next_fun(*args, **kwargs)
-        layer_params = self.params.get(path, params)
-        self.busy = True
-        try:
-            if hook is None:
-                return _layers.apply_layer(module, layer_params, x)
-            return _layers.apply_layer(module, layer_params, x, hook=hook)
-        finally:
-            self.busy = False
-
-
 def folded_parameters(
     variables: Mapping[str, Any], discovery: Discovery
 ) -> dict[Path, dict[str, Any]]:
@@ -338,9 +280,9 @@ def folded_parameters(
     for layer_path, bn_path in discovery.folds.items():
         info = layers[layer_path]
         bn = discovery.batch_norms[bn_path]
-        params = dict(_subtree(variables["params"], layer_path))
-        bn_params = _subtree(variables["params"], bn_path)
-        stats = _subtree(variables["batch_stats"], bn_path)
+        params = dict(subtree(variables["params"], layer_path))
+        bn_params = subtree(variables["params"], bn_path)
+        stats = subtree(variables["batch_stats"], bn_path)
         unit = info.units[-1]  # the batch norm sees the last unit's output
         kernel, bias = fold_batch_norm(
             params[unit.kernel],
@@ -384,16 +326,14 @@ def inference_function(
     Returns:
       ``f(x)``.
     """
-    from sepconv_jax.export.quantization import QuantizedModel
-
-    if isinstance(module, QuantizedModel):
+    if isinstance(module, InferenceModel):
         return lambda x: module.apply(variables, x)
     kind = kind_of_model(module, variables)
     if kind == "function":
         return module
     if kind == "nnx":
-        return _nnx_call(module)
-    call = _linen_call(module, variables)
+        return nnx_call(module)
+    call = linen_call(module, variables)
     if not fold_batch_norm and hooks is _no_hooks:
         return call
     params: dict = {}
@@ -403,7 +343,7 @@ def inference_function(
             discovery = discover(module, variables, example)
         params = folded_parameters(variables, discovery)
         identities = set(discovery.folds.values())
-    rewrite = _Rewrite(params, identities, hooks)
+    rewrite = Rewrite(params, identities, hooks)
 
     def rewritten(x):
         with nn.intercept_methods(rewrite):

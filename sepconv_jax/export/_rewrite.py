@@ -3,7 +3,7 @@
 The depthwise convolution is a JAX primitive of ours (:mod:`sepconv_jax.kernels.op`),
 lowered per platform: on CPU to shifted multiply-adds (slices), elsewhere to
 ``lax.conv_general_dilated`` with one feature group per channel. An exporter that
-reads jaxprs (jax2onnx) does not know our primitive, and one that reads lowered
+reads jaxprs (our ONNX emitter) does not know our primitive, and one that reads lowered
 StableHLO (jax2tf) would see the CPU loop of slices. For export we evaluate the
 function's jaxpr with each of our three primitives replaced by the reference
 kernel's map (:mod:`sepconv_jax.kernels.xla`), so the exporter sees one
@@ -285,11 +285,9 @@ def reference_kernels(
         dtypes ``fn`` is traced at.
       pool_as_slices: also write each channels-last max pooling (``reduce_window_max``
         with a window of 1 over the first and last dims) as the maximum of its
-        strided window slices. jax2onnx 0.13 lowers ``reduce_window_max`` of a
-        4-d array to a ``MaxPool`` over four spatial dims, which onnxruntime
-        refuses ("Unsupported pooling size"); the slices are what a max pooling
-        computes, in ops every ONNX runtime has. The same flag (the ONNX path) also
-        writes each channels-last 1x1 step, a window-1 convolution over
+        strided window slices, in ops every runtime has (no exporter of ours
+        needs it now; kept for converters that cannot write a pooling). The same
+        flag also writes each channels-last 1x1 step, a window-1 convolution over
         ``(positions, 1, C)``, over ``(1, positions, C)`` instead: the same 1x1
         ``Conv``, with the positions as its spatial dim rather than its batch, which
         onnxruntime runs as one matrix product instead of one per position.

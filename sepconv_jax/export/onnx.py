@@ -1,16 +1,23 @@
-"""Export to ONNX through ``jax2onnx``, and reading the exported graph back.
+"""Export to ONNX, and reading the exported graph back.
 
 :func:`to_onnx` traces the model in inference mode (batch norm folded by default,
 :mod:`sepconv_jax.export.fold`), replaces every depthwise primitive of ours by the
-reference grouped convolution (:mod:`sepconv_jax.export._rewrite`) and converts
-the jaxpr with ``jax2onnx``. In the resulting graph a depthwise step is one ONNX
-``Conv`` with ``group = C`` (channels-last data is transposed to ONNX's NCHW around
-it), a pointwise step a ``Conv`` with a window of one (our pointwise convolution
-is a 1-D convolution of width 1 over the flattened positions), a dense layer a
-``MatMul`` or ``Gemm``.
+reference grouped convolution (:mod:`sepconv_jax.export._rewrite`) and writes the
+jaxpr as ONNX with ``onnx.helper`` (:mod:`sepconv_jax.export._emit`). The graph has
+the shape of the standard PyTorch export of the same network: NCHW from the input
+on (one ``Transpose`` at the input of a channels-last model, none with
+``layout="NCHW"``), each depthwise step a ``Conv`` with ``group = C`` and an OIHW
+weight, each pointwise step and each dense layer over the channels a 1x1 ``Conv``,
+biases and folded batch norms in the ``Conv``'s third input, ReLU6 a ``Clip``
+reading the ``Conv``, and the head ``GlobalAveragePool``, ``Flatten``, ``Gemm``.
+onnxruntime fuses the bias, the ``Clip`` and a residual ``Add`` into its NCHWc
+convolutions there. A model from :func:`sepconv_jax.export.quantize` becomes a QDQ
+graph in onnxruntime's node-unit form (each ``Conv`` reads ``DequantizeLinear`` of
+a uint8 activation, of int8 per-channel weights and of an int32 bias, and writes
+one ``QuantizeLinear``), which onnxruntime runs as ``QLinearConv``.
 
-Needs the ``export`` extra: ``pip install "sepconv-jax[export]"`` (``jax2onnx``,
-``onnx``, ``onnxruntime``).
+Needs the ``export`` extra: ``pip install "sepconv-jax[export]"`` (``onnx``,
+``onnxruntime``).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sepconv_jax.export import _model, _rewrite
+from sepconv_jax.export import _emit, _model, _rewrite
 
 __all__ = ["conv_groups", "op_counts", "run_onnx", "to_onnx", "traced_function"]
 
@@ -74,7 +81,7 @@ def traced_function(
     Args:
       module, variables, example_input, fold_batch_norm: as in :func:`to_onnx`.
       hooks: per-layer unit hooks (the int8 simulation), see ``_model``.
-      pool_as_slices: write max pooling as slices (for jax2onnx, see
+      pool_as_slices: write max pooling as slices (see
         :func:`sepconv_jax.export._rewrite.reference_kernels`).
 
     Returns:
@@ -108,6 +115,7 @@ def to_onnx(
     path: str | os.PathLike,
     *,
     fold_batch_norm: bool = True,
+    layout: str | None = None,
 ) -> str:
     """Exports a model to an ONNX file that ``onnxruntime`` runs.
 
@@ -124,19 +132,25 @@ def to_onnx(
       fold_batch_norm: fold each inference-mode batch norm into the convolution
         before it (:func:`sepconv_jax.export.fold.fold_batch_norm`), so the graph has
         no ``BatchNormalization``. Applies to linen models; NNX modules and functions
-        are exported as they compute.
+        are exported as they compute (an NNX batch norm as its elementwise steps).
+      layout: ``None`` (default): the graph's input and output are the model's
+        own arrays, e.g. ``(1, 224, 224, 3)``, and a channels-last model transposes
+        its input to NCHW once. ``"NCHW"``: inputs and outputs of rank 3 or more are
+        given and returned with their last axis second, e.g. ``(1, 3, 224, 224)``,
+        and the graph has no ``Transpose`` (for a channels-last model).
 
     Returns:
       ``path``, as a string.
 
     Raises:
       TypeError, ValueError: for an argument of the wrong type or value.
+      NotImplementedError: for an operation with no ONNX form here (named).
       ImportError: without the ``export`` extra.
 
     Example:
       >>> import jax, jax.numpy as jnp, numpy as np, tempfile, os
       >>> from sepconv_jax.linen import SeparableConv
-      >>> from sepconv_jax.export import to_onnx, run_onnx, conv_groups
+      >>> from sepconv_jax.export import to_onnx, run_onnx, conv_groups, op_counts
       >>> layer = SeparableConv(features=8, kernel_size=(3, 3))
       >>> x = jnp.ones((1, 8, 8, 4))
       >>> variables = layer.init(jax.random.key(0), x)
@@ -145,17 +159,25 @@ def to_onnx(
       [4, 1]
       >>> bool(np.allclose(run_onnx(path, x), layer.apply(variables, x), rtol=1e-5, atol=1e-5))
       True
+      >>> path = to_onnx(layer, variables, x, path, layout="NCHW")
+      >>> sorted(op_counts(path).items())
+      [('Conv', 2)]
     """
     path = _check_path(path)
-    jax2onnx = require("jax2onnx")
     onnx = require("onnx")
-    fn, spec = traced_function(
-        module, variables, example_input, fold_batch_norm=fold_batch_norm, pool_as_slices=True
-    )
-    from sepconv_jax.export import _qdq
-
-    _qdq.register()
-    model = jax2onnx.to_onnx(fn, [spec], model_name="sepconv_jax_model", opset=OPSET)
+    if layout not in (None, "NCHW"):
+        raise ValueError(
+            f"`layout` must be None (the graph takes the model's own input) or 'NCHW' (a "
+            f"channels-last input given with its channels second), got {layout!r}"
+        )
+    fn, spec = traced_function(module, variables, example_input, fold_batch_norm=fold_batch_norm)
+    if layout == "NCHW" and len(spec.shape) < 3:
+        raise ValueError(
+            f"`layout='NCHW'` needs an input of rank 3 or more (batch, spatial..., "
+            f"channels), got shape {spec.shape}"
+        )
+    closed = jax.make_jaxpr(fn)(spec)
+    model = _emit.emit(closed, layout=layout)
     onnx.save(model, path)
     return path
 

@@ -51,7 +51,7 @@ import numpy as np
 from jax.extend import core as jcore
 from jax.interpreters import ad, batching, mlir
 
-from sepconv_jax.export import _layers, _model
+from sepconv_jax.export import _apply, _layers, _model
 
 __all__ = [
     "QuantizedModel",
@@ -67,6 +67,8 @@ __all__ = [
 Path = tuple[str, ...]
 
 WEIGHT_RANGE = (-127, 127)
+#: The weight range with ``reduce_range=True``: 7 bits, as onnxruntime's option of that name.
+REDUCED_WEIGHT_RANGE = (-63, 63)
 ACTIVATION_RANGE = (0, 255)
 
 # ----------------------------------------------------------------------------- fake quant
@@ -158,7 +160,7 @@ def fake_quant(
 # ----------------------------------------------------------------------------- scales
 
 
-def weight_scales(kernel: Any, *, per_channel: bool) -> np.ndarray:
+def weight_scales(kernel: Any, *, per_channel: bool, qmax: int = WEIGHT_RANGE[1]) -> np.ndarray:
     """Symmetric int8 scales of a kernel with output channels last.
 
     ``max|W| / 127`` over each output channel (shape ``(C_out,)``) or the whole
@@ -177,7 +179,7 @@ def weight_scales(kernel: Any, *, per_channel: bool) -> np.ndarray:
         peak = w.reshape(-1, w.shape[-1]).max(axis=0)
     else:
         peak = np.asarray(w.max())
-    scale = peak / WEIGHT_RANGE[1]
+    scale = peak / qmax
     return np.where(scale > 0, scale, 1.0).astype(np.float32)
 
 
@@ -206,7 +208,7 @@ def _key(path: Path) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class QuantizedModel:
+class QuantizedModel(_apply.InferenceModel):
     """A linen model with folded batch norms and fake-quantized layers.
 
     Used like a linen model: ``qmodel.apply(qvariables, x)`` (inference only).
@@ -228,6 +230,7 @@ class QuantizedModel:
     per_channel: bool
     kinds: tuple[str, ...] = _layers.KINDS
     activations: bool = True
+    weight_range: tuple[int, int] = WEIGHT_RANGE
 
     def apply(self, variables: Mapping[str, Any], x: Any, train: bool = False) -> jax.Array:
         """Runs the quantized model in inference mode (``train`` must be False)."""
@@ -238,8 +241,9 @@ class QuantizedModel:
     def _function(self, variables: Mapping[str, Any], record: dict | None):
         q = variables["quantization"]
         inner = {k: v for k, v in variables.items() if k != "quantization"}
-        params = {path: dict(_model._subtree(inner["params"], path)) for path in self.layers}
+        params = {path: dict(_apply.subtree(inner["params"], path)) for path in self.layers}
         per_channel, kinds, activations = self.per_channel, self.kinds, self.activations
+        weight_range = self.weight_range
 
         def hooks(path: Path, module: nn.Module):
             if path not in params:
@@ -258,8 +262,8 @@ class QuantizedModel:
                         scale,
                         jnp.zeros(scale.shape, jnp.int8),
                         axis=-1 if per_channel else None,
-                        qmin=WEIGHT_RANGE[0],
-                        qmax=WEIGHT_RANGE[1],
+                        qmin=weight_range[0],
+                        qmax=weight_range[1],
                     )
                 if not activations:
                     if record is not None and stage == "output":
@@ -279,8 +283,8 @@ class QuantizedModel:
 
             return hook
 
-        call = _model._linen_call(self.model, inner)
-        rewrite = _model._Rewrite(params, set(self.folded), hooks)
+        call = _apply.linen_call(self.model, inner)
+        rewrite = _apply.Rewrite(params, set(self.folded), hooks)
 
         def run(x):
             with nn.intercept_methods(rewrite):
@@ -337,6 +341,7 @@ def quantize(
     per_channel: bool = True,
     kinds: tuple[str, ...] = _layers.KINDS,
     activations: bool = True,
+    reduce_range: bool = False,
 ) -> tuple[QuantizedModel, dict[str, Any]]:
     """Post-training int8 quantization of a linen model, simulated in JAX.
 
@@ -350,6 +355,10 @@ def quantize(
         ``("depthwise",)`` only depthwise kernels are, which isolates their failure
         mode.
       activations: quantize activations (True) or leave them in float.
+      reduce_range: weights in 7 bits, ``[-63, 63]`` (onnxruntime's option of that
+        name). On x86 CPUs without VNNI, onnxruntime's uint8 x int8 kernels add pairs
+        of products in 16 bits, which saturate when both weights of a pair are near
+        +-127 and the activations near 255; 7-bit weights cannot overflow there.
 
     Returns:
       ``(qmodel, qvariables)``: run with ``qmodel.apply(qvariables, x)``; export with
@@ -382,6 +391,9 @@ def quantize(
         raise TypeError(f"`per_channel` must be a bool, got {type(per_channel).__name__}")
     if not isinstance(activations, bool):
         raise TypeError(f"`activations` must be a bool, got {type(activations).__name__}")
+    if not isinstance(reduce_range, bool):
+        raise TypeError(f"`reduce_range` must be a bool, got {type(reduce_range).__name__}")
+    weight_range = REDUCED_WEIGHT_RANGE if reduce_range else WEIGHT_RANGE
     if isinstance(kinds, str) or not all(k in _layers.KINDS for k in kinds):
         raise ValueError(f"`kinds` must be a tuple of names from {_layers.KINDS}, got {kinds!r}")
     batches = _batches(calibration_batches)
@@ -401,12 +413,14 @@ def quantize(
     params = _unfreeze(params)
     quant: dict[str, Any] = {}
     for info in discovery.layers:
-        layer_params = folded.get(info.path, dict(_model._subtree(variables["params"], info.path)))
+        layer_params = folded.get(info.path, dict(_apply.subtree(variables["params"], info.path)))
         _set_subtree(params, info.path, dict(layer_params))
         units = {}
         for i, unit in enumerate(info.units):
             entry: dict[str, Any] = {
-                "kernel_scale": weight_scales(layer_params[unit.kernel], per_channel=per_channel)
+                "kernel_scale": weight_scales(
+                    layer_params[unit.kernel], per_channel=per_channel, qmax=weight_range[1]
+                )
             }
             for stage in ("input", "output"):
                 name = "|".join((_key(info.path), stage, str(i)))
@@ -423,6 +437,7 @@ def quantize(
         per_channel=per_channel,
         kinds=tuple(kinds),
         activations=activations,
+        weight_range=weight_range,
     )
     return qmodel, qvariables
 
@@ -527,7 +542,7 @@ def layer_sqnr_table(
             row: dict[str, Any] = {"layer": _key(info.path), "unit": i, "kind": unit.kind}
             for per_channel, label in ((False, "per_tensor"), (True, "per_channel")):
                 qvars, signal, noise = tables[per_channel]
-                kernel = np.asarray(_model._subtree(qvars["params"], info.path)[unit.kernel])
+                kernel = np.asarray(_apply.subtree(qvars["params"], info.path)[unit.kernel])
                 scale = qvars["quantization"][_key(info.path)][f"unit{i}"]["kernel_scale"]
                 q = np.asarray(
                     fake_quant(
