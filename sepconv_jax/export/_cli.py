@@ -48,6 +48,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--width", type=float, default=1.0, help="width multiplier (MobileNets)")
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--int8", action="store_true", help="quantize (ONNX only, QDQ)")
+    parser.add_argument(
+        "--full-range",
+        action="store_true",
+        help="with --int8: 8-bit weights in [-127, 127] instead of the default 7 bits "
+        "(onnxruntime's reduce_range), which x86 CPUs without VNNI can saturate",
+    )
     parser.add_argument("--no-fold", action="store_true", help="keep batch norms unfolded")
     parser.set_defaults(func=run)
     return parser
@@ -64,13 +70,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.int8 and args.format != "onnx":
         raise SystemExit("--int8 is available for --format onnx only")
+    if args.full_range and not args.int8:
+        raise SystemExit("--full-range applies to --int8 only")
     model = build_model(args.model, num_classes=args.classes, width=args.width)
     x = np.zeros((1, args.size, args.size, 3), np.float32)
     variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(x)
     fold = not args.no_fold
     if args.int8:
         calibration = [np.random.default_rng(0).normal(size=(8, *x.shape[1:])).astype(np.float32)]
-        model, variables = quantize(model, variables, calibration)
+        model, variables = quantize(model, variables, calibration, reduce_range=not args.full_range)
     export = to_onnx if args.format == "onnx" else to_tflite
     path = export(model, variables, x, args.out, fold_batch_norm=fold)
     print(f"wrote {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
