@@ -365,9 +365,14 @@ def _lowering(platform: str | None):
         )
         return y.astype(out_dtype)
 
+    def scoped(*args, **params):
+        # The primitive's name scopes what it lowers to (for profiles), as in `op`.
+        with jax.named_scope(separable_p.name):
+            return run(*args, **params)
+
     def rule(ctx, *args, **params):
         lowered = mlir.lower_fun(
-            functools.partial(run, for_export=lowering_for_export(ctx)), multiple_results=False
+            functools.partial(scoped, for_export=lowering_for_export(ctx)), multiple_results=False
         )
         with quiet_triton_deprecation():
             return lowered(ctx, *args, **params)
