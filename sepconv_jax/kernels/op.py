@@ -59,7 +59,11 @@ from jax.interpreters import ad, batching, mlir
 
 from sepconv_jax._spec import ConvSpec
 from sepconv_jax.kernels import dispatch
-from sepconv_jax.kernels._jax_compat import lowering_for_export, match_manual_axes
+from sepconv_jax.kernels._jax_compat import (
+    lower_with_devices,
+    lowering_for_export,
+    match_manual_axes,
+)
 
 __all__ = [
     "PLATFORMS",
@@ -331,6 +335,9 @@ def _lowering(map_name: str, platform: str | None):
     return rule
 
 
+# The Pallas maps are partitioned per device (see pallas._partitioned), which needs
+# the devices known when lowering.
+lower_with_devices(*PRIMITIVES.values())
 for _name, _prim in PRIMITIVES.items():
     mlir.register_lowering(_prim, _lowering(_name, None))
     for _platform in PLATFORMS:

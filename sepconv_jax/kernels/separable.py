@@ -61,6 +61,7 @@ from jax.interpreters import ad, batching, mlir
 from sepconv_jax._spec import ConvSpec
 from sepconv_jax.kernels import dispatch, op, pallas_fused
 from sepconv_jax.kernels._jax_compat import (
+    lower_with_devices,
     lowering_for_export,
     match_manual_axes,
     quiet_triton_deprecation,
@@ -380,6 +381,7 @@ def _lowering(platform: str | None):
     return rule
 
 
+lower_with_devices(separable_p)  # its unfused path runs the partitioned Pallas maps
 mlir.register_lowering(separable_p, _lowering(None))
 for _platform in PLATFORMS:
     mlir.register_lowering(separable_p, _lowering(_platform), platform=_platform)
