@@ -53,35 +53,26 @@ bench: $(STAMP)
 	$(BIN)/sepconv-jax bench
 
 # On a machine with a GPU, the package runs from the checkout (PYTHONPATH=.), nothing
-# is installed and nothing comes from the network. In the order that matters most
-# when time runs short (each step writes its own results under $(DEVICE_OUT), with
-# the device named inside, before the next starts):
-#   1. the MobileNetV2/EfficientNet-B0 depthwise layers at batch 64 (tune/): xla,
-#      shift and pallas against PyTorch's CUDA kernel, forward and forward+backward,
-#      bfloat16 and float32;
-#   2. MobileNetV2 and EfficientNet-B0 training steps at batch 64 (models/), with
-#      "auto", "xla" and "pallas";
-#   3. the fused separable kernel against the unfused pair (fused/);
-#   4. the tests marked accelerator (every impl against float64 on the device).
-# About 8 minutes on one H100. The full `sepconv-jax bench` table (every column for
-# every layer) compiles too much to fit in that time on a GPU; run it on its own.
+# is installed and nothing comes from the network. benchmarks/device_check.py runs, in
+# this order, each step in its own process under a hard time limit, each writing its
+# results under $(DEVICE_OUT)/<step>/ and its log to $(DEVICE_OUT)/<step>.log before
+# the next starts:
+#   1. fused (80 s): the fused separable kernel against the unfused pair;
+#   2. models (225 s): MobileNetV2 and EfficientNet-B0 training steps, bfloat16 and
+#      float32, batch 256 and 64, with "auto", "xla" and "pallas";
+#   3. profile (45 s): the MobileNetV2 bfloat16 step's device time per kind of op;
+#   4. layers (90 s): the depthwise layers table against PyTorch's CUDA kernel;
+#   5. tests (40 s): the tests marked accelerator.
+# 480 s in all, on one H100/H200. `make device-check DRY_RUN=1` runs the same steps at
+# tiny sizes on any machine (Pallas in interpret mode on CPU) and prints each step's
+# planned device budget beside the time it took there.
 DEVICE_PYTHON ?= python3
 DEVICE_OUT ?= benchmarks/results/gpu
 DEVICE_ENV = PYTHONPATH=$(CURDIR) XLA_PYTHON_CLIENT_PREALLOCATE=false
 
 device-check:
-	mkdir -p $(DEVICE_OUT)
-	-$(DEVICE_ENV) $(DEVICE_PYTHON) benchmarks/pallas_tune.py --out $(DEVICE_OUT)/tune \
-		--dtypes bfloat16 float32 --no-sweep --budget 200 > $(DEVICE_OUT)/tune.log 2>&1
-	-$(DEVICE_ENV) $(DEVICE_PYTHON) -m sepconv_jax.cli bench --model-only \
-		--model-architectures MobileNetV2 EfficientNetB0 --model-impls auto xla pallas \
-		--model-batch 64 --model-dtype float32 --out $(DEVICE_OUT)/models \
-		> $(DEVICE_OUT)/models.log 2>&1
-	-$(DEVICE_ENV) $(DEVICE_PYTHON) benchmarks/fused_tune.py --out $(DEVICE_OUT)/fused \
-		--budget 60 > $(DEVICE_OUT)/fused.log 2>&1
-	-$(DEVICE_ENV) $(DEVICE_PYTHON) -m pytest -q -p no:cacheprovider -m accelerator \
-		-W default::DeprecationWarning tests/test_accelerator.py tests/test_separable_op.py \
-		> $(DEVICE_OUT)/accelerator-tests.txt 2>&1
+	$(DEVICE_ENV) $(DEVICE_PYTHON) benchmarks/device_check.py --out $(DEVICE_OUT) \
+		$(if $(DRY_RUN),--dry-run)
 
 # The Pallas kernels' block-size sweep on the same GPU.
 device-tune:

@@ -176,6 +176,115 @@ def test_fused_lowers_without_the_pair():
     assert "stablehlo.convolution" in text("xla")
 
 
+# ----------------------------------------------------------------------------- inverted residual
+
+
+def _inverted_residual_reference(x, ek, eb, dk, db, pk, *, strides, channels_last):
+    """float64 NumPy loop from the definition: expand (1x1 + bias, ReLU6), zero-pad
+    the expanded activation by SAME, depthwise 3x3 (+ bias, ReLU6), project 1x1."""
+    x = (
+        np.asarray(x, np.float64)
+        if channels_last
+        else np.moveaxis(np.asarray(x, np.float64), 1, -1)
+    )
+    relu6 = lambda v: np.clip(v, 0.0, 6.0)
+    e = relu6(
+        np.einsum("nhwc,cd->nhwd", x, np.asarray(ek, np.float64)) + np.asarray(eb, np.float64)
+    )
+    n, size, _, mid = e.shape
+    out = -(-size // strides)
+    total = max((out - 1) * strides + 3 - size, 0)
+    lo = total // 2
+    padded = np.zeros((n, size + total, size + total, mid))
+    padded[:, lo : lo + size, lo : lo + size] = e
+    k = np.asarray(dk, np.float64)[:, :, 0, :]
+    d = np.zeros((n, out, out, mid))
+    for i in range(out):
+        for j in range(out):
+            window = padded[:, i * strides : i * strides + 3, j * strides : j * strides + 3]
+            d[:, i, j] = np.einsum("nabc,abc->nc", window, k)
+    y = np.einsum(
+        "nhwd,de->nhwe", relu6(d + np.asarray(db, np.float64)), np.asarray(pk, np.float64)
+    )
+    return y if channels_last else np.moveaxis(y, -1, 1)
+
+
+@pytest.mark.parametrize("strides", [1, 2])
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_fused_inverted_residual_matches_float64_reference(strides, data_format):
+    """Expand, depthwise and project in one interpret-mode kernel, with tails in the
+    positions (2*6*6 or 2*3*3 over tiles of 16), the 20 expanded channels (tiles of
+    16) and the 7 outputs."""
+    c_in, mid, c_out = 5, 20, 7
+    keys = jax.random.split(jax.random.key(0), 6)
+    x = jax.random.normal(keys[0], (2, 6, 6, c_in))
+    ek = jax.random.normal(keys[1], (c_in, mid)) * 0.5
+    eb = jax.random.normal(keys[2], (mid,))
+    dk = jax.random.normal(keys[3], (3, 3, 1, mid)) * 0.5
+    db = jax.random.normal(keys[4], (mid,))
+    pk = jax.random.normal(keys[5], (mid, c_out)) * 0.5
+    channels_last = data_format == "channels_last"
+    if not channels_last:
+        x = jnp.moveaxis(x, -1, 1)
+    expanded = jax.ShapeDtypeStruct((2, 6, 6, mid) if channels_last else (2, mid, 6, 6), x.dtype)
+    spec = _spec.make_spec(
+        expanded,
+        dk,
+        groups=None,
+        strides=strides,
+        padding="SAME",
+        dilation=1,
+        padding_mode="zeros",
+        data_format=data_format,
+    )
+    blocks = pallas_fused.Blocks(positions=16, channels=16, out=16)
+    run = jax.jit(
+        functools.partial(
+            pallas_fused.fused_inverted_residual,
+            spec=spec,
+            platform="cpu",
+            precision=HIGHEST,
+            blocks=blocks,
+        )
+    )
+    y = run(x, ek, eb, dk, db, pk)
+    want = _inverted_residual_reference(
+        x, ek, eb, dk, db, pk, strides=strides, channels_last=channels_last
+    )
+    assert y.shape == want.shape and y.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(y), want, rtol=2e-5, atol=2e-5 * np.abs(want).max())
+    assert (want != 0).mean() > 0.5  # ReLU6 leaves most outputs nonzero: a real check
+
+
+def test_fused_inverted_residual_checks_its_shapes():
+    x = jnp.ones((1, 4, 4, 3))
+    spec = _spec.make_spec(
+        jnp.ones((1, 4, 4, 8)),
+        jnp.ones((3, 3, 1, 8)),
+        groups=None,
+        strides=1,
+        padding="SAME",
+        dilation=1,
+        padding_mode="zeros",
+        data_format="channels_last",
+    )
+    good = dict(
+        expand_kernel=jnp.ones((3, 8)),
+        expand_bias=jnp.ones(8),
+        depthwise_kernel=jnp.ones((3, 3, 1, 8)),
+        depthwise_bias=jnp.ones(8),
+        project_kernel=jnp.ones((8, 4)),
+    )
+    bad = dict(good, expand_kernel=jnp.ones((4, 8)))
+    with pytest.raises(
+        ValueError, match=r"`expand_kernel` has shape \(4, 8\) but the block needs \(3, 8\)"
+    ):
+        pallas_fused.fused_inverted_residual(x, **bad, spec=spec, platform="cpu")
+    bad = dict(good, depthwise_bias=jnp.ones(7))
+    with pytest.raises(ValueError, match="`depthwise_bias` has shape"):
+        pallas_fused.fused_inverted_residual(x, **bad, spec=spec, platform="cpu")
+
+
 def test_blocks_are_checked():
     with pytest.raises(ValueError, match=r"`Blocks.positions` must be a power of two >= 16"):
         pallas_fused.Blocks(positions=24)

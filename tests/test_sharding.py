@@ -217,7 +217,7 @@ out = {"devices": jax.device_count()}
 mesh = jax.make_mesh((2, 4), ("data", "model"), (AxisType.Auto, AxisType.Auto))
 out["mesh"] = np.asarray([[d.id for d in row] for row in mesh.devices]).tolist()
 x = jax.random.normal(jax.random.key(1), (8, 10, 10, 16))
-for impl in ("shift", "xla"):
+for impl in ("shift", "xla", "pallas"):
     block = InvertedResidual(features=16, expand_ratio=4, model_axis="model", impl=impl)
     variables = block.init(jax.random.key(0), x)
     specs = nn.get_partition_spec(variables)
@@ -246,6 +246,32 @@ for impl in ("shift", "xla"):
     out[impl]["dw_hlo"] = dw.lower(hs, ks).compile().as_text()
     out[impl]["dw_diff"] = float(jnp.max(jnp.abs(dw(hs, ks) - dw(h, k))))
     out[impl]["dw_out_spec"] = str(dw(hs, ks).sharding.spec)
+# The Pallas maps alone at a depth multiplier of 2 and stride 2, channels-first too:
+# forward and both gradients, sharded over batch and channels.
+for data_format in ("channels_last", "channels_first"):
+    h = jax.random.normal(jax.random.key(4), (4, 16, 7, 7))
+    k = jax.random.normal(jax.random.key(5), (3, 3, 1, 32))
+    if data_format == "channels_last":
+        h = jnp.moveaxis(h, 1, -1)
+        h_spec = P("data", None, None, "model")
+    else:
+        h_spec = P("data", "model", None, None)
+    run = lambda h, k: ops.depthwise_conv(
+        h, k, strides=2, data_format=data_format, impl="pallas")
+    fwd = jax.jit(run)
+    grad = jax.jit(jax.grad(lambda h, k: jnp.sum(run(h, k) ** 2), argnums=(0, 1)))
+    hs = jax.device_put(h, NamedSharding(mesh, h_spec))
+    ks = jax.device_put(k, NamedSharding(mesh, P(None, None, None, "model")))
+    out["pallas_" + data_format] = {
+        "h": np.asarray(h).tolist(), "k": np.asarray(k).tolist(),
+        "y": np.asarray(fwd(hs, ks)).tolist(), "ref_y": np.asarray(fwd(h, k)).tolist(),
+        "g": [np.asarray(a).tolist() for a in grad(hs, ks)],
+        "ref_g": [np.asarray(a).tolist() for a in grad(h, k)],
+        "y_spec": str(fwd(hs, ks).sharding.spec),
+        "dk_spec": str(grad(hs, ks)[1].sharding.spec),
+        "forward_hlo": fwd.lower(hs, ks).compile().as_text(),
+        "grad_hlo": grad.lower(hs, ks).compile().as_text(),
+    }
 print(json.dumps(out))
 """
 
@@ -318,8 +344,55 @@ def _check_no_collective_in_depthwise(model_parallel, impl):
 
 
 def test_model_parallel_block(model_parallel):
-    # One test for both impls, so that the 8-device subprocess runs once per session
-    # even when the tests are spread over pytest-xdist workers.
-    for impl in ("shift", "xla"):
+    # One test for every impl, so that the 8-device subprocess runs once per session
+    # even when the tests are spread over pytest-xdist workers. The Pallas maps are
+    # partitioned by their own rule (custom_partitioning), XLA partitions the others.
+    for impl in ("shift", "xla", "pallas"):
         _check_matches_unsharded(model_parallel, impl)
         _check_no_collective_in_depthwise(model_parallel, impl)
+
+
+def _depthwise_reference(h, k, channels_last):
+    """Float64 NumPy loop from the definition: stride 2, SAME padding (a 3-wide
+    window over 7 at stride 2 gives 4 outputs and needs 2 padded rows: 1 before, 1
+    after), multiplier 2 (output channel ``c * 2 + m`` reads input channel ``c``)."""
+    h = np.asarray(h, np.float64)
+    if not channels_last:
+        h = np.moveaxis(h, 1, -1)
+    k = np.asarray(k, np.float64)
+    n, size, _, c = h.shape
+    mult = k.shape[-1] // c
+    out = (size + 1) // 2
+    pad = max((out - 1) * 2 + 3 - size, 0)
+    hp = np.zeros((n, size + pad, size + pad, c))
+    lo = pad // 2
+    hp[:, lo : lo + size, lo : lo + size] = h
+    y = np.zeros((n, out, out, c * mult))
+    for i in range(out):
+        for j in range(out):
+            patch = hp[:, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3, :]  # (n, 3, 3, c)
+            for m in range(mult):
+                y[:, i, j, m::mult] = np.einsum("nabc,abc->nc", patch, k[:, :, 0, m::mult])
+    return y if channels_last else np.moveaxis(y, -1, 1)
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_pallas_depthwise_is_partitioned_not_gathered(model_parallel, data_format):
+    """The Pallas maps sharded over batch and channels (multiplier 2, stride 2): the
+    forward pass holds no collective, the gradients only the kernel gradient's sum
+    over the batch shards; values equal the unsharded run and a float64 loop."""
+    run = model_parallel["pallas_" + data_format]
+    data, _ = _axis_groups(model_parallel)
+    channel_spec = "'model'"
+    assert collectives(run["forward_hlo"]) == []
+    backward = collectives(run["grad_hlo"])
+    assert [(op, groups) for op, groups, _ in backward] == [("all-reduce", data)]
+    assert not re.search(r"\ball-gather", run["forward_hlo"] + run["grad_hlo"])
+    assert channel_spec in run["y_spec"] and run["y_spec"].startswith("P('data'")
+    assert run["dk_spec"] == "P(None, None, None, 'model')"
+    np.testing.assert_allclose(run["y"], run["ref_y"], rtol=1e-6, atol=1e-6)
+    reference = _depthwise_reference(run["h"], run["k"], data_format == "channels_last")
+    np.testing.assert_allclose(run["y"], reference, rtol=1e-5, atol=1e-5)
+    for g, ref in zip(run["g"], run["ref_g"], strict=True):
+        ref = np.asarray(ref)
+        np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())

@@ -104,3 +104,20 @@ def lowering_for_export(ctx) -> bool:
     Triton and Mosaic calls are not). ``False`` where JAX does not say."""
     params = getattr(getattr(ctx, "module_context", None), "lowering_parameters", None)
     return bool(getattr(params, "for_export", False))
+
+
+def lower_with_devices(*primitives) -> None:
+    """Lowers every jitted function holding one of ``primitives`` with its devices
+    known (JAX's registry for primitives whose lowering needs them).
+
+    The Pallas maps are partitioned over batch and channels by
+    ``jax.experimental.custom_partitioning`` (:mod:`sepconv_jax.kernels.pallas`),
+    whose lowering reads the device assignment; JAX provides it only to functions
+    holding a primitive of this registry. The cost is JAX's: such a function cannot be
+    lowered over an abstract mesh alone. Without the registry nothing is registered.
+    """
+    from jax._src import dispatch
+
+    registry = getattr(dispatch, "prim_requires_devices_during_lowering", None)
+    if registry is not None:
+        registry.update(primitives)

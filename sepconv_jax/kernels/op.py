@@ -59,7 +59,11 @@ from jax.interpreters import ad, batching, mlir
 
 from sepconv_jax._spec import ConvSpec
 from sepconv_jax.kernels import dispatch
-from sepconv_jax.kernels._jax_compat import lowering_for_export, match_manual_axes
+from sepconv_jax.kernels._jax_compat import (
+    lower_with_devices,
+    lowering_for_export,
+    match_manual_axes,
+)
 
 __all__ = [
     "PLATFORMS",
@@ -305,6 +309,10 @@ for _prim in PRIMITIVES.values():
 
 
 def _lowering(map_name: str, platform: str | None):
+    # The primitive's name becomes a name scope of the operations it lowers to, so
+    # that a profile (benchmarks/gpu_profile.py) tells the three maps apart.
+    scope = PRIMITIVES[map_name].name
+
     def rule(ctx, a, b, *, spec, impl, precision, preferred_element_type, out_dtype):
         kernel = dispatch.kernel_for(impl, spec, platform, for_export=lowering_for_export(ctx))
         compute = functools.partial(
@@ -315,13 +323,21 @@ def _lowering(map_name: str, platform: str | None):
             preferred_element_type=preferred_element_type,
             out_dtype=out_dtype,
         )
+
+        def scoped(a, b):
+            with jax.named_scope(scope):
+                return compute(a, b)
+
         context = kernel.lowering_context
         with contextlib.nullcontext() if context is None else context(platform):
-            return mlir.lower_fun(compute, multiple_results=False)(ctx, a, b)
+            return mlir.lower_fun(scoped, multiple_results=False)(ctx, a, b)
 
     return rule
 
 
+# The Pallas maps are partitioned per device (see pallas._partitioned), which needs
+# the devices known when lowering.
+lower_with_devices(*PRIMITIVES.values())
 for _name, _prim in PRIMITIVES.items():
     mlir.register_lowering(_prim, _lowering(_name, None))
     for _platform in PLATFORMS:

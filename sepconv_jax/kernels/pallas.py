@@ -41,6 +41,10 @@ accepted and has no effect: no matrix unit is involved.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
+import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -133,6 +137,84 @@ def lowering_context(platform: str | None) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+# ----------------------------------------------------------------------------- the maps
+
+# Per map: the operands' and the result's roles, "in"/"out" for activations of the
+# input's or the output's spatial shape, "kernel" for a depthwise kernel.
+_ROLES = {
+    "forward": (("in", "kernel"), "out"),
+    "input_transpose": (("out", "kernel"), "in"),
+    "kernel_transpose": (("in", "out"), "kernel"),
+}
+
+
+def _operand(a: jax.Array, role: str, spec: ConvSpec, geom: Geometry) -> jax.Array:
+    if role == "kernel":
+        return _taps(a, spec)
+    return _activation_in(a, spec, geom.in_hw if role == "in" else geom.out_hw)
+
+
+def _result(a: jax.Array, role: str, spec: ConvSpec) -> jax.Array:
+    if role == "kernel":
+        return a.reshape(*spec.window, 1, spec.out_channels)
+    return _activation_out(a, spec, spec.in_spatial if role == "in" else spec.out_spatial)
+
+
+def _pallas_map(name: str, a, b, spec: ConvSpec, *, platform, acc, out_dtype) -> jax.Array:
+    """Map ``name`` by the Pallas kernel of ``platform``: Mosaic on TPU, Triton on GPU,
+    the Triton kernels in interpret mode elsewhere (the one platform switch)."""
+    (role_a, role_b), role_out = _ROLES[name]
+    if platform == "tpu":
+        geom = _geometry(spec, long_axis="h")
+        run = functools.partial(getattr(pallas_tpu, name), geom=geom)
+    else:
+        geom = _geometry(spec)
+        run = functools.partial(
+            getattr(pallas_triton, name), geom=geom, interpret=_interpret(platform)
+        )
+    out = run(
+        _operand(a, role_a, spec, geom),
+        _operand(b, role_b, spec, geom),
+        acc=acc,
+        out_dtype=np.dtype(out_dtype),
+    )
+    return _result(out, role_out, spec)
+
+
+def _map(
+    name: str, a, b, spec: ConvSpec, *, platform, precision, preferred_element_type, out_dtype
+) -> jax.Array:
+    """Map ``name``: delegated to the ``xla`` kernel (see the module docstring) or run
+    by :func:`_pallas_map`, partitioned per shard (:func:`_partitioned`)."""
+    (role_a, role_b), role_out = _ROLES[name]
+    acc = _accumulation_dtype(a, b, preferred_element_type, out_dtype)
+    result = {
+        "in": spec.flat_shape(spec.in_spatial, spec.in_channels),
+        "out": spec.flat_shape(spec.out_spatial, spec.out_channels),
+        "kernel": (*spec.window, 1, spec.out_channels),
+    }[role_out]
+    activations = [v for v, r in ((a, role_a), (b, role_b)) if r != "kernel"]
+    if role_out != "kernel":
+        activations.append(jax.ShapeDtypeStruct(result, out_dtype))
+    if _delegates(spec, acc, *activations):
+        return getattr(xla, name)(
+            a,
+            b,
+            spec,
+            platform=platform,
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+            out_dtype=out_dtype,
+        )
+    return _partitioned(name, spec, platform=platform, acc=acc, out_dtype=out_dtype)(a, b)
+
+
+def _options(names: dict) -> dict:
+    """The keyword arguments every map passes on, from its ``locals()``."""
+    keys = ("platform", "precision", "preferred_element_type", "out_dtype")
+    return {key: names[key] for key in keys}
+
+
 def forward(x, kernel, spec: ConvSpec, *, platform, precision, preferred_element_type, out_dtype):
     """``y = f(x, kernel)`` by a Pallas kernel (see the module docstring).
 
@@ -145,110 +227,143 @@ def forward(x, kernel, spec: ConvSpec, *, platform, precision, preferred_element
       >>> y[0, :, :, 0].tolist()  # 4, 6 or 9 taps inside the image
       [[4.0, 6.0, 6.0, 4.0], [6.0, 9.0, 9.0, 6.0], [6.0, 9.0, 9.0, 6.0], [4.0, 6.0, 6.0, 4.0]]
     """
-    acc = _accumulation_dtype(x, kernel, preferred_element_type, out_dtype)
-    y_shape = spec.flat_shape(spec.out_spatial, spec.out_channels)
-    if _delegates(spec, acc, x, jax.ShapeDtypeStruct(y_shape, out_dtype)):
-        return xla.forward(
-            x,
-            kernel,
-            spec,
-            platform=platform,
-            precision=precision,
-            preferred_element_type=preferred_element_type,
-            out_dtype=out_dtype,
-        )
-    if platform == "tpu":
-        geom = _geometry(spec, long_axis="h")
-        y = pallas_tpu.forward(
-            _activation_in(x, spec, geom.in_hw),
-            _taps(kernel, spec),
-            geom,
-            acc=acc,
-            out_dtype=np.dtype(out_dtype),
-        )
-    else:
-        geom = _geometry(spec)
-        y = pallas_triton.forward(
-            _activation_in(x, spec, geom.in_hw),
-            _taps(kernel, spec),
-            geom,
-            acc=acc,
-            out_dtype=np.dtype(out_dtype),
-            interpret=_interpret(platform),
-        )
-    return _activation_out(y, spec, spec.out_spatial)
+    return _map("forward", x, kernel, spec, **_options(locals()))
 
 
 def input_transpose(
     g, kernel, spec: ConvSpec, *, platform, precision, preferred_element_type, out_dtype
 ):
     """``dx``: the transpose of :func:`forward` in ``x``, applied to ``g``."""
-    acc = _accumulation_dtype(g, kernel, preferred_element_type, out_dtype)
-    x_shape = spec.flat_shape(spec.in_spatial, spec.in_channels)
-    if _delegates(spec, acc, g, jax.ShapeDtypeStruct(x_shape, out_dtype)):
-        return xla.input_transpose(
-            g,
-            kernel,
-            spec,
-            platform=platform,
-            precision=precision,
-            preferred_element_type=preferred_element_type,
-            out_dtype=out_dtype,
-        )
-    if platform == "tpu":
-        geom = _geometry(spec, long_axis="h")
-        dx = pallas_tpu.input_transpose(
-            _activation_in(g, spec, geom.out_hw),
-            _taps(kernel, spec),
-            geom,
-            acc=acc,
-            out_dtype=np.dtype(out_dtype),
-        )
-    else:
-        geom = _geometry(spec)
-        dx = pallas_triton.input_transpose(
-            _activation_in(g, spec, geom.out_hw),
-            _taps(kernel, spec),
-            geom,
-            acc=acc,
-            out_dtype=np.dtype(out_dtype),
-            interpret=_interpret(platform),
-        )
-    return _activation_out(dx, spec, spec.in_spatial)
+    return _map("input_transpose", g, kernel, spec, **_options(locals()))
 
 
 def kernel_transpose(
     x, g, spec: ConvSpec, *, platform, precision, preferred_element_type, out_dtype
 ):
     """``dkernel``: the transpose of :func:`forward` in ``kernel``, applied to ``g``."""
-    acc = _accumulation_dtype(x, g, preferred_element_type, out_dtype)
-    if _delegates(spec, acc, x, g):
-        return xla.kernel_transpose(
-            x,
-            g,
+    return _map("kernel_transpose", x, g, spec, **_options(locals()))
+
+
+# ----------------------------------------------------------------------------- sharding
+
+
+def _factors(role: str, spec: ConvSpec) -> str:
+    """The Shardy factors of an operand or result of ``role``: ``n`` the batch, ``c``
+    the input channels (``(c m)`` the ``C * M`` output channels, channel-major), the
+    spatial and window factors their own (kept whole)."""
+    nd = spec.num_spatial
+    if role == "kernel":
+        return " ".join([*(f"w{i}" for i in range(nd)), "o", _channels(role, spec)])
+    spatial = [f"{'s' if role == 'in' else 't'}{i}" for i in range(nd)]
+    if spec.channels_last:
+        return " ".join(["n", *spatial, _channels(role, spec)])
+    return " ".join(["n", _channels(role, spec), *spatial])
+
+
+def _channels(role: str, spec: ConvSpec) -> str:
+    if role == "in" or spec.depth_multiplier == 1:
+        return "c"
+    return "(c m)"
+
+
+def _sharding_rule(name: str, spec: ConvSpec) -> tuple[str, dict]:
+    (role_a, role_b), role_out = _ROLES[name]
+    rule = f"{_factors(role_a, spec)}, {_factors(role_b, spec)} -> {_factors(role_out, spec)}"
+    nd = spec.num_spatial
+    whole = {f"{p}{i}" for p in "stw" for i in range(nd)} | {"o"}
+    # Shardy wants the special factors in the order the rule first names them.
+    named = dict.fromkeys(re.findall(r"\w+", rule))
+    options: dict = {"need_replication_factors": tuple(f for f in named if f in whole)}
+    if name == "kernel_transpose":
+        options["reduction_factors"] = ("n",)
+    if spec.depth_multiplier > 1:
+        options["m"] = spec.depth_multiplier
+    return rule, options
+
+
+def _axes(entry) -> tuple[str, ...]:
+    if entry is None:
+        return ()
+    return (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def _partitioned(name: str, spec: ConvSpec, *, platform, acc, out_dtype):
+    """:func:`_pallas_map` as an operation XLA partitions over batch and channels.
+
+    Sharded over the batch and the channels, a depthwise map needs no data from other
+    devices: each runs the Pallas kernel on its own examples and channels (the kernel
+    transpose then sums its per-device partial sums over the batch axes). Spatial
+    dims are kept whole. Without this rule the partitioner would gather the Pallas
+    call's operands whole on every device, as it does for any custom call. One
+    device, or inside ``shard_map`` (fully manual), runs the kernel as it is.
+    """
+    from jax.experimental.custom_partitioning import custom_partitioning
+
+    (role_a, role_b), role_out = _ROLES[name]
+
+    def whole(a, b):
+        return _pallas_map(name, a, b, spec, platform=platform, acc=acc, out_dtype=out_dtype)
+
+    call = custom_partitioning(whole)
+
+    def run(a, b):
+        # A kernel with side effects (Mosaic's interpret mode calls back into Python)
+        # cannot sit inside custom_partitioning; it runs as it is.
+        structs = [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in (a, b)]
+        if jax.make_jaxpr(whole)(*structs).effects:
+            return whole(a, b)
+        return call(a, b)
+
+    def partition(mesh, arg_shapes, result_shape):
+        from jax.sharding import NamedSharding
+        from jax.sharding import PartitionSpec as P
+
+        lead = arg_shapes[0]  # an activation in every map
+        pspec = tuple(lead.sharding.spec) + (None,) * (lead.ndim - len(lead.sharding.spec))
+        batch = _axes(pspec[0])
+        channels = _axes(pspec[spec.channel_axis])
+        sizes = dict(mesh.shape)
+        n_batch = math.prod(sizes[a] for a in batch)
+        n_chan = math.prod(sizes[a] for a in channels)
+        if spec.batch_shape[0] % n_batch:
+            batch, n_batch = (), 1
+        if spec.in_channels % n_chan:
+            channels, n_chan = (), 1
+        local = dataclasses.replace(
             spec,
-            platform=platform,
-            precision=precision,
-            preferred_element_type=preferred_element_type,
-            out_dtype=out_dtype,
+            batch_shape=(spec.batch_shape[0] // n_batch,),
+            in_channels=spec.in_channels // n_chan,
+            out_channels=spec.out_channels // n_chan,
+            groups=spec.groups // n_chan,
         )
-    if platform == "tpu":
-        geom = _geometry(spec, long_axis="h")
-        dk = pallas_tpu.kernel_transpose(
-            _activation_in(x, spec, geom.in_hw),
-            _activation_in(g, spec, geom.out_hw),
-            geom,
-            acc=acc,
-            out_dtype=np.dtype(out_dtype),
-        )
-    else:
-        geom = _geometry(spec)
-        dk = pallas_triton.kernel_transpose(
-            _activation_in(x, spec, geom.in_hw),
-            _activation_in(g, spec, geom.out_hw),
-            geom,
-            acc=acc,
-            out_dtype=np.dtype(out_dtype),
-            interpret=_interpret(platform),
-        )
-    return dk.reshape(*spec.window, 1, spec.out_channels)
+        b_entry, c_entry = batch or None, channels or None
+
+        def sharding(role: str):
+            if role == "kernel":
+                return NamedSharding(mesh, P(*(None,) * (spec.num_spatial + 1), c_entry))
+            rest = (None,) * spec.num_spatial
+            if spec.channels_last:
+                return NamedSharding(mesh, P(b_entry, *rest, c_entry))
+            return NamedSharding(mesh, P(b_entry, c_entry, *rest))
+
+        def lower(a, b):
+            if name != "kernel_transpose" or not batch:
+                return _pallas_map(
+                    name, a, b, local, platform=platform, acc=acc, out_dtype=out_dtype
+                )
+            # Per-device partial sums in the accumulation dtype, summed over the batch.
+            dk = _pallas_map(name, a, b, local, platform=platform, acc=acc, out_dtype=acc)
+            return jax.lax.psum(dk, batch).astype(out_dtype)
+
+        return mesh, lower, sharding(role_out), (sharding(role_a), sharding(role_b))
+
+    rule, options = _sharding_rule(name, spec)
+    call.def_partition(
+        partition,
+        infer_sharding_from_operands=lambda mesh, arg_shapes, result_shape: partition(
+            mesh, arg_shapes, result_shape
+        )[2],
+        sharding_rule=rule,
+        **options,
+    )
+    return run

@@ -61,6 +61,7 @@ from jax.interpreters import ad, batching, mlir
 from sepconv_jax._spec import ConvSpec
 from sepconv_jax.kernels import dispatch, op, pallas_fused
 from sepconv_jax.kernels._jax_compat import (
+    lower_with_devices,
     lowering_for_export,
     match_manual_axes,
     quiet_triton_deprecation,
@@ -365,9 +366,14 @@ def _lowering(platform: str | None):
         )
         return y.astype(out_dtype)
 
+    def scoped(*args, **params):
+        # The primitive's name scopes what it lowers to (for profiles), as in `op`.
+        with jax.named_scope(separable_p.name):
+            return run(*args, **params)
+
     def rule(ctx, *args, **params):
         lowered = mlir.lower_fun(
-            functools.partial(run, for_export=lowering_for_export(ctx)), multiple_results=False
+            functools.partial(scoped, for_export=lowering_for_export(ctx)), multiple_results=False
         )
         with quiet_triton_deprecation():
             return lowered(ctx, *args, **params)
@@ -375,6 +381,7 @@ def _lowering(platform: str | None):
     return rule
 
 
+lower_with_devices(separable_p)  # its unfused path runs the partitioned Pallas maps
 mlir.register_lowering(separable_p, _lowering(None))
 for _platform in PLATFORMS:
     mlir.register_lowering(separable_p, _lowering(_platform), platform=_platform)
