@@ -101,8 +101,9 @@ def _image_conv(eqn: jcore.JaxprEqn, image: jax.Array, kernel: jax.Array) -> jax
 def _lean_eqn(eqn: jcore.JaxprEqn, ins: list[Any]) -> list[Any] | None:
     """``eqn`` computed on the image form of its flat inputs, or ``None`` to bind it as is."""
     name = eqn.primitive.name
-    out_shape = tuple(eqn.outvars[0].aval.shape) if len(eqn.outvars) == 1 else None
-    x = ins[0] if ins else None
+    out_aval: Any = eqn.outvars[0].aval if len(eqn.outvars) == 1 else None
+    out_shape = tuple(getattr(out_aval, "shape", ()))
+    x: Any = ins[0] if ins else None
     if name == "reshape" and eqn.params.get("dimensions") is None:
         if isinstance(x, _Flat):
             return [x.image] if out_shape == tuple(x.image.shape) else None
