@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import numpy as np
     import tensorflow as tf
 
-    from sepconv_jax.export.litert import full_integer
+    from sepconv_jax.export.litert import convert, full_integer
 
     keras = importlib.import_module("keras")
     size = int(size_text)
@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if runner.endswith("int8"):
                     full_integer(converter, samples)
                 with open(path, "wb") as f:
-                    f.write(converter.convert())
+                    f.write(convert(converter))
             except Exception as error:  # recorded for the parent, which goes on
                 report[name][runner] = f"{type(error).__name__}: {error}"[:300]
     with open(os.path.join(folder, "keras.json"), "w") as f:

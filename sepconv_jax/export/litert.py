@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -35,7 +36,15 @@ from jax.extend import core as jcore
 
 from sepconv_jax.export.onnx import _check_path, require, traced_function
 
-__all__ = ["full_integer", "interpreter", "lean_pointwise", "run_tflite", "tflite_ops", "to_tflite"]
+__all__ = [
+    "convert",
+    "full_integer",
+    "interpreter",
+    "lean_pointwise",
+    "run_tflite",
+    "tflite_ops",
+    "to_tflite",
+]
 
 
 # ----------------------------------------------------------------------------- 1x1 steps
@@ -208,7 +217,11 @@ def _representative(calibration_batches: Any, shape: tuple[int, ...]) -> list[np
     """The calibration inputs cut into ``shape``-sized float32 samples."""
     if isinstance(calibration_batches, np.ndarray | jax.Array):
         calibration_batches = [calibration_batches]
-    if not isinstance(calibration_batches, Sequence) or not calibration_batches:
+    if (
+        isinstance(calibration_batches, str | bytes)
+        or not isinstance(calibration_batches, Sequence)
+        or not calibration_batches
+    ):
         raise TypeError(
             "`calibration_batches` must be an array or a non-empty sequence of arrays shaped "
             f"(n, {', '.join(map(str, shape[1:]))}), got {type(calibration_batches).__name__}"
@@ -240,6 +253,15 @@ def full_integer(converter: Any, samples: Sequence[np.ndarray]) -> Any:
     converter.representative_dataset = dataset
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     return converter
+
+
+def convert(converter: Any) -> bytes:
+    """``converter.convert()``, without the converter's notice that a full-integer
+    model with float input has no input statistics (it needs none: its first op
+    quantizes the input with the calibrated range)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+        return converter.convert()
 
 
 def to_tflite(
@@ -292,7 +314,7 @@ def to_tflite(
     if samples is not None:
         full_integer(converter, samples)
     with open(path, "wb") as f:
-        f.write(converter.convert())
+        f.write(convert(converter))
     return path
 
 
