@@ -57,6 +57,9 @@ def test_model_runs_in_litert_and_equals_ours(name, tmp_path):
     assert ops.get("STRIDED_SLICE", 0) == (4 if name == "xception" else 0)
     if name.startswith("mobilenet"):  # each 1x1 step one CONV_2D on the image, as Keras'
         assert "RESHAPE" not in ops, ops
+    if name == "efficientnet":  # squeeze-and-excitation means: one pooling each
+        assert "SUM" not in ops and "RESHAPE" not in ops, ops
+        assert ops["AVERAGE_POOL_2D"] == depthwise + 1, ops  # one SE per block, the head
 
 
 def test_layers_and_nnx(tmp_path):

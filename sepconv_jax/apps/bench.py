@@ -96,6 +96,7 @@ __all__ = [
     "register_cli",
     "run",
     "run_export",
+    "run_layers",
     "run_models",
 ]
 
@@ -211,27 +212,35 @@ def run(args: argparse.Namespace) -> int:
         return run_export(args, out)
     if args.models is not None:
         return run_models(args, out)
-    model_options: dict[str, Any]
+    return run_layers(args, out)
+
+
+def _suite_options(args: argparse.Namespace) -> tuple[list[Layer], list, list, float, int, dict]:
+    """Layers, batches, dtypes, min_time, max_reps and the training-step options."""
     if args.quick:
         layers = [Layer(*shape, models=("quick",)) for shape in QUICK_LAYERS]
-        batches, dtypes = args.batch or [2], args.dtype or ["float32"]
-        min_time, max_reps = 0.0, 1
-        model_options = {
-            "batch": 2,
-            "image_size": 16,
-            "width_multiplier": 1.0,
-            "num_classes": 10,
-        }
-    else:
-        layers = layer_shapes(args.layers_of or tuple(MODEL_LAYERS))
-        batches, dtypes = args.batch or [8, 32], args.dtype or ["float32", "bfloat16"]
-        min_time, max_reps = args.min_time, args.max_reps
-        model_options = {
-            "batch": args.model_batch,
-            "image_size": args.model_image_size,
-            "width_multiplier": 1.0,
-            "num_classes": 1000,
-        }
+        model_options = {"batch": 2, "image_size": 16, "width_multiplier": 1.0, "num_classes": 10}
+        return layers, args.batch or [2], args.dtype or ["float32"], 0.0, 1, model_options
+    model_options = {
+        "batch": args.model_batch,
+        "image_size": args.model_image_size,
+        "width_multiplier": 1.0,
+        "num_classes": 1000,
+    }
+    return (
+        layer_shapes(args.layers_of or tuple(MODEL_LAYERS)),
+        args.batch or [8, 32],
+        args.dtype or ["float32", "bfloat16"],
+        args.min_time,
+        args.max_reps,
+        model_options,
+    )
+
+
+def run_layers(args: argparse.Namespace, out: Path) -> int:
+    """``bench``: the layer suite and the training steps; writes ``bench.json``,
+    ``bench.md`` and, unless ``--no-plot``, ``bench.png`` into ``out``."""
+    layers, batches, dtypes, min_time, max_reps, model_options = _suite_options(args)
     started = time.perf_counter()
     machine = machine_info()
     impls = tuple(args.impls or depthwise_impls())
@@ -301,6 +310,13 @@ def run(args: argparse.Namespace) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the ``bench`` options to ``parser``."""
+    _layer_arguments(parser)
+    _model_arguments(parser)
+    _export_arguments(parser)
+
+
+def _layer_arguments(parser: argparse.ArgumentParser) -> None:
+    """The layer suite's options."""
     parser.add_argument("--quick", action="store_true", help="tiny shapes, one call each (CI)")
     parser.add_argument("--out", default="bench-results", help="directory for JSON/PNG/Markdown")
     parser.add_argument(
@@ -342,6 +358,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--budget", type=float, default=None, help="seconds after which no new layer starts"
     )
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the training steps and of ``--models``."""
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch column")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib)")
     parser.add_argument("--no-model", action="store_true", help="skip the training steps")
@@ -383,6 +403,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"{' '.join(bench_models.ZOO)}), ours (--model-impls) against the same timm model "
         "in PyTorch; writes models.json, models.md and models.png",
     )
+
+
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``--export``."""
     parser.add_argument(
         "--export",
         action="store_true",

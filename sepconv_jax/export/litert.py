@@ -3,8 +3,8 @@
 :func:`to_tflite` traces the model as :func:`sepconv_jax.export.to_onnx` does
 (inference mode, batch norm folded, every depthwise primitive of ours replaced by
 the grouped convolution), writes each channels-last 1x1 step as a 2-D convolution
-over the image (:func:`lean_pointwise`), wraps the function with
-:func:`jax.experimental.jax2tf.convert` and converts the ``tf.function`` with
+over the image and each spatial mean as an average pooling (:func:`lean_pointwise`),
+wraps the function with :func:`jax.experimental.jax2tf.convert` and converts the ``tf.function`` with
 ``tf.lite.TFLiteConverter`` to builtin ops only. The converter turns a grouped
 convolution with one group per channel into ``DEPTHWISE_CONV_2D`` and the 1x1 step
 into ``CONV_2D``, with the bias and a following ReLU6 fused into it, as it does for
@@ -50,24 +50,45 @@ __all__ = [
 # ----------------------------------------------------------------------------- 1x1 steps
 
 
-class _Flat:
-    """A ``(positions, 1, C)`` value that is a reshape of the channels-last ``image``.
+class _View:
+    """A value that is ``image`` reshaped to ``shape``, with ``image`` channels-last.
 
     :func:`sepconv_jax.pointwise_conv` flattens ``(batch, height, width, C)`` to
     ``(positions, 1, C)`` and convolves it with a window of one; the TFLite
     converter keeps both reshapes around the ``CONV_2D``. While a value stays in
     this form (the 1x1 step, its bias), :func:`lean_pointwise` computes it on the
-    image instead and reshapes only where another operation reads the flat form.
+    image instead and reshapes only where another operation reads it.
     """
 
-    def __init__(self, image: jax.Array) -> None:
-        self.image = image
-        self._flat: jax.Array | None = None
+    def __init__(self, image: jax.Array, shape: tuple[int, ...]) -> None:
+        self.image, self.shape = image, shape
 
-    def flat(self) -> jax.Array:
-        if self._flat is None:
-            self._flat = self.image.reshape(-1, 1, self.image.shape[-1])
-        return self._flat
+    def value(self) -> jax.Array:
+        return self.image if self.shape == self.image.shape else self.image.reshape(self.shape)
+
+
+class _Sum:
+    """``x`` summed over its two spatial dims, reshaped to ``shape``: half of a mean.
+
+    ``jnp.mean`` over the spatial dims is a ``reduce_sum`` and a division; converted,
+    ``SUM`` then ``MUL``, and a ``RESHAPE`` where the 1x1 step that follows flattens
+    it. Divided by the number of positions, it becomes one average pooling over the
+    whole image (``AVERAGE_POOL_2D``, as Keras' global pooling converts to ``MEAN``),
+    channels-last at ``(batch, 1, 1, C)``.
+    """
+
+    def __init__(self, x: jax.Array, shape: tuple[int, ...]) -> None:
+        self.x, self.shape = x, shape
+
+    def value(self) -> jax.Array:
+        return lax.reduce_sum(self.x, (1, 2)).reshape(self.shape)
+
+    def mean(self, count: Any) -> jax.Array:
+        window = (1, *self.x.shape[1:3], 1)
+        total = lax.reduce_window(
+            self.x, np.array(0, self.x.dtype), lax.add, window, (1,) * 4, "VALID"
+        )
+        return total / count
 
 
 def _is_window1_conv(eqn: jcore.JaxprEqn) -> bool:
@@ -107,31 +128,50 @@ def _image_conv(eqn: jcore.JaxprEqn, image: jax.Array, kernel: jax.Array) -> jax
     )
 
 
+def _scalar(value: Any) -> float | None:
+    """``value`` as a Python float when it is a concrete scalar, else ``None``."""
+    if np.size(value) != 1 or isinstance(value, jax.core.Tracer):
+        return None
+    return float(np.asarray(value).reshape(()))
+
+
 def _lean_eqn(eqn: jcore.JaxprEqn, ins: list[Any]) -> list[Any] | None:
-    """``eqn`` computed on the image form of its flat inputs, or ``None`` to bind it as is."""
+    """``eqn`` computed on the image form of its inputs, or ``None`` to bind it as is."""
     name = eqn.primitive.name
     out_aval: Any = eqn.outvars[0].aval if len(eqn.outvars) == 1 else None
     out_shape = tuple(getattr(out_aval, "shape", ()))
     x: Any = ins[0] if ins else None
-    if name == "reshape" and eqn.params.get("dimensions") is None:
-        if isinstance(x, _Flat):
-            return [x.image] if out_shape == tuple(x.image.shape) else None
+    params = eqn.params
+    reshapes = name == "reshape" and params.get("dimensions") is None
+    if name == "broadcast_in_dim" and isinstance(x, _View | _Sum):
+        dims = tuple(params["broadcast_dimensions"])
+        reshapes = math.prod(out_shape) == math.prod(x.shape) and dims == tuple(sorted(dims))
+    if reshapes:
+        if isinstance(x, _View):
+            return [x.image if out_shape == tuple(x.image.shape) else _View(x.image, out_shape)]
+        if isinstance(x, _Sum):
+            return [_Sum(x.x, out_shape)]
         shape = tuple(np.shape(x))
         if len(shape) == 4 and out_shape == (math.prod(shape[:-1]), 1, shape[-1]):
-            return [_Flat(x)]
+            return [_View(x, out_shape)]
         return None
-    if (
-        name == "conv_general_dilated"
-        and isinstance(x, _Flat)
-        and not isinstance(ins[1], _Flat)
-        and _is_window1_conv(eqn)
-    ):
-        return [_Flat(_image_conv(eqn, x.image, ins[1]))]
-    if name == "add" and len(ins) == 2 and sum(isinstance(v, _Flat) for v in ins) == 1:
-        flat, bias = (ins[0], ins[1]) if isinstance(ins[0], _Flat) else (ins[1], ins[0])
-        channels = flat.image.shape[-1]
-        if tuple(np.shape(bias)) in ((1, 1, channels), (channels,)):
-            return [_Flat(flat.image + jax.numpy.reshape(bias, (1, 1, 1, channels)))]
+    if name == "reduce_sum" and np.ndim(x) == 4 and tuple(params["axes"]) == (1, 2):
+        return [_Sum(x, out_shape)]
+    if name == "div" and isinstance(x, _Sum) and not isinstance(ins[1], _View | _Sum):
+        if _scalar(ins[1]) == math.prod(x.x.shape[1:3]):
+            return [_View(x.mean(ins[1]), out_shape)]
+        return None
+    image = x.image if isinstance(x, _View) and x.image.ndim == 4 else None
+    if image is None or x.shape != (math.prod(image.shape[:-1]), 1, image.shape[-1]):
+        return None
+    if name == "conv_general_dilated" and not isinstance(ins[1], _View | _Sum):
+        if _is_window1_conv(eqn):
+            return [_View(_image_conv(eqn, image, ins[1]), out_shape)]
+    if name == "add" and not isinstance(ins[1], _View | _Sum):
+        channels = image.shape[-1]
+        if tuple(np.shape(ins[1])) in ((1, 1, channels), (channels,)):
+            bias = jax.numpy.reshape(ins[1], (1, 1, 1, channels))
+            return [_View(image + bias, out_shape)]
     return None
 
 
@@ -156,8 +196,12 @@ def lean_pointwise(fn: Callable[..., Any], *example_args: Any) -> Callable[..., 
     ``batch * h * w`` one-pixel images, ``RESHAPE``, and the bias ``ADD`` stays
     apart. Here the same step, and a bias added to it, is computed on the image
     itself, as ``lax.conv_general_dilated`` with a ``1 x 1`` window: one ``CONV_2D``
-    with its bias, as Keras' ``Conv2D(kernel_size=1)`` converts. Only the top level
-    of ``fn``'s jaxpr is rewritten; every other operation is bound again unchanged.
+    with its bias, as Keras' ``Conv2D(kernel_size=1)`` converts. A mean over the two
+    spatial dims (global pooling, squeeze-and-excitation) becomes one average pooling
+    over the whole image, kept at ``(batch, 1, 1, C)``: ``AVERAGE_POOL_2D`` instead of
+    ``SUM``, ``MUL`` and the ``RESHAPE`` before the 1x1 step that reads it. Only the
+    top level of ``fn``'s jaxpr is rewritten; every other operation is bound again
+    unchanged.
 
     Args:
       fn: a function of arrays (positional) returning an array or a pytree of arrays.
@@ -192,7 +236,7 @@ def lean_pointwise(fn: Callable[..., Any], *example_args: Any) -> Callable[..., 
 
         def read(v: Any, *, keep_flat: bool = False) -> Any:
             value = v.val if isinstance(v, jcore.Literal) else env[v]
-            return value if keep_flat or not isinstance(value, _Flat) else value.flat()
+            return value if keep_flat or not isinstance(value, _View | _Sum) else value.value()
 
         for var, value in zip(jaxpr.constvars, closed.consts, strict=True):
             env[var] = value
