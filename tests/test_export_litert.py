@@ -55,6 +55,11 @@ def test_model_runs_in_litert_and_equals_ours(name, tmp_path):
     # No tap-by-tap slicing: the only strided slices are Xception's 4 strided shortcuts.
     assert ops.get("SLICE", 0) == 0
     assert ops.get("STRIDED_SLICE", 0) == (4 if name == "xception" else 0)
+    if name.startswith("mobilenet"):  # each 1x1 step one CONV_2D on the image, as Keras'
+        assert "RESHAPE" not in ops, ops
+    if name == "efficientnet":  # squeeze-and-excitation means: one pooling each
+        assert "SUM" not in ops and "RESHAPE" not in ops, ops
+        assert ops["AVERAGE_POOL_2D"] >= 1, ops  # (a pooling over 1x1 is dropped)
 
 
 def test_layers_and_nnx(tmp_path):
@@ -76,3 +81,38 @@ def test_rejects_non_float32(tmp_path):
     variables = layer.init(jax.random.key(0), x)
     with pytest.raises(TypeError, match="float32"):
         to_tflite(layer, variables, x, tmp_path / "m.tflite")
+
+
+def test_full_integer_int8(tmp_path):
+    """``calibration_batches``: int8 kernels from input to output, float only at the ends.
+
+    One separable layer: input, weights and output each rounded to 8 bits (a step of
+    1/255 of the calibrated range), so the output is within a few percent of float.
+    """
+    import numpy as np
+
+    layer = sl.SeparableConv(features=16, kernel_size=(3, 3), strides=2)
+    x = jax.random.normal(jax.random.key(4), (1, 16, 16, 8))
+    variables = layer.init(jax.random.key(5), x)
+    calibration = jax.random.normal(jax.random.key(6), (6, 16, 16, 8))
+    path = to_tflite(layer, variables, x, tmp_path / "int8.tflite", calibration_batches=calibration)
+    ops = tflite_ops(path)
+    assert ops == {"QUANTIZE": 1, "DEPTHWISE_CONV_2D": 1, "CONV_2D": 1, "DEQUANTIZE": 1}, ops
+    from sepconv_jax.export.litert import interpreter
+
+    it = interpreter(path, num_threads=1)
+    kinds = [np.dtype(t["dtype"]) for t in it.get_tensor_details()]
+    assert kinds.count(np.dtype(np.float32)) == 2  # the model's input and output
+    assert relative_error(run_tflite(it, x), layer.apply(variables, x)) <= 0.05
+
+
+def test_rejects_bad_calibration(tmp_path):
+    layer = sl.PointwiseConv(features=2)
+    x = jnp.ones((1, 2, 2, 3))
+    variables = layer.init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match="calibration_batches"):
+        to_tflite(
+            layer, variables, x, tmp_path / "m.tflite", calibration_batches=jnp.ones((4, 2, 2))
+        )
+    with pytest.raises(TypeError, match="calibration_batches"):
+        to_tflite(layer, variables, x, tmp_path / "m.tflite", calibration_batches="images")

@@ -1,7 +1,7 @@
 """The benchmark suite's records for people: tables, a summary, Markdown and a plot.
 
-Reads the records of :func:`sepconv_jax.apps.bench.measure_layers` and
-:func:`~sepconv_jax.apps.bench.measure_model` (plain dicts, as saved in
+Reads the records of :func:`sepconv_jax.apps.bench_layers.measure_layers` and
+:func:`~sepconv_jax.apps.bench_train.measure_model` (plain dicts, as saved in
 ``bench.json``); measures nothing.
 """
 

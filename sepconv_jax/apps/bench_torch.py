@@ -7,12 +7,9 @@ optional: without torch installed the column is empty.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
+from sepconv_jax.apps.bench_shapes import Layer
 from sepconv_jax.apps.timing import best_time
-
-if TYPE_CHECKING:
-    from sepconv_jax.apps.bench import Layer
 
 __all__ = ["measure_torch"]
 

@@ -1,15 +1,17 @@
 """Batch-1 latency of an exported model in the runtimes phones use, beside our JAX forward.
 
-:func:`latency_table` exports one model to ONNX (float32 and QDQ int8) and LiteRT,
-and times one call at a time in each runtime on this CPU against the jitted JAX
-forward: median and 90th percentile of ``runs`` calls after ``warmup`` calls.
-Timings are measurements, never test assertions; ``sepconv-jax bench --export``
-prints them (the benchmark calls :func:`export_latency`).
+:func:`our_runners` exports one model to ONNX (float32 and QDQ int8, run in
+onnxruntime) and LiteRT (float32 and full-integer int8, run in the LiteRT
+interpreter with XNNPACK) and returns one call per runtime with what each graph
+holds; :func:`time_side_by_side` times several calls in interleaved rounds, so
+that a load that comes and goes on the machine falls on every runtime alike;
+:func:`latency_table` does both for one model. Timings are measurements, never
+test assertions; ``sepconv-jax bench --export`` prints them beside the standard
+exports (:mod:`sepconv_jax.apps.bench_export`).
 """
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 import tempfile
@@ -22,10 +24,32 @@ import numpy as np
 
 from sepconv_jax.export import _model
 
-__all__ = ["RUNTIMES", "export_latency", "latency_table", "markdown", "time_calls"]
+__all__ = [
+    "RUNTIMES",
+    "THREADS",
+    "Runner",
+    "export_latency",
+    "latency_table",
+    "litert_runner",
+    "markdown",
+    "ort_runner",
+    "ort_session",
+    "our_runners",
+    "relative_error",
+    "rows_of",
+    "time_calls",
+    "time_side_by_side",
+]
 
 #: What :func:`latency_table` measures, in order.
-RUNTIMES = ("jax", "onnxruntime", "onnxruntime-int8", "litert")
+RUNTIMES = ("jax", "onnxruntime", "onnxruntime-int8", "litert", "litert-int8")
+
+#: Threads of every runtime unless told otherwise (onnxruntime's intra-op threads,
+#: the LiteRT interpreter's XNNPACK threads).
+THREADS = 2
+
+#: A runtime's call and facts: ``{"call": f, "ops": {...}, ...}`` or ``{"note": why not}``.
+Runner = dict[str, Any]
 
 
 def time_calls(call: Callable[[], Any], *, runs: int = 50, warmup: int = 3) -> dict[str, float]:
@@ -36,24 +60,190 @@ def time_calls(call: Callable[[], Any], *, runs: int = 50, warmup: int = 3) -> d
       >>> sorted(stats), stats["median_ms"] <= stats["p90_ms"]
       (['median_ms', 'p90_ms', 'runs'], True)
     """
-    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
-        raise ValueError(f"`runs` must be a positive int, got {runs!r}")
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - start) * 1e3)
+    return time_side_by_side({"call": call}, runs=runs, warmup=warmup, rounds=1)["call"]
+
+
+def time_side_by_side(
+    calls: Mapping[str, Callable[[], Any]], *, runs: int = 50, warmup: int = 3, rounds: int = 5
+) -> dict[str, dict[str, float]]:
+    """Median and 90th percentile (ms) of ``runs`` calls of each of ``calls``, interleaved.
+
+    Each call is warmed up ``warmup`` times, then the calls take turns: ``rounds``
+    rounds, each timing every call ``runs / rounds`` times (at least once).
+
+    Example:
+      >>> stats = time_side_by_side({"a": lambda: None, "b": lambda: sum(range(99))}, runs=4)
+      >>> sorted(stats), stats["b"]["runs"]
+      (['a', 'b'], 5)
+    """
+    for name, value in (("runs", runs), ("rounds", rounds)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    per_round = max(1, round(runs / rounds))
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            for _ in range(per_round):
+                start = time.perf_counter()
+                call()
+                times[name].append((time.perf_counter() - start) * 1e3)
     return {
-        "median_ms": float(np.median(times)),
-        "p90_ms": float(np.percentile(times, 90)),
-        "runs": runs,
+        name: {
+            "median_ms": float(np.median(t)),
+            "p90_ms": float(np.percentile(t, 90)),
+            "runs": len(t),
+        }
+        for name, t in times.items()
     }
+
+
+def relative_error(got: Any, want: Any) -> float:
+    """``max |got - want| / max |want|``."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
+
+
+def ort_session(
+    path: str | os.PathLike, *, threads: int = THREADS, optimized_path: str | None = None
+) -> Any:
+    """An onnxruntime CPU session with ``threads`` intra-op threads (and, given
+    ``optimized_path``, the graph it runs after its optimizations saved there)."""
+    from sepconv_jax.export.onnx import require
+
+    ort = require("onnxruntime")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    if optimized_path is not None:
+        options.optimized_model_filepath = os.fspath(optimized_path)
+    return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+
+
+def ort_runner(path: str, x: np.ndarray, *, threads: int = THREADS, layout: str = "NHWC") -> Runner:
+    """The call of an ONNX file in onnxruntime, with the op types of the exported graph
+    (``ops``) and of the graph onnxruntime runs after its optimizations
+    (``optimized_ops``: for an int8 model, ``QLinearConv`` or ``ConvInteger`` nodes
+    are convolutions in integer arithmetic, a ``Conv`` between ``DequantizeLinear``
+    and ``QuantizeLinear`` one in float). ``layout="NCHW"`` feeds ``x`` transposed."""
+    from sepconv_jax.export.onnx import op_counts
+
+    optimized = os.path.splitext(path)[0] + "_optimized.onnx"
+    sess = ort_session(path, threads=threads, optimized_path=optimized)
+    feed = {sess.get_inputs()[0].name: x.transpose(0, 3, 1, 2).copy() if layout == "NCHW" else x}
+
+    def call() -> Any:
+        return sess.run(None, feed)[0]
+
+    return {
+        "call": call,
+        "ops": dict(sorted(op_counts(path).items())),
+        "optimized_ops": dict(sorted(op_counts(optimized).items())),
+    }
+
+
+def litert_runner(path: str, x: np.ndarray, *, threads: int = THREADS) -> Runner:
+    """The call of a ``.tflite`` file in the LiteRT interpreter, with its operators."""
+    from sepconv_jax.export.litert import interpreter, tflite_ops
+
+    it = interpreter(path, num_threads=threads)
+    index = it.get_input_details()[0]["index"]
+    out = it.get_output_details()[0]["index"]
+
+    def call() -> Any:
+        it.set_tensor(index, x)
+        it.invoke()
+        return it.get_tensor(out)
+
+    return {"call": call, "ops": dict(sorted(tflite_ops(path).items()))}
 
 
 def _available(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
+
+
+def _missing(runtime: str) -> str | None:
+    needs, extra = ("tensorflow", "litert") if runtime.startswith("litert") else ("onnx", "export")
+    if runtime == "jax" or _available(needs):
+        return None
+    return f'needs the {extra} extra: pip install "sepconv-jax[{extra}]"'
+
+
+def our_runners(
+    module: Any,
+    variables: Any,
+    example_input: Any,
+    folder: str,
+    *,
+    runtimes: Sequence[str] = RUNTIMES,
+    calibration_batches: Any = None,
+    threads: int = THREADS,
+) -> dict[str, Runner]:
+    """Our model exported for each runtime of ``runtimes`` (files in ``folder``).
+
+    Args:
+      module, variables: a linen model and its variables.
+      example_input: one input, ``(1, height, width, channels)`` float32.
+      folder: where the exported files go.
+      runtimes: a subset of :data:`RUNTIMES`.
+      calibration_batches: inputs for the int8 models' activation ranges (default:
+        ``example_input``).
+      threads: onnxruntime's intra-op threads and the LiteRT interpreter's.
+
+    Returns:
+      ``runtime -> runner``: ``call`` (no arguments, returns the output), ``ops``
+      (op types and counts of the graph); or ``note`` where a runtime's extra is
+      missing or its export failed (the message).
+    """
+    unknown = [r for r in runtimes if r not in RUNTIMES]
+    if unknown:
+        raise ValueError(f"`runtimes` has {unknown}; choose from {RUNTIMES}")
+    x = np.asarray(example_input, np.float32)
+    batches = [x] if calibration_batches is None else calibration_batches
+    runners: dict[str, Runner] = {}
+    for runtime in runtimes:
+        note = _missing(runtime)
+        if note is not None:
+            runners[runtime] = {"note": note}
+            continue
+        try:
+            runners[runtime] = _our_runner(runtime, module, variables, x, batches, folder, threads)
+        except Exception as error:  # recorded, and the benchmark goes on
+            runners[runtime] = {"note": f"{type(error).__name__}: {error}"[:300]}
+    return runners
+
+
+def _our_runner(runtime, module, variables, x, batches, folder, threads) -> Runner:
+    if runtime == "jax":
+        forward = jax.jit(_model.inference_function(module, variables, x, fold_batch_norm=False))
+        return {"call": lambda: forward(x).block_until_ready()}
+    if runtime.startswith("litert"):
+        from sepconv_jax.export.litert import to_tflite
+
+        int8 = runtime == "litert-int8"
+        path = to_tflite(
+            module,
+            variables,
+            x,
+            os.path.join(folder, f"ours{'_int8' if int8 else ''}.tflite"),
+            calibration_batches=batches if int8 else None,
+        )
+        return litert_runner(path, x, threads=threads)
+    from sepconv_jax.export.onnx import to_onnx
+
+    if runtime == "onnxruntime":
+        path = to_onnx(module, variables, x, os.path.join(folder, "ours.onnx"))
+    else:
+        from sepconv_jax.export.quantization import quantize
+
+        # 7-bit weights: onnxruntime's uint8 x int8 kernels on x86 without VNNI add
+        # product pairs in 16 bits, which full-range weights can overflow.
+        qmodel, qvars = quantize(module, variables, batches, per_channel=True, reduce_range=True)
+        path = to_onnx(qmodel, qvars, x, os.path.join(folder, "ours_int8.onnx"))
+    return ort_runner(path, x, threads=threads)
 
 
 def latency_table(
@@ -66,93 +256,54 @@ def latency_table(
     calibration_batches: Any = None,
     workdir: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Times one model at batch 1 in each runtime.
+    """Times one model at batch 1 in each runtime, side by side.
 
     Args:
-      module, variables: a linen model and its variables.
-      example_input: one input, ``(1, height, width, channels)`` float32.
+      module, variables, example_input, runtimes, calibration_batches: as in
+        :func:`our_runners`.
       runs: timed calls per runtime.
-      runtimes: a subset of :data:`RUNTIMES`.
-      calibration_batches: inputs for the int8 model's activation ranges (default:
-        ``example_input``).
       workdir: where the exported files go (default: a temporary folder, removed after).
 
     Returns:
-      One row per runtime: ``runtime``, ``median_ms``, ``p90_ms``, ``runs``, and
-      ``max_rel_error`` against our float output; a runtime whose extra is not
-      installed gets ``median_ms=None`` and a ``note``. The onnxruntime rows also
-      get ``optimized_ops``, the op types (with counts) of the graph onnxruntime
-      runs after its optimizations: for the int8 model, ``QLinearConv`` (or
-      ``ConvInteger``) nodes are convolutions in integer arithmetic, a ``Conv``
-      between ``DequantizeLinear`` and ``QuantizeLinear`` is one in float.
+      One row per runtime: ``runtime``, ``median_ms``, ``p90_ms``, ``runs``,
+      ``max_rel_error`` against our float JAX output, and the graph's ``ops`` (the
+      onnxruntime rows also ``optimized_ops``); a runtime that could not run gets
+      ``median_ms=None`` and a ``note``.
     """
-    unknown = [r for r in runtimes if r not in RUNTIMES]
-    if unknown:
-        raise ValueError(f"`runtimes` has {unknown}; choose from {RUNTIMES}")
+    if workdir is None:
+        with tempfile.TemporaryDirectory(prefix="sepconv_export_") as folder:
+            return latency_table(
+                module,
+                variables,
+                example_input,
+                runs=runs,
+                runtimes=runtimes,
+                calibration_batches=calibration_batches,
+                workdir=folder,
+            )
     x = np.asarray(example_input, np.float32)
-    reference = jax.jit(_model.inference_function(module, variables, x, fold_batch_norm=False))
-    want = np.asarray(reference(x))
-    if workdir is not None:
-        return _measure(
-            module, variables, x, reference, want, runs, runtimes, calibration_batches, workdir
-        )
-    with tempfile.TemporaryDirectory(prefix="sepconv_export_") as folder:
-        return _measure(
-            module, variables, x, reference, want, runs, runtimes, calibration_batches, folder
-        )
+    runners = our_runners(
+        module, variables, x, workdir, runtimes=runtimes, calibration_batches=calibration_batches
+    )
+    want = np.asarray(_model.inference_function(module, variables, x, fold_batch_norm=False)(x))
+    return rows_of(runners, want, runs=runs)
 
 
-def _measure(module, variables, x, reference, want, runs, runtimes, calibration_batches, folder):
-    """The rows of :func:`latency_table`, the exported files written to ``folder``."""
-
-    def row(runtime: str, call: Callable[[], Any]) -> dict[str, Any]:
-        got = np.asarray(call())
-        error = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
-        return {"runtime": runtime, **time_calls(call, runs=runs), "max_rel_error": error}
-
+def rows_of(
+    runners: Mapping[str, Runner], want: Any, *, runs: int, rounds: int = 5
+) -> list[dict[str, Any]]:
+    """Times the runners side by side; one row each (``max_rel_error`` against
+    ``want``, or ``None`` for a runner marked ``"compare": False``)."""
+    calls = {name: r["call"] for name, r in runners.items() if "call" in r}
+    stats = time_side_by_side(calls, runs=runs, rounds=min(rounds, runs))
     rows = []
-    for runtime in runtimes:
-        if runtime == "jax":
-            rows.append(row(runtime, lambda: reference(x).block_until_ready()))
+    for name, runner in runners.items():
+        facts = {k: v for k, v in runner.items() if k not in ("call", "compare")}
+        if name not in stats:
+            rows.append({"runtime": name, "median_ms": None, "p90_ms": None, "runs": 0, **facts})
             continue
-        needs = "tensorflow" if runtime == "litert" else "onnxruntime"
-        if not _available(needs):
-            extra = "litert" if runtime == "litert" else "export"
-            rows.append(
-                {
-                    "runtime": runtime,
-                    "median_ms": None,
-                    "p90_ms": None,
-                    "runs": 0,
-                    "note": f'needs the {extra} extra: pip install "sepconv-jax[{extra}]"',
-                }
-            )
-            continue
-        if runtime == "litert":
-            from sepconv_jax.export.litert import interpreter, run_tflite, to_tflite
-
-            path = to_tflite(module, variables, x, os.path.join(folder, "model.tflite"))
-            it = interpreter(path)
-            rows.append(row(runtime, functools.partial(run_tflite, it, x)))
-            continue
-        from sepconv_jax.export.onnx import op_counts, run_onnx, session, to_onnx
-
-        if runtime == "onnxruntime":
-            path = to_onnx(module, variables, x, os.path.join(folder, "model.onnx"))
-        else:
-            from sepconv_jax.export.quantization import quantize
-
-            batches = [x] if calibration_batches is None else calibration_batches
-            # 7-bit weights: onnxruntime's uint8 x int8 kernels on x86 without VNNI
-            # add product pairs in 16 bits, which full-range weights can overflow.
-            qmodel, qvars = quantize(
-                module, variables, batches, per_channel=True, reduce_range=True
-            )
-            path = to_onnx(qmodel, qvars, x, os.path.join(folder, "model_int8.onnx"))
-        optimized = os.path.splitext(path)[0] + "_optimized.onnx"
-        sess = session(path, optimized_path=optimized)
-        rows.append(row(runtime, functools.partial(run_onnx, sess, x)))
-        rows[-1]["optimized_ops"] = dict(sorted(op_counts(optimized).items()))
+        error = relative_error(runner["call"](), want) if runner.get("compare", True) else None
+        rows.append({"runtime": name, **stats[name], "max_rel_error": error, **facts})
     return rows
 
 
@@ -188,8 +339,9 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
         if r.get("median_ms") is None:
             lines.append(f"| {r.get('model', '')} | {r['runtime']} | - | - | {r.get('note', '')} |")
             continue
+        error = r.get("max_rel_error")
         lines.append(
             f"| {r.get('model', '')} | {r['runtime']} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} "
-            f"| {r['max_rel_error']:.1e} |"
+            f"| {'-' if error is None else f'{error:.1e}'} |"
         )
     return "\n".join(lines)
