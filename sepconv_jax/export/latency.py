@@ -33,7 +33,6 @@ __all__ = [
     "litert_runner",
     "markdown",
     "ort_runner",
-    "ort_session",
     "our_runners",
     "relative_error",
     "rows_of",
@@ -106,33 +105,16 @@ def relative_error(got: Any, want: Any) -> float:
     return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
 
 
-def ort_session(
-    path: str | os.PathLike, *, threads: int = THREADS, optimized_path: str | None = None
-) -> Any:
-    """An onnxruntime CPU session with ``threads`` intra-op threads (and, given
-    ``optimized_path``, the graph it runs after its optimizations saved there)."""
-    from sepconv_jax.export.onnx import require
-
-    ort = require("onnxruntime")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    if optimized_path is not None:
-        options.optimized_model_filepath = os.fspath(optimized_path)
-    return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
-
-
 def ort_runner(path: str, x: np.ndarray, *, threads: int = THREADS, layout: str = "NHWC") -> Runner:
     """The call of an ONNX file in onnxruntime, with the op types of the exported graph
     (``ops``) and of the graph onnxruntime runs after its optimizations
     (``optimized_ops``: for an int8 model, ``QLinearConv`` or ``ConvInteger`` nodes
     are convolutions in integer arithmetic, a ``Conv`` between ``DequantizeLinear``
     and ``QuantizeLinear`` one in float). ``layout="NCHW"`` feeds ``x`` transposed."""
-    from sepconv_jax.export.onnx import op_counts
+    from sepconv_jax.export.onnx import op_counts, session
 
     optimized = os.path.splitext(path)[0] + "_optimized.onnx"
-    sess = ort_session(path, threads=threads, optimized_path=optimized)
+    sess = session(path, threads=threads, optimized_path=optimized)
     feed = {sess.get_inputs()[0].name: x.transpose(0, 3, 1, 2).copy() if layout == "NCHW" else x}
 
     def call() -> Any:

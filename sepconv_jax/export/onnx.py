@@ -209,11 +209,23 @@ def conv_groups(model: Any) -> list[int]:
     return groups
 
 
-def session(path: str | os.PathLike, *, optimized_path: str | None = None) -> Any:
-    """An ``onnxruntime`` CPU session for ``path`` (optionally saving the optimized graph)."""
+def session(
+    path: str | os.PathLike, *, optimized_path: str | None = None, threads: int | None = None
+) -> Any:
+    """An ``onnxruntime`` CPU session for ``path``.
+
+    Args:
+      path: the ``.onnx`` file.
+      optimized_path: where to save the graph onnxruntime runs after its optimizations.
+      threads: intra-op threads (one inter-op thread then); ``None`` keeps onnxruntime's
+        default.
+    """
     ort = require("onnxruntime")
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
     if optimized_path is not None:
         options.optimized_model_filepath = os.fspath(optimized_path)
     return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
