@@ -24,18 +24,28 @@ import jax
 from sepconv_jax.apps.bench import machine_info
 from sepconv_jax.kernels import shift
 
-TIMM = {"MobileNetV2": "mobilenetv2_100", "EfficientNetB0": "efficientnet_b0"}
+TIMM = {
+    "MobileNetV2": "mobilenetv2_100",
+    "EfficientNetB0": "efficientnet_b0",
+    "ConvNeXtTiny": "convnext_tiny",
+}
 MIB = 2**20
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(TIMM))
+    parser.add_argument("--models", nargs="+", default=["MobileNetV2", "EfficientNetB0"])
     parser.add_argument("--batches", nargs="+", type=int, default=[32])
     parser.add_argument("--tiles-mib", nargs="+", type=float, default=[0, 4, 8, 16])
     parser.add_argument("--image-size", type=int, default=160)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--training", action="store_true")
+    parser.add_argument(
+        "--tile-padded",
+        action="store_true",
+        help="also tile inputs padded up front (above the tile size); a nonzero tile "
+        "size then names the variant '<size> MiB all'",
+    )
     parser.add_argument("--out", default="benchmarks/results/cpu_profile/tiles")
     args = parser.parse_args()
     import optax
@@ -59,6 +69,7 @@ def main() -> None:
                 compiled = {}
                 for mib in args.tiles_mib:
                     shift.TILE_BYTES = int(mib * MIB)
+                    shift._TILE_PADDED = args.tile_padded
                     if mode == "inference":
                         fargs = (variables, images)
 
@@ -78,6 +89,7 @@ def main() -> None:
                     compiled[mib] = jax.jit(fn).lower(*fargs).compile()
                     jax.block_until_ready(compiled[mib](*fargs))
                 shift.TILE_BYTES = default
+                shift._TILE_PADDED = False
                 best = {mib: float("inf") for mib in args.tiles_mib}
                 for _ in range(args.rounds):
                     for mib, call in compiled.items():

@@ -85,6 +85,10 @@ MATERIALIZE_BYTES = 32 * 2**20
 #: ``0`` turns tiling off (large inputs are then read in place).
 TILE_BYTES = 8 * 2**20
 
+# Also tile inputs that are padded up front when their padded copy exceeds
+# TILE_BYTES (an experiment of benchmarks/tile_probe.py; off).
+_TILE_PADDED = False
+
 
 def _phase_extents(in_spatial, strides, padding) -> tuple[int, ...]:
     return tuple(
@@ -146,7 +150,11 @@ class _Geometry:
         """Images per tile: the batch, or for inputs that are not padded up front (too
         large) the largest divisor of the batch whose padded copy stays below
         :data:`TILE_BYTES` (at least one image); see :data:`TILE_BYTES`."""
-        if self.materialize or self.batch == 1 or TILE_BYTES <= 0:
+        if self.batch == 1 or TILE_BYTES <= 0:
+            return self.batch
+        if self.materialize and not (
+            _TILE_PADDED and self.padded_bytes(self.batch, itemsize) > TILE_BYTES
+        ):
             return self.batch
         per_image = self.padded_bytes(1, itemsize)
         if per_image >= MATERIALIZE_BYTES:
