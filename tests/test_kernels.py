@@ -95,6 +95,39 @@ def test_shift_without_padded_copy(monkeypatch, xshape, kshape, kw, data_format)
     np.testing.assert_allclose(np.asarray(dk), want_dk, rtol=RTOL, atol=1e-4)
 
 
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("kw", [dict(padding="SAME", strides=2), dict(padding=1, dilation=2)])
+def test_shift_in_batch_tiles(monkeypatch, kw, data_format):
+    """Inputs too large for one padded copy run in tiles of whole images (a loop over
+    tiles): same results and grads as the definition, on a batch of 6 in 3 tiles."""
+    xshape, kshape = (6, 7, 8, 3), (3, 3, 1, 6)
+    spec = _spec.make_spec(
+        jnp.ones(xshape),
+        jnp.ones(kshape),
+        groups=None,
+        strides=kw.get("strides", 1),
+        padding=kw["padding"],
+        dilation=kw.get("dilation", 1),
+        padding_mode="zeros",
+        data_format="channels_last",
+    )
+    per_image = shift._Geometry.from_spec(spec, 1).padded_bytes(1)  # float32
+    monkeypatch.setattr(shift, "MATERIALIZE_BYTES", 3 * per_image)
+    monkeypatch.setattr(shift, "TILE_BYTES", 2 * per_image + 1)
+    geom = shift._Geometry.from_spec(spec, 6)
+    assert not geom.materialize and geom.tile(4) == 2
+    x, kernel = _rand(26, xshape), _rand(27, kshape)
+    want = _reference(x, kernel, **kw)
+    got = _depthwise(x, kernel, impl="shift", data_format=data_format, **kw)
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    g = _rand(28, want.shape)
+    loss = lambda x, k: jnp.sum(ops.depthwise_conv(x, k, impl="shift", **kw) * g)
+    dx, dk = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, kernel)
+    want_dx, want_dk = _reference_grads(x, kernel, g, **kw)
+    np.testing.assert_allclose(np.asarray(dx), want_dx, rtol=RTOL, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(dk), want_dk, rtol=RTOL, atol=1e-4)
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_forward_matches_scalar_loops(impl):
     """Against the definition written as scalar loops (strides, dilation, multiplier)."""

@@ -13,7 +13,10 @@ same network with the same weights. Then, on the same CPU, one run measures:
   (see :mod:`sepconv_jax.apps.bench_torch` for why): inference under
   ``torch.inference_mode()`` in ``eval()`` mode, and a training step
   (``torch.optim.SGD`` with momentum, the same loss), each with the input in
-  PyTorch's default NCHW layout and in ``channels_last``.
+  PyTorch's default NCHW layout and in ``channels_last``; on request
+  (``torch_compiled``) also under ``torch.compile`` in ``channels_last``. The child
+  sets ``OMP_WAIT_POLICY=PASSIVE`` unless the caller set it: on shared cores
+  OpenMP's spinning barrier slows PyTorch down many times over.
 
 Times are :func:`~sepconv_jax.apps.timing.best_time`'s (best call after a warm-up);
 JAX's compile time is recorded apart. Results: ``models.json``, ``models.md`` and,
@@ -67,6 +70,7 @@ def _ours(
     name: str,
     impls: Sequence[str],
     *,
+    modes: Sequence[str] = MODES,
     batch: int,
     image_size: int,
     num_classes: int,
@@ -104,6 +108,8 @@ def _ours(
             ),
         }
         for mode, (fn, args) in jobs.items():
+            if mode not in modes:
+                continue
             record: dict[str, Any] = {
                 "model": name,
                 "runner": f"ours impl={impl}",
@@ -142,8 +148,19 @@ def _torch_worker(
     num_classes: int,
     min_time: float,
     max_reps: int,
+    modes: Sequence[str] = MODES,
+    compiled: Sequence[str] = (),
 ) -> tuple[list[dict], int]:
-    """Times every timm model of ``names`` in PyTorch (in a child process)."""
+    """Times every timm model of ``names`` in PyTorch (in a child process): eager in
+    both layouts, and ``torch.compile``'d in ``channels_last`` for the modes of
+    ``compiled``."""
+    import os
+
+    # OpenMP's spinning barrier makes PyTorch tens of times slower when the cores are
+    # shared (measured: 2.9 s against 0.07 s a MobileNetV2 call at 64x64, batch 2, on
+    # a loaded 2-core machine); waiting passively keeps it at its unloaded speed. Set
+    # before torch starts OpenMP; a value set by the caller wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
     records = []
@@ -174,8 +191,9 @@ def _torch_worker(
                 optimizer.step()
                 return loss
 
-            for mode, call in (("inference", infer), ("training", train)):
-                seconds, reps = best_time(call, max_reps=max_reps, min_time=min_time)
+            calls = {"inference": infer, "training": train}
+            for mode in modes:
+                seconds, reps = best_time(calls[mode], max_reps=max_reps, min_time=min_time)
                 records.append(
                     {
                         "model": name,
@@ -189,7 +207,65 @@ def _torch_worker(
                         "images_per_second": batch / seconds,
                     }
                 )
+        for mode in [m for m in modes if m in compiled]:
+            records.append(
+                _torch_compiled(timm_model, name, mode, images, labels, min_time, max_reps)
+            )
     return records, torch.get_num_threads()
+
+
+def _torch_compiled(timm_model, name, mode, images, labels, min_time, max_reps) -> dict:
+    """One record of the ``torch.compile``'d model (default inductor backend, which
+    builds C++ with the system compiler), in ``channels_last``; compile failures are
+    recorded with their error."""
+    import time
+
+    import torch
+
+    model = timm_model.to(memory_format=torch.channels_last)
+    x = images.contiguous(memory_format=torch.channels_last)
+    record: dict[str, Any] = {
+        "model": name,
+        "runner": "timm compiled",
+        "framework": "torch",
+        "layout": "channels_last",
+        "mode": mode,
+        "params": sum(p.numel() for p in model.parameters()),
+    }
+    try:
+        compiled = torch.compile(model)
+        if mode == "inference":
+            model.eval()
+
+            def call():
+                with torch.inference_mode():
+                    return compiled(x)
+
+        else:
+            model.train()
+            optimizer = torch.optim.SGD(model.parameters(), lr=_LEARNING_RATE, momentum=_MOMENTUM)
+
+            def call():
+                optimizer.zero_grad(set_to_none=True)
+                loss = torch.nn.functional.cross_entropy(compiled(x), labels)
+                loss.backward()
+                optimizer.step()
+                return loss
+
+        start = time.perf_counter()
+        call()
+        compile_seconds = time.perf_counter() - start
+        seconds, reps = best_time(call, max_reps=max_reps, min_time=min_time)
+    except Exception as error:  # recorded (no compiler, an unsupported op...), and on
+        record.update(seconds=None, images_per_second=None, error=repr(error)[:300])
+        return record
+    record.update(
+        seconds=seconds,
+        reps=reps,
+        images_per_second=images.shape[0] / seconds,
+        compile_seconds=compile_seconds,
+    )
+    return record
 
 
 def measure_zoo(
@@ -202,6 +278,8 @@ def measure_zoo(
     max_reps: int,
     num_classes: int = 1000,
     torch_enabled: bool = True,
+    modes: Sequence[str] = MODES,
+    torch_compiled: Sequence[str] = (),
     log: Callable[[str], None] = print,
 ) -> tuple[list[dict], dict[str, Any]]:
     """Images per second of inference and of a training step, ours against timm's.
@@ -213,6 +291,10 @@ def measure_zoo(
       min_time, max_reps: as for :func:`~sepconv_jax.apps.timing.best_time`.
       num_classes: classifier width of every model.
       torch_enabled: also time timm in PyTorch (in a child process).
+      modes: which of :data:`MODES` to time.
+      torch_compiled: the modes in which to time timm under ``torch.compile`` too
+        (runner ``"timm compiled"``, channels_last; its compile time is recorded
+        apart, and a failure is recorded with its error).
       log: where progress lines go.
 
     Returns:
@@ -242,6 +324,7 @@ def measure_zoo(
         ours, timm_params = _ours(
             name,
             impls,
+            modes=modes,
             batch=batch,
             image_size=image_size,
             num_classes=num_classes,
@@ -257,10 +340,22 @@ def measure_zoo(
         with multiprocessing.get_context("spawn").Pool(1) as pool:
             theirs, threads = pool.apply(
                 _torch_worker,
-                (list(names), batch, image_size, num_classes, min_time, max_reps),
+                (
+                    list(names),
+                    batch,
+                    image_size,
+                    num_classes,
+                    min_time,
+                    max_reps,
+                    tuple(modes),
+                    tuple(torch_compiled),
+                ),
             )
         facts["torch_threads"] = threads
         for record in theirs:
+            if record["seconds"] is None:
+                log(f"{record['model']} {record['runner']} {record['mode']}: {record['error']}")
+                continue
             log(
                 f"{record['model']} {record['runner']} {record['mode']}: "
                 f"{1e3 * record['seconds']:.1f} ms, {record['images_per_second']:.1f} images/s"
@@ -273,14 +368,18 @@ def _fastest_timm(records: Sequence[dict], model: str, mode: str) -> dict | None
     timed = [
         r
         for r in records
-        if r["model"] == model and r["mode"] == mode and r["framework"] == "torch"
+        if r["model"] == model
+        and r["mode"] == mode
+        and r["framework"] == "torch"
+        and r["runner"] != "timm compiled"
+        and r.get("seconds") is not None
     ]
     return min(timed, key=lambda r: r["seconds"], default=None)
 
 
 def markdown(records: Sequence[dict]) -> str:
     """One row per model and runner: parameters, images/s of each mode, and each
-    against the faster of timm's two layouts (> 1: faster than PyTorch)."""
+    against the faster of timm's two eager layouts (> 1: faster than PyTorch eager)."""
     lines = [
         "| model | runner | params | inference images/s | vs timm | training images/s "
         "| vs timm | compile s (inf / train) |",

@@ -14,7 +14,13 @@ The rule for ``"auto"``, by platform and shape:
   the MobileNetV2 and EfficientNet-B0 depthwise layers at batch 8 in float32 on a
   2-core CPU (see ``benchmarks/RESULTS.md``), unless the window has more than
   :data:`MAX_SHIFT_TAPS` taps (more than a 7x7x7 3-D window), where the unrolled
-  loop would compile slowly; then ``"xla"``.
+  loop would compile slowly; then ``"xla"``. In whole models it is also the faster
+  one: ``bench --models`` measured ``"auto"`` 2.2-14x faster than ``"xla"`` on
+  MobileNetV2, MobileNetV3-Large, EfficientNet-B0 and ConvNeXt-T, inference and
+  training, batch 8 and 32. Within ``"shift"``, inputs too large for one padded copy
+  run in tiles of whole images (:data:`sepconv_jax.kernels.shift.TILE_BYTES`), which
+  measured 1.7x faster than reading them in place on EfficientNet-B0 inference at
+  batch 32 (``benchmarks/tile_probe.py``).
 * ``cuda``: ``"pallas"`` (the Triton kernels of :mod:`sepconv_jax.kernels.pallas`)
   for 2-D windows of at most 3x3 taps with a stride above 1, ``"xla"`` otherwise. On
   one H100 at batch 64, forward+backward (``benchmarks/results/gpu/``, summarized in

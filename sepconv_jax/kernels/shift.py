@@ -65,7 +65,7 @@ from jax import lax
 
 from sepconv_jax._spec import ConvSpec
 
-__all__ = ["MATERIALIZE_BYTES", "forward", "input_transpose", "kernel_transpose"]
+__all__ = ["MATERIALIZE_BYTES", "TILE_BYTES", "forward", "input_transpose", "kernel_transpose"]
 
 
 #: Inputs whose zero-padded copy is smaller than this are padded once up front (the
@@ -73,6 +73,21 @@ __all__ = ["MATERIALIZE_BYTES", "forward", "input_transpose", "kernel_transpose"
 #: glibc hands allocations of 32 MiB or more straight back to the OS, so a large
 #: temporary costs a page fault per 4 KiB on every call.
 MATERIALIZE_BYTES = 32 * 2**20
+
+#: Inputs whose padded copy would reach :data:`MATERIALIZE_BYTES` are split into
+#: tiles of whole images, each with a padded copy below this size, and the three maps
+#: run on one tile at a time in a loop (:func:`lax.map`). Read in place instead, such
+#: an input lets XLA:CPU fuse the elementwise layers before the depthwise one (batch
+#: norm, SiLU) into the tap loop and recompute them once per tap: EfficientNet-B0's
+#: 80x80 C96 stride-2 layer (batch 32, 160x160 input) then took 2.4 s of a 4.3 s
+#: inference call (``benchmarks/results/cpu_profile``). The loop's input is a
+#: buffer, so the producer runs once, and each tile's padded copy stays in cache.
+#: ``0`` turns tiling off (large inputs are then read in place).
+TILE_BYTES = 8 * 2**20
+
+# Also tile inputs that are padded up front when their padded copy exceeds
+# TILE_BYTES (an experiment of benchmarks/tile_probe.py; off).
+_TILE_PADDED = False
 
 
 def _phase_extents(in_spatial, strides, padding) -> tuple[int, ...]:
@@ -126,6 +141,26 @@ class _Geometry:
     @property
     def n(self) -> int:
         return len(self.window)
+
+    def padded_bytes(self, batch: int, itemsize: int = 4) -> int:
+        padded = math.prod(e * s for e, s in zip(self.phase_extents, self.strides, strict=True))
+        return batch * padded * self.channels * itemsize
+
+    def tile(self, itemsize: int) -> int:
+        """Images per tile: the batch, or for inputs that are not padded up front (too
+        large) the largest divisor of the batch whose padded copy stays below
+        :data:`TILE_BYTES` (at least one image); see :data:`TILE_BYTES`."""
+        if self.batch == 1 or TILE_BYTES <= 0:
+            return self.batch
+        if self.materialize and not (
+            _TILE_PADDED and self.padded_bytes(self.batch, itemsize) > TILE_BYTES
+        ):
+            return self.batch
+        per_image = self.padded_bytes(1, itemsize)
+        if per_image >= MATERIALIZE_BYTES:
+            return self.batch
+        fits = max(1, TILE_BYTES // per_image)
+        return max(d for d in range(1, min(fits, self.batch) + 1) if self.batch % d == 0)
 
     @property
     def taps(self) -> list[tuple[int, ...]]:
@@ -413,6 +448,30 @@ def _kernel_grad_raw(x, g, geom: _Geometry, acc: np.dtype, out: np.dtype) -> jax
     return sums.reshape(*geom.window, 1, cm).astype(out)
 
 
+# ----------------------------------------------------------------------------- tiling
+
+
+def _tiled(raw, a, b, geom: _Geometry, acc: np.dtype, out: np.dtype, *, reduce: bool):
+    """``raw(a, b, geom, ...)`` one tile of whole images of ``a`` at a time (see
+    :data:`TILE_BYTES`); ``reduce``: the results of the tiles are summed (the kernel
+    transpose), else they are the tiles of the result. ``b`` is per image like ``a``
+    when ``reduce``, else it is the kernel, shared by all tiles."""
+    tile = geom.tile(acc.itemsize)
+    if tile == geom.batch:
+        return raw(a, b, geom, acc, out)
+    count = geom.batch // tile
+    sub = dataclasses.replace(geom, batch=tile, materialize=True)
+
+    def split(v):
+        return v.reshape(count, tile, *v.shape[1:])
+
+    if reduce:
+        parts = lax.map(lambda ab: raw(ab[0], ab[1], sub, acc, acc), (split(a), split(b)))
+        return parts.sum(axis=0).astype(out)
+    parts = lax.map(lambda at: raw(at, b, sub, acc, out), split(a))
+    return parts.reshape(geom.batch, *parts.shape[2:])
+
+
 # ----------------------------------------------------------------------------- the maps
 
 
@@ -444,7 +503,8 @@ def forward(x, kernel, spec: ConvSpec, *, platform, precision, preferred_element
     """
     del platform, precision
     acc = _numerics(x, kernel, preferred_element_type, out_dtype)
-    return _forward_raw(x, kernel, _geometry(spec, acc), acc, np.dtype(out_dtype))
+    geom = _geometry(spec, acc)
+    return _tiled(_forward_raw, x, kernel, geom, acc, np.dtype(out_dtype), reduce=False)
 
 
 def input_transpose(
@@ -453,7 +513,8 @@ def input_transpose(
     """``dx``: the transposed convolution of ``g`` (see :func:`forward` for the signature)."""
     del platform, precision
     acc = _numerics(g, kernel, preferred_element_type, out_dtype)
-    return _input_grad_raw(g, kernel, _geometry(spec, acc), acc, np.dtype(out_dtype))
+    geom = _geometry(spec, acc)
+    return _tiled(_input_grad_raw, g, kernel, geom, acc, np.dtype(out_dtype), reduce=False)
 
 
 def kernel_transpose(
@@ -462,4 +523,5 @@ def kernel_transpose(
     """``dkernel``: per tap and channel, ``sum xpad * g`` (see :func:`forward`)."""
     del platform, precision
     acc = _numerics(x, g, preferred_element_type, out_dtype)
-    return _kernel_grad_raw(x, g, _geometry(spec, acc), acc, np.dtype(out_dtype))
+    geom = _geometry(spec, acc)
+    return _tiled(_kernel_grad_raw, x, g, geom, acc, np.dtype(out_dtype), reduce=True)

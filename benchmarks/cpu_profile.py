@@ -1,0 +1,425 @@
+"""Where the time of a whole model goes on CPU: ours and timm's, by layer kind.
+
+For MobileNetV2, EfficientNet-B0 and ConvNeXt-T (the timm models, converted with
+:func:`sepconv_jax.interop.timm.convert`, so both sides run one network) at each
+``--batches``, this script profiles one inference call and one training step
+(forward, backward, SGD with momentum) on both sides and splits the time into layer
+kinds: stem, depthwise, pointwise (1x1 convolutions and the classifier), batch norm
+(layer norm in ConvNeXt), activations, squeeze-excite, layout copies, and the
+optimizer (with the loss), each forward and backward.
+
+* Ours: the XLA:CPU thunks of the compiled program, as the JAX profiler records
+  them (``jax.profiler.start_trace``; one event per thunk, named after its HLO
+  instruction). Each instruction is attributed through its ``op_name`` metadata,
+  which carries the Flax module path (``.../block3a/depthwise/...``) and, for the
+  backward pass, ``transpose(jvp(...))``. A fusion counts for the module of its root
+  instruction, so a batch norm fused into a depthwise loop counts as depthwise.
+* timm: ``torch.profiler`` self CPU time per ATen op, with input shapes, so that a
+  convolution is depthwise, pointwise, stem or squeeze-excite by its weight's shape.
+
+Thunks may run concurrently on the two cores, so the kinds of one program add up to
+its CPU time, not its wall time; the tables give both, and the shares. Around one
+untraced call per program the script also reads the process's page faults
+(``/proc/self/stat`` fields ``minflt`` and ``majflt``), which is how the batch-32
+slowdown is attributed. PyTorch runs in its own ``spawn`` process (see
+:mod:`sepconv_jax.apps.bench_torch` for why), after ours.
+
+Usage::
+
+    python benchmarks/cpu_profile.py --out benchmarks/results/cpu_profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import json
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from sepconv_jax.apps.bench import machine_info
+
+TIMM = {
+    "MobileNetV2": "mobilenetv2_100",
+    "EfficientNetB0": "efficientnet_b0",
+    "ConvNeXtTiny": "convnext_tiny",
+}
+KINDS = (
+    "stem",
+    "depthwise",
+    "pointwise",
+    "norm",
+    "activation",
+    "squeeze-excite",
+    "layout copy",
+    "optimizer+loss",
+    "other",
+)
+_LR, _MOMENTUM = 0.01, 0.9
+
+
+def faults() -> tuple[int, int]:
+    """This process's ``(minor, major)`` page faults so far."""
+    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[7]), int(fields[9])
+
+
+# ----------------------------------------------------------------------------- ours
+
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = .*? ([a-z][a-z\-]*)\(")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+
+
+def hlo_instructions(text: str) -> dict[str, tuple[str, str]]:
+    """Instruction name -> ``(opcode, op_name)`` over every computation of a module."""
+    found = {}
+    for line in text.splitlines():
+        match = _INSTRUCTION.match(line)
+        if match:
+            name_match = _OP_NAME.search(line)
+            found[match.group(1)] = (match.group(2), name_match.group(1) if name_match else "")
+    return found
+
+
+def kind_of_op_name(op_name: str, opcode: str, thunk: str) -> str:
+    """The layer kind of an instruction, from its module path (see the module docstring)."""
+    if opcode in ("copy", "transpose") or re.match(r"(copy|transpose|bitcast)[\w.]*fusion", thunk):
+        return "layout copy"
+    path = re.sub(r"^jit\([^)]*\)/", "", op_name)
+    if not re.match(r"(transpose\()?jvp\(\w+\)\)?/|[A-Z]\w+/", path):
+        return "optimizer+loss" if path else "other"
+    segments = path.split("/")[1:-1]  # drop the model and the primitive
+    modules = "/".join(segments)
+    if re.search(r"(^|/)(stem\w*|conv1|conv1_bn|conv_stem|bn1)(/|$)", modules):
+        return "stem"
+    if re.search(r"(^|/)se(/|$)|_se(/|$)", modules):
+        return "squeeze-excite"
+    if segments and re.search(r"depthwise$", segments[-1]):
+        return "depthwise"
+    if segments and re.search(r"(bn|norm)$", segments[-1]):
+        return "norm"
+    if re.search(r"silu|relu|gelu|erf|swish|sigmoid|tanh", path.rsplit("/", 1)[-1] + modules):
+        return "activation"
+    if segments and re.search(r"expand|project|pointwise|conv_last|head|predictions|top", modules):
+        return "pointwise"
+    return "other"
+
+
+def _direction(op_name: str) -> str:
+    return "bwd" if "transpose(" in op_name else "fwd"
+
+
+def _trace_thunks(fn, args, reps: int) -> dict[str, float]:
+    """Total ns per HLO instruction over ``reps`` traced calls of the jitted ``fn``."""
+    from jax._src.lib import _profile_data
+
+    with tempfile.TemporaryDirectory() as logdir:
+        jax.profiler.start_trace(logdir)
+        for _ in range(reps):
+            jax.block_until_ready(fn(*args))
+        jax.profiler.stop_trace()
+        (path,) = glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)
+        data = _profile_data.ProfileData.from_file(path)
+    totals: dict[str, float] = collections.defaultdict(float)
+    for plane in data.planes:
+        for line in plane.lines:
+            for event in line.events:
+                stats = dict(event.stats)
+                if "hlo_op" in stats:
+                    totals[stats["hlo_op"]] += event.duration_ns
+    return totals
+
+
+def profile_ours(name: str, batch: int, image_size: int, reps: int, log) -> list[dict]:
+    import optax
+    import timm
+
+    from sepconv_jax.apps.train import train_step
+    from sepconv_jax.interop.timm import convert
+
+    module, variables = convert(timm.create_model(TIMM[name], pretrained=False))
+    k1, k2 = jax.random.split(jax.random.key(0))
+    images = jax.random.normal(k1, (batch, image_size, image_size, 3))
+    labels = jax.random.randint(k2, (batch,), 0, 1000)
+    optimizer = optax.sgd(_LR, momentum=_MOMENTUM)
+    state = {k: v for k, v in variables.items() if k != "params"}
+    step = train_step(module, optimizer, train=True, rngs={"dropout": jax.random.key(1)})
+    jobs = {
+        "inference": (
+            lambda v, x: module.apply(v, x, train=False),
+            (variables, images),
+        ),
+        "training": (
+            step,
+            (variables["params"], state, optimizer.init(variables["params"]), images, labels),
+        ),
+    }
+    rows = []
+    for mode, (fn, args) in jobs.items():
+        start = time.perf_counter()
+        compiled = jax.jit(fn).lower(*args).compile()
+        compile_s = time.perf_counter() - start
+        instructions = hlo_instructions(compiled.as_text())
+        jax.block_until_ready(compiled(*args))  # warm-up
+        walls, fault_counts = [], []
+        for _ in range(reps):
+            before = faults()
+            start = time.perf_counter()
+            jax.block_until_ready(compiled(*args))
+            walls.append(time.perf_counter() - start)
+            after = faults()
+            fault_counts.append((after[0] - before[0], after[1] - before[1]))
+        thunks = _trace_thunks(compiled, args, reps)
+        by_kind: dict[str, float] = collections.defaultdict(float)
+        for thunk, ns in thunks.items():
+            opcode, op_name = instructions.get(thunk, ("", ""))
+            kind = kind_of_op_name(op_name, opcode, thunk)
+            if mode == "training" and kind not in ("optimizer+loss", "other", "layout copy"):
+                kind = f"{kind} {_direction(op_name)}"
+            by_kind[kind] += ns / reps / 1e6
+        top = sorted(thunks.items(), key=lambda kv: -kv[1])
+        named = [
+            (t, ns / reps / 1e6, kind_of_op_name(*instructions.get(t, ("", ""))[::-1], t))
+            for t, ns in top
+        ]
+        rows.append(
+            {
+                "side": "ours",
+                "model": name,
+                "batch": batch,
+                "mode": mode,
+                "wall_ms": 1e3 * float(np.median(walls)),
+                "cpu_ms": sum(by_kind.values()),
+                "kinds_ms": dict(by_kind),
+                "minor_faults": int(np.median([f[0] for f in fault_counts])),
+                "major_faults": int(np.median([f[1] for f in fault_counts])),
+                "compile_s": compile_s,
+                "top_thunks": named[:10],
+                "top_other": [row for row in named if row[2] in ("other", "layout copy")][:6],
+                "other_op_names": [
+                    instructions.get(t, ("", ""))[1]
+                    for t, _, k in named
+                    if k in ("other", "layout copy")
+                ][:6],
+            }
+        )
+        log(rows[-1])
+    return rows
+
+
+# ----------------------------------------------------------------------------- timm
+
+
+def _torch_conv_kind(name: str, shapes: list) -> str | None:
+    four = [s for s in shapes if isinstance(s, list) and len(s) == 4]
+    if not four:
+        return None
+    backward = "backward" in name
+    if len(four) < (3 if backward else 2):
+        return None
+    x, weight = (four[1], four[2]) if backward else (four[0], four[1])
+    if x[2] * x[3] == 1:
+        return "squeeze-excite"
+    if weight[1] == 3 and x[1] == 3:
+        return "stem"
+    if weight[1] == 1 and weight[2] * weight[3] > 1:
+        return "depthwise"
+    if weight[2] * weight[3] == 1:
+        return "pointwise"
+    return "other"
+
+
+def torch_kind(name: str, shapes: list) -> str:
+    """The layer kind of an ATen op (self time), by name and input shapes."""
+    base = name.removeprefix("aten::")
+    if "conv" in base:
+        kind = _torch_conv_kind(base, shapes)
+        if kind:
+            return kind
+    if re.search(r"batch_norm|layer_norm", base):
+        return "norm"
+    if re.search(r"silu|relu|hardtanh|gelu|sigmoid|hardswish|threshold", base):
+        return "activation"
+    if base in ("mean", "sum") or "mean" in base:
+        return "squeeze-excite"  # the SE pooling (and the head's, which is small)
+    if base.startswith("_foreach") or base in ("add_", "mul_", "zero_"):
+        return "optimizer+loss"
+    if re.search(r"softmax|nll_loss|cross_entropy", base):
+        return "optimizer+loss"
+    if re.search(r"addmm|mm$|linear", base):
+        return "pointwise"
+    if re.search(r"copy|contiguous|clone|permute|transpose", base):
+        return "layout copy"
+    return "other"
+
+
+def _torch_worker(names, batches, image_size, reps):
+    import os
+
+    # On a loaded machine OpenMP's spinning barrier makes PyTorch tens of times
+    # slower (measured: 2.9 s against 0.07 s a MobileNetV2 call at 64x64); passive
+    # waiting keeps it at its unloaded speed. Set before torch starts OpenMP.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import timm
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    rows = []
+    for name in names:
+        model = timm.create_model(TIMM[name], pretrained=False).to(
+            memory_format=torch.channels_last
+        )
+        optimizer = torch.optim.SGD(model.parameters(), lr=_LR, momentum=_MOMENTUM)
+        for batch in batches:
+            gen = torch.Generator().manual_seed(0)
+            x = torch.randn(batch, 3, image_size, image_size, generator=gen).contiguous(
+                memory_format=torch.channels_last
+            )
+            labels = torch.randint(0, 1000, (batch,), generator=gen)
+
+            def infer(model=model, x=x):
+                model.eval()
+                with torch.inference_mode():
+                    return model(x)
+
+            def train(model=model, x=x, labels=labels, optimizer=optimizer):
+                model.train()
+                optimizer.zero_grad(set_to_none=True)
+                loss = torch.nn.functional.cross_entropy(model(x), labels)
+                loss.backward()
+                optimizer.step()
+                return loss
+
+            for mode, call in (("inference", infer), ("training", train)):
+                call()
+                walls, fault_counts = [], []
+                for _ in range(reps):
+                    before = faults()
+                    start = time.perf_counter()
+                    call()
+                    walls.append(time.perf_counter() - start)
+                    after = faults()
+                    fault_counts.append((after[0] - before[0], after[1] - before[1]))
+                with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+                    for _ in range(reps):
+                        call()
+                by_kind: dict[str, float] = collections.defaultdict(float)
+                for event in prof.key_averages(group_by_input_shape=True):
+                    if event.self_cpu_time_total <= 0:
+                        continue
+                    kind = torch_kind(event.key, list(event.input_shapes or []))
+                    if mode == "training" and kind not in ("optimizer+loss", "other"):
+                        kind += " bwd" if "backward" in event.key else " fwd"
+                    by_kind[kind] += event.self_cpu_time_total / reps / 1e3
+                rows.append(
+                    {
+                        "side": "timm",
+                        "model": name,
+                        "batch": batch,
+                        "mode": mode,
+                        "wall_ms": 1e3 * float(np.median(walls)),
+                        "cpu_ms": sum(by_kind.values()),
+                        "kinds_ms": dict(by_kind),
+                        "minor_faults": int(np.median([f[0] for f in fault_counts])),
+                        "major_faults": int(np.median([f[1] for f in fault_counts])),
+                    }
+                )
+                print(rows[-1], flush=True)
+    return rows, torch.get_num_threads()
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _kind_columns(rows: list[dict]) -> list[str]:
+    present = {k for r in rows for k in r["kinds_ms"]}
+    order = []
+    for base in KINDS:
+        for suffix in ("", " fwd", " bwd"):
+            if base + suffix in present:
+                order.append(base + suffix)
+    return order
+
+
+def report(rows: list[dict], machine: dict, args, torch_threads) -> str:
+    lines = [
+        "# Where the time goes: whole models on CPU, by layer kind",
+        "",
+        f"{machine['cpu']}, {machine['cores']} cores (shared with other work during the run), "
+        f"jax {machine['jax']}; PyTorch {torch_threads} threads, channels_last. "
+        f"{args.image_size}x{args.image_size} float32, median of {args.reps} untraced calls "
+        f"(wall) and the mean of {args.reps} traced calls (per kind). Per-kind figures are "
+        "CPU ms per call (thunks or ATen ops), and their share of the sum.",
+        "",
+    ]
+    for mode in ("inference", "training"):
+        sub = [r for r in rows if r["mode"] == mode]
+        if not sub:
+            continue
+        kinds = _kind_columns(sub)
+        lines += [
+            f"## {mode}",
+            "",
+            "| model | batch | side | wall ms | ms/image | minor faults/call | "
+            + " | ".join(kinds)
+            + " |",
+            "|---|---:|---|---:|---:|---:|" + "---:|" * len(kinds),
+        ]
+        for r in sub:
+            total = r["cpu_ms"] or 1.0
+            cells = [
+                f"{r['kinds_ms'].get(k, 0.0):.0f} ({100 * r['kinds_ms'].get(k, 0.0) / total:.0f}%)"
+                for k in kinds
+            ]
+            lines.append(
+                f"| {r['model']} | {r['batch']} | {r['side']} | {r['wall_ms']:.0f} | "
+                f"{r['wall_ms'] / r['batch']:.1f} | {r['minor_faults']} | "
+                + " | ".join(cells)
+                + " |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(TIMM), choices=list(TIMM))
+    parser.add_argument("--batches", nargs="+", type=int, default=[8, 32])
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--out", default="benchmarks/results/cpu_profile")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    machine = machine_info()
+    rows = []
+    for name in args.models:
+        for batch in args.batches:
+            rows += profile_ours(name, batch, args.image_size, args.reps, print)
+    threads = None
+    if not args.no_torch:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            theirs, threads = pool.apply(
+                _torch_worker, (args.models, args.batches, args.image_size, args.reps)
+            )
+        rows += theirs
+    rows.sort(key=lambda r: (r["mode"], r["model"], r["batch"], r["side"]))
+    text = report(rows, machine, args, threads)
+    (out / "profile.json").write_text(
+        json.dumps({"machine": machine, "args": vars(args), "rows": rows}, indent=2) + "\n"
+    )
+    (out / "profile.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
