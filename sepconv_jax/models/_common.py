@@ -231,24 +231,27 @@ class Classifier(Numerics):
                 f"{type(self.classifier_activation).__name__}"
             )
 
-    def _head(self, x: jax.Array, train: bool) -> jax.Array:
-        """Global average pool, dropout, dense ``num_classes`` (or the feature output).
 
-        Call it from the model's ``nn.compact`` method.
-        """
-        if not self.include_top:
-            if self.pooling == "avg":
-                return jnp.mean(x, axis=(1, 2))
-            if self.pooling == "max":
-                return jnp.max(x, axis=(1, 2))
-            return x
-        x = jnp.mean(x, axis=(1, 2))
-        if self.dropout_rate > 0:
-            x = nn.Dropout(self.dropout_rate, deterministic=not train, name="top_dropout")(x)
-        x = self._dense(self.num_classes, "predictions")(x)
-        if self.classifier_activation is not None:
-            x = self.classifier_activation(x)
+def head(config: Classifier, b: Any, x: jax.Array) -> jax.Array:
+    """Global average pool, dropout, dense ``num_classes`` (or the pooled or plain features).
+
+    ``b`` is the forward's builder (:class:`sepconv_jax.models._build.Builder`); the
+    pool runs over every axis between the batch and the channels.
+    """
+    axes = tuple(range(1, x.ndim - 1))
+    if not config.include_top:
+        if config.pooling == "avg":
+            return jnp.mean(x, axis=axes)
+        if config.pooling == "max":
+            return jnp.max(x, axis=axes)
         return x
+    return classify(config, b, jnp.mean(x, axis=axes))
+
+
+def classify(config: Classifier, b: Any, x: jax.Array) -> jax.Array:
+    """Dropout, the dense layer ``predictions`` and the classifier activation."""
+    x = b.dense("predictions", b.dropout("top_dropout", x, config.dropout_rate), config.num_classes)
+    return x if config.classifier_activation is None else config.classifier_activation(x)
 
 
 # ----------------------------------------------------------------------------- input
