@@ -55,7 +55,9 @@ def _flat(tree: dict) -> dict[tuple[str, ...], jax.Array]:
 def _nnx_tree(model: nnx.Module) -> dict[str, dict]:
     out = {}
     for collection, kind in (("params", nnx.Param), ("batch_stats", nnx.BatchStat)):
-        flat = {tuple(map(str, p)): v for p, v in nnx.to_flat_state(nnx.state(model, kind))}
+        flat = {
+            tuple(map(str, p)): v.get_value() for p, v in nnx.to_flat_state(nnx.state(model, kind))
+        }
         if flat:
             out[collection] = flat
     return out
@@ -140,8 +142,11 @@ def test_inverted_residual_shards_the_same_in_both_apis():
     x = jnp.ones((1, 6, 6, 8))
     variables = jax.eval_shape(lambda: block.init(jax.random.key(0), x))
     theirs = _flat(nn.get_partition_spec(variables)["params"])
-    nnx_block = models_nnx.blocks.InvertedResidual(8, **options, rngs=nnx.Rngs(0))
-    ours = _flat(nnx.to_pure_dict(nnx.get_partition_spec(nnx.state(nnx_block, nnx.Param))))
+    auto = jax.sharding.AxisType.Auto
+    with jax.set_mesh(jax.make_mesh((1,), ("model",), (auto,))):
+        nnx_block = models_nnx.blocks.InvertedResidual(8, **options, rngs=nnx.Rngs(0))
+        specs = nnx.get_partition_spec(nnx.state(nnx_block, nnx.Param))
+    ours = {k: v.get_value() for k, v in nnx.to_flat_state(specs)}
     assert ours == theirs
     sharded = {k: v for k, v in ours.items() if any(a is not None for a in v)}
     assert set(sharded) == {

@@ -24,7 +24,7 @@ import contextlib
 import contextvars
 import dataclasses
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -35,57 +35,11 @@ from jax.typing import ArrayLike
 from sepconv_jax import _spec
 from sepconv_jax.models import _common
 
-Forward = Callable[[Any, "Builder", jax.Array], jax.Array]
-
-
-class Builder(Protocol):
-    """The operations a forward builds from; each takes the layer's input, returns its output.
-
-    ``building`` is True only while the NNX side notes the layers (inputs then have
-    size 1 along every axis but the channels: skip checks of spatial sizes).
-    ``train`` is the mode (``None`` on the NNX side of an image model: each layer's
-    own mode, set by ``.train()`` / ``.eval()``), ``decode`` whether a causal model
-    streams.
-    """
-
-    building: bool
-    train: bool | None
-    decode: bool
-
-    def conv(
-        self, name: str, x: jax.Array, features: int, kernel_size: int, strides: int,
-        padding: Any, use_bias: bool = False,
-    ) -> jax.Array: ...  # fmt: skip
-
-    def depthwise(
-        self, name: str, x: jax.Array, kernel_size: int, strides: int, padding: Any,
-        multiplier: int = 1, use_bias: bool = False, channel_axis: str | None = None,
-    ) -> jax.Array: ...  # fmt: skip
-
-    def pointwise(
-        self, name: str, x: jax.Array, features: int, use_bias: bool = False,
-        in_axis: str | None = None, out_axis: str | None = None,
-    ) -> jax.Array: ...  # fmt: skip
-
-    def separable(self, name: str, x: jax.Array, features: int, **options: Any) -> jax.Array: ...
-    def batch_norm(self, name: str, x: jax.Array, momentum: float, epsilon: float) -> jax.Array: ...
-    def layer_norm(self, name: str, x: jax.Array, epsilon: float) -> jax.Array: ...
-    def dense(self, name: str, x: jax.Array, features: int) -> jax.Array: ...
-    def dropout(
-        self, name: str, x: jax.Array, rate: float, per_sample: bool = False
-    ) -> jax.Array: ...
-    def layer_scale(self, name: str, x: jax.Array, init: float) -> jax.Array: ...
-    def block(self, name: str, cls: type[Any], x: jax.Array, **fields: Any) -> jax.Array: ...
-    def cache(self, init: dict[str, jax.Array]) -> dict[str, jax.Array]: ...
-    def update_cache(self, values: dict[str, jax.Array]) -> None: ...
-
 
 def numerics(config: _common.Numerics) -> dict[str, Any]:
     """The numerics fields of ``config``, for a block it builds."""
-    return dict(
-        dtype=config.dtype, param_dtype=config.param_dtype, precision=config.precision,
-        impl=config.impl,
-    )  # fmt: skip
+    keys = ("dtype", "param_dtype", "precision", "impl")
+    return {k: getattr(config, k) for k in keys}
 
 
 def _recipe(kind: str, config: Any, *args: Any, **kw: Any) -> tuple[Any, Any, int | None, dict]:
@@ -107,12 +61,8 @@ def _recipe(kind: str, config: Any, *args: Any, **kw: Any) -> tuple[Any, Any, in
         k, s, padding, multiplier, use_bias, axis = args
         kw = {"kernel_size": (k, k), "strides": (s, s), "padding": padding,
               "depth_multiplier": multiplier, "use_bias": use_bias, "channel_axis": axis}  # fmt: skip
-        return (
-            ours_linen.DepthwiseConv,
-            ours_nnx.DepthwiseConv,
-            None,
-            {**kw, **num, "impl": config.impl},
-        )
+        kw |= {**num, "impl": config.impl}
+        return ours_linen.DepthwiseConv, ours_nnx.DepthwiseConv, None, kw
     if kind == "pointwise":
         features, use_bias, in_axis, out_axis = args
         kw = {"use_bias": use_bias, "in_axis": in_axis, "out_axis": out_axis}
@@ -132,13 +82,17 @@ def _recipe(kind: str, config: Any, *args: Any, **kw: Any) -> tuple[Any, Any, in
     raise ValueError(f"unknown layer kind {kind!r}")
 
 
-def _train_flags(train: bool | None) -> tuple[bool | None, bool | None]:
-    """(``use_running_average``, ``deterministic``) for the mode ``train``."""
-    return (None, None) if train is None else (not train, not train)
+class Builder:
+    """The operations a forward builds from; each takes the layer's input, returns its output.
 
-
-class _Layers:
-    """The builder operations, each one recipe; subclasses say how a layer is made or run."""
+    Every layer method notes one layer of a kind of :func:`_recipe` under ``name``;
+    :class:`LinenBuilder`, the NNX recorder and the NNX caller say how it is made or
+    run. ``building`` is True only while the NNX side notes the layers (inputs then
+    have size 1 along every axis but the channels: skip checks of spatial sizes).
+    ``train`` is the mode (``None`` on the NNX side of an image model: each layer's
+    own mode, set by ``.train()`` / ``.eval()``), ``decode`` whether a causal model
+    streams.
+    """
 
     building = False
     config: Any
@@ -148,36 +102,69 @@ class _Layers:
     def _layer(self, kind: str, name: str, x: jax.Array, *args: Any, **kw: Any) -> jax.Array:
         raise NotImplementedError
 
-    def conv(self, name, x, features, kernel_size, strides, padding, use_bias=False):
+    def conv(
+        self, name: str, x: jax.Array, features: int, kernel_size: int, strides: int,
+        padding: Any, use_bias: bool = False,
+    ) -> jax.Array:  # fmt: skip
+        """A standard square convolution (``flax.linen.Conv`` / ``flax.nnx.Conv``)."""
         return self._layer("conv", name, x, features, kernel_size, strides, padding, use_bias)
 
     def depthwise(
-        self, name, x, kernel_size, strides, padding, multiplier=1, use_bias=False,
-        channel_axis=None,
-    ):  # fmt: skip
+        self, name: str, x: jax.Array, kernel_size: int, strides: int, padding: Any,
+        multiplier: int = 1, use_bias: bool = False, channel_axis: str | None = None,
+    ) -> jax.Array:  # fmt: skip
+        """A square depthwise convolution (our ``DepthwiseConv``)."""
         args = (kernel_size, strides, padding, multiplier, use_bias, channel_axis)
         return self._layer("depthwise", name, x, *args)
 
-    def pointwise(self, name, x, features, use_bias=False, in_axis=None, out_axis=None):
+    def pointwise(
+        self, name: str, x: jax.Array, features: int, use_bias: bool = False,
+        in_axis: str | None = None, out_axis: str | None = None,
+    ) -> jax.Array:  # fmt: skip
+        """A 1x1 convolution (our ``PointwiseConv``)."""
         return self._layer("pointwise", name, x, features, use_bias, in_axis, out_axis)
 
-    def separable(self, name, x, features, **options):
+    def separable(self, name: str, x: jax.Array, features: int, **options: Any) -> jax.Array:
+        """Our ``SeparableConv``: 3x3 ``SAME`` without bias unless ``options`` say otherwise."""
         return self._layer("separable", name, x, features, **options)
 
-    def batch_norm(self, name, x, momentum, epsilon):
+    def batch_norm(self, name: str, x: jax.Array, momentum: float, epsilon: float) -> jax.Array:
+        """Batch norm in Keras' convention (``momentum`` weighs the old running value)."""
         return self._layer("batch_norm", name, x, momentum, epsilon)
 
-    def layer_norm(self, name, x, epsilon):
+    def layer_norm(self, name: str, x: jax.Array, epsilon: float) -> jax.Array:
+        """Layer norm over the channels, the variance as the mean of squared deviations."""
         return self._layer("layer_norm", name, x, epsilon)
 
-    def dense(self, name, x, features):
+    def dense(self, name: str, x: jax.Array, features: int) -> jax.Array:
+        """A dense layer with bias."""
         return self._layer("dense", name, x, features)
+
+    def dropout(self, name: str, x: jax.Array, rate: float, per_sample: bool = False) -> jax.Array:
+        """Dropout of ``rate`` (none when 0); ``per_sample`` drops whole samples."""
+        raise NotImplementedError
+
+    def layer_scale(self, name: str, x: jax.Array, init: float) -> jax.Array:
+        """``x`` times a learned per-channel scale, initialized to ``init``."""
+        raise NotImplementedError
+
+    def block(self, name: str, cls: type[Any], x: jax.Array, **fields: Any) -> jax.Array:
+        """The block ``cls(**fields)`` (with this builder's numerics) under ``name``."""
+        raise NotImplementedError
+
+    def cache(self, init: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """The streaming state named in ``init`` (``init`` at a stream's start)."""
+        raise NotImplementedError
+
+    def update_cache(self, values: dict[str, jax.Array]) -> None:
+        """Stores the streaming state ``values``."""
+        raise NotImplementedError
 
 
 # ----------------------------------------------------------------------------- linen
 
 
-class LinenBuilder(_Layers):
+class LinenBuilder(Builder):
     """Creates each layer inline, under its name, in ``module``'s compact method."""
 
     def __init__(self, module: _common.Numerics, train: bool, decode: bool = False) -> None:
@@ -272,7 +259,7 @@ class _Layer:
     kwargs: dict[str, Any]
 
 
-class _Recorder(_Layers):
+class _Recorder(Builder):
     """Notes every layer and its input width; returns zeros of the layer's output shape."""
 
     building = True
@@ -365,7 +352,7 @@ def _build(module: nnx.Module, config: Any, in_features: int, rank: int, rngs: n
         setattr(owner, layer.path[-1], _make_layer(layer, config, rngs))
 
 
-class _Caller(_Layers):
+class _Caller(Builder):
     """Calls the layers built by :func:`_build`, by name."""
 
     def __init__(self, module: nnx.Module, config: Any, train: bool | None, decode: bool) -> None:
@@ -374,13 +361,15 @@ class _Caller(_Layers):
     def _layer(self, kind: str, name: str, x: jax.Array, *args: Any, **kw: Any) -> jax.Array:
         layer = getattr(self.m, name)
         if kind == "batch_norm":
-            return layer(x, use_running_average=_train_flags(self.train)[0])
+            return layer(x, use_running_average=None if self.train is None else not self.train)
         return layer(x, decode=True) if self.decode and kind == "separable" else layer(x)
 
     def dropout(self, name, x, rate, per_sample=False):
         if rate <= 0:
             return x
-        return getattr(self.m, name)(x, deterministic=_train_flags(self.train)[1])
+        return getattr(self.m, name)(
+            x, deterministic=None if self.train is None else not self.train
+        )
 
     def layer_scale(self, name, x, init):
         gamma = getattr(self.m, name)[...].astype(x.dtype)
@@ -401,14 +390,6 @@ class _Caller(_Layers):
     def update_cache(self, values: dict[str, jax.Array]) -> None:
         for k, v in values.items():
             getattr(self.m, k)[...] = v
-
-
-def _options(config: Any) -> dict[str, Any]:
-    return {
-        f.name: getattr(config, f.name)
-        for f in dataclasses.fields(config)
-        if f.init and f.name not in ("parent", "name")
-    }
 
 
 class NNXModule(nnx.Module):
@@ -438,7 +419,8 @@ class NNXModule(nnx.Module):
         self.in_features = _spec.check_positive_int(in_features, "in_features")
         self.config = config
         _build(self, config, self.in_features, self.rank, rngs)
-        for key, value in _options(config).items():  # a layer of the same name wins
+        for key in self.option_names():  # a layer of the same name wins
+            value = getattr(config, key)
             if not hasattr(self, key):
                 setattr(self, key, tuple(value) if isinstance(value, list) else value)
 

@@ -1,13 +1,12 @@
 """What the reference architectures and their blocks share.
 
 * :class:`Numerics`: the numerics fields (``dtype``, ``param_dtype``, ``precision``,
-  ``impl``, keyword-only) and the one family of layer factories that passes them to
-  every layer: ``_conv``, ``_depthwise``, ``_pointwise``, ``_separable``,
-  ``_batch_norm``.
+  ``impl``, keyword-only), which the builders of :mod:`sepconv_jax.models._build`
+  pass to every layer.
 * :class:`Normalized`: adds the batch-norm fields of a block.
 * :class:`Classifier`: the fields every model has (``num_classes``, ``include_top``,
   ``pooling``, ``dropout_rate``, ``classifier_activation``), checked when the model is
-  constructed, and the classification head.
+  constructed; :func:`head` and :func:`classify`, the classification head.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ import jax.numpy as jnp
 
 from sepconv_jax import _layers, _spec
 from sepconv_jax.kernels.dispatch import Impl
-from sepconv_jax.linen import DepthwiseConv, PointwiseConv, SeparableConv
 from sepconv_jax.ops import PrecisionLike
 
 Activation = Callable[[jax.Array], jax.Array]
@@ -59,7 +57,7 @@ def check_positive_float(value: Any, name: str) -> float:
 
 
 class Numerics(nn.Module, kw_only=True):
-    """The numerics options, passed to every layer by the factories below.
+    """The numerics options, passed to every layer by the builders.
 
     Keyword-only, so that a subclass's own fields come first in positional order.
     """
@@ -76,130 +74,12 @@ class Numerics(nn.Module, kw_only=True):
         _spec.check_precision(self.precision)
         _layers.check_impl(self.impl)
 
-    def _conv(
-        self,
-        features: int,
-        kernel_size: int,
-        strides: int,
-        padding: Any,
-        name: str,
-        use_bias: bool = False,
-    ) -> nn.Conv:
-        """A standard square convolution, without bias by default."""
-        return nn.Conv(
-            features,
-            (kernel_size, kernel_size),
-            strides=(strides, strides),
-            padding=padding,
-            use_bias=use_bias,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            precision=self.precision,
-            name=name,
-        )
-
-    def _depthwise(
-        self,
-        kernel_size: int,
-        strides: int,
-        padding: Any,
-        name: str,
-        multiplier: int = 1,
-        use_bias: bool = False,
-        channel_axis: str | None = None,
-    ) -> DepthwiseConv:
-        """A square depthwise convolution (our :class:`DepthwiseConv`), without bias by default."""
-        return DepthwiseConv(
-            channel_axis=channel_axis,
-            kernel_size=(kernel_size, kernel_size),
-            strides=(strides, strides),
-            padding=padding,
-            depth_multiplier=multiplier,
-            use_bias=use_bias,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            precision=self.precision,
-            impl=self.impl,
-            name=name,
-        )
-
-    def _pointwise(
-        self,
-        features: int,
-        name: str,
-        use_bias: bool = False,
-        in_axis: str | None = None,
-        out_axis: str | None = None,
-    ) -> PointwiseConv:
-        """A 1x1 convolution (our :class:`PointwiseConv`), without bias by default."""
-        return PointwiseConv(
-            in_axis=in_axis,
-            out_axis=out_axis,
-            features=features,
-            use_bias=use_bias,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            precision=self.precision,
-            name=name,
-        )
-
-    def _separable(self, features: int, name: str) -> SeparableConv:
-        """A 3x3 ``SAME`` separable conv without bias (Xception's unit)."""
-        return SeparableConv(
-            features=features,
-            kernel_size=(3, 3),
-            padding="SAME",
-            use_bias=False,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            precision=self.precision,
-            impl=self.impl,
-            name=name,
-        )
-
-    def _batch_norm(
-        self, name: str, train: bool, momentum: float, epsilon: float = BN_EPSILON
-    ) -> nn.BatchNorm:
-        """A batch norm with Keras' conventions (``momentum`` weighs the old running value)."""
-        return nn.BatchNorm(
-            use_running_average=not train,
-            momentum=momentum,
-            epsilon=epsilon,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name=name,
-        )
-
-    def _layer_norm(self, name: str, epsilon: float) -> nn.LayerNorm:
-        """A layer norm over the channels, its variance computed as the mean of squared
-        deviations (as Keras and PyTorch do) rather than ``E[x^2] - E[x]^2``."""
-        return nn.LayerNorm(
-            epsilon=epsilon,
-            use_fast_variance=False,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name=name,
-        )
-
-    def _dense(self, features: int, name: str) -> nn.Dense:
-        """A dense layer with bias."""
-        return nn.Dense(
-            features,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            precision=self.precision,
-            name=name,
-        )
-
 
 class Normalized(Numerics, kw_only=True):
     """Numerics options and the batch-norm hyperparameters of a block (keyword-only)."""
 
     bn_momentum: float = 0.99
     bn_epsilon: float = BN_EPSILON
-
-    def _bn(self, name: str, train: bool) -> nn.BatchNorm:
-        return self._batch_norm(name, train, self.bn_momentum, self.bn_epsilon)
 
 
 # ----------------------------------------------------------------------------- models

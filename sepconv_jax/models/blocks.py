@@ -32,7 +32,6 @@ from the same forward functions (:mod:`sepconv_jax.models._build`).
 
 from __future__ import annotations
 
-import dataclasses
 import typing
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -56,7 +55,6 @@ __all__ = [
     "XceptionBlock",
     "conv_padding",
     "exact_gelu",
-    "inverted_residual_plan",
     "stem_padding",
 ]
 
@@ -241,74 +239,32 @@ class SqueezeExcite(Linen, Numerics):
     forward = staticmethod(_squeeze_excite)
 
 
-@dataclasses.dataclass(frozen=True)
-class InvertedResidualPlan:
-    """What an :class:`InvertedResidual` block builds for a given input width.
-
-    Attributes:
-      expanded: width after the expansion (equal to the input width: no expansion).
-      se_features: bottleneck width of the squeeze-excite, or None for none.
-      padding: padding of the depthwise step.
-      residual: whether the input is added back.
-    """
-
-    expanded: int
-    se_features: int | None
-    padding: Any
-    residual: bool
-
-
-def inverted_residual_plan(
-    channels: int,
-    *,
-    features: int,
-    expand_ratio: float,
-    kernel_size: int,
-    strides: int,
-    se_ratio: float,
-    id_skip: bool,
-    stride2_padding: Stride2Padding,
-    expanded_features: int | None,
-    se_features: int | None,
-) -> InvertedResidualPlan:
-    """The layout of an inverted residual on ``channels`` inputs (linen and NNX blocks).
-
-    The expansion width is ``expanded_features`` when given (MobileNetV3 rounds it
-    to a multiple of 8), else ``round(channels * expand_ratio)``. The squeeze-excite
-    width is ``se_features`` when given, else ``max(1, int(channels * se_ratio))``
-    (EfficientNet's rule, a ratio of the block's *input* width) when
-    ``0 < se_ratio <= 1``.
-    """
-    expanded = (
-        expanded_features if expanded_features is not None else round(channels * expand_ratio)
-    )
-    if se_features is None and 0 < se_ratio <= 1:
-        se_features = max(1, int(channels * se_ratio))
-    return InvertedResidualPlan(
-        expanded=expanded,
-        se_features=se_features,
-        padding=conv_padding(kernel_size, strides, stride2_padding),
-        residual=id_skip and strides == 1 and channels == features,
-    )
-
-
 def _inverted_residual(config: InvertedResidual, b: Builder, x: jax.Array) -> jax.Array:
+    """The expansion width is ``expanded_features`` when given (MobileNetV3 rounds it
+    to a multiple of 8), else ``round(channels * expand_ratio)``; the squeeze-excite
+    width ``se_features`` when given, else ``max(1, int(channels * se_ratio))``
+    (EfficientNet's rule, a ratio of the block's *input* width) when ``0 < se_ratio <= 1``."""
     x = check_image(x, type(config).__name__)
-    plan = config.plan(x.shape[-1])
+    c, k, s = x.shape[-1], config.kernel_size, config.strides
+    expanded = config.expanded_features
+    expanded = round(c * config.expand_ratio) if expanded is None else expanded
+    se = config.se_features
+    if se is None and 0 < config.se_ratio <= 1:
+        se = max(1, int(c * config.se_ratio))
     axis, act = config.model_axis, config.activation
     h = x
-    if plan.expanded != x.shape[-1]:
-        h = b.pointwise("expand", h, plan.expanded, out_axis=axis)
+    if expanded != c:
+        h = b.pointwise("expand", h, expanded, out_axis=axis)
         h = act(bn(config, b, "expand_bn", h))
-    k, s = config.kernel_size, config.strides
-    h = b.depthwise("depthwise", h, k, s, plan.padding, channel_axis=axis)
+    padding = conv_padding(k, s, config.stride2_padding)
+    h = b.depthwise("depthwise", h, k, s, padding, channel_axis=axis)
     h = act(bn(config, b, "depthwise_bn", h))
-    if plan.se_features is not None:
+    if se is not None:
         se_act = act if config.se_activation is None else config.se_activation
-        h = b.block("se", SqueezeExcite, h, features=plan.se_features, activation=se_act,
+        h = b.block("se", SqueezeExcite, h, features=se, activation=se_act,
                     gate=config.se_gate)  # fmt: skip
     h = bn(config, b, "project_bn", b.pointwise("project", h, config.features, in_axis=axis))
-    if plan.residual:
+    if config.id_skip and s == 1 and c == config.features:
         h = b.dropout("drop_path", h, config.drop_rate, per_sample=True) + x.astype(h.dtype)
     return h
 
@@ -381,21 +337,6 @@ class InvertedResidual(Linen, Normalized):
     se_activation: Activation | None = None
     se_gate: Activation = nn.sigmoid
     model_axis: str | None = None
-
-    def plan(self, channels: int) -> InvertedResidualPlan:
-        """The layout for ``channels`` input channels, see :func:`inverted_residual_plan`."""
-        return inverted_residual_plan(
-            channels,
-            features=self.features,
-            expand_ratio=self.expand_ratio,
-            kernel_size=self.kernel_size,
-            strides=self.strides,
-            se_ratio=self.se_ratio,
-            id_skip=self.id_skip,
-            stride2_padding=self.stride2_padding,
-            expanded_features=self.expanded_features,
-            se_features=self.se_features,
-        )
 
     forward = staticmethod(_inverted_residual)
 
