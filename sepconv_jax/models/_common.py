@@ -11,8 +11,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import flax.linen as nn
 import jax
@@ -44,6 +45,25 @@ def check_rate(value: Any, name: str) -> float:
     return float(value)
 
 
+def check_stride2_padding(stride2_padding: Any, name: str = "stride2_padding") -> Any:
+    """``"same"``, ``"fixed"`` or ``"symmetric"``, see :func:`~sepconv_jax.models.blocks.conv_padding`."""
+    for choice in ("same", "fixed", "symmetric"):
+        if isinstance(stride2_padding, str) and stride2_padding == choice:
+            return choice
+    raise ValueError(f"`{name}` must be 'same', 'fixed' or 'symmetric', got {stride2_padding!r}")
+
+
+def check_rank(x: Any, owner: str, what: str) -> jax.Array:
+    """``x`` as an array with one axis per word of ``what``'s parenthesis, or a clear error."""
+    shape, rank = jnp.shape(x), what.count(",") + 1
+    if len(shape) != rank:
+        raise ValueError(
+            f"`x` has shape {tuple(shape)} (rank {len(shape)}) but {owner} takes channels-last "
+            f"{what}, rank {rank}"
+        )
+    return jnp.asarray(x)
+
+
 def check_positive_float(value: Any, name: str) -> float:
     """``value`` (a width multiplier or a scaling coefficient) as a float > 0."""
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -52,6 +72,42 @@ def check_positive_float(value: Any, name: str) -> float:
         raise ValueError(f"`{name}` must be > 0, got {value!r}")
     return float(value)
 
+
+def _optional_positive_float(value: Any, name: str) -> float | None:
+    return None if value is None else check_positive_float(value, name)
+
+
+#: The checks a class names in ``checks``: each takes the value and the field's name.
+CHECKS: dict[str, Callable[[Any, str], Any]] = {
+    "positive_float": check_positive_float,
+    "optional_positive_float": _optional_positive_float,
+    "positive_int": _spec.check_positive_int,
+    "rate": check_rate,
+    "bool": _layers.check_bool,
+    "stride2_padding": check_stride2_padding,
+}
+
+#: The check of every field of that name, in any block or model (in field order).
+FIELD_CHECKS: dict[str, str] = {
+    **dict.fromkeys(
+        ("num_classes", "depth_multiplier", "kernel_size", "strides", "repeat", "dilation",
+         "blocks", "channels"),
+        "positive_int",
+    ),
+    **dict.fromkeys(
+        ("width_multiplier", "alpha", "width_coefficient", "depth_coefficient", "bn_epsilon"),
+        "positive_float",
+    ),
+    **dict.fromkeys(
+        ("dropout_rate", "block_dropout_rate", "drop_rate", "drop_connect_rate", "drop_path_rate"),
+        "rate",
+    ),
+    **dict.fromkeys(
+        ("include_top", "include_preprocessing", "minimalistic", "causal", "residual"), "bool"
+    ),
+    "layer_scale_init_value": "optional_positive_float",
+    "stride2_padding": "stride2_padding",
+}  # fmt: skip
 
 # ----------------------------------------------------------------------------- layers
 
@@ -67,12 +123,19 @@ class Numerics(nn.Module, kw_only=True):
     precision: PrecisionLike = None
     impl: Impl = "auto"
 
+    #: Field -> check (a key of :data:`CHECKS`) for fields :data:`FIELD_CHECKS` does not name.
+    checks: ClassVar[dict[str, str]] = {}
+
     def __post_init__(self) -> None:
         super().__post_init__()
         _layers.check_dtype(self.dtype, "dtype", allow_none=True)
         _layers.check_dtype(self.param_dtype, "param_dtype", allow_none=False)
         _spec.check_precision(self.precision)
         _layers.check_impl(self.impl)
+        for field in dataclasses.fields(self):
+            check = self.checks.get(field.name, FIELD_CHECKS.get(field.name))
+            if check is not None:
+                CHECKS[check](getattr(self, field.name), field.name)
 
 
 class Normalized(Numerics, kw_only=True):
@@ -100,11 +163,8 @@ class Classifier(Numerics):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _spec.check_positive_int(self.num_classes, "num_classes")
-        _layers.check_bool(self.include_top, "include_top")
         if self.pooling not in POOLINGS:
             raise ValueError(f"`pooling` must be None, 'avg' or 'max', got {self.pooling!r}")
-        check_rate(self.dropout_rate, "dropout_rate")
         if self.classifier_activation is not None and not callable(self.classifier_activation):
             raise TypeError(
                 f"`classifier_activation` must be None or a callable such as jax.nn.softmax, got "

@@ -34,17 +34,19 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from sepconv_jax.models import _common
 from sepconv_jax.models._build import Builder, Linen
 from sepconv_jax.models._common import BN_EPSILON as BN_EPSILON
 from sepconv_jax.models._common import Activation as Activation
 from sepconv_jax.models._common import Normalized, Numerics
+from sepconv_jax.models._common import check_stride2_padding as check_stride2_padding
 
 __all__ = [
     "ConvNeXtBlock",
@@ -62,16 +64,6 @@ Stride2Padding = Literal["same", "fixed", "symmetric"]
 
 
 STRIDE2_PADDINGS: tuple[Stride2Padding, ...] = typing.get_args(Stride2Padding)
-
-
-def check_stride2_padding(stride2_padding: Any) -> Stride2Padding:
-    """``"same"``, ``"fixed"`` or ``"symmetric"``, see :func:`conv_padding`."""
-    for choice in STRIDE2_PADDINGS:
-        if isinstance(stride2_padding, str) and stride2_padding == choice:
-            return choice
-    raise ValueError(
-        f"`stride2_padding` must be 'same', 'fixed' or 'symmetric', got {stride2_padding!r}"
-    )
 
 
 def conv_padding(
@@ -133,13 +125,7 @@ def stem_padding(
 
 def check_image(x: ArrayLike, owner: str) -> jax.Array:
     """``x`` as an array of rank 4 (batch, height, width, channels), or a clear error."""
-    shape = jnp.shape(x)
-    if len(shape) != 4:
-        raise ValueError(
-            f"`x` has shape {tuple(shape)} (rank {len(shape)}) but {owner} takes "
-            f"channels-last images (batch, height, width, channels), rank 4"
-        )
-    return jnp.asarray(x)
+    return _common.check_rank(x, owner, "images (batch, height, width, channels)")
 
 
 def bn(config: Normalized, b: Builder, name: str, x: jax.Array) -> jax.Array:

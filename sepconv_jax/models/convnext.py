@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from sepconv_jax import _layers, _spec
+from sepconv_jax import _spec
 from sepconv_jax.models import _common, spec
 from sepconv_jax.models._build import Builder, Linen
 from sepconv_jax.models.blocks import ConvNeXtBlock, check_image
@@ -140,10 +140,6 @@ class ConvNeXt(Linen, _common.Classifier):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_stages(self.depths, self.dims)
-        _common.check_rate(self.drop_path_rate, "drop_path_rate")
-        if self.layer_scale_init_value is not None:
-            _common.check_positive_float(self.layer_scale_init_value, "layer_scale_init_value")
-        _layers.check_bool(self.include_preprocessing, "include_preprocessing")
 
     def blocks(self) -> list[list[tuple[str, dict[str, Any]]]]:
         """This model's blocks per stage, see :func:`convnext_blocks`."""

@@ -11,14 +11,12 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax
 
-from sepconv_jax import _layers
 from sepconv_jax.models import _common, spec
 from sepconv_jax.models._build import Builder, Linen
 from sepconv_jax.models.blocks import (
     InvertedResidual,
     Stride2Padding,
     check_image,
-    check_stride2_padding,
     conv_padding,
 )
 from sepconv_jax.models.mobilenet_v2 import make_divisible
@@ -152,15 +150,6 @@ class EfficientNet(Linen, _common.Classifier):
     bn_epsilon: float = _common.BN_EPSILON
 
     default_size: ClassVar[int] = 224
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _common.check_positive_float(self.width_coefficient, "width_coefficient")
-        _common.check_positive_float(self.depth_coefficient, "depth_coefficient")
-        _common.check_rate(self.drop_connect_rate, "drop_connect_rate")
-        _layers.check_bool(self.include_preprocessing, "include_preprocessing")
-        check_stride2_padding(self.stride2_padding)
-        _common.check_positive_float(self.bn_epsilon, "bn_epsilon")
 
     def blocks(self) -> list[tuple[str, dict[str, Any]]]:
         """This model's MBConv blocks, see :func:`efficientnet_blocks`."""

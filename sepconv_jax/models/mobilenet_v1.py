@@ -6,14 +6,12 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from sepconv_jax import _spec
 from sepconv_jax.models import _common, spec
 from sepconv_jax.models._build import Builder, Linen
 from sepconv_jax.models.blocks import (
     DepthwiseSeparableBlock,
     Stride2Padding,
     check_image,
-    check_stride2_padding,
 )
 
 __all__ = ["MobileNetV1", "mobilenet_v1_widths"]
@@ -105,11 +103,5 @@ class MobileNetV1(Linen, _common.Classifier):
     depth_multiplier: int = 1
     full_convolution: bool = False
     stride2_padding: Stride2Padding = "fixed"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _common.check_positive_float(self.width_multiplier, "width_multiplier")
-        _spec.check_positive_int(self.depth_multiplier, "depth_multiplier")
-        check_stride2_padding(self.stride2_padding)
 
     forward = staticmethod(_mobilenet_v1)

@@ -14,7 +14,6 @@ from sepconv_jax.models.blocks import (
     InvertedResidual,
     Stride2Padding,
     check_image,
-    check_stride2_padding,
     stem_padding,
 )
 
@@ -137,11 +136,5 @@ class MobileNetV2(Linen, _common.Classifier):
     width_multiplier: float = 1.0
     stride2_padding: Stride2Padding = "same"
     bn_epsilon: float = _common.BN_EPSILON
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _common.check_positive_float(self.width_multiplier, "width_multiplier")
-        check_stride2_padding(self.stride2_padding)
-        _common.check_positive_float(self.bn_epsilon, "bn_epsilon")
 
     forward = staticmethod(_mobilenet_v2)

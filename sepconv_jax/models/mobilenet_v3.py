@@ -8,14 +8,12 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax
 
-from sepconv_jax import _layers
 from sepconv_jax.models import _common, spec
 from sepconv_jax.models._build import Builder, Linen
 from sepconv_jax.models.blocks import (
     InvertedResidual,
     Stride2Padding,
     check_image,
-    check_stride2_padding,
     stem_padding,
 )
 from sepconv_jax.models.mobilenet_v2 import make_divisible
@@ -165,14 +163,6 @@ class MobileNetV3(Linen, _common.Classifier):
     bn_epsilon: float = _common.BN_EPSILON
 
     variant: ClassVar[Variant] = "large"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _common.check_positive_float(self.alpha, "alpha")
-        _layers.check_bool(self.minimalistic, "minimalistic")
-        _layers.check_bool(self.include_preprocessing, "include_preprocessing")
-        check_stride2_padding(self.stride2_padding)
-        _common.check_positive_float(self.bn_epsilon, "bn_epsilon")
 
     def blocks(self) -> list[tuple[str, dict[str, Any]]]:
         """This model's inverted residuals, see :func:`mobilenet_v3_blocks`."""

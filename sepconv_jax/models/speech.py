@@ -28,7 +28,7 @@ outputs equal the offline outputs. Pointwise layers, batch norm and the residual
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -77,13 +77,7 @@ def block_layout(kinds: Sequence[Any], blocks: int) -> tuple[Any, ...]:
 
 def check_sequence(x: ArrayLike, owner: str) -> jax.Array:
     """``x`` as an array of rank 3, ``(batch, time, features)``, or a clear error."""
-    shape = jnp.shape(x)
-    if len(shape) != 3:
-        raise ValueError(
-            f"`x` has shape {tuple(shape)} (rank {len(shape)}) but {owner} takes channels-last "
-            f"feature frames (batch, time, features), rank 3"
-        )
-    return jnp.asarray(x)
+    return _common.check_rank(x, owner, "feature frames (batch, time, features)")
 
 
 def check_stream_mode(train: Any, decode: Any, causal: bool, owner: str) -> None:
@@ -175,13 +169,7 @@ class TimeChannelSeparableBlock(LinenStream, Normalized):
     bn_momentum: float = BN_MOMENTUM
     bn_epsilon: float = BN_EPSILON
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name in ("features", "kernel_size", "repeat", "dilation", "strides"):
-            _spec.check_positive_int(getattr(self, name), name)
-        _layers.check_bool(self.residual, "residual")
-        _layers.check_bool(self.causal, "causal")
-        _common.check_rate(self.dropout_rate, "dropout_rate")
+    checks: ClassVar[dict[str, str]] = {"features": "positive_int"}
 
     def _padding(self) -> Any:
         if self.causal:
@@ -325,11 +313,7 @@ class MatchboxNet(LinenStream, _common.Classifier):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("blocks", "repeat", "channels"):
-            _spec.check_positive_int(getattr(self, name), name)
         self._kernels()
-        _layers.check_bool(self.causal, "causal")
-        _common.check_rate(self.block_dropout_rate, "block_dropout_rate")
 
     def _kernels(self) -> tuple[int, ...]:
         if self.kernel_sizes is None:
@@ -418,12 +402,5 @@ class QuartzNet(LinenStream, Normalized):
     block_dropout_rate: float = 0.0
     bn_momentum: float = BN_MOMENTUM
     bn_epsilon: float = BN_EPSILON
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name in ("num_classes", "blocks", "repeat"):
-            _spec.check_positive_int(getattr(self, name), name)
-        _layers.check_bool(self.causal, "causal")
-        _common.check_rate(self.block_dropout_rate, "block_dropout_rate")
 
     forward = staticmethod(_quartznet)

@@ -63,11 +63,10 @@ class Xception(Linen, _common.Classifier):
     Example:
       >>> import jax, jax.numpy as jnp
       >>> from sepconv_jax.models import Xception
-      >>> model = Xception(num_classes=10)
-      >>> x = jnp.zeros((1, 71, 71, 3))
-      >>> variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
-      >>> jax.eval_shape(lambda v: model.apply(v, x), variables).shape
-      (1, 10)
+      >>> model = Xception(include_top=False, pooling="max")
+      >>> features = jax.eval_shape(model.init_with_output, jax.random.key(0), jnp.zeros((2, 71, 71, 3)))
+      >>> features[0].shape  # the exit flow's 2048 channels, max-pooled
+      (2, 2048)
     """
 
     forward = staticmethod(_xception)

@@ -26,14 +26,7 @@ from __future__ import annotations
 from sepconv_jax.models import blocks as _linen
 from sepconv_jax.models._build import NNXBlock, nnx_class
 
-__all__ = [
-    "ConvNeXtBlock",
-    "DepthwiseSeparableBlock",
-    "InvertedResidual",
-    "MBConv",
-    "SqueezeExcite",
-    "XceptionBlock",
-]
+__all__ = [name for name in _linen.__all__ if name[0].isupper()]
 
 DepthwiseSeparableBlock = nnx_class(_linen.DepthwiseSeparableBlock, __name__, NNXBlock)
 SqueezeExcite = nnx_class(_linen.SqueezeExcite, __name__, NNXBlock)
