@@ -77,9 +77,13 @@ from sepconv_jax.models.xception import Xception as Xception
 VARIANTS: tuple[str, ...] = tuple(
     a.class_name for a in spec.ARCHS.values() if a.class_name != a.family_class
 )
+#: Every class the registry names (a family module's class is found through its row).
+_REGISTERED = tuple(
+    dict.fromkeys(n for a in spec.ARCHS.values() for n in (a.family_class, a.class_name))
+)
 
 __all__ = sorted(
-    [
+    {
         "NAMES",
         "SPEECH_NAMES",
         "ConvNeXt",
@@ -105,15 +109,15 @@ __all__ = sorted(
         "mobilenet_v2_widths",
         "nnx",
         "spec",
-        *VARIANTS,
-    ]
+        *_REGISTERED,
+    }
 )
 
 
 def __getattr__(name: str) -> Any:
     """The registry's generated classes, and ``models.nnx`` (the ``flax.nnx`` versions),
     made or loaded when first touched."""
-    if name in VARIANTS:
+    if name in _REGISTERED:
         from sepconv_jax.models._registry import linen_class
 
         return linen_class(name)
