@@ -4,8 +4,11 @@ Both APIs run one forward per architecture, so for every registered name the NNX
 model must hold exactly the linen model's parameters and batch statistics (names,
 shapes, sharding metadata) and, given the same weights, compute the same outputs in
 inference and in training mode (with the same batch-statistics updates). The linen
-model is the reference; small inputs and the smallest widths each row allows keep it
-quick, and dropout is off so that training mode is deterministic.
+model is the reference; dropout is off so that training mode is deterministic. The
+trees are compared at each row's own options; the outputs on small inputs, with the
+smallest width multiplier of the MobileNets, and the EfficientNet and ConvNeXt rows
+at a quarter and an eighth of their widths (their depths, names and other options
+as the row has them), to keep it quick.
 """
 
 from __future__ import annotations
@@ -44,6 +47,10 @@ def _case(name: str) -> tuple[dict, tuple[int, ...]]:
         return {"num_classes": 5, "repeat": 2, "channels": 8, **options}, (2, 20, 10)
     if name in SMALL_WIDTH:
         options["width_multiplier"] = SMALL_WIDTH[name]
+    if arch.family == "efficientnet":
+        options["width_coefficient"] = arch.defaults["width_coefficient"] / 4
+    if arch.family == "convnext":
+        options["dims"] = tuple(d // 8 for d in arch.defaults["dims"])
     side = 71 if name == "xception" else 32
     return {"num_classes": 5, **options}, (2, side, side + 1, 3)
 
