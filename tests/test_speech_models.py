@@ -18,6 +18,7 @@ from flax import nnx
 from jax import lax
 
 from sepconv_jax import models
+from sepconv_jax.models import nnx as models_nnx
 from sepconv_jax.models import speech, speech_nnx
 
 KEY = jax.random.key(0)
@@ -155,33 +156,6 @@ def _stream(model, variables, x, lengths):
     return np.concatenate(ys, axis=1)
 
 
-def _load_nnx(model, variables):
-    """Copies a linen speech model's variables into its NNX twin."""
-    params, stats = variables["params"], variables["batch_stats"]
-    names = [
-        "prologue",
-        *(f"block{i + 1}" for i in range(len(model.blocks))),
-        "epilogue1",
-        "epilogue2",
-    ]
-    for name, block in zip(names, model._blocks(), strict=True):
-        p, s = params[name], stats[name]
-        pairs = [
-            (f"conv{i + 1}", f"bn{i + 1}", c, b)
-            for i, (c, b) in enumerate(zip(block.convs, block.norms, strict=True))
-        ]
-        if block.residual is not None:
-            pairs.append(("residual", "residual_bn", block.residual, block.residual_norm))
-        for conv_name, bn_name, conv, norm in pairs:
-            for key, value in p[conv_name].items():
-                getattr(conv, key)[...] = value
-            norm.scale[...], norm.bias[...] = p[bn_name]["scale"], p[bn_name]["bias"]
-            norm.mean[...], norm.var[...] = s[bn_name]["mean"], s[bn_name]["var"]
-    head = getattr(model, "predictions", None) or getattr(model, "decoder", None)
-    head_params = params.get("predictions", params.get("decoder"))
-    head.kernel[...], head.bias[...] = head_params["kernel"], head_params["bias"]
-
-
 # ----------------------------------------------------------------------------- streaming
 
 
@@ -262,10 +236,8 @@ def test_nnx_matchboxnet_equals_linen_and_streams(causal):
     x = np.random.default_rng(5).standard_normal((2, 20, 10)).astype(np.float32)
     linen_model = models.MatchboxNet(blocks=2, repeat=2, channels=8, num_classes=4, causal=causal)
     variables = _random_variables(linen_model, x)
-    model = speech_nnx.MatchboxNet(
-        10, blocks=2, repeat=2, channels=8, num_classes=4, causal=causal, rngs=nnx.Rngs(0)
-    )
-    _load_nnx(model, variables)
+    model = models_nnx.from_linen(linen_model, variables)
+    assert type(model) is speech_nnx.MatchboxNet and model.in_features == 10
     offline = np.asarray(linen_model.apply(variables, x))
     np.testing.assert_allclose(model(x), offline, rtol=TOL, atol=TOL)
     if causal:
@@ -279,10 +251,8 @@ def test_nnx_quartznet_equals_linen_and_streams_in_a_scan():
     x = np.random.default_rng(6).standard_normal((1, 24, 12)).astype(np.float32)
     linen_model = models.QuartzNet(blocks=5, repeat=1, num_classes=6, causal=True)
     variables = _random_variables(linen_model, x)
-    model = speech_nnx.QuartzNet(
-        12, blocks=5, repeat=1, num_classes=6, causal=True, rngs=nnx.Rngs(0)
-    )
-    _load_nnx(model, variables)
+    model = models_nnx.from_linen(linen_model, variables)
+    assert type(model) is speech_nnx.QuartzNet and model.in_features == 12
     offline = np.asarray(linen_model.apply(variables, x))
     np.testing.assert_allclose(model(x), offline, rtol=TOL, atol=TOL * np.abs(offline).max())
 

@@ -35,15 +35,14 @@ import numpy as np
 
 from sepconv_jax.apps.timing import best_time, compile_and_time
 from sepconv_jax.apps.train import train_step
+from sepconv_jax.models import spec
 
 __all__ = ["ZOO", "markdown", "measure_zoo", "plot"]
 
 #: Our model name -> the timm model of the same architecture.
 ZOO = {
-    "MobileNetV2": "mobilenetv2_100",
-    "MobileNetV3Large": "mobilenetv3_large_100",
-    "EfficientNetB0": "efficientnet_b0",
-    "ConvNeXtTiny": "convnext_tiny",
+    spec.ARCHS[name].class_name: str(spec.ARCHS[name].timm)
+    for name in ("mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0", "convnext_tiny")
 }
 
 #: PyTorch's two input layouts, as the records name them.

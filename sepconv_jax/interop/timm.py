@@ -33,11 +33,11 @@ import numpy as np
 
 from sepconv_jax import models
 from sepconv_jax.interop import keras_models
-from sepconv_jax.models import convnext as convnext_lib
-from sepconv_jax.models import efficientnet as efficientnet_lib
 from sepconv_jax.models import mobilenet_v2 as mobilenet_v2_lib
 from sepconv_jax.models import mobilenet_v3 as mobilenet_v3_lib
+from sepconv_jax.models import spec
 from sepconv_jax.models.blocks import Stride2Padding
+from sepconv_jax.models.efficientnet import efficientnet_blocks
 
 __all__ = ["convert"]
 
@@ -94,7 +94,7 @@ class _Collector:
         self.stats[(*path, "var")] = _array(module.running_var)
 
     def layer_norm(self, module: Any, path: Path) -> None:
-        if not np.isclose(module.eps, convnext_lib.NORM_EPSILON, rtol=1e-6, atol=0):
+        if not np.isclose(module.eps, spec.CONVNEXT_NORM_EPSILON, rtol=1e-6, atol=0):
             raise ValueError(f"layer norm {module} has epsilon {module.eps}; ConvNeXt uses 1e-6")
         self.params[(*path, "scale")] = _array(module.weight)
         self.params[(*path, "bias")] = _array(module.bias)
@@ -192,7 +192,7 @@ def _efficientnet_class(timm_model: Any, c: _Collector) -> nn.Module:
     stem = int(timm_model.conv_stem.out_channels)
     head = int(timm_model.conv_head.out_channels)
     if act == "ReLU6":
-        bases = [32, 1280, *(ch for _, ch, _, _ in mobilenet_v2_lib.STAGES)]
+        bases = [32, 1280, *(ch for _, ch, _, _ in spec.MOBILENET_V2_STAGES)]
         alpha = keras_models.find_multiplier(
             mobilenet_v2_lib.mobilenet_v2_widths, (stem, *widths, head), bases
         )
@@ -204,24 +204,28 @@ def _efficientnet_class(timm_model: Any, c: _Collector) -> nn.Module:
     elif act == "SiLU":
         repeats = tuple(len(stage) for stage in timm_model.blocks)
 
-        def matches(width: float, depth: float) -> bool:
-            table = efficientnet_lib.efficientnet_blocks(width, depth, 0.0, padding)
+        def table_of(arch: spec.Arch) -> list[tuple[str, dict[str, Any]]]:
+            width, depth = arch.defaults["width_coefficient"], arch.defaults["depth_coefficient"]
+            return efficientnet_blocks(width, depth, 0.0, padding)
+
+        def matches(arch: spec.Arch) -> bool:
+            table = table_of(arch)
             stage_repeats = tuple(
                 sum(1 for name, _ in table if re.fullmatch(rf"block{i + 1}[a-z]", name))
-                for i in range(len(efficientnet_lib.STAGES))
+                for i in range(len(spec.EFFICIENTNET_STAGES))
             )
             return stage_repeats == repeats and tuple(k["features"] for _, k in table) == widths
 
-        scaling = efficientnet_lib.SCALING.items()
-        variant = next((v for v, (w, d, _, _) in scaling if matches(w, d)), None)
-        if variant is None:
+        rows = [a for a in spec.ARCHS.values() if a.family == "efficientnet"]
+        arch = next((a for a in rows if matches(a)), None)
+        if arch is None:
             raise ValueError(
                 f"`timm_model` has stage depths {repeats} and widths {widths}, which no "
                 f"EfficientNet B0-B7 has"
             )
-        width, depth, _, _ = efficientnet_lib.SCALING[variant]
-        table = efficientnet_lib.efficientnet_blocks(width, depth, 0.0, padding)
-        module = efficientnet_lib.VARIANTS[variant](
+        table = table_of(arch)
+        module = models.from_name(
+            arch.name,
             stride2_padding=padding,
             include_preprocessing=False,
             drop_connect_rate=_drop_path_rate(blocks),
@@ -251,8 +255,8 @@ def _mobilenet_v3(timm_model: Any, c: _Collector) -> nn.Module:
     *blocks, last = list(_blocks(timm_model))
     if _class(last) != "ConvBnAct":
         raise ValueError("`timm_model` does not end its blocks with a 1x1 ConvBnAct")
-    variant: mobilenet_v3_lib.Variant = "large" if len(blocks) == 15 else "small"
-    if len(blocks) != len(mobilenet_v3_lib.TABLES[variant]):
+    variant: spec.Variant = "large" if len(blocks) == 15 else "small"
+    if len(blocks) != len(spec.MOBILENET_V3_TABLES[variant]):
         raise ValueError(f"`timm_model` has {len(blocks)} blocks; MobileNetV3 has 15 or 11")
     minimalistic = all(_class(b.se) == "Identity" for b in blocks)
     widths = tuple(int(b.conv_pw.out_channels if _class(b) == "DepthwiseSeparableConv" else b.conv_pwl.out_channels) for b in blocks)  # fmt: skip
@@ -262,7 +266,7 @@ def _mobilenet_v3(timm_model: Any, c: _Collector) -> nn.Module:
         table = mobilenet_v3_lib.mobilenet_v3_blocks(variant, alpha, minimalistic, padding)
         return tuple(kwargs["features"] for _, kwargs in table)
 
-    bases = [row[1] for row in mobilenet_v3_lib.TABLES[variant]]
+    bases = [row[1] for row in spec.MOBILENET_V3_TABLES[variant]]
     alpha = keras_models.find_multiplier(widths_of, widths, bases)
     options = _classifier(timm_model)
     if not options["include_top"]:
@@ -270,7 +274,6 @@ def _mobilenet_v3(timm_model: Any, c: _Collector) -> nn.Module:
             "`timm_model` has no classifier (num_classes=0); its features are the 1x1 head "
             "convolution's, which the models here compute only with the classifier"
         )
-    cls = models.MobileNetV3Large if variant == "large" else models.MobileNetV3Small
     c.conv(timm_model.conv_stem, ("stem_conv",))
     c.bn(timm_model.bn1, ("stem_bn",))
     for i, block in enumerate(blocks):
@@ -279,8 +282,9 @@ def _mobilenet_v3(timm_model: Any, c: _Collector) -> nn.Module:
     c.bn(last.bn1, ("last_bn",))
     c.pointwise(timm_model.conv_head, ("head_conv",))
     c.pointwise(timm_model.classifier, ("predictions",))
-    return cls(
-        alpha=alpha,
+    return models.from_name(
+        f"mobilenet_v3_{variant}",
+        width_multiplier=alpha,
         minimalistic=minimalistic,
         include_preprocessing=False,
         stride2_padding=padding,

@@ -15,8 +15,11 @@
   :class:`QuartzNet` (Kriman et al., 2019) and their :class:`TimeChannelSeparableBlock`,
   in :mod:`sepconv_jax.models.speech`, with NNX versions in
   :mod:`sepconv_jax.models.speech_nnx`;
-* :func:`from_name`, the architectures by :data:`Name` (:data:`NAMES`), as the command line
-  and configuration files name them.
+* :func:`from_name`, every architecture by name (:data:`NAMES`, :data:`SPEECH_NAMES`), as
+  the command line and configuration files name them, in either API;
+* the tables they are built from, as plain records, in :mod:`sepconv_jax.models.spec`: a
+  variant (EfficientNet-B3, ConvNeXt-S, MobileNetV3-Small) is a row of its registry, and its
+  class here is generated from the row.
 
 Every image model takes channels-last images ``(batch, height, width, 3)`` (the
 speech models take feature frames ``(batch, time, features)``, follow NVIDIA NeMo's
@@ -46,7 +49,9 @@ Example:
 from typing import Any
 
 from sepconv_jax.models import blocks as blocks
+from sepconv_jax.models import spec as spec
 from sepconv_jax.models._registry import NAMES as NAMES
+from sepconv_jax.models._registry import SPEECH_NAMES as SPEECH_NAMES
 from sepconv_jax.models._registry import Name as Name
 from sepconv_jax.models._registry import from_name as from_name
 from sepconv_jax.models.blocks import ConvNeXtBlock as ConvNeXtBlock
@@ -56,77 +61,70 @@ from sepconv_jax.models.blocks import MBConv as MBConv
 from sepconv_jax.models.blocks import SqueezeExcite as SqueezeExcite
 from sepconv_jax.models.blocks import XceptionBlock as XceptionBlock
 from sepconv_jax.models.convnext import ConvNeXt as ConvNeXt
-from sepconv_jax.models.convnext import ConvNeXtBase as ConvNeXtBase
-from sepconv_jax.models.convnext import ConvNeXtSmall as ConvNeXtSmall
-from sepconv_jax.models.convnext import ConvNeXtTiny as ConvNeXtTiny
 from sepconv_jax.models.efficientnet import EfficientNet as EfficientNet
-from sepconv_jax.models.efficientnet import EfficientNetB0 as EfficientNetB0
-from sepconv_jax.models.efficientnet import EfficientNetB1 as EfficientNetB1
-from sepconv_jax.models.efficientnet import EfficientNetB2 as EfficientNetB2
-from sepconv_jax.models.efficientnet import EfficientNetB3 as EfficientNetB3
-from sepconv_jax.models.efficientnet import EfficientNetB4 as EfficientNetB4
-from sepconv_jax.models.efficientnet import EfficientNetB5 as EfficientNetB5
-from sepconv_jax.models.efficientnet import EfficientNetB6 as EfficientNetB6
-from sepconv_jax.models.efficientnet import EfficientNetB7 as EfficientNetB7
 from sepconv_jax.models.mobilenet_v1 import MobileNetV1 as MobileNetV1
 from sepconv_jax.models.mobilenet_v1 import mobilenet_v1_widths as mobilenet_v1_widths
 from sepconv_jax.models.mobilenet_v2 import MobileNetV2 as MobileNetV2
 from sepconv_jax.models.mobilenet_v2 import make_divisible as make_divisible
 from sepconv_jax.models.mobilenet_v2 import mobilenet_v2_widths as mobilenet_v2_widths
 from sepconv_jax.models.mobilenet_v3 import MobileNetV3 as MobileNetV3
-from sepconv_jax.models.mobilenet_v3 import MobileNetV3Large as MobileNetV3Large
-from sepconv_jax.models.mobilenet_v3 import MobileNetV3Small as MobileNetV3Small
 from sepconv_jax.models.speech import MatchboxNet as MatchboxNet
 from sepconv_jax.models.speech import QuartzNet as QuartzNet
 from sepconv_jax.models.speech import TimeChannelSeparableBlock as TimeChannelSeparableBlock
 from sepconv_jax.models.xception import Xception as Xception
 
-__all__ = [
-    "NAMES",
-    "ConvNeXt",
-    "ConvNeXtBase",
-    "ConvNeXtBlock",
-    "ConvNeXtSmall",
-    "ConvNeXtTiny",
-    "DepthwiseSeparableBlock",
-    "EfficientNet",
-    "EfficientNetB0",
-    "EfficientNetB1",
-    "EfficientNetB2",
-    "EfficientNetB3",
-    "EfficientNetB4",
-    "EfficientNetB5",
-    "EfficientNetB6",
-    "EfficientNetB7",
-    "InvertedResidual",
-    "MBConv",
-    "MatchboxNet",
-    "MobileNetV1",
-    "MobileNetV2",
-    "MobileNetV3",
-    "MobileNetV3Large",
-    "MobileNetV3Small",
-    "Name",
-    "QuartzNet",
-    "SqueezeExcite",
-    "TimeChannelSeparableBlock",
-    "Xception",
-    "XceptionBlock",
-    "blocks",
-    "from_name",
-    "make_divisible",
-    "mobilenet_v1_widths",
-    "mobilenet_v2_widths",
-    "nnx",
-]
+#: The classes generated from registry rows (``EfficientNetB0`` ... ``ConvNeXtBase``).
+VARIANTS: tuple[str, ...] = tuple(
+    a.class_name for a in spec.ARCHS.values() if a.class_name != a.family_class
+)
+#: Every class the registry names (a family module's class is found through its row).
+_REGISTERED = tuple(
+    dict.fromkeys(n for a in spec.ARCHS.values() for n in (a.family_class, a.class_name))
+)
+
+__all__ = sorted(
+    {
+        "NAMES",
+        "SPEECH_NAMES",
+        "ConvNeXt",
+        "ConvNeXtBlock",
+        "DepthwiseSeparableBlock",
+        "EfficientNet",
+        "InvertedResidual",
+        "MBConv",
+        "MatchboxNet",
+        "MobileNetV1",
+        "MobileNetV2",
+        "MobileNetV3",
+        "Name",
+        "QuartzNet",
+        "SqueezeExcite",
+        "TimeChannelSeparableBlock",
+        "Xception",
+        "XceptionBlock",
+        "blocks",
+        "from_name",
+        "make_divisible",
+        "mobilenet_v1_widths",
+        "mobilenet_v2_widths",
+        "nnx",
+        "spec",
+        *_REGISTERED,
+    }
+)
 
 
 # Submodules not imported above (``models.nnx``, the ``flax.nnx`` versions, and
-# ``models.speech_nnx``) load when first touched (PEP 562).
+# ``models.speech_nnx``) load when first touched (PEP 562), as do the registry's
+# generated classes.
 
 
 def __getattr__(name: str) -> Any:
-    """A submodule of ``sepconv_jax.models``, imported on first access."""
+    """A class the registry generates, or a submodule, made or imported on first access."""
+    if name in _REGISTERED:
+        from sepconv_jax.models._registry import linen_class
+
+        return linen_class(name)
     from sepconv_jax import _lazy
 
     return _lazy.submodule(__name__, __path__, globals(), name)
@@ -135,4 +133,4 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     from sepconv_jax import _lazy
 
-    return _lazy.listing(__path__, globals())
+    return sorted(set(_lazy.listing(__path__, globals())) | set(_REGISTERED))

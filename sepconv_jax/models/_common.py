@@ -1,19 +1,19 @@
 """What the reference architectures and their blocks share.
 
 * :class:`Numerics`: the numerics fields (``dtype``, ``param_dtype``, ``precision``,
-  ``impl``, keyword-only) and the one family of layer factories that passes them to
-  every layer: ``_conv``, ``_depthwise``, ``_pointwise``, ``_separable``,
-  ``_batch_norm``.
+  ``impl``, keyword-only), which the builders of :mod:`sepconv_jax.models._build`
+  pass to every layer.
 * :class:`Normalized`: adds the batch-norm fields of a block.
 * :class:`Classifier`: the fields every model has (``num_classes``, ``include_top``,
   ``pooling``, ``dropout_rate``, ``classifier_activation``), checked when the model is
-  constructed, and the classification head.
+  constructed; :func:`head` and :func:`classify`, the classification head.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import flax.linen as nn
 import jax
@@ -21,7 +21,6 @@ import jax.numpy as jnp
 
 from sepconv_jax import _layers, _spec
 from sepconv_jax.kernels.dispatch import Impl
-from sepconv_jax.linen import DepthwiseConv, PointwiseConv, SeparableConv
 from sepconv_jax.ops import PrecisionLike
 
 Activation = Callable[[jax.Array], jax.Array]
@@ -46,6 +45,25 @@ def check_rate(value: Any, name: str) -> float:
     return float(value)
 
 
+def check_stride2_padding(stride2_padding: Any, name: str = "stride2_padding") -> Any:
+    """``"same"``, ``"fixed"`` or ``"symmetric"``, see :func:`~sepconv_jax.models.blocks.conv_padding`."""
+    for choice in ("same", "fixed", "symmetric"):
+        if isinstance(stride2_padding, str) and stride2_padding == choice:
+            return choice
+    raise ValueError(f"`{name}` must be 'same', 'fixed' or 'symmetric', got {stride2_padding!r}")
+
+
+def check_rank(x: Any, owner: str, what: str) -> jax.Array:
+    """``x`` as an array with one axis per word of ``what``'s parenthesis, or a clear error."""
+    shape, rank = jnp.shape(x), what.count(",") + 1
+    if len(shape) != rank:
+        raise ValueError(
+            f"`x` has shape {tuple(shape)} (rank {len(shape)}) but {owner} takes channels-last "
+            f"{what}, rank {rank}"
+        )
+    return jnp.asarray(x)
+
+
 def check_positive_float(value: Any, name: str) -> float:
     """``value`` (a width multiplier or a scaling coefficient) as a float > 0."""
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -55,11 +73,47 @@ def check_positive_float(value: Any, name: str) -> float:
     return float(value)
 
 
+def _optional_positive_float(value: Any, name: str) -> float | None:
+    return None if value is None else check_positive_float(value, name)
+
+
+#: The checks a class names in ``checks``: each takes the value and the field's name.
+CHECKS: dict[str, Callable[[Any, str], Any]] = {
+    "positive_float": check_positive_float,
+    "optional_positive_float": _optional_positive_float,
+    "positive_int": _spec.check_positive_int,
+    "rate": check_rate,
+    "bool": _layers.check_bool,
+    "stride2_padding": check_stride2_padding,
+}
+
+#: The check of every field of that name, in any block or model (in field order).
+FIELD_CHECKS: dict[str, str] = {
+    **dict.fromkeys(
+        ("num_classes", "depth_multiplier", "kernel_size", "strides", "repeat", "dilation",
+         "blocks", "channels"),
+        "positive_int",
+    ),
+    **dict.fromkeys(
+        ("width_multiplier", "alpha", "width_coefficient", "depth_coefficient", "bn_epsilon"),
+        "positive_float",
+    ),
+    **dict.fromkeys(
+        ("dropout_rate", "block_dropout_rate", "drop_rate", "drop_connect_rate", "drop_path_rate"),
+        "rate",
+    ),
+    **dict.fromkeys(
+        ("include_top", "include_preprocessing", "minimalistic", "causal", "residual"), "bool"
+    ),
+    "layer_scale_init_value": "optional_positive_float",
+    "stride2_padding": "stride2_padding",
+}  # fmt: skip
+
 # ----------------------------------------------------------------------------- layers
 
 
 class Numerics(nn.Module, kw_only=True):
-    """The numerics options, passed to every layer by the factories below.
+    """The numerics options, passed to every layer by the builders.
 
     Keyword-only, so that a subclass's own fields come first in positional order.
     """
@@ -69,127 +123,19 @@ class Numerics(nn.Module, kw_only=True):
     precision: PrecisionLike = None
     impl: Impl = "auto"
 
+    #: Field -> check (a key of :data:`CHECKS`) for fields :data:`FIELD_CHECKS` does not name.
+    checks: ClassVar[dict[str, str]] = {}
+
     def __post_init__(self) -> None:
         super().__post_init__()
         _layers.check_dtype(self.dtype, "dtype", allow_none=True)
         _layers.check_dtype(self.param_dtype, "param_dtype", allow_none=False)
         _spec.check_precision(self.precision)
         _layers.check_impl(self.impl)
-
-    def _conv(
-        self,
-        features: int,
-        kernel_size: int,
-        strides: int,
-        padding: Any,
-        name: str,
-        use_bias: bool = False,
-    ) -> nn.Conv:
-        """A standard square convolution, without bias by default."""
-        return nn.Conv(
-            features,
-            (kernel_size, kernel_size),
-            strides=(strides, strides),
-            padding=padding,
-            use_bias=use_bias,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            precision=self.precision,
-            name=name,
-        )
-
-    def _depthwise(
-        self,
-        kernel_size: int,
-        strides: int,
-        padding: Any,
-        name: str,
-        multiplier: int = 1,
-        use_bias: bool = False,
-        channel_axis: str | None = None,
-    ) -> DepthwiseConv:
-        """A square depthwise convolution (our :class:`DepthwiseConv`), without bias by default."""
-        return DepthwiseConv(
-            channel_axis=channel_axis,
-            kernel_size=(kernel_size, kernel_size),
-            strides=(strides, strides),
-            padding=padding,
-            depth_multiplier=multiplier,
-            use_bias=use_bias,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            precision=self.precision,
-            impl=self.impl,
-            name=name,
-        )
-
-    def _pointwise(
-        self,
-        features: int,
-        name: str,
-        use_bias: bool = False,
-        in_axis: str | None = None,
-        out_axis: str | None = None,
-    ) -> PointwiseConv:
-        """A 1x1 convolution (our :class:`PointwiseConv`), without bias by default."""
-        return PointwiseConv(
-            in_axis=in_axis,
-            out_axis=out_axis,
-            features=features,
-            use_bias=use_bias,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            precision=self.precision,
-            name=name,
-        )
-
-    def _separable(self, features: int, name: str) -> SeparableConv:
-        """A 3x3 ``SAME`` separable conv without bias (Xception's unit)."""
-        return SeparableConv(
-            features=features,
-            kernel_size=(3, 3),
-            padding="SAME",
-            use_bias=False,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            precision=self.precision,
-            impl=self.impl,
-            name=name,
-        )
-
-    def _batch_norm(
-        self, name: str, train: bool, momentum: float, epsilon: float = BN_EPSILON
-    ) -> nn.BatchNorm:
-        """A batch norm with Keras' conventions (``momentum`` weighs the old running value)."""
-        return nn.BatchNorm(
-            use_running_average=not train,
-            momentum=momentum,
-            epsilon=epsilon,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name=name,
-        )
-
-    def _layer_norm(self, name: str, epsilon: float) -> nn.LayerNorm:
-        """A layer norm over the channels, its variance computed as the mean of squared
-        deviations (as Keras and PyTorch do) rather than ``E[x^2] - E[x]^2``."""
-        return nn.LayerNorm(
-            epsilon=epsilon,
-            use_fast_variance=False,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name=name,
-        )
-
-    def _dense(self, features: int, name: str) -> nn.Dense:
-        """A dense layer with bias."""
-        return nn.Dense(
-            features,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            precision=self.precision,
-            name=name,
-        )
+        for field in dataclasses.fields(self):
+            check = self.checks.get(field.name, FIELD_CHECKS.get(field.name))
+            if check is not None:
+                CHECKS[check](getattr(self, field.name), field.name)
 
 
 class Normalized(Numerics, kw_only=True):
@@ -197,9 +143,6 @@ class Normalized(Numerics, kw_only=True):
 
     bn_momentum: float = 0.99
     bn_epsilon: float = BN_EPSILON
-
-    def _bn(self, name: str, train: bool) -> nn.BatchNorm:
-        return self._batch_norm(name, train, self.bn_momentum, self.bn_epsilon)
 
 
 # ----------------------------------------------------------------------------- models
@@ -220,35 +163,35 @@ class Classifier(Numerics):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _spec.check_positive_int(self.num_classes, "num_classes")
-        _layers.check_bool(self.include_top, "include_top")
         if self.pooling not in POOLINGS:
             raise ValueError(f"`pooling` must be None, 'avg' or 'max', got {self.pooling!r}")
-        check_rate(self.dropout_rate, "dropout_rate")
         if self.classifier_activation is not None and not callable(self.classifier_activation):
             raise TypeError(
                 f"`classifier_activation` must be None or a callable such as jax.nn.softmax, got "
                 f"{type(self.classifier_activation).__name__}"
             )
 
-    def _head(self, x: jax.Array, train: bool) -> jax.Array:
-        """Global average pool, dropout, dense ``num_classes`` (or the feature output).
 
-        Call it from the model's ``nn.compact`` method.
-        """
-        if not self.include_top:
-            if self.pooling == "avg":
-                return jnp.mean(x, axis=(1, 2))
-            if self.pooling == "max":
-                return jnp.max(x, axis=(1, 2))
-            return x
-        x = jnp.mean(x, axis=(1, 2))
-        if self.dropout_rate > 0:
-            x = nn.Dropout(self.dropout_rate, deterministic=not train, name="top_dropout")(x)
-        x = self._dense(self.num_classes, "predictions")(x)
-        if self.classifier_activation is not None:
-            x = self.classifier_activation(x)
+def head(config: Classifier, b: Any, x: jax.Array) -> jax.Array:
+    """Global average pool, dropout, dense ``num_classes`` (or the pooled or plain features).
+
+    ``b`` is the forward's builder (:class:`sepconv_jax.models._build.Builder`); the
+    pool runs over every axis between the batch and the channels.
+    """
+    axes = tuple(range(1, x.ndim - 1))
+    if not config.include_top:
+        if config.pooling == "avg":
+            return jnp.mean(x, axis=axes)
+        if config.pooling == "max":
+            return jnp.max(x, axis=axes)
         return x
+    return classify(config, b, jnp.mean(x, axis=axes))
+
+
+def classify(config: Classifier, b: Any, x: jax.Array) -> jax.Array:
+    """Dropout, the dense layer ``predictions`` and the classifier activation."""
+    x = b.dense("predictions", b.dropout("top_dropout", x, config.dropout_rate), config.num_classes)
+    return x if config.classifier_activation is None else config.classifier_activation(x)
 
 
 # ----------------------------------------------------------------------------- input

@@ -26,24 +26,27 @@ Blocks:
 * :class:`ConvNeXtBlock`: depthwise 7x7, LayerNorm, pointwise MLP with GELU,
   layer scale and stochastic depth around a residual (Liu et al., 2022).
 
-:mod:`sepconv_jax.models.nnx` holds the same blocks as ``flax.nnx`` modules.
+:mod:`sepconv_jax.models.nnx.blocks` holds the same blocks as ``flax.nnx`` modules, built
+from the same forward functions (:mod:`sepconv_jax.models._build`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import typing
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from sepconv_jax.models import _common
+from sepconv_jax.models._build import Builder, Linen
 from sepconv_jax.models._common import BN_EPSILON as BN_EPSILON
 from sepconv_jax.models._common import Activation as Activation
 from sepconv_jax.models._common import Normalized, Numerics
+from sepconv_jax.models._common import check_stride2_padding as check_stride2_padding
 
 __all__ = [
     "ConvNeXtBlock",
@@ -54,7 +57,6 @@ __all__ = [
     "XceptionBlock",
     "conv_padding",
     "exact_gelu",
-    "inverted_residual_plan",
     "stem_padding",
 ]
 
@@ -62,16 +64,6 @@ Stride2Padding = Literal["same", "fixed", "symmetric"]
 
 
 STRIDE2_PADDINGS: tuple[Stride2Padding, ...] = typing.get_args(Stride2Padding)
-
-
-def check_stride2_padding(stride2_padding: Any) -> Stride2Padding:
-    """``"same"``, ``"fixed"`` or ``"symmetric"``, see :func:`conv_padding`."""
-    for choice in STRIDE2_PADDINGS:
-        if isinstance(stride2_padding, str) and stride2_padding == choice:
-            return choice
-    raise ValueError(
-        f"`stride2_padding` must be 'same', 'fixed' or 'symmetric', got {stride2_padding!r}"
-    )
 
 
 def conv_padding(
@@ -133,16 +125,27 @@ def stem_padding(
 
 def check_image(x: ArrayLike, owner: str) -> jax.Array:
     """``x`` as an array of rank 4 (batch, height, width, channels), or a clear error."""
-    shape = jnp.shape(x)
-    if len(shape) != 4:
-        raise ValueError(
-            f"`x` has shape {tuple(shape)} (rank {len(shape)}) but {owner} takes "
-            f"channels-last images (batch, height, width, channels), rank 4"
-        )
-    return jnp.asarray(x)
+    return _common.check_rank(x, owner, "images (batch, height, width, channels)")
 
 
-class DepthwiseSeparableBlock(Normalized):
+def bn(config: Normalized, b: Builder, name: str, x: jax.Array) -> jax.Array:
+    """A batch norm with ``config``'s momentum and epsilon."""
+    return b.batch_norm(name, x, config.bn_momentum, config.bn_epsilon)
+
+
+def _depthwise_separable(config: DepthwiseSeparableBlock, b: Builder, x: jax.Array) -> jax.Array:
+    x = check_image(x, type(config).__name__)
+    padding = conv_padding(3, config.strides, config.stride2_padding)
+    act = config.activation
+    if config.full_convolution:
+        x = b.conv("conv", x, config.features, 3, config.strides, padding)
+        return act(bn(config, b, "conv_bn", x))
+    x = b.depthwise("depthwise", x, 3, config.strides, padding, config.depth_multiplier)
+    x = act(bn(config, b, "depthwise_bn", x))
+    return act(bn(config, b, "pointwise_bn", b.pointwise("pointwise", x, config.features)))
+
+
+class DepthwiseSeparableBlock(Linen, Normalized):
     """MobileNet (v1) block: depthwise 3x3, BN, ReLU6, pointwise 1x1, BN, ReLU6.
 
     With ``full_convolution=True`` the two convolutions are replaced by one standard
@@ -180,21 +183,17 @@ class DepthwiseSeparableBlock(Normalized):
     stride2_padding: Stride2Padding = "fixed"
     activation: Activation = nn.relu6
 
-    @nn.compact
-    def __call__(self, x: ArrayLike, train: bool = False) -> jax.Array:
-        """``(batch, height, width, channels)`` -> ``(batch, height', width', features)``."""
-        x = check_image(x, type(self).__name__)
-        padding = conv_padding(3, self.strides, self.stride2_padding)
-        if self.full_convolution:
-            x = self._conv(self.features, 3, self.strides, padding, "conv")(x)
-            return self.activation(self._bn("conv_bn", train)(x))
-        x = self._depthwise(3, self.strides, padding, "depthwise", self.depth_multiplier)(x)
-        x = self.activation(self._bn("depthwise_bn", train)(x))
-        x = self._pointwise(self.features, "pointwise")(x)
-        return self.activation(self._bn("pointwise_bn", train)(x))
+    forward = staticmethod(_depthwise_separable)
 
 
-class SqueezeExcite(Numerics):
+def _squeeze_excite(config: SqueezeExcite, b: Builder, x: jax.Array) -> jax.Array:
+    x = check_image(x, type(config).__name__)
+    s = jnp.mean(x, axis=(1, 2), keepdims=True)
+    s = config.activation(b.pointwise("reduce", s, config.features, use_bias=True))
+    return x * config.gate(b.pointwise("expand", s, x.shape[-1], use_bias=True))
+
+
+class SqueezeExcite(Linen, Numerics):
     """Squeeze-and-excitation: rescales channels by a gate computed from their means.
 
     ``y = x * gate(expand(activation(reduce(mean_hw(x)))))`` where ``reduce`` and
@@ -223,70 +222,40 @@ class SqueezeExcite(Numerics):
     activation: Activation = nn.swish
     gate: Activation = nn.sigmoid
 
-    @nn.compact
-    def __call__(self, x: ArrayLike, train: bool = False) -> jax.Array:
-        """``(batch, height, width, channels)`` -> the same shape."""
-        del train  # no batch norm, no dropout
-        x = check_image(x, type(self).__name__)
-        channels = x.shape[-1]
-        s = jnp.mean(x, axis=(1, 2), keepdims=True)
-        s = self.activation(self._pointwise(self.features, "reduce", use_bias=True)(s))
-        s = self.gate(self._pointwise(channels, "expand", use_bias=True)(s))
-        return x * s
+    forward = staticmethod(_squeeze_excite)
 
 
-@dataclasses.dataclass(frozen=True)
-class InvertedResidualPlan:
-    """What an :class:`InvertedResidual` block builds for a given input width.
-
-    Attributes:
-      expanded: width after the expansion (equal to the input width: no expansion).
-      se_features: bottleneck width of the squeeze-excite, or None for none.
-      padding: padding of the depthwise step.
-      residual: whether the input is added back.
-    """
-
-    expanded: int
-    se_features: int | None
-    padding: Any
-    residual: bool
-
-
-def inverted_residual_plan(
-    channels: int,
-    *,
-    features: int,
-    expand_ratio: float,
-    kernel_size: int,
-    strides: int,
-    se_ratio: float,
-    id_skip: bool,
-    stride2_padding: Stride2Padding,
-    expanded_features: int | None,
-    se_features: int | None,
-) -> InvertedResidualPlan:
-    """The layout of an inverted residual on ``channels`` inputs (linen and NNX blocks).
-
-    The expansion width is ``expanded_features`` when given (MobileNetV3 rounds it
-    to a multiple of 8), else ``round(channels * expand_ratio)``. The squeeze-excite
-    width is ``se_features`` when given, else ``max(1, int(channels * se_ratio))``
-    (EfficientNet's rule, a ratio of the block's *input* width) when
-    ``0 < se_ratio <= 1``.
-    """
-    expanded = (
-        expanded_features if expanded_features is not None else round(channels * expand_ratio)
-    )
-    if se_features is None and 0 < se_ratio <= 1:
-        se_features = max(1, int(channels * se_ratio))
-    return InvertedResidualPlan(
-        expanded=expanded,
-        se_features=se_features,
-        padding=conv_padding(kernel_size, strides, stride2_padding),
-        residual=id_skip and strides == 1 and channels == features,
-    )
+def _inverted_residual(config: InvertedResidual, b: Builder, x: jax.Array) -> jax.Array:
+    """The expansion width is ``expanded_features`` when given (MobileNetV3 rounds it
+    to a multiple of 8), else ``round(channels * expand_ratio)``; the squeeze-excite
+    width ``se_features`` when given, else ``max(1, int(channels * se_ratio))``
+    (EfficientNet's rule, a ratio of the block's *input* width) when ``0 < se_ratio <= 1``."""
+    x = check_image(x, type(config).__name__)
+    c, k, s = x.shape[-1], config.kernel_size, config.strides
+    expanded = config.expanded_features
+    expanded = round(c * config.expand_ratio) if expanded is None else expanded
+    se = config.se_features
+    if se is None and 0 < config.se_ratio <= 1:
+        se = max(1, int(c * config.se_ratio))
+    axis, act = config.model_axis, config.activation
+    h = x
+    if expanded != c:
+        h = b.pointwise("expand", h, expanded, out_axis=axis)
+        h = act(bn(config, b, "expand_bn", h))
+    padding = conv_padding(k, s, config.stride2_padding)
+    h = b.depthwise("depthwise", h, k, s, padding, channel_axis=axis)
+    h = act(bn(config, b, "depthwise_bn", h))
+    if se is not None:
+        se_act = act if config.se_activation is None else config.se_activation
+        h = b.block("se", SqueezeExcite, h, features=se, activation=se_act,
+                    gate=config.se_gate)  # fmt: skip
+    h = bn(config, b, "project_bn", b.pointwise("project", h, config.features, in_axis=axis))
+    if config.id_skip and s == 1 and c == config.features:
+        h = b.dropout("drop_path", h, config.drop_rate, per_sample=True) + x.astype(h.dtype)
+    return h
 
 
-class InvertedResidual(Normalized):
+class InvertedResidual(Linen, Normalized):
     """Inverted residual with linear bottleneck (MobileNetV2/V3), or MBConv (EfficientNet).
 
     ``expand`` (1x1, BN, activation; skipped when the expanded width equals the
@@ -355,59 +324,34 @@ class InvertedResidual(Normalized):
     se_gate: Activation = nn.sigmoid
     model_axis: str | None = None
 
-    def plan(self, channels: int) -> InvertedResidualPlan:
-        """The layout for ``channels`` input channels, see :func:`inverted_residual_plan`."""
-        return inverted_residual_plan(
-            channels,
-            features=self.features,
-            expand_ratio=self.expand_ratio,
-            kernel_size=self.kernel_size,
-            strides=self.strides,
-            se_ratio=self.se_ratio,
-            id_skip=self.id_skip,
-            stride2_padding=self.stride2_padding,
-            expanded_features=self.expanded_features,
-            se_features=self.se_features,
-        )
-
-    @nn.compact
-    def __call__(self, x: ArrayLike, train: bool = False) -> jax.Array:
-        """``(batch, height, width, channels)`` -> ``(batch, height', width', features)``."""
-        x = check_image(x, type(self).__name__)
-        plan = self.plan(x.shape[-1])
-        axis = self.model_axis
-        h = x
-        if plan.expanded != x.shape[-1]:
-            h = self._pointwise(plan.expanded, "expand", out_axis=axis)(h)
-            h = self.activation(self._bn("expand_bn", train)(h))
-        h = self._depthwise(
-            self.kernel_size, self.strides, plan.padding, "depthwise", channel_axis=axis
-        )(h)
-        h = self.activation(self._bn("depthwise_bn", train)(h))
-        if plan.se_features is not None:
-            h = SqueezeExcite(
-                features=plan.se_features,
-                activation=self.activation if self.se_activation is None else self.se_activation,
-                gate=self.se_gate,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                precision=self.precision,
-                name="se",
-            )(h)
-        h = self._pointwise(self.features, "project", in_axis=axis)(h)
-        h = self._bn("project_bn", train)(h)
-        if plan.residual:
-            if self.drop_rate > 0:
-                h = nn.Dropout(self.drop_rate, broadcast_dims=(1, 2, 3), deterministic=not train)(h)
-            h = h + x.astype(h.dtype)
-        return h
+    forward = staticmethod(_inverted_residual)
 
 
 #: EfficientNet's name for :class:`InvertedResidual` with squeeze-excite and swish.
 MBConv = InvertedResidual
 
 
-class XceptionBlock(Normalized):
+def _xception_block(config: XceptionBlock, b: Builder, x: jax.Array) -> jax.Array:
+    x = check_image(x, type(config).__name__)
+    if len(config.features) == 0:
+        raise ValueError("`features` is empty; an XceptionBlock needs at least one unit")
+    h = x
+    for i, features in enumerate(config.features, 1):
+        if i > 1 or config.activate_first:
+            h = config.activation(h)
+        h = bn(config, b, f"sepconv{i}_bn", b.separable(f"sepconv{i}", h, features))
+    s = config.strides
+    if s != 1:
+        h = nn.max_pool(h, (3, 3), strides=(s, s), padding="SAME")
+    if s == 1 and x.shape[-1] == config.features[-1]:
+        return h + x.astype(h.dtype)
+    # A 1x1 convolution of stride s with "SAME" padding reads rows and columns
+    # 0, s, 2s, ...: subsample, then mix channels.
+    r = b.pointwise("residual", x[:, ::s, ::s, :], config.features[-1])
+    return h + bn(config, b, "residual_bn", r).astype(h.dtype)
+
+
+class XceptionBlock(Linen, Normalized):
     """Xception block: (ReLU, separable 3x3 conv, BN) units, optional pool, residual.
 
     For each entry of ``features``: ReLU (skipped before the first unit when
@@ -443,29 +387,7 @@ class XceptionBlock(Normalized):
     activate_first: bool = True
     activation: Activation = nn.relu
 
-    @nn.compact
-    def __call__(self, x: ArrayLike, train: bool = False) -> jax.Array:
-        """``(batch, height, width, channels)`` -> ``(batch, height', width', features[-1])``."""
-        x = check_image(x, type(self).__name__)
-        if len(self.features) == 0:
-            raise ValueError("`features` is empty; an XceptionBlock needs at least one unit")
-        h = x
-        for i, features in enumerate(self.features):
-            if i > 0 or self.activate_first:
-                h = self.activation(h)
-            h = self._separable(features, f"sepconv{i + 1}")(h)
-            h = self._bn(f"sepconv{i + 1}_bn", train)(h)
-        if self.strides != 1:
-            s = self.strides
-            h = nn.max_pool(h, (3, 3), strides=(s, s), padding="SAME")
-        if self.strides == 1 and x.shape[-1] == self.features[-1]:
-            return h + x.astype(h.dtype)
-        # A 1x1 convolution of stride s with "SAME" padding reads rows and columns
-        # 0, s, 2s, ...: subsample, then mix channels.
-        r = x[:, :: self.strides, :: self.strides, :]
-        r = self._pointwise(self.features[-1], "residual")(r)
-        r = self._bn("residual_bn", train)(r)
-        return h + r.astype(h.dtype)
+    forward = staticmethod(_xception_block)
 
 
 def exact_gelu(x: jax.Array) -> jax.Array:
@@ -474,7 +396,19 @@ def exact_gelu(x: jax.Array) -> jax.Array:
     return jax.nn.gelu(x, approximate=False)
 
 
-class ConvNeXtBlock(Numerics):
+def _convnext_block(config: ConvNeXtBlock, b: Builder, x: jax.Array) -> jax.Array:
+    x = check_image(x, type(config).__name__)
+    c = x.shape[-1]
+    h = b.depthwise("depthwise", x, config.kernel_size, 1, "SAME", use_bias=True)
+    h = b.layer_norm("norm", h, config.norm_epsilon)
+    h = exact_gelu(b.pointwise("pointwise1", h, config.mlp_ratio * c, use_bias=True))
+    h = b.pointwise("pointwise2", h, c, use_bias=True)
+    if config.layer_scale_init_value is not None:
+        h = b.layer_scale("layer_scale", h, config.layer_scale_init_value)
+    return x.astype(h.dtype) + b.dropout("drop_path", h, config.drop_rate, per_sample=True)
+
+
+class ConvNeXtBlock(Linen, Numerics):
     """ConvNeXt block: depthwise 7x7, LayerNorm, MLP with GELU, layer scale, residual.
 
     ``y = x + drop_path(gamma * W2 gelu(W1 norm(depthwise(x))))`` (Liu et al., 2022,
@@ -510,23 +444,4 @@ class ConvNeXtBlock(Numerics):
     drop_rate: float = 0.0
     norm_epsilon: float = 1e-6
 
-    @nn.compact
-    def __call__(self, x: ArrayLike, train: bool = False) -> jax.Array:
-        """``(batch, height, width, channels)`` -> the same shape."""
-        x = check_image(x, type(self).__name__)
-        channels = x.shape[-1]
-        h = self._depthwise(self.kernel_size, 1, "SAME", "depthwise", use_bias=True)(x)
-        h = self._layer_norm("norm", self.norm_epsilon)(h)
-        h = exact_gelu(self._pointwise(self.mlp_ratio * channels, "pointwise1", use_bias=True)(h))
-        h = self._pointwise(channels, "pointwise2", use_bias=True)(h)
-        if self.layer_scale_init_value is not None:
-            gamma = self.param(
-                "layer_scale",
-                nn.initializers.constant(self.layer_scale_init_value),
-                (channels,),
-                self.param_dtype,
-            )
-            h = h * gamma.astype(h.dtype).reshape(1, 1, 1, channels)
-        if self.drop_rate > 0:
-            h = nn.Dropout(self.drop_rate, broadcast_dims=(1, 2, 3), deterministic=not train)(h)
-        return x.astype(h.dtype) + h
+    forward = staticmethod(_convnext_block)

@@ -6,19 +6,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import numpy as np
-from jax.typing import ArrayLike
 
-from sepconv_jax import _layers, _spec
-from sepconv_jax.models import _common
+from sepconv_jax import _spec
+from sepconv_jax.models import _common, spec
+from sepconv_jax.models._build import Builder, Linen
 from sepconv_jax.models.blocks import ConvNeXtBlock, check_image
 
-__all__ = ["ConvNeXt", "ConvNeXtBase", "ConvNeXtSmall", "ConvNeXtTiny", "convnext_blocks"]
+__all__ = ["ConvNeXt", "convnext_blocks"]
 
-#: The layer norms' epsilon (Keras and timm).
-NORM_EPSILON = 1e-6
+NORM_EPSILON = spec.CONVNEXT_NORM_EPSILON
 #: ImageNet's per-channel mean and variance in pixel units (Keras' ``PreStem``).
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_VARIANCE = ((0.229 * 255) ** 2, (0.224 * 255) ** 2, (0.225 * 255) ** 2)
@@ -67,7 +65,30 @@ def convnext_blocks(
     return out
 
 
-class ConvNeXt(_common.Classifier):
+def _convnext(config: ConvNeXt, b: Builder, x: jax.Array) -> jax.Array:
+    h = check_image(x, type(config).__name__)
+    if config.include_preprocessing:
+        h = _common.normalize_input(
+            h, config.input_mean, config.input_variance, owner=type(config).__name__
+        )
+    eps = NORM_EPSILON
+    for i, (dim, stage) in enumerate(zip(config.dims, config.blocks(), strict=True)):
+        if i == 0:
+            h = b.layer_norm("stem_norm", b.conv("stem_conv", h, dim, 4, 4, "VALID", True), eps)
+        else:
+            h = b.layer_norm(f"downsample{i}_norm", h, eps)
+            h = b.conv(f"downsample{i}_conv", h, dim, 2, 2, "VALID", use_bias=True)
+        for name, kwargs in stage:
+            h = b.block(name, ConvNeXtBlock, h, **kwargs)
+    if config.include_top or config.pooling == "avg":
+        h = h.mean(axis=(1, 2))
+    elif config.pooling == "max":
+        h = h.max(axis=(1, 2))
+    h = b.layer_norm("head_norm", h, eps)
+    return _common.classify(config, b, h) if config.include_top else h
+
+
+class ConvNeXt(Linen, _common.Classifier):
     """ConvNeXt: a patchify stem, four stages of ConvNeXt blocks, LayerNorm head.
 
     Layout (Liu et al., 2022): a 4x4 convolution of stride 4 and a layer norm (the
@@ -119,89 +140,9 @@ class ConvNeXt(_common.Classifier):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_stages(self.depths, self.dims)
-        _common.check_rate(self.drop_path_rate, "drop_path_rate")
-        if self.layer_scale_init_value is not None:
-            _common.check_positive_float(self.layer_scale_init_value, "layer_scale_init_value")
-        _layers.check_bool(self.include_preprocessing, "include_preprocessing")
 
     def blocks(self) -> list[list[tuple[str, dict[str, Any]]]]:
         """This model's blocks per stage, see :func:`convnext_blocks`."""
         return convnext_blocks(self.depths, self.drop_path_rate, self.layer_scale_init_value)
 
-    @nn.compact
-    def __call__(self, x: ArrayLike, train: bool = False) -> jax.Array:
-        """Classifies images.
-
-        Args:
-          x: ``(batch, height, width, 3)`` images in ``[0, 255]`` (normalized ones
-            with ``include_preprocessing=False``), each side at least 32 and
-            preferably a multiple of 32.
-          train: stochastic depth and dropout when True (then pass a ``"dropout"``
-            rng to ``apply``). ConvNeXt has no batch statistics.
-
-        Returns:
-          ``(batch, num_classes)``, or the features when ``include_top=False``.
-        """
-        h = check_image(x, type(self).__name__)
-        if self.include_preprocessing:
-            h = _common.normalize_input(
-                h, self.input_mean, self.input_variance, owner=type(self).__name__
-            )
-        for i, (dim, stage) in enumerate(zip(self.dims, self.blocks(), strict=True)):
-            if i == 0:
-                h = self._conv(dim, 4, 4, "VALID", "stem_conv", use_bias=True)(h)
-                h = self._layer_norm("stem_norm", NORM_EPSILON)(h)
-            else:
-                h = self._layer_norm(f"downsample{i}_norm", NORM_EPSILON)(h)
-                h = self._conv(dim, 2, 2, "VALID", f"downsample{i}_conv", use_bias=True)(h)
-            for name, kwargs in stage:
-                h = ConvNeXtBlock(
-                    **kwargs,
-                    dtype=self.dtype,
-                    param_dtype=self.param_dtype,
-                    precision=self.precision,
-                    impl=self.impl,
-                    name=name,
-                )(h, train)
-        return self._convnext_head(h, train)
-
-    def _convnext_head(self, x: jax.Array, train: bool) -> jax.Array:
-        if self.include_top or self.pooling == "avg":
-            x = x.mean(axis=(1, 2))
-        elif self.pooling == "max":
-            x = x.max(axis=(1, 2))
-        x = self._layer_norm("head_norm", NORM_EPSILON)(x)
-        if not self.include_top:
-            return x
-        if self.dropout_rate > 0:
-            x = nn.Dropout(self.dropout_rate, deterministic=not train, name="top_dropout")(x)
-        x = self._dense(self.num_classes, "predictions")(x)
-        if self.classifier_activation is not None:
-            x = self.classifier_activation(x)
-        return x
-
-
-class ConvNeXtTiny(ConvNeXt):
-    """ConvNeXt-T: depths (3, 3, 9, 3), widths (96, 192, 384, 768).
-
-    All attributes as :class:`ConvNeXt`.
-    """
-
-
-class ConvNeXtSmall(ConvNeXt):
-    """ConvNeXt-S: depths (3, 3, 27, 3), widths (96, 192, 384, 768).
-
-    All attributes as :class:`ConvNeXt`.
-    """
-
-    depths: Sequence[int] = (3, 3, 27, 3)
-
-
-class ConvNeXtBase(ConvNeXt):
-    """ConvNeXt-B: depths (3, 3, 27, 3), widths (128, 256, 512, 1024).
-
-    All attributes as :class:`ConvNeXt`.
-    """
-
-    depths: Sequence[int] = (3, 3, 27, 3)
-    dims: Sequence[int] = (128, 256, 512, 1024)
+    forward = staticmethod(_convnext)

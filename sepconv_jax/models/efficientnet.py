@@ -10,64 +10,26 @@ from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
-from jax.typing import ArrayLike
 
-from sepconv_jax import _layers
-from sepconv_jax.models import _common
+from sepconv_jax.models import _common, spec
+from sepconv_jax.models._build import Builder, Linen
 from sepconv_jax.models.blocks import (
     InvertedResidual,
     Stride2Padding,
     check_image,
-    check_stride2_padding,
     conv_padding,
 )
 from sepconv_jax.models.mobilenet_v2 import make_divisible
 
-__all__ = [
-    "EfficientNet",
-    "EfficientNetB0",
-    "EfficientNetB1",
-    "EfficientNetB2",
-    "EfficientNetB3",
-    "EfficientNetB4",
-    "EfficientNetB5",
-    "EfficientNetB6",
-    "EfficientNetB7",
-    "efficientnet_blocks",
-]
+__all__ = ["EfficientNet", "efficientnet_blocks"]
 
-#: (kernel, repeats, in channels, out channels, expansion, first stride) per stage of
-#: B0 (Table 1); every block has squeeze-excite of ratio 0.25.
-STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
-    (3, 1, 32, 16, 1, 1),
-    (3, 2, 16, 24, 6, 2),
-    (5, 2, 24, 40, 6, 2),
-    (3, 3, 40, 80, 6, 2),
-    (5, 3, 80, 112, 6, 1),
-    (5, 4, 112, 192, 6, 2),
-    (3, 1, 192, 320, 6, 1),
-)
-SE_RATIO = 0.25
-#: Keras' batch-norm momentum for EfficientNet (its default).
-BN_MOMENTUM = 0.99
+STAGES = spec.EFFICIENTNET_STAGES
+SE_RATIO = spec.EFFICIENTNET_SE_RATIO
+BN_MOMENTUM = spec.EFFICIENTNET_BN_MOMENTUM
 #: Keras' ``backend.epsilon()``, the floor of the normalization's standard deviation.
 NORMALIZATION_EPSILON = _common.NORMALIZATION_EPSILON
-#: Channel counts are rounded to multiples of this (Keras' ``depth_divisor``).
-DEPTH_DIVISOR = 8
-
-#: (width coefficient, depth coefficient, resolution, dropout rate) of B0 ... B7, as
-#: ``keras.applications`` (and the reference implementation) define the compound
-#: scaling; the paper's Eq. 3 with phi = 0 ... 7, rounded.
-SCALING: dict[str, tuple[float, float, int, float]] = {
-    "b0": (1.0, 1.0, 224, 0.2),
-    "b1": (1.0, 1.1, 240, 0.2),
-    "b2": (1.1, 1.2, 260, 0.3),
-    "b3": (1.2, 1.4, 300, 0.3),
-    "b4": (1.4, 1.8, 380, 0.4),
-    "b5": (1.6, 2.2, 456, 0.4),
-    "b6": (1.8, 2.6, 528, 0.5),
-    "b7": (2.0, 3.1, 600, 0.5),
-}
+DEPTH_DIVISOR = spec.EFFICIENTNET_DEPTH_DIVISOR
+SCALING = spec.EFFICIENTNET_SCALING
 
 
 def round_filters(filters: int, width_coefficient: float) -> int:
@@ -113,7 +75,24 @@ def efficientnet_blocks(
     return out
 
 
-class EfficientNet(_common.Classifier):
+def _efficientnet(config: EfficientNet, b: Builder, x: jax.Array) -> jax.Array:
+    x = check_image(x, type(config).__name__)
+    if config.include_preprocessing:
+        x = _common.normalize_input(
+            x, config.input_mean, config.input_variance, 1.0 / 255.0, type(config).__name__
+        )
+    width, epsilon = config.width_coefficient, config.bn_epsilon
+    padding = conv_padding(3, 2, config.stride2_padding)
+    x = b.conv("stem_conv", x, round_filters(32, width), 3, 2, padding)
+    x = nn.swish(b.batch_norm("stem_bn", x, BN_MOMENTUM, epsilon))
+    for name, kwargs in config.blocks():
+        x = b.block(name, InvertedResidual, x, **kwargs, bn_epsilon=epsilon)
+    x = b.pointwise("top_conv", x, round_filters(1280, width))
+    x = nn.swish(b.batch_norm("top_bn", x, BN_MOMENTUM, epsilon))
+    return _common.head(config, b, x)
+
+
+class EfficientNet(Linen, _common.Classifier):
     """EfficientNet: MBConv blocks with squeeze-excite, swish and stochastic depth.
 
     Layout (Tan & Le, 2019, Table 1, scaled by ``width_coefficient`` and
@@ -172,23 +151,6 @@ class EfficientNet(_common.Classifier):
 
     default_size: ClassVar[int] = 224
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _common.check_positive_float(self.width_coefficient, "width_coefficient")
-        _common.check_positive_float(self.depth_coefficient, "depth_coefficient")
-        _common.check_rate(self.drop_connect_rate, "drop_connect_rate")
-        _layers.check_bool(self.include_preprocessing, "include_preprocessing")
-        check_stride2_padding(self.stride2_padding)
-        _common.check_positive_float(self.bn_epsilon, "bn_epsilon")
-
-    def _round_filters(self, filters: int) -> int:
-        return round_filters(filters, self.width_coefficient)
-
-    def _preprocess(self, x: jax.Array) -> jax.Array:
-        return _common.normalize_input(
-            x, self.input_mean, self.input_variance, 1.0 / 255.0, type(self).__name__
-        )
-
     def blocks(self) -> list[tuple[str, dict[str, Any]]]:
         """This model's MBConv blocks, see :func:`efficientnet_blocks`."""
         return efficientnet_blocks(
@@ -198,130 +160,4 @@ class EfficientNet(_common.Classifier):
             self.stride2_padding,
         )
 
-    @nn.compact
-    def __call__(self, x: ArrayLike, train: bool = False) -> jax.Array:
-        """Classifies images.
-
-        Args:
-          x: ``(batch, height, width, 3)`` images in ``[0, 255]`` (any size; Keras
-            requires >= 32).
-          train: batch statistics, dropout and stochastic depth when True (then pass
-            ``mutable=["batch_stats"]`` and a ``"dropout"`` rng to ``apply``).
-
-        Returns:
-          ``(batch, num_classes)``, or the features when ``include_top=False``.
-        """
-        x = check_image(x, type(self).__name__)
-        if self.include_preprocessing:
-            x = self._preprocess(x)
-        padding = conv_padding(3, 2, self.stride2_padding)
-
-        def bn(name: str) -> nn.BatchNorm:
-            return self._batch_norm(name, train, BN_MOMENTUM, self.bn_epsilon)
-
-        x = self._conv(self._round_filters(32), 3, 2, padding, "stem_conv")(x)
-        x = nn.swish(bn("stem_bn")(x))
-        for name, kwargs in self.blocks():
-            x = InvertedResidual(
-                **kwargs,
-                bn_epsilon=self.bn_epsilon,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                precision=self.precision,
-                impl=self.impl,
-                name=name,
-            )(x, train)
-        x = self._pointwise(self._round_filters(1280), "top_conv")(x)
-        x = nn.swish(bn("top_bn")(x))
-        return self._head(x, train)
-
-
-class EfficientNetB0(EfficientNet):
-    """EfficientNet-B0 (width and depth coefficients 1.0, dropout 0.2, 224 x 224).
-
-    All attributes as :class:`EfficientNet`.
-
-    Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from sepconv_jax.models import EfficientNetB0
-      >>> model = EfficientNetB0(num_classes=5, include_top=False, pooling="avg")
-      >>> x = jnp.zeros((1, 32, 32, 3))
-      >>> variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
-      >>> jax.eval_shape(lambda v: model.apply(v, x), variables).shape
-      (1, 1280)
-    """
-
-
-def _variant_doc(name: str) -> str:
-    width, depth, size, dropout = SCALING[name.lower()[-2:]]
-    return (
-        f"EfficientNet-{name[-2:]} (width coefficient {width}, depth coefficient {depth}, "
-        f"dropout {dropout}, {size} x {size}).\n\n    All attributes as :class:`EfficientNet`."
-    )
-
-
-class EfficientNetB1(EfficientNet):
-    __doc__ = _variant_doc("B1")
-    depth_coefficient: float = 1.1
-    default_size: ClassVar[int] = 240
-
-
-class EfficientNetB2(EfficientNet):
-    __doc__ = _variant_doc("B2")
-    width_coefficient: float = 1.1
-    depth_coefficient: float = 1.2
-    dropout_rate: float = 0.3
-    default_size: ClassVar[int] = 260
-
-
-class EfficientNetB3(EfficientNet):
-    __doc__ = _variant_doc("B3")
-    width_coefficient: float = 1.2
-    depth_coefficient: float = 1.4
-    dropout_rate: float = 0.3
-    default_size: ClassVar[int] = 300
-
-
-class EfficientNetB4(EfficientNet):
-    __doc__ = _variant_doc("B4")
-    width_coefficient: float = 1.4
-    depth_coefficient: float = 1.8
-    dropout_rate: float = 0.4
-    default_size: ClassVar[int] = 380
-
-
-class EfficientNetB5(EfficientNet):
-    __doc__ = _variant_doc("B5")
-    width_coefficient: float = 1.6
-    depth_coefficient: float = 2.2
-    dropout_rate: float = 0.4
-    default_size: ClassVar[int] = 456
-
-
-class EfficientNetB6(EfficientNet):
-    __doc__ = _variant_doc("B6")
-    width_coefficient: float = 1.8
-    depth_coefficient: float = 2.6
-    dropout_rate: float = 0.5
-    default_size: ClassVar[int] = 528
-
-
-class EfficientNetB7(EfficientNet):
-    __doc__ = _variant_doc("B7")
-    width_coefficient: float = 2.0
-    depth_coefficient: float = 3.1
-    dropout_rate: float = 0.5
-    default_size: ClassVar[int] = 600
-
-
-#: The variants by name (``"b0"`` ... ``"b7"``).
-VARIANTS: dict[str, type[EfficientNet]] = {
-    "b0": EfficientNetB0,
-    "b1": EfficientNetB1,
-    "b2": EfficientNetB2,
-    "b3": EfficientNetB3,
-    "b4": EfficientNetB4,
-    "b5": EfficientNetB5,
-    "b6": EfficientNetB6,
-    "b7": EfficientNetB7,
-}
+    forward = staticmethod(_efficientnet)

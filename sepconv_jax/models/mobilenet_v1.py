@@ -5,39 +5,20 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
-from jax.typing import ArrayLike
 
-from sepconv_jax import _spec
-from sepconv_jax.models import _common
+from sepconv_jax.models import _common, spec
+from sepconv_jax.models._build import Builder, Linen
 from sepconv_jax.models.blocks import (
     DepthwiseSeparableBlock,
     Stride2Padding,
     check_image,
-    check_stride2_padding,
 )
 
 __all__ = ["MobileNetV1", "mobilenet_v1_widths"]
 
-#: (pointwise output channels, stride) of the 13 depthwise-separable blocks (Table 1).
-BLOCKS: tuple[tuple[int, int], ...] = (
-    (64, 1),
-    (128, 2),
-    (128, 1),
-    (256, 2),
-    (256, 1),
-    (512, 2),
-    (512, 1),
-    (512, 1),
-    (512, 1),
-    (512, 1),
-    (512, 1),
-    (1024, 2),
-    (1024, 1),
-)
-STEM = 32
-
-#: Keras' batch-norm momentum for MobileNet (its default).
-BN_MOMENTUM = 0.99
+BLOCKS = spec.MOBILENET_V1_BLOCKS
+STEM = spec.MOBILENET_V1_STEM
+BN_MOMENTUM = spec.MOBILENET_V1_BN_MOMENTUM
 
 
 def mobilenet_v1_widths(width_multiplier: float) -> tuple[int, ...]:
@@ -55,7 +36,21 @@ def mobilenet_v1_widths(width_multiplier: float) -> tuple[int, ...]:
     return tuple(int(c * alpha) for c in (STEM, *(f for f, _ in BLOCKS)))
 
 
-class MobileNetV1(_common.Classifier):
+def _mobilenet_v1(config: MobileNetV1, b: Builder, x: jax.Array) -> jax.Array:
+    x = check_image(x, "MobileNetV1")
+    stem, *widths = mobilenet_v1_widths(config.width_multiplier)
+    x = b.conv("conv1", x, stem, 3, 2, "SAME")
+    x = nn.relu6(b.batch_norm("conv1_bn", x, BN_MOMENTUM, _common.BN_EPSILON))
+    for i, (features, (_, strides)) in enumerate(zip(widths, BLOCKS, strict=True), 1):
+        x = b.block(
+            f"block{i}", DepthwiseSeparableBlock, x, features=features, strides=strides,
+            depth_multiplier=config.depth_multiplier, full_convolution=config.full_convolution,
+            stride2_padding=config.stride2_padding, bn_momentum=BN_MOMENTUM,
+        )  # fmt: skip
+    return _common.head(config, b, x)
+
+
+class MobileNetV1(Linen, _common.Classifier):
     """MobileNet (v1): a 3x3 stem and 13 depthwise-separable blocks, then a classifier.
 
     Layout (Howard et al., 2017, Table 1): a standard 3x3 convolution of stride 2
@@ -109,40 +104,4 @@ class MobileNetV1(_common.Classifier):
     full_convolution: bool = False
     stride2_padding: Stride2Padding = "fixed"
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _common.check_positive_float(self.width_multiplier, "width_multiplier")
-        _spec.check_positive_int(self.depth_multiplier, "depth_multiplier")
-        check_stride2_padding(self.stride2_padding)
-
-    @nn.compact
-    def __call__(self, x: ArrayLike, train: bool = False) -> jax.Array:
-        """Classifies images.
-
-        Args:
-          x: ``(batch, height, width, 3)`` images (any size; Keras requires >= 32).
-          train: batch statistics and dropout when True (then pass
-            ``mutable=["batch_stats"]`` and a ``"dropout"`` rng to ``apply``).
-
-        Returns:
-          ``(batch, num_classes)``, or the features when ``include_top=False``.
-        """
-        x = check_image(x, "MobileNetV1")
-        stem, *widths = mobilenet_v1_widths(self.width_multiplier)
-        x = self._conv(stem, 3, 2, "SAME", "conv1")(x)
-        x = nn.relu6(self._batch_norm("conv1_bn", train, BN_MOMENTUM)(x))
-        for i, (features, (_, strides)) in enumerate(zip(widths, BLOCKS, strict=True), 1):
-            x = DepthwiseSeparableBlock(
-                features=features,
-                strides=strides,
-                depth_multiplier=self.depth_multiplier,
-                full_convolution=self.full_convolution,
-                stride2_padding=self.stride2_padding,
-                bn_momentum=BN_MOMENTUM,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                precision=self.precision,
-                impl=self.impl,
-                name=f"block{i}",
-            )(x, train)
-        return self._head(x, train)
+    forward = staticmethod(_mobilenet_v1)

@@ -7,31 +7,20 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-from jax.typing import ArrayLike
 
-from sepconv_jax.models import _common
+from sepconv_jax.models import _common, spec
+from sepconv_jax.models._build import Builder, Linen
 from sepconv_jax.models.blocks import (
     InvertedResidual,
     Stride2Padding,
     check_image,
-    check_stride2_padding,
     stem_padding,
 )
 
 __all__ = ["MobileNetV2", "make_divisible", "mobilenet_v2_blocks", "mobilenet_v2_widths"]
 
-#: (expansion t, output channels c, repeats n, first stride s), Table 2.
-STAGES: tuple[tuple[int, int, int, int], ...] = (
-    (1, 16, 1, 1),
-    (6, 24, 2, 2),
-    (6, 32, 3, 2),
-    (6, 64, 4, 2),
-    (6, 96, 3, 1),
-    (6, 160, 3, 2),
-    (6, 320, 1, 1),
-)
-#: Keras' batch-norm momentum for MobileNetV2.
-BN_MOMENTUM = 0.999
+STAGES = spec.MOBILENET_V2_STAGES
+BN_MOMENTUM = spec.MOBILENET_V2_BN_MOMENTUM
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -67,8 +56,9 @@ def mobilenet_v2_widths(width_multiplier: float) -> tuple[int, ...]:
     """
     alpha = _common.check_positive_float(width_multiplier, "width_multiplier")
     blocks = [make_divisible(int(c * alpha)) for _, c, n, _ in STAGES for _ in range(n)]
-    last = make_divisible(1280 * alpha) if alpha > 1.0 else 1280
-    return (make_divisible(32 * alpha), *blocks, last)
+    last = spec.MOBILENET_V2_LAST
+    last = make_divisible(last * alpha) if alpha > 1.0 else last
+    return (make_divisible(spec.MOBILENET_V2_STEM * alpha), *blocks, last)
 
 
 def mobilenet_v2_blocks(
@@ -96,7 +86,19 @@ def mobilenet_v2_blocks(
     return [(f"block{i}", kwargs) for i, kwargs in enumerate(out)]
 
 
-class MobileNetV2(_common.Classifier):
+def _mobilenet_v2(config: MobileNetV2, b: Builder, x: jax.Array) -> jax.Array:
+    x = check_image(x, "MobileNetV2")
+    stem, *_, last = mobilenet_v2_widths(config.width_multiplier)
+    momentum, epsilon = BN_MOMENTUM, config.bn_epsilon
+    x = b.conv("conv1", x, stem, 3, 2, stem_padding(3, 2, config.stride2_padding))
+    x = nn.relu6(b.batch_norm("conv1_bn", x, momentum, epsilon))
+    for name, kwargs in mobilenet_v2_blocks(config.width_multiplier, config.stride2_padding):
+        x = b.block(name, InvertedResidual, x, **kwargs, bn_epsilon=epsilon)
+    x = nn.relu6(b.batch_norm("conv_last_bn", b.pointwise("conv_last", x, last), momentum, epsilon))
+    return _common.head(config, b, x)
+
+
+class MobileNetV2(Linen, _common.Classifier):
     """MobileNetV2: inverted residuals with linear bottlenecks and ReLU6.
 
     Layout (Sandler et al., 2018, Table 2): a 3x3 convolution of stride 2, 17
@@ -135,40 +137,4 @@ class MobileNetV2(_common.Classifier):
     stride2_padding: Stride2Padding = "same"
     bn_epsilon: float = _common.BN_EPSILON
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _common.check_positive_float(self.width_multiplier, "width_multiplier")
-        check_stride2_padding(self.stride2_padding)
-        _common.check_positive_float(self.bn_epsilon, "bn_epsilon")
-
-    @nn.compact
-    def __call__(self, x: ArrayLike, train: bool = False) -> jax.Array:
-        """Classifies images.
-
-        Args:
-          x: ``(batch, height, width, 3)`` images (any size; Keras requires >= 32).
-          train: batch statistics and dropout when True (then pass
-            ``mutable=["batch_stats"]``, and a ``"dropout"`` rng if
-            ``dropout_rate > 0``).
-
-        Returns:
-          ``(batch, num_classes)``, or the features when ``include_top=False``.
-        """
-        x = check_image(x, "MobileNetV2")
-        stem, *_, last = mobilenet_v2_widths(self.width_multiplier)
-        padding = stem_padding(3, 2, self.stride2_padding)
-        x = self._conv(stem, 3, 2, padding, "conv1")(x)
-        x = nn.relu6(self._batch_norm("conv1_bn", train, BN_MOMENTUM, self.bn_epsilon)(x))
-        for name, kwargs in mobilenet_v2_blocks(self.width_multiplier, self.stride2_padding):
-            x = InvertedResidual(
-                **kwargs,
-                bn_epsilon=self.bn_epsilon,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                precision=self.precision,
-                impl=self.impl,
-                name=name,
-            )(x, train)
-        x = self._pointwise(last, "conv_last")(x)
-        x = nn.relu6(self._batch_norm("conv_last_bn", train, BN_MOMENTUM, self.bn_epsilon)(x))
-        return self._head(x, train)
+    forward = staticmethod(_mobilenet_v2)

@@ -3,79 +3,34 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
-from jax.typing import ArrayLike
 
-from sepconv_jax import _layers
-from sepconv_jax.models import _common
+from sepconv_jax.models import _common, spec
+from sepconv_jax.models._build import Builder, Linen
 from sepconv_jax.models.blocks import (
     InvertedResidual,
     Stride2Padding,
     check_image,
-    check_stride2_padding,
     stem_padding,
 )
 from sepconv_jax.models.mobilenet_v2 import make_divisible
 
 __all__ = [
     "MobileNetV3",
-    "MobileNetV3Large",
-    "MobileNetV3Small",
     "hard_sigmoid",
     "hard_swish",
     "mobilenet_v3_blocks",
 ]
 
-Variant = Literal["large", "small"]
-
-#: Keras' batch-norm momentum for MobileNetV3.
-BN_MOMENTUM = 0.999
-#: Squeeze-excite width over the expanded width (rounded to a multiple of 8).
-SE_RATIO = 0.25
-#: The stem's width, the same for every ``alpha`` (as in Keras).
-STEM = 16
-
-#: Per block: (expansion, output channels, kernel, stride, squeeze-excite, nonlinearity).
-#: ``"K"`` is 5 (3 when minimalistic); ``"RE"`` is ReLU, ``"HS"`` hard-swish (ReLU
-#: when minimalistic). Table 1 (Large) and Table 2 (Small) of the paper, with the
-#: expansions written as Keras writes them (the paper lists expanded widths).
-TABLES: dict[Variant, tuple[tuple[float, int, int | str, int, bool, str], ...]] = {
-    "large": (
-        (1, 16, 3, 1, False, "RE"),
-        (4, 24, 3, 2, False, "RE"),
-        (3, 24, 3, 1, False, "RE"),
-        (3, 40, "K", 2, True, "RE"),
-        (3, 40, "K", 1, True, "RE"),
-        (3, 40, "K", 1, True, "RE"),
-        (6, 80, 3, 2, False, "HS"),
-        (2.5, 80, 3, 1, False, "HS"),
-        (2.3, 80, 3, 1, False, "HS"),
-        (2.3, 80, 3, 1, False, "HS"),
-        (6, 112, 3, 1, True, "HS"),
-        (6, 112, 3, 1, True, "HS"),
-        (6, 160, "K", 2, True, "HS"),
-        (6, 160, "K", 1, True, "HS"),
-        (6, 160, "K", 1, True, "HS"),
-    ),
-    "small": (
-        (1, 16, 3, 2, True, "RE"),
-        (72 / 16, 24, 3, 2, False, "RE"),
-        (88 / 24, 24, 3, 1, False, "RE"),
-        (4, 40, "K", 2, True, "HS"),
-        (6, 40, "K", 1, True, "HS"),
-        (6, 40, "K", 1, True, "HS"),
-        (3, 48, "K", 1, True, "HS"),
-        (3, 48, "K", 1, True, "HS"),
-        (6, 96, "K", 2, True, "HS"),
-        (6, 96, "K", 1, True, "HS"),
-        (6, 96, "K", 1, True, "HS"),
-    ),
-}
-#: Width of the 1x1 convolution after pooling (Keras' ``last_point_ch``).
-LAST_POINT: dict[Variant, int] = {"large": 1280, "small": 1024}
+Variant = spec.Variant
+BN_MOMENTUM = spec.MOBILENET_V3_BN_MOMENTUM
+SE_RATIO = spec.MOBILENET_V3_SE_RATIO
+STEM = spec.MOBILENET_V3_STEM
+TABLES = spec.MOBILENET_V3_TABLES
+LAST_POINT = spec.MOBILENET_V3_LAST_POINT
 
 
 def hard_sigmoid(x: jax.Array) -> jax.Array:
@@ -142,7 +97,24 @@ def mobilenet_v3_head_widths(variant: Variant, alpha: float) -> tuple[int, int]:
     return make_divisible(last_block * 6), make_divisible(point * alpha) if alpha > 1 else point
 
 
-class MobileNetV3(_common.Classifier):
+def _mobilenet_v3(config: MobileNetV3, b: Builder, x: jax.Array) -> jax.Array:
+    x = check_image(x, type(config).__name__)
+    if config.include_preprocessing:
+        x = rescale_input(x)
+    act, momentum, epsilon = config.nonlinearity, BN_MOMENTUM, config.bn_epsilon
+    x = b.conv("stem_conv", x, STEM, 3, 2, stem_padding(3, 2, config.stride2_padding))
+    x = act(b.batch_norm("stem_bn", x, momentum, epsilon))
+    for name, kwargs in config.blocks():
+        x = b.block(name, InvertedResidual, x, **kwargs, bn_epsilon=epsilon)
+    last, point = mobilenet_v3_head_widths(config.variant, config.alpha)
+    x = act(b.batch_norm("last_bn", b.pointwise("last_conv", x, last), momentum, epsilon))
+    if not config.include_top:
+        return _common.head(config, b, x)
+    x = act(b.pointwise("head_conv", x.mean(axis=(1, 2)), point, use_bias=True))
+    return _common.classify(config, b, x)
+
+
+class MobileNetV3(Linen, _common.Classifier):
     """MobileNetV3 (Large or Small): inverted residuals with squeeze-excite and hard-swish.
 
     Layout (Howard et al., 2019, Tables 1 and 2): a 3x3 convolution of stride 2 with
@@ -192,14 +164,6 @@ class MobileNetV3(_common.Classifier):
 
     variant: ClassVar[Variant] = "large"
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _common.check_positive_float(self.alpha, "alpha")
-        _layers.check_bool(self.minimalistic, "minimalistic")
-        _layers.check_bool(self.include_preprocessing, "include_preprocessing")
-        check_stride2_padding(self.stride2_padding)
-        _common.check_positive_float(self.bn_epsilon, "bn_epsilon")
-
     def blocks(self) -> list[tuple[str, dict[str, Any]]]:
         """This model's inverted residuals, see :func:`mobilenet_v3_blocks`."""
         return mobilenet_v3_blocks(
@@ -211,81 +175,10 @@ class MobileNetV3(_common.Classifier):
         """Hard-swish, or ReLU when minimalistic (stem, last layers and later blocks)."""
         return _nonlinearity("HS", self.minimalistic)
 
-    @nn.compact
-    def __call__(self, x: ArrayLike, train: bool = False) -> jax.Array:
-        """Classifies images.
-
-        Args:
-          x: ``(batch, height, width, 3)`` images in ``[0, 255]`` (in ``[-1, 1]``
-            with ``include_preprocessing=False``), any size (Keras requires >= 32).
-          train: batch statistics and dropout when True (then pass
-            ``mutable=["batch_stats"]`` and a ``"dropout"`` rng to ``apply``).
-
-        Returns:
-          ``(batch, num_classes)``, or the features when ``include_top=False``.
-        """
-        x = check_image(x, type(self).__name__)
-        if self.include_preprocessing:
-            x = rescale_input(x)
-        act = self.nonlinearity
-
-        def bn(name: str) -> nn.BatchNorm:
-            return self._batch_norm(name, train, BN_MOMENTUM, self.bn_epsilon)
-
-        x = self._conv(STEM, 3, 2, stem_padding(3, 2, self.stride2_padding), "stem_conv")(x)
-        x = act(bn("stem_bn")(x))
-        for name, kwargs in self.blocks():
-            x = InvertedResidual(
-                **kwargs,
-                bn_epsilon=self.bn_epsilon,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                precision=self.precision,
-                impl=self.impl,
-                name=name,
-            )(x, train)
-        last, point = mobilenet_v3_head_widths(self.variant, self.alpha)
-        x = act(bn("last_bn")(self._pointwise(last, "last_conv")(x)))
-        if not self.include_top:
-            return self._head(x, train)
-        x = x.mean(axis=(1, 2))
-        x = act(self._pointwise(point, "head_conv", use_bias=True)(x))
-        if self.dropout_rate > 0:
-            x = nn.Dropout(self.dropout_rate, deterministic=not train, name="top_dropout")(x)
-        x = self._dense(self.num_classes, "predictions")(x)
-        if self.classifier_activation is not None:
-            x = self.classifier_activation(x)
-        return x
+    forward = staticmethod(_mobilenet_v3)
 
 
 def rescale_input(x: jax.Array) -> jax.Array:
     """``x / 127.5 - 1``: images in ``[0, 255]`` to ``[-1, 1]`` (Keras' ``Rescaling``)."""
     x = _common.float_input(x)
     return x * (1.0 / 127.5) - 1.0
-
-
-class MobileNetV3Large(MobileNetV3):
-    """MobileNetV3-Large (Table 1 of the paper; 15 inverted residuals).
-
-    All attributes as :class:`MobileNetV3`.
-
-    Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from sepconv_jax.models import MobileNetV3Large
-      >>> model = MobileNetV3Large(include_top=False, pooling="avg")
-      >>> x = jnp.zeros((1, 32, 32, 3))
-      >>> variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
-      >>> jax.eval_shape(lambda v: model.apply(v, x), variables).shape
-      (1, 960)
-    """
-
-    variant: ClassVar[Variant] = "large"
-
-
-class MobileNetV3Small(MobileNetV3):
-    """MobileNetV3-Small (Table 2 of the paper; 11 inverted residuals).
-
-    All attributes as :class:`MobileNetV3`.
-    """
-
-    variant: ClassVar[Variant] = "small"

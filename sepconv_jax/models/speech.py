@@ -28,7 +28,7 @@ outputs equal the offline outputs. Pointwise layers, batch norm and the residual
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -36,8 +36,8 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from sepconv_jax import _layers, _spec
-from sepconv_jax.linen import PointwiseConv, SeparableConv
-from sepconv_jax.models import _common
+from sepconv_jax.models import _common, spec
+from sepconv_jax.models._build import Builder, LinenStream
 from sepconv_jax.models._common import Activation, Normalized
 
 __all__ = [
@@ -49,18 +49,8 @@ __all__ = [
     "block_layout",
 ]
 
-#: Kernel widths of MatchboxNet's three residual blocks B1-B3 (Majumdar & Ginsburg,
-#: 2020, Table 1; NeMo's matchboxnet_3x1x64 configuration).
-MATCHBOXNET_KERNELS: tuple[int, ...] = (13, 15, 17)
-#: (kernel width, channels) of QuartzNet's five block kinds B1-B5 (Kriman et al.,
-#: 2019, Table 1).
-QUARTZNET_BLOCKS: tuple[tuple[int, int], ...] = (
-    (33, 256),
-    (39, 256),
-    (51, 512),
-    (63, 512),
-    (75, 512),
-)
+MATCHBOXNET_KERNELS = spec.MATCHBOXNET_KERNELS
+QUARTZNET_BLOCKS = spec.QUARTZNET_BLOCKS
 
 #: NeMo's batch norm: epsilon 1e-3, PyTorch momentum 0.1, which is 0.9 in Flax's
 #: convention (the weight of the old running value).
@@ -87,13 +77,7 @@ def block_layout(kinds: Sequence[Any], blocks: int) -> tuple[Any, ...]:
 
 def check_sequence(x: ArrayLike, owner: str) -> jax.Array:
     """``x`` as an array of rank 3, ``(batch, time, features)``, or a clear error."""
-    shape = jnp.shape(x)
-    if len(shape) != 3:
-        raise ValueError(
-            f"`x` has shape {tuple(shape)} (rank {len(shape)}) but {owner} takes channels-last "
-            f"feature frames (batch, time, features), rank 3"
-        )
-    return jnp.asarray(x)
+    return _common.check_rank(x, owner, "feature frames (batch, time, features)")
 
 
 def check_stream_mode(train: Any, decode: Any, causal: bool, owner: str) -> None:
@@ -111,7 +95,33 @@ def check_stream_mode(train: Any, decode: Any, causal: bool, owner: str) -> None
         )
 
 
-class TimeChannelSeparableBlock(Normalized):
+def _time_channel_block(config: TimeChannelSeparableBlock, b: Builder, x: jax.Array) -> jax.Array:
+    """``(batch, time, channels)`` -> ``(batch, time / strides, features)``."""
+    owner = type(config).__name__
+    x = check_sequence(x, owner)
+    check_stream_mode(b.train, b.decode, config.causal, owner)
+    h = x
+    for i in range(1, config.repeat + 1):
+        strides = config.strides if i == 1 else 1
+        if config.kernel_size == 1:
+            h = b.pointwise(f"conv{i}", h[:, ::strides], config.features)
+        else:
+            h = b.separable(
+                f"conv{i}", h, config.features, kernel_size=(config.kernel_size,),
+                strides=strides, padding=config._padding(), kernel_dilation=config.dilation,
+            )  # fmt: skip
+        h = b.batch_norm(f"bn{i}", h, config.bn_momentum, config.bn_epsilon)
+        if i == config.repeat and config.residual:
+            # A 1x1 conv of stride s reads frames 0, s, 2s, ...: those that the
+            # block's (causal or symmetric) windows are centred or end on.
+            r = b.pointwise("residual", x[:, :: config.strides], config.features)
+            r = b.batch_norm("residual_bn", r, config.bn_momentum, config.bn_epsilon)
+            h = h + r.astype(h.dtype)
+        h = b.dropout(f"dropout{i}", config.activation(h), config.dropout_rate)
+    return h
+
+
+class TimeChannelSeparableBlock(LinenStream, Normalized):
     """QuartzNet's block: ``repeat`` separable sub-blocks and a residual connection.
 
     Each sub-block is a depthwise convolution over time (one ``kernel_size`` filter
@@ -159,13 +169,7 @@ class TimeChannelSeparableBlock(Normalized):
     bn_momentum: float = BN_MOMENTUM
     bn_epsilon: float = BN_EPSILON
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name in ("features", "kernel_size", "repeat", "dilation", "strides"):
-            _spec.check_positive_int(getattr(self, name), name)
-        _layers.check_bool(self.residual, "residual")
-        _layers.check_bool(self.causal, "causal")
-        _common.check_rate(self.dropout_rate, "dropout_rate")
+    checks: ClassVar[dict[str, str]] = {"features": "positive_int"}
 
     def _padding(self) -> Any:
         if self.causal:
@@ -173,84 +177,76 @@ class TimeChannelSeparableBlock(Normalized):
         half = (self.kernel_size - 1) * self.dilation // 2
         return ((half, (self.kernel_size - 1) * self.dilation - half),)
 
-    @nn.compact
-    def __call__(self, x: ArrayLike, train: bool = False, decode: bool = False) -> jax.Array:
-        """``(batch, time, channels)`` -> ``(batch, time / strides, features)``.
-
-        Args:
-          x: feature frames, or with ``decode=True`` a stream's next chunk (a
-            multiple of ``strides`` frames).
-          train: batch statistics and dropout (``mutable=["batch_stats"]`` and a
-            ``"dropout"`` rng when ``dropout_rate > 0``).
-          decode: stream (needs ``causal=True`` and ``train=False``; call ``apply``
-            with ``mutable=["cache"]``).
-        """
-        owner = type(self).__name__
-        x = check_sequence(x, owner)
-        check_stream_mode(train, decode, self.causal, owner)
-        h = x
-        for i in range(1, self.repeat + 1):
-            strides = self.strides if i == 1 else 1
-            if self.kernel_size == 1:
-                h = self._pointwise(self.features, f"conv{i}")(h[:, ::strides])
-            else:
-                h = SeparableConv(
-                    features=self.features,
-                    kernel_size=(self.kernel_size,),
-                    strides=strides,
-                    padding=self._padding(),
-                    kernel_dilation=self.dilation,
-                    use_bias=False,
-                    dtype=self.dtype,
-                    param_dtype=self.param_dtype,
-                    precision=self.precision,
-                    impl=self.impl,
-                    name=f"conv{i}",
-                )(h, decode=decode)
-            h = self._bn(f"bn{i}", train)(h)
-            if i == self.repeat and self.residual:
-                # A 1x1 conv of stride s reads frames 0, s, 2s, ...: those that the
-                # block's (causal or symmetric) windows are centred or end on.
-                r = self._pointwise(self.features, "residual")(x[:, :: self.strides])
-                h = h + self._bn("residual_bn", train)(r).astype(h.dtype)
-            h = self.activation(h)
-            if self.dropout_rate > 0:
-                h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
-        return h
+    forward = staticmethod(_time_channel_block)
 
 
 def _block(
-    model: MatchboxNet | QuartzNet,
+    config: MatchboxNet | QuartzNet,
+    b: Builder,
     name: str,
+    x: jax.Array,
     features: int,
     kernel_size: int,
-    *,
-    repeat: int = 1,
-    dilation: int = 1,
-    strides: int = 1,
-    residual: bool = False,
-) -> TimeChannelSeparableBlock:
-    """A block of ``model``, with its padding, dropout, batch-norm and numerics options."""
-    return TimeChannelSeparableBlock(
-        features=features,
-        kernel_size=kernel_size,
-        repeat=repeat,
-        dilation=dilation,
-        strides=strides,
-        residual=residual,
-        causal=model.causal,
-        dropout_rate=model.block_dropout_rate,
-        bn_momentum=model.bn_momentum,
-        bn_epsilon=model.bn_epsilon,
-        dtype=model.dtype,
-        param_dtype=model.param_dtype,
-        precision=model.precision,
-        impl=model.impl,
-        name=name,
-    )
+    **fields: Any,
+) -> jax.Array:
+    """A block of the model ``config``, with its padding, dropout and batch-norm options."""
+    return b.block(
+        name, TimeChannelSeparableBlock, x, features=features, kernel_size=kernel_size,
+        residual=fields.pop("residual", False), causal=config.causal,
+        dropout_rate=config.block_dropout_rate, bn_momentum=config.bn_momentum,
+        bn_epsilon=config.bn_epsilon, **fields,
+    )  # fmt: skip
 
 
-class MatchboxNet(_common.Classifier):
+def _matchboxnet(config: MatchboxNet, b: Builder, x: jax.Array) -> jax.Array:
+    x = check_sequence(x, "MatchboxNet")
+    check_stream_mode(b.train, b.decode, config.causal, "MatchboxNet")
+    x = _block(config, b, "prologue", x, 128, 11)
+    for i, kernel in enumerate(config._kernels(), start=1):
+        x = _block(config, b, f"block{i}", x, config.channels, kernel, repeat=config.repeat,
+                   residual=True)  # fmt: skip
+    x = _block(config, b, "epilogue1", x, 128, 29, dilation=2)
+    x = _block(config, b, "epilogue2", x, 128, 1)
+    pooling = "avg" if config.include_top else config.pooling
+    if pooling is None:
+        return x
+    if b.decode:
+        pooled = _running_pool(b, x, pooling)
+    else:
+        pooled = jnp.mean(x, axis=1) if pooling == "avg" else jnp.max(x, axis=1)
+    return _common.classify(config, b, pooled) if config.include_top else pooled
+
+
+def pool_caches(pooling: str, batch: int, channels: int, dtype: Any) -> dict[str, jax.Array]:
+    """The running pool's state at the start of a stream: a sum and a count (in float32
+    at least, as ``jnp.mean`` accumulates), or a maximum."""
+    if pooling == "avg":
+        acc = jnp.promote_types(dtype, jnp.float32)
+        return {"pool_sum": jnp.zeros((batch, channels), acc), "pool_count": jnp.zeros((), acc)}
+    return {"pool_max": jnp.full((batch, channels), -jnp.inf, dtype)}
+
+
+def _running_pool(b: Builder, x: jax.Array, pooling: str) -> jax.Array:
+    """The pool over every frame so far, at each frame of the chunk ``(batch, n, C)``."""
+    batch, _, channels = x.shape
+    cache = b.cache(pool_caches(pooling, batch, channels, x.dtype))
+    first = next(iter(cache.values()))
+    if first.shape[0] != batch:
+        raise ValueError(
+            f"the cache's running pool holds {first.shape[0]} sequences but `x` has {batch}: "
+            f"the batch size changed within a stream (start a new stream for a new batch size)"
+        )
+    if pooling == "avg":
+        sums = cache["pool_sum"][:, None] + jnp.cumsum(x.astype(first.dtype), axis=1)
+        counts = cache["pool_count"] + jnp.arange(1, x.shape[1] + 1, dtype=first.dtype)
+        b.update_cache({"pool_sum": sums[:, -1], "pool_count": counts[-1]})
+        return (sums / counts[None, :, None]).astype(x.dtype)
+    peaks = jnp.maximum(cache["pool_max"][:, None], jax.lax.cummax(x, axis=1))
+    b.update_cache({"pool_max": peaks[:, -1]})
+    return peaks
+
+
+class MatchboxNet(LinenStream, _common.Classifier):
     """MatchboxNet-BxRxC: a keyword-spotting classifier of 1-D time-channel separable blocks.
 
     Layout (Majumdar & Ginsburg, 2020, Table 1; NeMo's matchboxnet_3x1x64
@@ -317,11 +313,7 @@ class MatchboxNet(_common.Classifier):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("blocks", "repeat", "channels"):
-            _spec.check_positive_int(getattr(self, name), name)
         self._kernels()
-        _layers.check_bool(self.causal, "causal")
-        _common.check_rate(self.block_dropout_rate, "block_dropout_rate")
 
     def _kernels(self) -> tuple[int, ...]:
         if self.kernel_sizes is None:
@@ -334,99 +326,31 @@ class MatchboxNet(_common.Classifier):
             )
         return tuple(_spec.check_positive_int(k, "kernel_sizes") for k in kernels)
 
-    @nn.compact
-    def __call__(self, x: ArrayLike, train: bool = False, decode: bool = False) -> jax.Array:
-        """Classifies clips, or (``decode=True``) streams a chunk of frames.
-
-        Args:
-          x: ``(batch, time, features)``, e.g. 64 MFCC per 10 ms frame.
-          train: batch statistics and dropout when True (then pass
-            ``mutable=["batch_stats"]``, and a ``"dropout"`` rng with dropout).
-          decode: stream a causal model in inference mode: ``x`` is the next chunk
-            of frames, and ``apply`` needs ``mutable=["cache"]``. The pooling over
-            time becomes a running pool over every frame so far (its sum and count,
-            or its maximum, in the cache).
-
-        Returns:
-          ``(batch, num_classes)`` logits (or pooled features, or per-frame
-          features ``(batch, time, 128)`` with ``include_top=False`` and
-          ``pooling=None``). With ``decode=True`` one row per frame of the chunk,
-          ``(batch, n, ...)``: frame ``t``'s row is the output for the clip of every
-          frame up to ``t``, so the last frame of a stream gives the offline output.
-        """
-        x = check_sequence(x, "MatchboxNet")
-        check_stream_mode(train, decode, self.causal, "MatchboxNet")
-        x = _block(self, "prologue", 128, 11)(x, train, decode)
-        for i, kernel in enumerate(self._kernels(), start=1):
-            x = _block(self, f"block{i}", self.channels, kernel, repeat=self.repeat, residual=True)(
-                x, train, decode
-            )
-        x = _block(self, "epilogue1", 128, 29, dilation=2)(x, train, decode)
-        x = _block(self, "epilogue2", 128, 1)(x, train, decode)
-        return self._head_1d(x, train, decode)
-
-    def _head_1d(self, x: jax.Array, train: bool, decode: bool) -> jax.Array:
-        """Pooling over time (a running pool when decoding), dropout, dense."""
+    def caches(self, batch: int, dtype: Any) -> dict[str, jax.Array]:
+        """The running pool's state for a new stream of ``batch`` sequences (none without)."""
         pooling = "avg" if self.include_top else self.pooling
-        if pooling is None:
-            return x
-        if decode:
-            pooled = self._running_pool(x, pooling)
-        else:
-            pooled = jnp.mean(x, axis=1) if pooling == "avg" else jnp.max(x, axis=1)
-        if not self.include_top:
-            return pooled
-        if self.dropout_rate > 0:
-            pooled = nn.Dropout(self.dropout_rate, deterministic=not train, name="top_dropout")(
-                pooled
-            )
-        logits = nn.Dense(
-            self.num_classes,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            precision=self.precision,
-            name="predictions",
-        )(pooled)
-        if self.classifier_activation is not None:
-            logits = self.classifier_activation(logits)
-        return logits
+        return {} if pooling is None else pool_caches(pooling, batch, 128, dtype)
 
-    def _running_pool(self, x: jax.Array, pooling: str) -> jax.Array:
-        """The pool over every frame so far, at each frame of the chunk ``(batch, n, C)``."""
-        if not self.is_mutable_collection("cache"):
-            raise ValueError(
-                "`decode=True` reads and updates MatchboxNet's `cache` collection, which this "
-                "call cannot change: call `apply(variables, x, decode=True, mutable=['cache'])`"
-            )
-        batch, _, channels = x.shape
-        if pooling == "avg":
-            # Sums and counts in float32 at least, as jnp.mean accumulates.
-            acc = jnp.promote_types(x.dtype, jnp.float32)
-            total = self.variable("cache", "pool_sum", jnp.zeros, (batch, channels), acc)
-            count = self.variable("cache", "pool_count", jnp.zeros, (), acc)
-            _check_pool_cache(total.value, (batch, channels))
-            sums = total.value[:, None] + jnp.cumsum(x.astype(acc), axis=1)
-            counts = count.value + jnp.arange(1, x.shape[1] + 1, dtype=acc)
-            if not self.is_initializing():
-                total.value, count.value = sums[:, -1], counts[-1]
-            return (sums / counts[None, :, None]).astype(x.dtype)
-        peak = self.variable("cache", "pool_max", jnp.full, (batch, channels), -jnp.inf, x.dtype)
-        _check_pool_cache(peak.value, (batch, channels))
-        peaks = jnp.maximum(peak.value[:, None], jax.lax.cummax(x, axis=1))
-        if not self.is_initializing():
-            peak.value = peaks[:, -1]
-        return peaks
+    forward = staticmethod(_matchboxnet)
 
 
-def _check_pool_cache(value: jax.Array, shape: tuple[int, ...]) -> None:
-    if value.shape != shape:
+def _quartznet(config: QuartzNet, b: Builder, x: jax.Array) -> jax.Array:
+    x = check_sequence(x, "QuartzNet")
+    check_stream_mode(b.train, b.decode, config.causal, "QuartzNet")
+    if b.decode and x.shape[1] % 2:
         raise ValueError(
-            f"the cache's running pool has shape {value.shape} but this chunk needs {shape}: "
-            f"the batch size changed within a stream"
+            f"`x` has {x.shape[1]} frames but QuartzNet's first convolution has stride 2: "
+            f"with decode=True stream chunks of an even number of frames"
         )
+    x = _block(config, b, "prologue", x, 256, 33, strides=2)
+    for i, (kernel, width) in enumerate(block_layout(QUARTZNET_BLOCKS, config.blocks), start=1):
+        x = _block(config, b, f"block{i}", x, width, kernel, repeat=config.repeat, residual=True)
+    x = _block(config, b, "epilogue1", x, 512, 87, dilation=2)
+    x = _block(config, b, "epilogue2", x, 1024, 1)
+    return b.pointwise("decoder", x, config.num_classes, use_bias=True)
 
 
-class QuartzNet(Normalized):
+class QuartzNet(LinenStream, Normalized):
     """QuartzNet-BxR: a CTC speech recognizer of 1-D time-channel separable blocks.
 
     Layout (Kriman et al., 2019, Table 1): C1 (kernel 33, stride 2, 256 channels),
@@ -479,46 +403,4 @@ class QuartzNet(Normalized):
     bn_momentum: float = BN_MOMENTUM
     bn_epsilon: float = BN_EPSILON
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name in ("num_classes", "blocks", "repeat"):
-            _spec.check_positive_int(getattr(self, name), name)
-        _layers.check_bool(self.causal, "causal")
-        _common.check_rate(self.block_dropout_rate, "block_dropout_rate")
-
-    @nn.compact
-    def __call__(self, x: ArrayLike, train: bool = False, decode: bool = False) -> jax.Array:
-        """Per-frame character logits, for a whole utterance or (``decode=True``) a chunk.
-
-        Args:
-          x: ``(batch, time, features)``, e.g. 64 mel features per 10 ms frame.
-          train: batch statistics and dropout when True.
-          decode: stream a causal model in inference mode: ``x`` is the next chunk,
-            an even number of frames, and ``apply`` needs ``mutable=["cache"]``.
-
-        Returns:
-          ``(batch, ceil(time / 2), num_classes)`` logits (``time / 2`` frames per
-          chunk with ``decode=True``).
-        """
-        x = check_sequence(x, "QuartzNet")
-        check_stream_mode(train, decode, self.causal, "QuartzNet")
-        if decode and x.shape[1] % 2:
-            raise ValueError(
-                f"`x` has {x.shape[1]} frames but QuartzNet's first convolution has stride 2: "
-                f"with decode=True stream chunks of an even number of frames"
-            )
-        x = _block(self, "prologue", 256, 33, strides=2)(x, train, decode)
-        for i, (kernel, width) in enumerate(block_layout(QUARTZNET_BLOCKS, self.blocks), start=1):
-            x = _block(self, f"block{i}", width, kernel, repeat=self.repeat, residual=True)(
-                x, train, decode
-            )
-        x = _block(self, "epilogue1", 512, 87, dilation=2)(x, train, decode)
-        x = _block(self, "epilogue2", 1024, 1)(x, train, decode)
-        return PointwiseConv(
-            features=self.num_classes,
-            use_bias=True,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            precision=self.precision,
-            name="decoder",
-        )(x)
+    forward = staticmethod(_quartznet)

@@ -5,29 +5,40 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
-from jax.typing import ArrayLike
 
-from sepconv_jax.models import _common
+from sepconv_jax.models import _common, spec
+from sepconv_jax.models._build import Builder, Linen
 from sepconv_jax.models.blocks import XceptionBlock, check_image
 
 __all__ = ["Xception"]
 
-#: (separable conv widths, stride, ReLU first) of blocks 2 to 13: entry flow (2-4),
-#: middle flow (5-12), first exit-flow block (13).
-BLOCKS: tuple[tuple[tuple[int, ...], int, bool], ...] = (
-    ((128, 128), 2, False),
-    ((256, 256), 2, True),
-    ((728, 728), 2, True),
-    *((((728, 728, 728), 1, True),) * 8),
-    ((728, 1024), 2, True),
-)
-#: Keras' batch-norm momentum for Xception (its default).
-BN_MOMENTUM = 0.99
-#: The smallest input side the two unpadded stem convolutions leave a pixel of.
-MIN_SIZE = 7
+BLOCKS = spec.XCEPTION_BLOCKS
+BN_MOMENTUM = spec.XCEPTION_BN_MOMENTUM
+MIN_SIZE = spec.XCEPTION_MIN_SIZE
 
 
-class Xception(_common.Classifier):
+def _xception(config: Xception, b: Builder, x: jax.Array) -> jax.Array:
+    x = check_image(x, "Xception")
+    if not b.building and min(x.shape[1:3]) < MIN_SIZE:
+        raise ValueError(
+            f"`x` has shape {x.shape}; Xception's unpadded stem needs height and width "
+            f">= {MIN_SIZE}"
+        )
+
+    def conv_bn(name: str, x: jax.Array) -> jax.Array:
+        return nn.relu(b.batch_norm(f"{name}_bn", x, BN_MOMENTUM, _common.BN_EPSILON))
+
+    x = conv_bn("block1_conv1", b.conv("block1_conv1", x, 32, 3, 2, "VALID"))
+    x = conv_bn("block1_conv2", b.conv("block1_conv2", x, 64, 3, 1, "VALID"))
+    for i, (features, strides, activate_first) in enumerate(BLOCKS, 2):
+        x = b.block(f"block{i}", XceptionBlock, x, features=features, strides=strides,
+                    activate_first=activate_first, bn_momentum=BN_MOMENTUM)  # fmt: skip
+    for j, width in enumerate((1536, 2048), 1):
+        x = conv_bn(f"block14_sepconv{j}", b.separable(f"block14_sepconv{j}", x, width))
+    return _common.head(config, b, x)
+
+
+class Xception(Linen, _common.Classifier):
     """Xception: entry, middle and exit flows of separable convolutions with shortcuts.
 
     Layout (Chollet, 2017, Fig. 5): two unpadded 3x3 convolutions (32 filters of
@@ -52,52 +63,10 @@ class Xception(_common.Classifier):
     Example:
       >>> import jax, jax.numpy as jnp
       >>> from sepconv_jax.models import Xception
-      >>> model = Xception(num_classes=10)
-      >>> x = jnp.zeros((1, 71, 71, 3))
-      >>> variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
-      >>> jax.eval_shape(lambda v: model.apply(v, x), variables).shape
-      (1, 10)
+      >>> model = Xception(include_top=False, pooling="max")
+      >>> features = jax.eval_shape(model.init_with_output, jax.random.key(0), jnp.zeros((2, 71, 71, 3)))
+      >>> features[0].shape  # the exit flow's 2048 channels, max-pooled
+      (2, 2048)
     """
 
-    @nn.compact
-    def __call__(self, x: ArrayLike, train: bool = False) -> jax.Array:
-        """Classifies images.
-
-        Args:
-          x: ``(batch, height, width, 3)`` images, each side at least 7 (Keras
-            requires 71).
-          train: batch statistics and dropout when True (then pass
-            ``mutable=["batch_stats"]``, and a ``"dropout"`` rng if
-            ``dropout_rate > 0``).
-
-        Returns:
-          ``(batch, num_classes)``, or the features when ``include_top=False``.
-        """
-        x = check_image(x, "Xception")
-        if min(x.shape[1:3]) < MIN_SIZE:
-            raise ValueError(
-                f"`x` has shape {x.shape}; Xception's unpadded stem needs height and width "
-                f">= {MIN_SIZE}"
-            )
-
-        def bn(name: str) -> nn.BatchNorm:
-            return self._batch_norm(name, train, BN_MOMENTUM)
-
-        x = nn.relu(bn("block1_conv1_bn")(self._conv(32, 3, 2, "VALID", "block1_conv1")(x)))
-        x = nn.relu(bn("block1_conv2_bn")(self._conv(64, 3, 1, "VALID", "block1_conv2")(x)))
-        for i, (features, strides, activate_first) in enumerate(BLOCKS, 2):
-            x = XceptionBlock(
-                features=features,
-                strides=strides,
-                activate_first=activate_first,
-                bn_momentum=BN_MOMENTUM,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                precision=self.precision,
-                impl=self.impl,
-                name=f"block{i}",
-            )(x, train)
-        for j, width in enumerate((1536, 2048), 1):
-            x = self._separable(width, f"block14_sepconv{j}")(x)
-            x = nn.relu(bn(f"block14_sepconv{j}_bn")(x))
-        return self._head(x, train)
+    forward = staticmethod(_xception)

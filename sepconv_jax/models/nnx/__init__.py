@@ -6,8 +6,8 @@ Every model of :mod:`sepconv_jax.models` has an NNX class of the same name here
 :class:`Xception`, :class:`ConvNeXtTiny`, :class:`ConvNeXtSmall`,
 :class:`ConvNeXtBase`, and the general :class:`EfficientNet` and :class:`ConvNeXt`),
 taking the same options plus ``in_features`` (image channels, 3) and ``rngs=``; the
-blocks are in :mod:`sepconv_jax.models.nnx.blocks`. Both APIs build from the same
-block tables and carry the same parameter names, so :func:`from_linen` turns a
+blocks are in :mod:`sepconv_jax.models.nnx.blocks`. Both APIs run the same forward
+functions and so carry the same parameter names, so :func:`from_linen` turns a
 linen model and its variables (trained, or imported from Keras or timm) into the
 NNX model computing the same outputs. :func:`abstract_model` builds one with
 abstract parameters, quickly, for counting or as a skeleton.
@@ -29,48 +29,19 @@ Example:
   (16, 8)
 """
 
+from typing import Any
+
+from sepconv_jax.models._build import NNXModel as NNXModel
 from sepconv_jax.models.nnx import blocks as blocks
 from sepconv_jax.models.nnx._convert import abstract_model as abstract_model
 from sepconv_jax.models.nnx._convert import from_linen as from_linen
-from sepconv_jax.models.nnx.architectures import ConvNeXt as ConvNeXt
-from sepconv_jax.models.nnx.architectures import ConvNeXtBase as ConvNeXtBase
-from sepconv_jax.models.nnx.architectures import ConvNeXtSmall as ConvNeXtSmall
-from sepconv_jax.models.nnx.architectures import ConvNeXtTiny as ConvNeXtTiny
-from sepconv_jax.models.nnx.architectures import EfficientNet as EfficientNet
-from sepconv_jax.models.nnx.architectures import EfficientNetB0 as EfficientNetB0
-from sepconv_jax.models.nnx.architectures import EfficientNetB1 as EfficientNetB1
-from sepconv_jax.models.nnx.architectures import EfficientNetB2 as EfficientNetB2
-from sepconv_jax.models.nnx.architectures import EfficientNetB3 as EfficientNetB3
-from sepconv_jax.models.nnx.architectures import EfficientNetB4 as EfficientNetB4
-from sepconv_jax.models.nnx.architectures import EfficientNetB5 as EfficientNetB5
-from sepconv_jax.models.nnx.architectures import EfficientNetB6 as EfficientNetB6
-from sepconv_jax.models.nnx.architectures import EfficientNetB7 as EfficientNetB7
-from sepconv_jax.models.nnx.architectures import MobileNetV1 as MobileNetV1
-from sepconv_jax.models.nnx.architectures import MobileNetV2 as MobileNetV2
-from sepconv_jax.models.nnx.architectures import MobileNetV3Large as MobileNetV3Large
-from sepconv_jax.models.nnx.architectures import MobileNetV3Small as MobileNetV3Small
-from sepconv_jax.models.nnx.architectures import Xception as Xception
+from sepconv_jax.models.nnx.architectures import CLASSES as _CLASSES
 
-__all__ = [
-    "ConvNeXt",
-    "ConvNeXtBase",
-    "ConvNeXtSmall",
-    "ConvNeXtTiny",
-    "EfficientNet",
-    "EfficientNetB0",
-    "EfficientNetB1",
-    "EfficientNetB2",
-    "EfficientNetB3",
-    "EfficientNetB4",
-    "EfficientNetB5",
-    "EfficientNetB6",
-    "EfficientNetB7",
-    "MobileNetV1",
-    "MobileNetV2",
-    "MobileNetV3Large",
-    "MobileNetV3Small",
-    "Xception",
-    "abstract_model",
-    "blocks",
-    "from_linen",
-]
+__all__ = sorted([*_CLASSES, "NNXModel", "abstract_model", "blocks", "from_linen"])
+
+
+def __getattr__(name: str) -> Any:
+    """The NNX class of every image architecture of the registry, by its linen name."""
+    if name in _CLASSES:
+        return _CLASSES[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

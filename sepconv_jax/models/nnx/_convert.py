@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -10,16 +9,15 @@ import flax.linen as nn
 import jax.numpy as jnp
 from flax import nnx, traverse_util
 
-from sepconv_jax.models.nnx import architectures
-from sepconv_jax.models.nnx._layers import abstract_build
+from sepconv_jax.models._build import (
+    NNX_CLASSES,
+    NNXBlock,
+    NNXModel,
+    abstract_build,
+    input_kernel,
+)
 
-M = TypeVar("M", bound=architectures.Model)
-
-#: linen class -> NNX class, for every architecture.
-_BY_LINEN: dict[type[nn.Module], type[architectures.Model]] = {
-    getattr(architectures, name).linen_class: getattr(architectures, name)
-    for name in architectures.__all__
-}
+M = TypeVar("M", bound=nnx.Module)
 
 
 def _flat(variables: Mapping[str, Any], collection: str) -> dict[tuple[str, ...], Any]:
@@ -27,12 +25,12 @@ def _flat(variables: Mapping[str, Any], collection: str) -> dict[tuple[str, ...]
     return {tuple(str(k) for k in path): v for path, v in traverse_util.flatten_dict(tree).items()}
 
 
-def _options(linen_model: nn.Module) -> dict[str, Any]:
-    return {
-        f.name: getattr(linen_model, f.name)
-        for f in dataclasses.fields(linen_model)
-        if f.init and f.name not in ("parent", "name")
-    }
+def _models() -> dict[type[Any], type[Any]]:
+    """linen class -> NNX class, for every registered architecture (speech included)."""
+    from sepconv_jax.models import nnx as _nnx  # noqa: F401  (generates the image classes)
+    from sepconv_jax.models import speech_nnx  # noqa: F401  (and the speech ones)
+
+    return {k: v for k, v in NNX_CLASSES.items() if not issubclass(v, NNXBlock)}
 
 
 def abstract_model(
@@ -54,23 +52,26 @@ def abstract_model(
       >>> sum(math.prod(p.shape) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
       66347960
     """
-    if not (isinstance(nnx_class, type) and issubclass(nnx_class, architectures.Model)):
+    if not (isinstance(nnx_class, type) and nnx_class in _models().values()):
         raise TypeError(
             f"`nnx_class` must be one of the sepconv_jax.models.nnx architectures, got "
             f"{nnx_class!r}"
         )
+    make: Any = nnx_class
     with abstract_build():
-        return nnx_class(*args, rngs=nnx.Rngs(0) if rngs is None else rngs, **options)
+        return make(*args, rngs=nnx.Rngs(0) if rngs is None else rngs, **options)
 
 
 def from_linen(
     linen_model: nn.Module, variables: Mapping[str, Any], *, rngs: nnx.Rngs | None = None
-) -> architectures.Model:
+) -> Any:
     """The NNX version of a linen reference model, holding the same weights.
 
-    Builds the ``flax.nnx`` class of the same name in :mod:`sepconv_jax.models.nnx`
-    with the linen model's options and copies every parameter (``params``) and
-    batch statistic (``batch_stats``) into it, so that the NNX model computes what
+    Builds the ``flax.nnx`` class of the same name (:mod:`sepconv_jax.models.nnx`,
+    or :mod:`sepconv_jax.models.speech_nnx` for the speech models) with the linen
+    model's options and copies every parameter (``params``) and batch statistic
+    (``batch_stats``) into it, path for path: both run the same forward, so the two
+    trees are identical by construction, and the NNX model computes what
     ``linen_model.apply(variables, x, train=...)`` computes: after ``model.eval()``
     the inference output, in training mode the training output (dropout and
     stochastic depth draw from ``rngs``' ``"dropout"`` stream, not from linen's rng,
@@ -79,7 +80,8 @@ def from_linen(
 
     Args:
       linen_model: a model of :mod:`sepconv_jax.models` (``MobileNetV1`` ...
-        ``ConvNeXtBase``), or one returned by the Keras or timm importers.
+        ``ConvNeXtBase``, ``MatchboxNet``, ``QuartzNet``), or one returned by the
+        Keras or timm importers.
       variables: its ``{"params": ..., "batch_stats": ...}`` (``batch_stats`` absent
         for ConvNeXt).
       rngs: the random streams for dropout and stochastic depth (``nnx.Rngs(0)``
@@ -107,11 +109,12 @@ def from_linen(
       >>> bool(jnp.allclose(model(x), linen_model.apply(variables, x), atol=1e-5))
       True
     """
-    nnx_class = _BY_LINEN.get(type(linen_model))
+    classes = _models()
+    nnx_class = classes.get(type(linen_model))
     if nnx_class is None:
         raise TypeError(
             f"`linen_model` must be one of the sepconv_jax.models architectures "
-            f"({', '.join(sorted(c.__name__ for c in _BY_LINEN))}), got "
+            f"({', '.join(sorted(c.__name__ for c in classes))}), got "
             f"{type(linen_model).__name__}"
         )
     if not isinstance(variables, Mapping) or "params" not in variables:
@@ -121,25 +124,24 @@ def from_linen(
         )
     weights = {("params", *k): v for k, v in _flat(variables, "params").items()}
     weights |= {("batch_stats", *k): v for k, v in _flat(variables, "batch_stats").items()}
-    stem = _flat(variables, "params").get(nnx_class.stem_kernel)
+    path, width_of = input_kernel(linen_model, nnx_class.rank)
+    stem = _flat(variables, "params").get(path)
     if stem is None:
         raise ValueError(
-            f"`variables` has no {'/'.join(nnx_class.stem_kernel)}; they are not the "
-            f"variables of a {type(linen_model).__name__}"
+            f"`variables` has no {'/'.join(path)}; they are not the variables of a "
+            f"{type(linen_model).__name__}"
         )
-    options = _options(linen_model)
-    in_features = int(jnp.shape(stem)[-2])
+    options = {k: getattr(linen_model, k) for k in nnx_class.option_names()}
     rngs = nnx.Rngs(0) if rngs is None else rngs
-
-    model = abstract_model(nnx_class, **options, in_features=in_features)
+    model = abstract_model(nnx_class, **options, in_features=width_of(jnp.shape(stem)))
     expected: dict[tuple[str, ...], nnx.Variable] = {}
     dropouts: list[nnx.Dropout] = []
     for graph_path, node in nnx.iter_graph(model):
-        path = tuple(str(p) for p in graph_path)
+        key = tuple(str(p) for p in graph_path)
         if isinstance(node, nnx.Param):
-            expected[("params", *path)] = node
+            expected[("params", *key)] = node
         elif isinstance(node, nnx.BatchStat):
-            expected[("batch_stats", *path)] = node
+            expected[("batch_stats", *key)] = node
         elif isinstance(node, nnx.Dropout) and node.rngs is not None:
             dropouts.append(node)
     missing = sorted("/".join(k) for k in expected.keys() - weights.keys())
@@ -161,3 +163,6 @@ def from_linen(
     for dropout in dropouts:
         dropout.rngs = rngs[dropout.rng_collection].fork()
     return model
+
+
+__all__ = ["NNXModel", "abstract_model", "from_linen"]
