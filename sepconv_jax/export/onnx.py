@@ -35,7 +35,7 @@ from sepconv_jax.export import _emit, _model, _rewrite
 __all__ = ["conv_groups", "op_counts", "run_onnx", "to_onnx", "traced_function"]
 
 #: The ONNX opset the exported models use.
-OPSET = 21
+OPSET = _emit.OPSET
 
 
 def require(module_name: str, extra: str = "export") -> Any:
