@@ -407,28 +407,9 @@ def quantize(
         for name, value in values.items():
             low[name] = min(low.get(name, math.inf), float(jnp.min(value)))
             high[name] = max(high.get(name, -math.inf), float(jnp.max(value)))
-
-    folded = _model.folded_parameters(variables, discovery)
-    params = jax.tree.map(lambda a: a, dict(variables["params"]))
-    params = _unfreeze(params)
-    quant: dict[str, Any] = {}
-    for info in discovery.layers:
-        layer_params = folded.get(info.path, dict(_apply.subtree(variables["params"], info.path)))
-        _set_subtree(params, info.path, dict(layer_params))
-        units = {}
-        for i, unit in enumerate(info.units):
-            entry: dict[str, Any] = {
-                "kernel_scale": weight_scales(
-                    layer_params[unit.kernel], per_channel=per_channel, qmax=weight_range[1]
-                )
-            }
-            for stage in ("input", "output"):
-                name = "|".join((_key(info.path), stage, str(i)))
-                scale, zero_point = activation_params(low[name], high[name])
-                entry[f"{stage}_scale"] = scale
-                entry[f"{stage}_zero_point"] = zero_point
-            units[f"unit{i}"] = entry
-        quant[_key(info.path)] = units
+    params, quant = _quantization_tree(
+        variables, discovery, low, high, per_channel=per_channel, qmax=weight_range[1]
+    )
     qvariables = dict(variables, params=params, quantization=quant)
     qmodel = QuantizedModel(
         model=module,
@@ -440,6 +421,40 @@ def quantize(
         weight_range=weight_range,
     )
     return qmodel, qvariables
+
+
+def _quantization_tree(
+    variables: Mapping[str, Any],
+    discovery: _model.Discovery,
+    low: Mapping[str, float],
+    high: Mapping[str, float],
+    *,
+    per_channel: bool,
+    qmax: int,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The folded parameters, and per layer and unit its weight scales and the scale
+    and zero point of its calibrated input and output ranges."""
+    folded = _model.folded_parameters(variables, discovery)
+    params = _unfreeze(jax.tree.map(lambda a: a, dict(variables["params"])))
+    quant: dict[str, Any] = {}
+    for info in discovery.layers:
+        layer_params = folded.get(info.path, dict(_apply.subtree(variables["params"], info.path)))
+        _set_subtree(params, info.path, dict(layer_params))
+        units = {}
+        for i, unit in enumerate(info.units):
+            entry: dict[str, Any] = {
+                "kernel_scale": weight_scales(
+                    layer_params[unit.kernel], per_channel=per_channel, qmax=qmax
+                )
+            }
+            for stage in ("input", "output"):
+                name = "|".join((_key(info.path), stage, str(i)))
+                scale, zero_point = activation_params(low[name], high[name])
+                entry[f"{stage}_scale"] = scale
+                entry[f"{stage}_zero_point"] = zero_point
+            units[f"unit{i}"] = entry
+        quant[_key(info.path)] = units
+    return params, quant
 
 
 def _unfreeze(tree: Any) -> Any:

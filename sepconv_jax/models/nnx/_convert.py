@@ -134,6 +134,22 @@ def from_linen(
     options = {k: getattr(linen_model, k) for k in nnx_class.option_names()}
     rngs = nnx.Rngs(0) if rngs is None else rngs
     model = abstract_model(nnx_class, **options, in_features=width_of(jnp.shape(stem)))
+    expected, dropouts = _variables_of(model)
+    _check_fit(type(linen_model).__name__, expected, weights)
+    # The model was built abstractly (no parameter initialized): fill in the weights,
+    # and give each dropout its own stream forked from `rngs`, as building does.
+    for key, variable in expected.items():
+        variable.set_value(jnp.asarray(weights[key]))
+    for dropout in dropouts:
+        dropout.rngs = rngs[dropout.rng_collection].fork()
+    return model
+
+
+def _variables_of(
+    model: Any,
+) -> tuple[dict[tuple[str, ...], nnx.Variable], list[nnx.Dropout]]:
+    """The model's parameters and batch statistics by ``(collection, *path)``, and its
+    dropouts that draw from a stream."""
     expected: dict[tuple[str, ...], nnx.Variable] = {}
     dropouts: list[nnx.Dropout] = []
     for graph_path, node in nnx.iter_graph(model):
@@ -144,6 +160,13 @@ def from_linen(
             expected[("batch_stats", *key)] = node
         elif isinstance(node, nnx.Dropout) and node.rngs is not None:
             dropouts.append(node)
+    return expected, dropouts
+
+
+def _check_fit(
+    name: str, expected: Mapping[tuple[str, ...], nnx.Variable], weights: Mapping[tuple, Any]
+) -> None:
+    """A ``ValueError`` unless ``weights`` have exactly the names and shapes expected."""
     missing = sorted("/".join(k) for k in expected.keys() - weights.keys())
     extra = sorted("/".join(k) for k in weights.keys() - expected.keys())
     wrong = sorted(
@@ -153,16 +176,9 @@ def from_linen(
     )
     if missing or extra or wrong:
         raise ValueError(
-            f"`variables` do not fit {type(linen_model).__name__}: missing {missing[:5]}, "
+            f"`variables` do not fit {name}: missing {missing[:5]}, "
             f"unexpected {extra[:5]}, wrong shapes {wrong[:5]}"
         )
-    # The model was built abstractly (no parameter initialized): fill in the weights,
-    # and give each dropout its own stream forked from `rngs`, as building does.
-    for key, variable in expected.items():
-        variable.set_value(jnp.asarray(weights[key]))
-    for dropout in dropouts:
-        dropout.rngs = rngs[dropout.rng_collection].fork()
-    return model
 
 
 __all__ = ["NNXModel", "abstract_model", "from_linen"]
