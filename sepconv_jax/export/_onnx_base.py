@@ -106,17 +106,6 @@ _BINARY = {
     "or": "Or",
 }
 _IDENTITY = ("copy", "copy_p", "sepconv_export_tag", "optimization_barrier")
-_INLINE = {
-    "jit": "jaxpr",
-    "pjit": "jaxpr",
-    "closed_call": "call_jaxpr",
-    "core_call": "call_jaxpr",
-    "remat": "jaxpr",
-    "checkpoint": "jaxpr",
-    "custom_jvp_call": "call_jaxpr",
-    "custom_vjp_call": "call_jaxpr",
-    "custom_vjp_call_jaxpr": "fun_jaxpr",
-}
 
 
 class _Emitter:

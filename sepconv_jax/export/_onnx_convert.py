@@ -15,7 +15,6 @@ from jax.extend import core as jcore
 from sepconv_jax.export._onnx_base import (
     _BINARY,
     _IDENTITY,
-    _INLINE,
     _T,
     _UNARY,
     _channels_first,
@@ -28,6 +27,7 @@ from sepconv_jax.export._onnx_base import (
     _squeeze,
     _value,
 )
+from sepconv_jax.export._rewrite import _INLINE
 
 
 class _Converter(_Emitter):

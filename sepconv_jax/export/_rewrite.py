@@ -180,14 +180,9 @@ def _pool_as_slices(eqn: jcore.JaxprEqn, x: jax.Array) -> jax.Array:
     return functools.reduce(jnp.maximum, parts)
 
 
-def _is_pointwise_over_batch(eqn: jcore.JaxprEqn) -> bool:
-    """A 1x1 step written as a window-1 convolution whose batch dim holds the positions.
-
-    :func:`sepconv_jax.pointwise_conv` (channels-last) flattens ``(*batch, *spatial, C)``
-    to ``(positions, 1, C)``: one batch element per position, a length-1 window. An
-    ONNX runtime runs such a ``Conv`` one batch element at a time (a matrix-vector
-    product per position), far slower than one matrix product.
-    """
+def is_window1_conv(eqn: jcore.JaxprEqn) -> bool:
+    """A 1x1 step as :func:`sepconv_jax.pointwise_conv` writes it: a window-1 1-D
+    convolution of ``(positions, 1, C)`` with ``(1, C, N)``, channels last."""
     if eqn.primitive.name != "conv_general_dilated":
         return False
     params = eqn.params
@@ -196,7 +191,6 @@ def _is_pointwise_over_batch(eqn: jcore.JaxprEqn) -> bool:
     numbers = params["dimension_numbers"]
     return (
         len(lhs.shape) == 3
-        and lhs.shape[0] > 1
         and lhs.shape[1] == 1
         and tuple(rhs.shape[:1]) == (1,)
         and tuple(numbers.lhs_spec) == (0, 2, 1)
@@ -209,6 +203,18 @@ def _is_pointwise_over_batch(eqn: jcore.JaxprEqn) -> bool:
         and tuple(params["lhs_dilation"]) == (1,)
         and tuple(params["rhs_dilation"]) == (1,)
     )
+
+
+def _is_pointwise_over_batch(eqn: jcore.JaxprEqn) -> bool:
+    """A 1x1 step written as a window-1 convolution whose batch dim holds the positions.
+
+    :func:`sepconv_jax.pointwise_conv` (channels-last) flattens ``(*batch, *spatial, C)``
+    to ``(positions, 1, C)``: one batch element per position, a length-1 window. An
+    ONNX runtime runs such a ``Conv`` one batch element at a time (a matrix-vector
+    product per position), far slower than one matrix product.
+    """
+    lhs: Any = eqn.invars[0].aval
+    return is_window1_conv(eqn) and lhs.shape[0] > 1
 
 
 def _pointwise_over_positions(eqn: jcore.JaxprEqn, x: Any, kernel: Any) -> jax.Array:

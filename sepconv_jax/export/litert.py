@@ -34,6 +34,7 @@ import numpy as np
 from jax import lax
 from jax.extend import core as jcore
 
+from sepconv_jax.export import _rewrite
 from sepconv_jax.export.onnx import _check_path, require, traced_function
 
 __all__ = [
@@ -91,29 +92,6 @@ class _Sum:
         return total / count
 
 
-def _is_window1_conv(eqn: jcore.JaxprEqn) -> bool:
-    """A 1x1 step as :func:`sepconv_jax.pointwise_conv` writes it: a window-1 1-D
-    convolution of ``(positions, 1, C)`` with ``(1, C, N)``, channels last."""
-    params = eqn.params
-    numbers = params["dimension_numbers"]
-    lhs: Any = eqn.invars[0].aval
-    rhs: Any = eqn.invars[1].aval
-    return (
-        len(lhs.shape) == 3
-        and lhs.shape[1] == 1
-        and tuple(rhs.shape[:1]) == (1,)
-        and tuple(numbers.lhs_spec) == (0, 2, 1)
-        and tuple(numbers.rhs_spec) == (2, 1, 0)
-        and tuple(numbers.out_spec) == (0, 2, 1)
-        and params["feature_group_count"] == 1
-        and params["batch_group_count"] == 1
-        and tuple(params["window_strides"]) == (1,)
-        and tuple(params["padding"]) == ((0, 0),)
-        and tuple(params["lhs_dilation"]) == (1,)
-        and tuple(params["rhs_dilation"]) == (1,)
-    )
-
-
 def _image_conv(eqn: jcore.JaxprEqn, image: jax.Array, kernel: jax.Array) -> jax.Array:
     """The window-1 convolution ``eqn`` computed on the ``(batch, h, w, C)`` image."""
     params = eqn.params
@@ -165,7 +143,7 @@ def _lean_eqn(eqn: jcore.JaxprEqn, ins: list[Any]) -> list[Any] | None:
     if image is None or x.shape != (math.prod(image.shape[:-1]), 1, image.shape[-1]):
         return None
     if name == "conv_general_dilated" and not isinstance(ins[1], _View | _Sum):
-        if _is_window1_conv(eqn):
+        if _rewrite.is_window1_conv(eqn):
             return [_View(_image_conv(eqn, image, ins[1]), out_shape)]
     if name == "add" and not isinstance(ins[1], _View | _Sum):
         channels = image.shape[-1]
