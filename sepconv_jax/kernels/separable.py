@@ -372,10 +372,21 @@ def _lowering(platform: str | None):
             return run(*args, **params)
 
     def rule(ctx, *args, **params):
+        for_export = lowering_for_export(ctx)
         lowered = mlir.lower_fun(
-            functools.partial(scoped, for_export=lowering_for_export(ctx)), multiple_results=False
+            functools.partial(scoped, for_export=for_export), multiple_results=False
         )
-        with quiet_triton_deprecation():
+        # The unfused pair's kernel may lower through custom_partitioning (the Pallas
+        # maps), whose body is lowered here, not while `run` traces it: its lowering
+        # context (no shard_map variance checks in interpret mode) must hold here too.
+        kernel = dispatch.kernel_for(
+            params["impl"], params["spec"], platform, for_export=for_export
+        )
+        context = kernel.lowering_context
+        with (
+            quiet_triton_deprecation(),
+            contextlib.nullcontext() if context is None else context(platform),
+        ):
             return lowered(ctx, *args, **params)
 
     return rule
