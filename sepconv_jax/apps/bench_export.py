@@ -9,7 +9,7 @@ same weights. In one sitting, on this CPU, one image at a time:
   int8 model of :func:`sepconv_jax.export.quantize`), our ``.tflite`` in the LiteRT
   interpreter (float32, and full-integer int8), see :mod:`sepconv_jax.export.latency`;
 * the standard ONNX export: the timm model through ``torch.onnx.export``, float32,
-  and the same graph after onnxruntime's ``quantize_static`` (QDQ, per-channel,
+  and the same graph after onnxruntime's ``quant_pre_process`` and ``quantize_static`` (QDQ, per-channel,
   uint8 activations and int8 weights), both calibrated on the same generated images;
 * Keras' converter: ``keras.applications`` of the same name (``weights=None``)
   through ``tf.lite.TFLiteConverter``, float32 and full-integer int8, in the same
@@ -134,10 +134,15 @@ def _torch_runners(
                 def get_next(self) -> dict[str, np.ndarray] | None:
                     return next(feeds, None)
 
+            # onnxruntime's documented first step: shape inference and graph
+            # optimization (without it most Convs of these graphs stay in float).
+            shape_inference = importlib.import_module("onnxruntime.quantization.shape_inference")
+            prepared = os.path.join(folder, f"torch_{name}_prepared.onnx")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
+                shape_inference.quant_pre_process(path, prepared)
                 q.quantize_static(
-                    path,
+                    prepared,
                     int8_path,
                     Reader(),
                     quant_format=q.QuantFormat.QDQ,
@@ -264,7 +269,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"{machine.get('onnxruntime')} and the LiteRT interpreter (XNNPACK) with "
             f"{config['threads']} threads each. Ours is the timm model converted by "
             "sepconv_jax.interop.timm; torch.onnx is the same timm model through "
-            "torch.onnx.export, its int8 onnxruntime's quantize_static (QDQ, per-channel, "
+            "torch.onnx.export, its int8 onnxruntime's quant_pre_process then quantize_static (QDQ, per-channel, "
             "U8S8); keras-litert is keras.applications (weights=None) through "
             "TFLiteConverter. Int8 models: calibrated on the same generated images. "
             "Error: max |out - ours| / max |ours| against our float JAX output (Keras: "
