@@ -295,7 +295,8 @@ class InvertedResidual(Linen, Normalized):
         each device's own channels without communication and the projection ends in
         one reduction over the axis. Batch norm and squeeze-excite parameters stay
         replicated. ``None`` (default) annotates nothing. XLA partitions the
-        ``"xla"`` and ``"shift"`` depthwise impls; the Pallas ones are gathered whole.
+        ``"xla"`` and ``"shift"`` depthwise impls; the Pallas maps partition by their own
+        rule over batch and channels (:mod:`sepconv_jax.kernels.pallas`).
 
     Example:
       >>> import jax, jax.numpy as jnp
