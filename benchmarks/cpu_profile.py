@@ -44,6 +44,7 @@ import jax
 import numpy as np
 
 from sepconv_jax.apps.bench import machine_info
+from sepconv_jax.apps.bench_models import torch_calls
 
 TIMM = {
     "MobileNetV2": "mobilenetv2_100",
@@ -283,20 +284,7 @@ def _torch_worker(names, batches, image_size, reps):
             )
             labels = torch.randint(0, 1000, (batch,), generator=gen)
 
-            def infer(model=model, x=x):
-                model.eval()
-                with torch.inference_mode():
-                    return model(x)
-
-            def train(model=model, x=x, labels=labels, optimizer=optimizer):
-                model.train()
-                optimizer.zero_grad(set_to_none=True)
-                loss = torch.nn.functional.cross_entropy(model(x), labels)
-                loss.backward()
-                optimizer.step()
-                return loss
-
-            for mode, call in (("inference", infer), ("training", train)):
+            for mode, call in torch_calls(model, x, labels, optimizer).items():
                 call()
                 walls, fault_counts = [], []
                 for _ in range(reps):

@@ -140,6 +140,27 @@ def _ours(
     return records, timm_params
 
 
+def torch_calls(model: Any, x: Any, labels: Any, optimizer: Any) -> dict[str, Callable[[], Any]]:
+    """A PyTorch model's inference call (eval mode, no autograd) and training step
+    (train mode: forward, cross-entropy, backward, ``optimizer`` step), by mode."""
+    import torch
+
+    def infer() -> Any:
+        model.eval()
+        with torch.inference_mode():
+            return model(x)
+
+    def train() -> Any:
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(x), labels)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    return {"inference": infer, "training": train}
+
+
 def _torch_worker(
     names: list[str],
     batch: int,
@@ -177,20 +198,7 @@ def _torch_worker(
             x = images.contiguous(memory_format=memory_format)
             optimizer = torch.optim.SGD(model.parameters(), lr=_LEARNING_RATE, momentum=_MOMENTUM)
 
-            def infer(model=model, x=x):
-                model.eval()
-                with torch.inference_mode():
-                    return model(x)
-
-            def train(model=model, x=x, optimizer=optimizer, labels=labels):
-                model.train()
-                optimizer.zero_grad(set_to_none=True)
-                loss = torch.nn.functional.cross_entropy(model(x), labels)
-                loss.backward()
-                optimizer.step()
-                return loss
-
-            calls = {"inference": infer, "training": train}
+            calls = torch_calls(model, x, labels, optimizer)
             for mode in modes:
                 seconds, reps = best_time(calls[mode], max_reps=max_reps, min_time=min_time)
                 records.append(
