@@ -137,6 +137,21 @@ def _trace_thunks(fn, args, reps: int) -> dict[str, float]:
     return totals
 
 
+def _row(side, model, batch, mode, walls, by_kind, fault_counts) -> dict:
+    """One profile row: median wall time and page faults per call, CPU ms by kind."""
+    return {
+        "side": side,
+        "model": model,
+        "batch": batch,
+        "mode": mode,
+        "wall_ms": 1e3 * float(np.median(walls)),
+        "cpu_ms": sum(by_kind.values()),
+        "kinds_ms": dict(by_kind),
+        "minor_faults": int(np.median([f[0] for f in fault_counts])),
+        "major_faults": int(np.median([f[1] for f in fault_counts])),
+    }
+
+
 def profile_ours(name: str, batch: int, image_size: int, reps: int, log) -> list[dict]:
     import optax
     import timm
@@ -191,15 +206,7 @@ def profile_ours(name: str, batch: int, image_size: int, reps: int, log) -> list
         ]
         rows.append(
             {
-                "side": "ours",
-                "model": name,
-                "batch": batch,
-                "mode": mode,
-                "wall_ms": 1e3 * float(np.median(walls)),
-                "cpu_ms": sum(by_kind.values()),
-                "kinds_ms": dict(by_kind),
-                "minor_faults": int(np.median([f[0] for f in fault_counts])),
-                "major_faults": int(np.median([f[1] for f in fault_counts])),
+                **_row("ours", name, batch, mode, walls, by_kind, fault_counts),
                 "compile_s": compile_s,
                 "top_thunks": named[:10],
                 "top_other": [row for row in named if row[2] in ("other", "layout copy")][:6],
@@ -305,19 +312,7 @@ def _torch_worker(names, batches, image_size, reps):
                     if mode == "training" and kind not in ("optimizer+loss", "other"):
                         kind += " bwd" if "backward" in event.key else " fwd"
                     by_kind[kind] += event.self_cpu_time_total / reps / 1e3
-                rows.append(
-                    {
-                        "side": "timm",
-                        "model": name,
-                        "batch": batch,
-                        "mode": mode,
-                        "wall_ms": 1e3 * float(np.median(walls)),
-                        "cpu_ms": sum(by_kind.values()),
-                        "kinds_ms": dict(by_kind),
-                        "minor_faults": int(np.median([f[0] for f in fault_counts])),
-                        "major_faults": int(np.median([f[1] for f in fault_counts])),
-                    }
-                )
+                rows.append(_row("timm", name, batch, mode, walls, by_kind, fault_counts))
                 print(rows[-1], flush=True)
     return rows, torch.get_num_threads()
 
