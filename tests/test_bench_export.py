@@ -12,7 +12,7 @@ from sepconv_jax import cli
 from sepconv_jax.apps import bench_export
 from sepconv_jax.export import latency
 
-_NEEDS = ("jax2onnx", "onnxruntime", "tensorflow", "ai_edge_litert", "timm", "keras", "matplotlib")
+_NEEDS = ("onnx", "onnxruntime", "tensorflow", "ai_edge_litert", "timm", "keras", "matplotlib")
 pytestmark = pytest.mark.skipif(
     any(importlib.util.find_spec(m) is None for m in _NEEDS),
     reason=f"needs {', '.join(_NEEDS)}",
