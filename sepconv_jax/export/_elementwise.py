@@ -186,12 +186,12 @@ class _Interpreter:
 
         def quantize_input(i: int, kind: str, eqn: jcore.JaxprEqn, vals: list[Any]) -> None:
             var = eqn.invars[i]
-            value, flag = read(var)
-            if not flag.depends or flag.quantized:
-                return
-            vals[i] = self.mark(kind, value)
-            if isinstance(var, jcore.Var):
-                env[var] = (vals[i], _Flags(True, quantized=True, gate=flag.gate))
+            value, flag = read(var)  # quantized already when an earlier input was it
+            if flag.depends and not flag.quantized:
+                value = self.mark(kind, value)
+                if isinstance(var, jcore.Var):
+                    env[var] = (value, _Flags(True, quantized=True, gate=flag.gate))
+            vals[i] = value
 
         for eqn in jaxpr.eqns:
             vals = [read(v)[0] for v in eqn.invars]
