@@ -8,6 +8,8 @@ convolutions), and onnxruntime running the exported QDQ graph.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -173,6 +175,9 @@ def test_quantized_gates_products_and_means_equal_numpy_definition():
     step = float(points["5"]["scale"])
     assert np.abs(got - want).max() <= step * (1 + 1e-6)
     assert np.mean(np.isclose(got, want, atol=1e-6)) > 0.95
+    # A call that meets other points than the calibration did is refused.
+    with pytest.raises(ValueError, match="elementwise point 5 of this call is a 'product'"):
+        dataclasses.replace(qmodel, elementwise=qmodel.elementwise[:5]).apply(qvars, x)
     # Without elementwise points only the layer is quantized.
     plain, plain_vars = quantization.quantize(block, variables, [x], elementwise=False)
     assert plain.elementwise == () and "<elementwise>" not in plain_vars["quantization"]

@@ -313,7 +313,12 @@ class QuantizedModel(_apply.InferenceModel):
         points = q[ELEMENTWISE]
 
         def point(index: int, kind: str, value: jax.Array) -> jax.Array:
-            del kind
+            if index >= len(self.elementwise) or kind != self.elementwise[index]:
+                raise ValueError(
+                    f"elementwise point {index} of this call is a {kind!r}, not what the "
+                    f"model was calibrated with ({len(self.elementwise)} points); quantize "
+                    f"it again with inputs of this kind"
+                )
             entry = points[str(index)]
             return fake_quant(
                 value,
@@ -328,8 +333,8 @@ class QuantizedModel(_apply.InferenceModel):
             y, count = _elementwise.run(layers_only, x, point, _is_fake_quant)
             if count != len(self.elementwise):
                 raise ValueError(
-                    f"the model traced with {count} elementwise quantization points but was "
-                    f"calibrated with {len(self.elementwise)}; quantize it again for this input"
+                    f"this call has {count} elementwise points, the model was calibrated with "
+                    f"{len(self.elementwise)}; quantize it again with inputs of this kind"
                 )
             return y
 
