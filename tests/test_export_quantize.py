@@ -8,12 +8,16 @@ convolutions), and onnxruntime running the exported QDQ graph.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 
 from sepconv_jax import linen as sl
+from sepconv_jax import models
 from sepconv_jax.export import _digits, fold_batch_norm, quantization, spread
 from sepconv_jax.export.quantization import (
     activation_params,
@@ -23,6 +27,7 @@ from sepconv_jax.export.quantization import (
     weight_scales,
 )
 from sepconv_jax.kernels.dispatch import default_impl
+from sepconv_jax.models.blocks import InvertedResidual
 from tests import reference
 
 
@@ -111,6 +116,77 @@ def test_quantized_separable_layer_equals_numpy_definition():
     )
 
 
+class _GatedBlock(nn.Module):
+    """A 1x1 convolution, swish, and a squeeze-excite-like gate over the spatial mean."""
+
+    @nn.compact
+    def __call__(self, x):
+        h = sl.PointwiseConv(features=4)(x)
+        a = nn.swish(h)
+        m = jnp.mean(a, axis=(1, 2), keepdims=True)
+        return a * nn.sigmoid(2.0 * m)
+
+
+def test_quantized_gates_products_and_means_equal_numpy_definition():
+    """Points on every gate, product with a gate and spatial mean (inputs not yet
+    quantized, and outputs), calibrated on the float tensors there."""
+    block = _GatedBlock()
+    x = jax.random.normal(jax.random.key(0), (2, 5, 5, 3))
+    variables = block.init(jax.random.key(1), x)
+    qmodel, qvars = quantization.quantize(block, variables, [x])
+    # The 1x1 step's output is quantized already; 2 * mean is not.
+    assert qmodel.elementwise == ("gate", "product", "mean", "gate_input", "gate", "product")
+    got = np.asarray(jax.jit(lambda x: qmodel.apply(qvars, x))(x), np.float64)
+
+    p = variables["params"]["PointwiseConv_0"]
+    q = qvars["quantization"]
+    unit, points = q["PointwiseConv_0"]["unit0"], q["<elementwise>"]
+
+    def fq(v, entry, prefix=""):
+        return quantize_np(
+            v, float(entry[f"{prefix}scale"]), int(entry[f"{prefix}zero_point"]), 0, 255
+        )
+
+    def sigmoid(v):
+        return 1.0 / (1.0 + np.exp(-v))
+
+    xs = np.asarray(x, np.float64)
+    kernel = np.asarray(p["kernel"], np.float64)
+    bias = np.asarray(p["bias"], np.float64)
+    # Float: the calibration's tensors.
+    h = xs @ kernel + bias
+    a = h * sigmoid(h)
+    m = a.mean(axis=(1, 2), keepdims=True)
+    floats = [sigmoid(h), a, m, 2.0 * m, sigmoid(2.0 * m), a * sigmoid(2.0 * m)]
+    for i, value in enumerate(floats):
+        np.testing.assert_allclose(
+            float(points[str(i)]["scale"]) * 255,
+            max(value.max(), 0.0) - min(value.min(), 0.0),
+            rtol=1e-5,
+        )
+    # Quantized: each point rounds what the quantized tensors before it compute.
+    wq = quantize_np(kernel, unit["kernel_scale"], 0, -127, 127)
+    hq = fq(fq(xs, unit, "input_") @ wq + bias, unit, "output_")
+    sq = fq(sigmoid(hq), points["0"])
+    aq = fq(hq * sq, points["1"])
+    mq = fq(aq.mean(axis=(1, 2), keepdims=True), points["2"])
+    gq = fq(sigmoid(fq(2.0 * mq, points["3"])), points["4"])
+    want = fq(aq * gq, points["5"])
+    step = float(points["5"]["scale"])
+    assert np.abs(got - want).max() <= step * (1 + 1e-6)
+    assert np.mean(np.isclose(got, want, atol=1e-6)) > 0.95
+    # A call that meets other points than the calibration did is refused.
+    with pytest.raises(ValueError, match="elementwise point 5 of this call is a 'product'"):
+        dataclasses.replace(qmodel, elementwise=qmodel.elementwise[:5]).apply(qvars, x)
+    # Without elementwise points only the layer is quantized.
+    plain, plain_vars = quantization.quantize(block, variables, [x], elementwise=False)
+    assert plain.elementwise == () and "<elementwise>" not in plain_vars["quantization"]
+    ref = fq(fq(xs, unit, "input_") @ wq + bias, unit, "output_")
+    a = ref * sigmoid(ref)
+    want = a * sigmoid(2.0 * a.mean(axis=(1, 2), keepdims=True))
+    np.testing.assert_allclose(plain.apply(plain_vars, x), want, rtol=1e-4, atol=1e-5)
+
+
 def test_quantize_errors():
     layer = sl.PointwiseConv(features=2)
     x = jnp.ones((1, 2, 2, 3))
@@ -123,6 +199,8 @@ def test_quantize_errors():
         quantization.quantize(layer, variables, [x], per_channel="yes")
     with pytest.raises(ValueError, match="`kinds`"):
         quantization.quantize(layer, variables, [x], kinds=("conv",))
+    with pytest.raises(TypeError, match="`elementwise`"):
+        quantization.quantize(layer, variables, [x], elementwise=1)
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +324,6 @@ def optimized_ops(path, tmp_path):
 
 def test_quantized_mobilenet_v2_runs_every_conv_as_qlinearconv(tmp_path):
     pytest.importorskip("onnxruntime")
-    from sepconv_jax import models
     from sepconv_jax.export import conv_groups, op_counts, to_onnx
     from tests.export_helpers import random_variables
 
@@ -264,6 +341,56 @@ def test_quantized_mobilenet_v2_runs_every_conv_as_qlinearconv(tmp_path):
     # The residual additions run on integers too, as does the classifier.
     assert ops.get("QLinearAdd", 0) == op_counts(path)["Add"], ops
     assert "QGemm" in ops, ops
+
+
+GATED_MODELS = {
+    "efficientnet": lambda: models.EfficientNet(num_classes=10, depth_coefficient=0.25),
+    "mobilenet_v3": lambda: models.MobileNetV3Small(num_classes=10),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GATED_MODELS))
+def test_quantized_gates_products_and_means_run_on_integers(name, tmp_path):
+    """SiLU, hard swish and squeeze-excite in onnxruntime's integer kernels: every
+    Sigmoid, every product of two activations and every GlobalAveragePool of the
+    exported graph is a QLinear node after onnxruntime's optimization, so the NHWC
+    layout needs no Transpose around float operations. The hard sigmoid has no
+    integer kernel and runs in float between a DequantizeLinear and a
+    QuantizeLinear, as in onnxruntime's own quantization of the standard export."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from sepconv_jax.export import conv_groups, op_counts, run_onnx, to_onnx
+    from tests.export_helpers import random_variables, relative_error
+
+    model = GATED_MODELS[name]()
+    x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+    if name == "efficientnet":
+        x = 127.5 + 60.0 * x  # its preprocessing expects [0, 255]
+    variables = random_variables(model, x[:1])
+    qmodel, qvars = quantization.quantize(model, variables, [x])
+    path = to_onnx(qmodel, qvars, x[:1], tmp_path / "q.onnx")
+    graph = onnx.load(path).graph
+    inits = {i.name for i in graph.initializer}
+    products = sum(n.op_type == "Mul" and not inits & set(n.input) for n in graph.node)
+    ops, optimized = op_counts(path), optimized_ops(path, tmp_path)
+    assert ops["GlobalAveragePool"] > 0 and products > 0, ops
+    assert "Conv" not in optimized and optimized["QLinearConv"] == len(conv_groups(path))
+    assert "Sigmoid" not in optimized, optimized
+    assert optimized.get("QLinearSigmoid", 0) == ops.get("Sigmoid", 0), optimized
+    assert optimized["QLinearMul"] == products, optimized
+    # What stays a float Mul is the preprocessing's scaling by a constant.
+    assert optimized.get("Mul", 0) == ops["Mul"] - products, optimized
+    assert "GlobalAveragePool" not in optimized, optimized
+    assert optimized["QLinearGlobalAveragePool"] == ops["GlobalAveragePool"], optimized
+    assert optimized.get("Transpose", 0) <= 2, optimized
+    # Nothing else leaves the integers: the input, the output, the hard sigmoids.
+    hard = optimized.get("HardSigmoid", 0)
+    assert hard == ops.get("HardSigmoid", 0)
+    assert optimized.get("DequantizeLinear", 0) <= 2 + hard, optimized
+    # The graph computes what the simulation does, to about an output step.
+    want = qmodel.apply(qvars, x[:1])
+    assert relative_error(run_onnx(path, x[:1]), want) < 0.1
 
 
 def _qdq_onnx_runs_in_onnxruntime(digits_net, tmp_path):
@@ -299,6 +426,44 @@ def test_digits_network(digits_net, tmp_path):
     except ImportError:
         return  # the QDQ export needs the export extra
     _qdq_onnx_runs_in_onnxruntime(digits_net, tmp_path)
+
+
+class _GatedDigitsNet(nn.Module):
+    """A stem and two MBConv blocks with swish and squeeze-excite (EfficientNet's)."""
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        x = nn.Conv(8, (3, 3), use_bias=False, name="stem")(x)
+        x = nn.swish(nn.BatchNorm(not train, epsilon=1e-3, name="stem_bn")(x))
+        for i, strides in enumerate((2, 1)):
+            block = InvertedResidual(
+                features=16, expand_ratio=4, strides=strides, se_ratio=0.25, name=f"block{i}"
+            )
+            x = block(x, train)
+        return nn.Dense(10, name="predictions")(jnp.mean(x, axis=(1, 2)))
+
+
+def test_gated_digits_network_in_int8_stays_within_a_point(tmp_path):
+    """Trained swish and squeeze-excite layers with their elementwise points: int8
+    top-1 within one point of float, in the simulation and in onnxruntime."""
+    x_train, y_train, x_test, y_test = _digits.digits()
+    net = _GatedDigitsNet()
+    with default_impl("xla"):
+        variables = _digits.train(net, x_train, y_train, epochs=6)
+    float_acc = quantization.accuracy(
+        jax.jit(lambda x: net.apply(variables, x, train=False)), x_test, y_test
+    )
+    assert float_acc > 0.9
+    qmodel, qvars = quantization.quantize(net, variables, [x_train[:256]])
+    assert {"gate", "product", "mean"} <= set(qmodel.elementwise)
+    assert _accuracy(qmodel, qvars, x_test, y_test) >= float_acc - 0.01
+    pytest.importorskip("onnxruntime")
+    from sepconv_jax.export import run_onnx, to_onnx
+    from sepconv_jax.export.onnx import session
+
+    sess = session(to_onnx(qmodel, qvars, x_test[:1], tmp_path / "q.onnx"))
+    got = np.concatenate([run_onnx(sess, x_test[i : i + 1]) for i in range(len(x_test))])
+    assert np.mean(got.argmax(-1) == y_test) >= float_acc - 0.01
 
 
 def test_reduce_range_weights_run_exactly_in_onnxruntime(tmp_path):

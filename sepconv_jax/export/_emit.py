@@ -26,7 +26,10 @@ constant bounds, ``max(x, 0)`` a ``Relu``, a mean over all spatial positions
 ``QuantizeLinear`` that all its readers share, and a quantization in front of a
 ``Clip``/``Relu`` whose output is quantized again is dropped, so that every
 convolution sits between dequantized inputs and one ``QuantizeLinear`` (the node
-unit onnxruntime runs as ``QLinearConv``).
+unit onnxruntime runs as ``QLinearConv``). The quantized sigmoids, gated products
+and spatial means (:mod:`sepconv_jax.export._elementwise`) form the same units
+(``QLinearSigmoid``, ``QLinearMul``, ``QLinearGlobalAveragePool``); for the last, a
+``Flatten`` between a pooled head and its ``QuantizeLinear`` moves onto the integers.
 
 An equation with a primitive the emitter does not know raises a
 :class:`NotImplementedError` that names it.

@@ -312,8 +312,8 @@ def _quant_params(g: _Graph, node: Any) -> tuple | None:
 
 def _qdq_pass(g: _Graph) -> None:
     """One ``QuantizeLinear`` per tensor that all its readers share, then no
-    re-quantization with the same parameters, and none in front of a Clip/Relu whose
-    output is quantized."""
+    re-quantization with the same parameters, none in front of a Clip/Relu whose
+    output is quantized, and a ``Flatten`` in front of one moved after it."""
     # 1. Merge equal Q nodes of one tensor, and equal DQ nodes of one Q.
     for op in ("QuantizeLinear", "DequantizeLinear"):
         seen: dict[tuple, str] = {}
@@ -389,3 +389,19 @@ def _qdq_pass(g: _Graph) -> None:
             continue
         node.input[0] = q.input[0]
     g.prune()
+    # 5. Flatten -> (only) per-tensor Q: the Flatten moves onto the integers, so that
+    #    what it flattens (a pooled head) writes the QuantizeLinear itself.
+    consumers = g.consumers()
+    producers = g.producers()
+    for node in list(g.nodes):
+        if node.op_type != "QuantizeLinear" or g.inits[node.input[1]].size != 1:
+            continue
+        flatten = producers.get(node.input[0])
+        if flatten is None or flatten.op_type != "Flatten":
+            continue
+        if g.sole(flatten.output[0], consumers) is not node:
+            continue
+        quantized = g.fresh("flatten_q")
+        node.input[0], flatten.input[0] = flatten.input[0], quantized
+        flatten.output[0], node.output[0] = node.output[0], quantized
+    _toposort(g)

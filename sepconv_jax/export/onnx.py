@@ -14,7 +14,9 @@ onnxruntime fuses the bias, the ``Clip`` and a residual ``Add`` into its NCHWc
 convolutions there. A model from :func:`sepconv_jax.export.quantize` becomes a QDQ
 graph in onnxruntime's node-unit form (each ``Conv`` reads ``DequantizeLinear`` of
 a uint8 activation, of int8 per-channel weights and of an int32 bias, and writes
-one ``QuantizeLinear``), which onnxruntime runs as ``QLinearConv``.
+one ``QuantizeLinear``), which onnxruntime runs as ``QLinearConv``; its sigmoids,
+products with a gate and spatial means become ``QLinearSigmoid``, ``QLinearMul`` and
+``QLinearGlobalAveragePool`` the same way.
 
 Needs the ``export`` extra: ``pip install "sepconv-jax[export]"`` (``onnx``,
 ``onnxruntime``).

@@ -16,8 +16,13 @@ returns a model that computes what an int8 runtime computes, in float arithmetic
   x86 (its "U8S8" kernels); an ``int8`` zero point in ``[-128, 127]`` holds the same
   256 levels, and onnxruntime 1.32 rejects that form when it propagates QDQ
   nodes through transposes;
-* biases, additions, activations and pooling stay in float, as a QDQ graph leaves
-  them to the runtime.
+* **between the layers** (``elementwise=True``): the inputs and outputs of the
+  gates (sigmoid, hard sigmoid), of the products of an activation with a gate
+  (SiLU, hard swish, squeeze-and-excitation) and of the spatial means, the same
+  asymmetric 8-bit kind (:mod:`sepconv_jax.export._elementwise`), so that
+  onnxruntime runs them on integers too;
+* biases, additions and the other activations and pooling stay in float, as a QDQ
+  graph leaves them to the runtime.
 
 Quantizing is ``q = clip(round(x / scale) + zero_point, qmin, qmax)``, with
 round-half-to-even as ONNX ``QuantizeLinear``; dequantizing is ``(q - zero_point)
@@ -51,7 +56,7 @@ import numpy as np
 from jax.extend import core as jcore
 from jax.interpreters import ad, batching, mlir
 
-from sepconv_jax.export import _apply, _layers, _model
+from sepconv_jax.export import _apply, _elementwise, _layers, _model
 
 __all__ = [
     "QuantizedModel",
@@ -70,6 +75,9 @@ WEIGHT_RANGE = (-127, 127)
 #: The weight range with ``reduce_range=True``: 7 bits, as onnxruntime's option of that name.
 REDUCED_WEIGHT_RANGE = (-63, 63)
 ACTIVATION_RANGE = (0, 255)
+#: The key of the elementwise points in the ``"quantization"`` collection (no layer
+#: path can be it).
+ELEMENTWISE = "<elementwise>"
 
 # ----------------------------------------------------------------------------- fake quant
 
@@ -222,6 +230,11 @@ class QuantizedModel(_apply.InferenceModel):
       per_channel: one weight scale per output channel, or one per tensor.
       kinds: the unit kinds whose weights are quantized.
       activations: whether activations are quantized.
+      weight_range: the integer range of the weights.
+      elementwise: the kinds of the elementwise points
+        (:data:`sepconv_jax.export._elementwise.KINDS`), in the order the model
+        computes them; their scales and zero points are
+        ``qvariables["quantization"]["<elementwise>"][str(index)]``.
     """
 
     model: nn.Module
@@ -231,19 +244,22 @@ class QuantizedModel(_apply.InferenceModel):
     kinds: tuple[str, ...] = _layers.KINDS
     activations: bool = True
     weight_range: tuple[int, int] = WEIGHT_RANGE
+    elementwise: tuple[str, ...] = ()
 
     def apply(self, variables: Mapping[str, Any], x: Any, train: bool = False) -> jax.Array:
         """Runs the quantized model in inference mode (``train`` must be False)."""
         if train:
             raise ValueError("a QuantizedModel runs in inference mode only; pass train=False")
-        return self._function(variables, record=None)(x)
+        return self._function(variables, record=False)(x)
 
-    def _function(self, variables: Mapping[str, Any], record: dict | None):
+    def _function(self, variables: Mapping[str, Any], record: bool):
+        """``x -> y``, or with ``record`` ``x -> (y, {(path, unit): output})``."""
         q = variables["quantization"]
         inner = {k: v for k, v in variables.items() if k != "quantization"}
         params = {path: dict(_apply.subtree(inner["params"], path)) for path in self.layers}
         per_channel, kinds, activations = self.per_channel, self.kinds, self.activations
         weight_range = self.weight_range
+        outputs: dict[tuple[Path, int], jax.Array] = {}
 
         def hooks(path: Path, module: nn.Module):
             if path not in params:
@@ -266,8 +282,8 @@ class QuantizedModel(_apply.InferenceModel):
                         qmax=weight_range[1],
                     )
                 if not activations:
-                    if record is not None and stage == "output":
-                        record[(path, i)] = value
+                    if stage == "output":
+                        outputs[(path, i)] = value
                     return value
                 out = fake_quant(
                     value,
@@ -277,8 +293,8 @@ class QuantizedModel(_apply.InferenceModel):
                     qmin=ACTIVATION_RANGE[0],
                     qmax=ACTIVATION_RANGE[1],
                 )
-                if record is not None and stage == "output":
-                    record[(path, i)] = out
+                if stage == "output":
+                    outputs[(path, i)] = out
                 return out
 
             return hook
@@ -286,11 +302,47 @@ class QuantizedModel(_apply.InferenceModel):
         call = _apply.linen_call(self.model, inner)
         rewrite = _apply.Rewrite(params, set(self.folded), hooks)
 
-        def run(x):
+        def layers_only(x):
+            outputs.clear()
             with nn.intercept_methods(rewrite):
-                return call(x)
+                y = call(x)
+            return (y, dict(outputs)) if record else y
+
+        if not self.elementwise:
+            return layers_only
+        points = q[ELEMENTWISE]
+
+        def point(index: int, kind: str, value: jax.Array) -> jax.Array:
+            if index >= len(self.elementwise) or kind != self.elementwise[index]:
+                raise ValueError(
+                    f"elementwise point {index} of this call is a {kind!r}, not what the "
+                    f"model was calibrated with ({len(self.elementwise)} points); quantize "
+                    f"it again with inputs of this kind"
+                )
+            entry = points[str(index)]
+            return fake_quant(
+                value,
+                entry["scale"],
+                entry["zero_point"],
+                axis=None,
+                qmin=ACTIVATION_RANGE[0],
+                qmax=ACTIVATION_RANGE[1],
+            )
+
+        def run(x):
+            y, count = _elementwise.run(layers_only, x, point, _is_fake_quant)
+            if count != len(self.elementwise):
+                raise ValueError(
+                    f"this call has {count} elementwise points, the model was calibrated with "
+                    f"{len(self.elementwise)}; quantize it again with inputs of this kind"
+                )
+            return y
 
         return run
+
+
+def _is_fake_quant(eqn: jcore.JaxprEqn) -> bool:
+    return eqn.primitive is fake_quant_p
 
 
 def _batches(calibration_batches: Any) -> list[jax.Array]:
@@ -308,11 +360,14 @@ def _batches(calibration_batches: Any) -> list[jax.Array]:
     return [jnp.asarray(b) for b in batches]
 
 
-def _float_recorder(module, variables, discovery, example):
-    """A jitted ``x -> {(path, stage, unit): value}`` over the folded float model."""
+def _float_recorder(module, variables, discovery, example, elementwise: bool, kinds: list[str]):
+    """A jitted ``x -> (y, {name: value})`` over the folded float model: every layer
+    unit's input and output (``"path|stage|unit"``) and, with ``elementwise``, every
+    elementwise point (``"<elementwise>|index"``, their kinds appended to ``kinds``
+    when traced)."""
     layer_paths = {info.path for info in discovery.layers}
 
-    def run(x):
+    def layers(x):
         record: dict[tuple[Path, str, int], jax.Array] = {}
 
         def hooks(path, layer):
@@ -320,9 +375,11 @@ def _float_recorder(module, variables, discovery, example):
                 return None
 
             def hook(stage, i, value):
-                if stage != "kernel":
-                    record[(path, stage, i)] = value
-                return value
+                if stage == "kernel":
+                    return value
+                record[(path, stage, i)] = value
+                # Marks the value as one the quantized model quantizes here.
+                return _model._tag(value, (_QUANTIZED, path)) if elementwise else value
 
             return hook
 
@@ -330,7 +387,28 @@ def _float_recorder(module, variables, discovery, example):
         y = fn(x)
         return y, {"|".join((_key(p), s, str(i))): v for (p, s, i), v in record.items()}
 
+    def run(x):
+        if not elementwise:
+            return layers(x)
+        points: dict[str, jax.Array] = {}
+        kinds.clear()
+
+        def point(index: int, kind: str, value: jax.Array) -> jax.Array:
+            kinds.append(kind)
+            points[f"{ELEMENTWISE}|{index}"] = value
+            return value
+
+        (y, values), _ = _elementwise.run(layers, x, point, _is_quantized_tag)
+        return y, {**values, **points}
+
     return jax.jit(run)
+
+
+_QUANTIZED = "quantized"
+
+
+def _is_quantized_tag(eqn: jcore.JaxprEqn) -> bool:
+    return eqn.primitive is _model._tag_p and eqn.params["tag"][0] == _QUANTIZED
 
 
 def quantize(
@@ -342,6 +420,7 @@ def quantize(
     kinds: tuple[str, ...] = _layers.KINDS,
     activations: bool = True,
     reduce_range: bool = False,
+    elementwise: bool = True,
 ) -> tuple[QuantizedModel, dict[str, Any]]:
     """Post-training int8 quantization of a linen model, simulated in JAX.
 
@@ -359,6 +438,11 @@ def quantize(
         name). On x86 CPUs without VNNI, onnxruntime's uint8 x int8 kernels add pairs
         of products in 16 bits, which saturate when both weights of a pair are near
         +-127 and the activations near 255; 7-bit weights cannot overflow there.
+      elementwise: with ``activations``, also quantize the inputs and outputs of the
+        gates, gated products and spatial means between the layers
+        (:mod:`sepconv_jax.export._elementwise`), so that onnxruntime runs them on
+        integers (``QLinearSigmoid``, ``QLinearMul``, ``QLinearGlobalAveragePool``);
+        ``False`` leaves them in float.
 
     Returns:
       ``(qmodel, qvariables)``: run with ``qmodel.apply(qvariables, x)``; export with
@@ -393,13 +477,17 @@ def quantize(
         raise TypeError(f"`activations` must be a bool, got {type(activations).__name__}")
     if not isinstance(reduce_range, bool):
         raise TypeError(f"`reduce_range` must be a bool, got {type(reduce_range).__name__}")
+    if not isinstance(elementwise, bool):
+        raise TypeError(f"`elementwise` must be a bool, got {type(elementwise).__name__}")
+    elementwise = elementwise and activations
     weight_range = REDUCED_WEIGHT_RANGE if reduce_range else WEIGHT_RANGE
     if isinstance(kinds, str) or not all(k in _layers.KINDS for k in kinds):
         raise ValueError(f"`kinds` must be a tuple of names from {_layers.KINDS}, got {kinds!r}")
     batches = _batches(calibration_batches)
     example = jax.ShapeDtypeStruct(batches[0].shape, batches[0].dtype)
     discovery = _model.discover(module, variables, example)
-    recorder = _float_recorder(module, variables, discovery, example)
+    point_kinds: list[str] = []
+    recorder = _float_recorder(module, variables, discovery, example, elementwise, point_kinds)
     low: dict[str, float] = {}
     high: dict[str, float] = {}
     for batch in batches:
@@ -410,6 +498,12 @@ def quantize(
     params, quant = _quantization_tree(
         variables, discovery, low, high, per_channel=per_channel, qmax=weight_range[1]
     )
+    if point_kinds:
+        quant[ELEMENTWISE] = {}
+        for i in range(len(point_kinds)):
+            name = f"{ELEMENTWISE}|{i}"
+            scale, zero_point = activation_params(low[name], high[name])
+            quant[ELEMENTWISE][str(i)] = {"scale": scale, "zero_point": zero_point}
     qvariables = dict(variables, params=params, quantization=quant)
     qmodel = QuantizedModel(
         model=module,
@@ -419,6 +513,7 @@ def quantize(
         kinds=tuple(kinds),
         activations=activations,
         weight_range=weight_range,
+        elementwise=tuple(point_kinds),
     )
     return qmodel, qvariables
 
@@ -525,13 +620,12 @@ def layer_sqnr_table(
     eval_batches = _batches(eval_batches)
     example = jax.ShapeDtypeStruct(eval_batches[0].shape, eval_batches[0].dtype)
     discovery = _model.discover(module, variables, example)
-    recorder = _float_recorder(module, variables, discovery, example)
+    recorder = _float_recorder(module, variables, discovery, example, False, [])
     for per_channel in (False, True):
         qmodel, qvars = quantize(module, variables, calibration_batches, per_channel=per_channel)
 
         def run(x, qmodel=qmodel, qvars=qvars):
-            record: dict = {}
-            y = qmodel._function(qvars, record)(x)
+            y, record = qmodel._function(qvars, record=True)(x)
             return y, {"|".join((_key(p), str(i))): v for (p, i), v in record.items()}
 
         run = jax.jit(run)
