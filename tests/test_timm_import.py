@@ -141,8 +141,9 @@ def test_convert_rejects_other_models():
 
 
 def test_bench_models_quick_runs_both_sides_on_one_network(tmp_path, capsys):
-    """``bench --models``: ours and timm's records, the same parameter count on both
-    sides (one network), and a table with every runner."""
+    """``bench --models``: ours and timm's records at each batch (inference at 1 and 2,
+    training at 2 with --quick), the same parameter count on both sides (one network),
+    a table with every runner and batch, and the per-image scaling table."""
     import json
 
     from sepconv_jax import cli
@@ -151,15 +152,40 @@ def test_bench_models_quick_runs_both_sides_on_one_network(tmp_path, capsys):
     assert cli.main([*argv, "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "models.json").read_text())
     records = result["records"]
-    runners = {(r["runner"], r["mode"]) for r in records}
+    runners = {(r["runner"], r["mode"], r["batch"]) for r in records}
     expected_runners = ("ours impl=auto", "timm NCHW", "timm channels_last")
-    assert runners == {(r, m) for r in expected_runners for m in ("inference", "training")}
+    timed = [("inference", 1), ("inference", 2), ("training", 2)]
+    assert runners == {(r, m, b) for r in expected_runners for m, b in timed}
     assert all(r["images_per_second"] > 0 and r["seconds"] > 0 for r in records)
+    for r in records:
+        assert r["images_per_second"] == pytest.approx(r["batch"] / r["seconds"])
     assert {r["params"] for r in records} == {result["facts"]["timm_params"]["MobileNetV2"]}
-    assert result["config"]["image_size"] == 32 and result["config"]["batch"] == 2
+    config = result["config"]
+    assert config["image_size"] == 32
+    assert (config["inference_batches"], config["training_batches"]) == ([1, 2], [2])
     table = (tmp_path / "models.md").read_text()
-    assert all(f"| MobileNetV2 | {runner} |" in table for runner in expected_runners)
+    for runner in expected_runners:
+        assert f"| MobileNetV2 | 1 | {runner} |" in table
+        assert f"| MobileNetV2 | 2 | {runner} |" in table
+    # per-image throughput at batch 2 over batch 1, from the records themselves
+    rate = {(r["runner"], r["mode"], r["batch"]): r["images_per_second"] for r in records}
+    ours = rate[("ours impl=auto", "inference", 2)] / rate[("ours impl=auto", "inference", 1)]
+    assert "| model | runner | mode | b2 / b1 |" in table
+    assert f"| MobileNetV2 | ours impl=auto | inference | {ours:.2f} |" in table
     assert (tmp_path / "models.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_bench_models_batches_must_be_positive(tmp_path, capsys):
+    from sepconv_jax import cli
+    from sepconv_jax.apps import bench_models
+
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--models", "--inference-batches", "0", "--out", str(tmp_path)])
+    assert "expected a positive int, got '0'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="`training_batches` must hold positive ints"):
+        bench_models.measure_batches(training_batches=(8, -1))
+    with pytest.raises(ValueError, match="both empty"):
+        bench_models.measure_batches(inference_batches=(), training_batches=())
 
 
 def test_bench_models_rejects_unknown_models(tmp_path, capsys):

@@ -132,26 +132,31 @@ def run_models(args: argparse.Namespace, out: Path) -> int:
         "quick": bool(args.quick),
         "models": names,
         "impls": args.model_impls or ["auto", "xla"],
-        "batch": 2 if args.quick else args.model_batch,
+        "inference_batches": [1, 2] if args.quick else args.inference_batches,
+        "training_batches": [2] if args.quick else args.training_batches,
         "image_size": 32 if args.quick else args.model_image_size,
         "min_time": 0.0 if args.quick else args.min_time,
         "max_reps": 1 if args.quick else args.max_reps,
         "torch": not args.no_torch,
+        "torch_compile": bool(args.torch_compile),
     }
     started = time.perf_counter()
     machine = machine_info()
+    batches = sorted({*config["inference_batches"], *config["training_batches"]})
     print(
-        f"sepconv-jax bench --models on {machine['cpu']} ({machine['cores']} cores), batch "
-        f"{config['batch']}, {config['image_size']}x{config['image_size']}, float32"
+        f"sepconv-jax bench --models on {machine['cpu']} ({machine['cores']} cores), batches "
+        f"{' '.join(map(str, batches))}, {config['image_size']}x{config['image_size']}, float32"
     )
-    records, facts = bench_models.measure_zoo(
+    records, facts = bench_models.measure_batches(
         names,
         config["impls"],
-        batch=config["batch"],
+        inference_batches=config["inference_batches"],
+        training_batches=config["training_batches"],
         image_size=config["image_size"],
         min_time=config["min_time"],
         max_reps=config["max_reps"],
         torch_enabled=config["torch"],
+        torch_compiled=bench_models.MODES if config["torch_compile"] else (),
     )
     machine["torch_threads"] = facts.get("torch_threads", machine.get("torch_threads"))
     if hasattr(os, "getloadavg"):
@@ -159,7 +164,10 @@ def run_models(args: argparse.Namespace, out: Path) -> int:
     machine["suite_seconds"] = round(time.perf_counter() - started, 1)
     result = {"machine": machine, "config": config, "facts": facts, "records": records}
     table = bench_models.markdown(records)
+    scaling = bench_models.scaling_table(records)
     print(table)
+    if scaling:
+        print(scaling)
     (out / "models.json").write_text(json.dumps(result, indent=2) + "\n")
     load, load_end = machine.get("load_average"), machine.get("load_average_end")
     report = [
@@ -168,16 +176,33 @@ def run_models(args: argparse.Namespace, out: Path) -> int:
         f"{machine['cpu']}, {machine['cores']} cores, load average "
         f"{f'{load[0]:.1f}' if load else 'n/a'} at the start and "
         f"{f'{load_end[0]:.1f}' if load_end else 'n/a'} at the end; jax {machine['jax']}, "
-        f"torch {machine['torch']} ({machine['torch_threads']} threads). Batch {config['batch']}, "
+        f"torch {machine['torch']} ({machine['torch_threads']} threads). Inference at batch "
+        f"{', '.join(map(str, config['inference_batches']))}, training at batch "
+        f"{', '.join(map(str, config['training_batches']))}, "
         f"{config['image_size']}x{config['image_size']} float32 images; the best of up to "
         f"{config['max_reps']} calls after a warm-up. Both sides run the same network: ours "
         "is the timm model converted by sepconv_jax.interop.timm. `vs timm`: images/s "
-        "over the faster of timm's two layouts (> 1: ours is faster). Training: forward, "
-        "backward and an SGD-with-momentum update, in training mode.",
+        "over the faster of timm's two eager layouts at the same batch (> 1: ours is "
+        "faster). Training: forward, backward and an SGD-with-momentum update, in "
+        "training mode."
+        + (
+            " `timm compiled`: under torch.compile, channels_last."
+            if config["torch_compile"]
+            else ""
+        ),
         "",
         table,
         "",
     ]
+    if scaling:
+        report += [
+            "Per-image throughput at each batch over that at batch "
+            f"{bench_models.scaling_reference(records)} (1.00: the cost per image does not "
+            "grow with the batch):",
+            "",
+            scaling,
+            "",
+        ]
     (out / "models.md").write_text("\n".join(report))
     written = [out / "models.json", out / "models.md"]
     if not args.no_plot:
@@ -360,6 +385,17 @@ def _layer_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a positive int."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}")
+    return value
+
+
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of the training steps and of ``--models``."""
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch column")
@@ -386,14 +422,31 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="compute dtype of the training steps (default float32; parameters stay float32)",
     )
-    parser.add_argument(
-        "--model-batch", type=int, default=8, help="batch of the model steps and of --models"
-    )
+    parser.add_argument("--model-batch", type=int, default=8, help="batch of the model steps")
     parser.add_argument(
         "--model-image-size",
         type=int,
         default=224,
         help="image size of the model steps and of --models",
+    )
+    parser.add_argument(
+        "--inference-batches",
+        type=_positive_int,
+        nargs="+",
+        default=[1, 8, 32],
+        help="batches of --models' inference (default 1 8 32)",
+    )
+    parser.add_argument(
+        "--training-batches",
+        type=_positive_int,
+        nargs="+",
+        default=[8, 32],
+        help="batches of --models' training steps (default 8 32)",
+    )
+    parser.add_argument(
+        "--torch-compile",
+        action="store_true",
+        help="--models: also time timm under torch.compile (channels_last)",
     )
     parser.add_argument(
         "--models",

@@ -37,7 +37,15 @@ from sepconv_jax.apps.timing import best_time, compile_and_time
 from sepconv_jax.apps.train import train_step
 from sepconv_jax.models import spec
 
-__all__ = ["ZOO", "markdown", "measure_zoo", "plot"]
+__all__ = [
+    "ZOO",
+    "markdown",
+    "measure_batches",
+    "measure_zoo",
+    "plot",
+    "scaling_reference",
+    "scaling_table",
+]
 
 #: Our model name -> the timm model of the same architecture.
 ZOO = {
@@ -371,12 +379,59 @@ def measure_zoo(
     return records, facts
 
 
-def _fastest_timm(records: Sequence[dict], model: str, mode: str) -> dict | None:
+def measure_batches(
+    names: Sequence[str] = tuple(ZOO),
+    impls: Sequence[str] = ("auto", "xla"),
+    *,
+    inference_batches: Sequence[int] = (1, 8, 32),
+    training_batches: Sequence[int] = (8, 32),
+    log: Callable[[str], None] = print,
+    **options: Any,
+) -> tuple[list[dict], dict[str, Any]]:
+    """:func:`measure_zoo` at several batches in one run, smallest batch first.
+
+    Each batch times the modes it is listed for (inference at ``inference_batches``,
+    training at ``training_batches``); each record gets its ``batch``. ``options``
+    are :func:`measure_zoo`'s other keywords (``image_size``, ``min_time``, ...).
+
+    Returns:
+      ``(records, facts)`` as :func:`measure_zoo`'s, the facts of the last batch.
+
+    Raises:
+      ValueError: for a batch that is not a positive int, or no batch at all.
+    """
+    for arg, batches in (
+        ("inference_batches", inference_batches),
+        ("training_batches", training_batches),
+    ):
+        bad = [b for b in batches if isinstance(b, bool) or not isinstance(b, int) or b < 1]
+        if bad:
+            raise ValueError(f"`{arg}` must hold positive ints, got {bad}")
+    if not inference_batches and not training_batches:
+        raise ValueError("`inference_batches` and `training_batches` are both empty")
+    records: list[dict] = []
+    facts: dict[str, Any] = {}
+    for batch in sorted({*inference_batches, *training_batches}):
+        modes = [
+            m
+            for m, of in zip(MODES, (inference_batches, training_batches), strict=True)
+            if batch in of
+        ]
+        log(f"batch {batch}: {', '.join(modes)}")
+        found, facts = measure_zoo(names, impls, batch=batch, modes=modes, log=log, **options)
+        records += [{**record, "batch": batch} for record in found]
+    return records, facts
+
+
+def _fastest_timm(
+    records: Sequence[dict], model: str, mode: str, batch: int | None = None
+) -> dict | None:
     timed = [
         r
         for r in records
         if r["model"] == model
         and r["mode"] == mode
+        and r.get("batch") == batch
         and r["framework"] == "torch"
         and r["runner"] != "timm compiled"
         and r.get("seconds") is not None
@@ -385,46 +440,90 @@ def _fastest_timm(records: Sequence[dict], model: str, mode: str) -> dict | None
 
 
 def markdown(records: Sequence[dict]) -> str:
-    """One row per model and runner: parameters, images/s of each mode, and each
-    against the faster of timm's two eager layouts (> 1: faster than PyTorch eager)."""
+    """One row per model, batch and runner: parameters, images/s of each mode, and each
+    against the faster of timm's two eager layouts at that batch (> 1: faster than
+    PyTorch eager). A mode not timed at that batch shows ``-``."""
     lines = [
-        "| model | runner | params | inference images/s | vs timm | training images/s "
+        "| model | batch | runner | params | inference images/s | vs timm | training images/s "
         "| vs timm | compile s (inf / train) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
-    models = list(dict.fromkeys(r["model"] for r in records))
-    for model in models:
-        runners = list(dict.fromkeys(r["runner"] for r in records if r["model"] == model))
-        for runner in runners:
-            row = {r["mode"]: r for r in records if r["model"] == model and r["runner"] == runner}
-            cells = [model, runner, f"{next(iter(row.values()))['params'] / 1e6:.2f}M"]
-            compiles = []
-            for mode in MODES:
-                record = row.get(mode)
-                rate = None if record is None else record.get("images_per_second")
-                best = _fastest_timm(records, model, mode)
-                cells.append("failed" if rate is None else f"{rate:.1f}")
-                if rate is None or best is None:
-                    cells.append("")
-                else:
-                    cells.append(f"{rate / best['images_per_second']:.2f}")
-                if record is not None and record.get("compile_seconds") is not None:
-                    compiles.append(f"{record['compile_seconds']:.1f}")
-            cells.append(" / ".join(compiles))
-            lines.append("| " + " | ".join(cells) + " |")
+    for model, batch, runner in dict.fromkeys(
+        (r["model"], r.get("batch"), r["runner"]) for r in records
+    ):
+        row = {
+            r["mode"]: r
+            for r in records
+            if (r["model"], r.get("batch"), r["runner"]) == (model, batch, runner)
+        }
+        cells = [model, "" if batch is None else str(batch), runner]
+        cells.append(f"{next(iter(row.values()))['params'] / 1e6:.2f}M")
+        compiles = []
+        for mode in MODES:
+            record = row.get(mode)
+            if record is None:
+                cells += ["-", ""]
+                continue
+            rate = record.get("images_per_second")
+            best = _fastest_timm(records, model, mode, batch)
+            cells.append("failed" if rate is None else f"{rate:.1f}")
+            cells.append(
+                "" if rate is None or best is None else f"{rate / best['images_per_second']:.2f}"
+            )
+            if record.get("compile_seconds") is not None:
+                compiles.append(f"{record['compile_seconds']:.1f}")
+        cells.append(" / ".join(compiles))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def scaling_reference(records: Sequence[dict]) -> int | None:
+    """The batch :func:`scaling_table` divides by: 8 where it was timed, else the
+    smallest batch (``None`` without batches)."""
+    batches = sorted({r["batch"] for r in records if r.get("batch") is not None})
+    return 8 if 8 in batches else next(iter(batches), None)
+
+
+def scaling_table(records: Sequence[dict], reference: int | None = None) -> str:
+    """Per-image throughput at each batch over that at ``reference`` (default
+    :func:`scaling_reference`), per model, runner and mode (1.00: the cost per image
+    does not grow with the batch); empty when only one batch was timed."""
+    batches = sorted({r["batch"] for r in records if r.get("batch") is not None})
+    reference = scaling_reference(records) if reference is None else reference
+    others = [b for b in batches if b != reference]
+    if reference not in batches or not others:
+        return ""
+    rate = {
+        (r["model"], r["runner"], r["mode"], r["batch"]): r.get("images_per_second")
+        for r in records
+        if r.get("batch") is not None
+    }
+    lines = [
+        "| model | runner | mode | " + " | ".join(f"b{b} / b{reference}" for b in others) + " |",
+        "|---|---|---|" + "---:|" * len(others),
+    ]
+    for model, runner, mode in dict.fromkeys(key[:3] for key in rate):
+        base = rate.get((model, runner, mode, reference))
+        if not base:
+            continue
+        cells = [model, runner, mode]
+        for b in others:
+            value = rate.get((model, runner, mode, b))
+            cells.append("-" if not value else f"{value / base:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def plot(records: Sequence[dict], path: Path) -> None:
-    """Images per second by model, one panel per mode, one bar per runner."""
+    """Images per second by model and batch, one panel per mode, one bar per runner."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = list(dict.fromkeys(r["model"] for r in records))
+    groups = list(dict.fromkeys((r["model"], r.get("batch")) for r in records))
     runners = list(dict.fromkeys(r["runner"] for r in records))
-    fig, axes = plt.subplots(1, len(MODES), figsize=(6 * len(MODES), 4.5))
+    fig, axes = plt.subplots(1, len(MODES), figsize=(7 * len(MODES), 5))
     width = 0.8 / max(1, len(runners))
     for ax, mode in zip(axes, MODES, strict=True):
         for i, runner in enumerate(runners):
@@ -433,15 +532,18 @@ def plot(records: Sequence[dict], path: Path) -> None:
                     (
                         r["images_per_second"] or 0.0
                         for r in records
-                        if r["model"] == m and r["runner"] == runner and r["mode"] == mode
+                        if (r["model"], r.get("batch")) == group
+                        and r["runner"] == runner
+                        and r["mode"] == mode
                     ),
                     0.0,
                 )
-                for m in models
+                for group in groups
             ]
-            ax.bar(np.arange(len(models)) + i * width, rates, width, label=runner)
-        ax.set_xticks(np.arange(len(models)) + width * (len(runners) - 1) / 2)
-        ax.set_xticklabels(models, rotation=15)
+            ax.bar(np.arange(len(groups)) + i * width, rates, width, label=runner)
+        ax.set_xticks(np.arange(len(groups)) + width * (len(runners) - 1) / 2)
+        labels = [m if b is None else f"{m} b{b}" for m, b in groups]
+        ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
         ax.set_ylabel("images / s")
         ax.set_title(mode)
         ax.grid(True, axis="y", alpha=0.3)
