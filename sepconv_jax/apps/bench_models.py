@@ -118,15 +118,14 @@ def _ours(
                 "params": params,
             }
             records.append(record)
-            built = lambda job=(fn, args): job
-            if not time_step(record, batch, built, max_reps=max_reps, min_time=min_time):
-                log(f"{name} {record['runner']} {mode}: failed: {record['error']}")
-                continue
-            log(
-                f"{name} {record['runner']} {mode}: {1e3 * record['seconds']:.1f} ms, "
-                f"{record['images_per_second']:.1f} images/s (compiled in "
-                f"{record['compile_seconds']:.1f} s)"
-            )
+
+            def built(job: tuple[Callable, list] = (fn, args)) -> tuple[Callable, list]:
+                return job
+
+            time_step(
+                record, batch, built, max_reps=max_reps, min_time=min_time,
+                label=f"{name} {record['runner']} {mode}", log=log,
+            )  # fmt: skip
     return records, timm_params
 
 

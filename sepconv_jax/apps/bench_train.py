@@ -118,13 +118,9 @@ def measure_model(
             step = train_step(model, optimizer, train=True, rngs={"dropout": jax.random.key(1)})
             return step, [params, state, optimizer.init(params), images, labels]
 
-        if not time_step(record, batch, build, max_reps=max_reps, min_time=min_time):
-            log(f"{architecture} train step impl={impl}: failed: {record['error']}")
-            continue
-        log(
-            f"{architecture} train step impl={impl}: {1e3 * record['seconds']:.1f} ms/step, "
-            f"{record['images_per_second']:.1f} images/s (batch {batch}, "
-            f"{image_size}x{image_size}, {record['dtype']}, compiled in "
-            f"{record['compile_seconds']:.1f} s)"
-        )
+        time_step(
+            record, batch, build, max_reps=max_reps, min_time=min_time,
+            label=f"{architecture} train step impl={impl}", log=log,
+            detail=f"batch {batch}, {image_size}x{image_size}, {record['dtype']}, ",
+        )  # fmt: skip
     return records

@@ -102,22 +102,30 @@ def failure_fields(error: Exception) -> dict[str, Any]:
 def time_step(
     record: dict[str, Any],
     batch: int,
-    job: Callable[[], tuple[Callable, Sequence[Any]]],
+    build: Callable[[], tuple[Callable, Sequence[Any]]],
     *,
     max_reps: int,
     min_time: float = math.inf,
-) -> bool:
-    """Times the step ``job()`` builds, ``(fn, args)``, into ``record``; whether it ran.
+    label: str,
+    log: Callable[[str], None],
+    detail: str = "",
+) -> None:
+    """Times the step ``build()`` makes, ``(fn, args)``, into ``record``, and logs it.
 
     ``record`` gets :func:`timing_fields` of :func:`compile_and_time`, or, when
     building, compiling or running the step raised, :func:`failure_fields`: a
-    benchmark suite records the failure and goes on.
+    benchmark suite records the failure and goes on. The line logged starts with
+    ``label``; ``detail`` goes before the compile time.
     """
     try:
-        fn, args = job()
+        fn, args = build()
         timing = compile_and_time(fn, args, max_reps=max_reps, min_time=min_time)
     except Exception as error:  # recorded, and the suite goes on
         record.update(failure_fields(error))
-        return False
+        log(f"{label}: failed: {record['error']}")
+        return
     record.update(timing_fields(batch, *timing))
-    return True
+    log(
+        f"{label}: {1e3 * record['seconds']:.1f} ms, {record['images_per_second']:.1f} images/s "
+        f"({detail}compiled in {record['compile_seconds']:.1f} s)"
+    )
