@@ -37,6 +37,17 @@ def check_rank(array: np.ndarray, ranks: tuple[int, ...], name: str, layout: str
         )
 
 
+def depthwise_kernel(kernel: Any) -> np.ndarray:
+    """``kernel`` as an array of our depthwise layout, ``(*window, 1, C * M)``."""
+    kernel = as_array(kernel, "kernel")
+    check_rank(kernel, (3, 4, 5), "kernel", "(*window, 1, C * depth_multiplier)")
+    if kernel.shape[-2] != 1:
+        raise ValueError(
+            f"`kernel` has shape {kernel.shape}; a depthwise kernel is (*window, 1, C * M)"
+        )
+    return kernel
+
+
 def check_depth_multiplier(depth_multiplier: Any, channels: int) -> int:
     """A positive int depth multiplier that divides a depthwise kernel's ``channels``."""
     m = _spec.check_positive_int(depth_multiplier, "depth_multiplier")

@@ -98,12 +98,7 @@ def depthwise_to_keras(
       >>> depthwise_to_keras(np.zeros((3, 3, 1, 16)), depth_multiplier=2)["kernel"].shape
       (3, 3, 8, 2)
     """
-    kernel = _checks.as_array(kernel, "kernel")
-    _checks.check_rank(kernel, (3, 4, 5), "kernel", "(*window, 1, C * depth_multiplier)")
-    if kernel.shape[-2] != 1:
-        raise ValueError(
-            f"`kernel` has shape {kernel.shape}; a depthwise kernel is (*window, 1, C * M)"
-        )
+    kernel = _checks.depthwise_kernel(kernel)
     *window, _, cm = kernel.shape
     m = _checks.check_depth_multiplier(depth_multiplier, cm)
     bias = _checks.optional_array(bias, "bias")

@@ -143,12 +143,7 @@ def depthwise_to_torch(kernel: ArrayLike, bias: ArrayLike | None = None) -> dict
       >>> depthwise_to_torch(np.zeros((3, 3, 1, 16)))["weight"].shape
       (16, 1, 3, 3)
     """
-    kernel = _checks.as_array(kernel, "kernel")
-    _checks.check_rank(kernel, (3, 4, 5), "kernel", "(*window, 1, C * M)")
-    if kernel.shape[-2] != 1:
-        raise ValueError(
-            f"`kernel` has shape {kernel.shape}; a depthwise kernel is (*window, 1, C * M)"
-        )
+    kernel = _checks.depthwise_kernel(kernel)
     return grouped_to_torch(kernel, bias)
 
 
