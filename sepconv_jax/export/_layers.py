@@ -126,8 +126,8 @@ def apply_layer(
         else:
             dw_kernel, dw_bias = kernel(0, "kernel"), params.get("bias")
         x, dw_kernel, dw_bias = promote_dtype(x, dw_kernel, dw_bias, dtype=module.dtype)
-        y = layers.depthwise_forward(
-            x, dw_kernel, dw_bias, opts, impl=module.impl, precision=module.precision
+        y = layers.window_forward(
+            x, (dw_kernel, dw_bias, None, None), opts, impl=module.impl, precision=module.precision
         )
         y = hook("output", 0, y)
         if isinstance(module, sl.DepthwiseConv):
