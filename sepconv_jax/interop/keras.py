@@ -121,13 +121,8 @@ def pointwise_from_keras(kernel: ArrayLike, bias: ArrayLike | None = None) -> di
       >>> pointwise_from_keras(np.zeros((1, 1, 16, 32)))["kernel"].shape
       (16, 32)
     """
-    kernel = _checks.as_array(kernel, "kernel")
-    _checks.check_rank(kernel, (2, 3, 4, 5), "kernel", "(1, ..., C_in, C_out) or (C_in, C_out)")
-    if any(k != 1 for k in kernel.shape[:-2]):
-        raise ValueError(
-            f"`kernel` has shape {kernel.shape}, a {kernel.shape[:-2]} window; a pointwise conv "
-            f"has a window of ones. Use `conv_from_keras` for larger windows"
-        )
+    layout = "(1, ..., C_in, C_out) or (C_in, C_out)"
+    kernel = _checks.pointwise_kernel(kernel, "kernel", slice(-2), layout, "conv_from_keras")
     bias = _checks.optional_array(bias, "bias")
     _checks.check_bias(bias, kernel.shape[-1], "bias")
     return _checks.with_bias({"kernel": kernel.reshape(kernel.shape[-2:])}, "bias", bias)
