@@ -11,20 +11,9 @@ Batch normalization follows Keras' conventions (``epsilon`` added to the varianc
 ``momentum`` the weight of the old running value), so that weights trained in Keras
 give the same outputs here.
 
-Blocks:
-
-* :class:`DepthwiseSeparableBlock`: MobileNet (v1) 3x3 depthwise + BN + ReLU6,
-  1x1 pointwise + BN + ReLU6 (Howard et al., 2017, Fig. 3), or the standard 3x3
-  convolution it replaces.
-* :class:`InvertedResidual` (alias :data:`MBConv`): 1x1 expansion, depthwise
-  convolution, optional squeeze-and-excitation, linear 1x1 projection, identity
-  shortcut with optional stochastic depth (Sandler et al., 2018; Tan & Le, 2019).
-* :class:`SqueezeExcite`: channel gating by a two-layer bottleneck over the global
-  average (Hu et al., 2018).
-* :class:`XceptionBlock`: a stack of (ReLU, separable 3x3 conv, BN) units with an
-  optional stride-2 max-pool and a residual shortcut (Chollet, 2017, Fig. 5).
-* :class:`ConvNeXtBlock`: depthwise 7x7, LayerNorm, pointwise MLP with GELU,
-  layer scale and stochastic depth around a residual (Liu et al., 2022).
+Blocks: :class:`DepthwiseSeparableBlock` (MobileNet), :class:`InvertedResidual` (alias
+:data:`MBConv`; MobileNetV2/V3, EfficientNet), :class:`SqueezeExcite`,
+:class:`XceptionBlock` and :class:`ConvNeXtBlock`.
 
 :mod:`sepconv_jax.models.nnx.blocks` holds the same blocks as ``flax.nnx`` modules, built
 from the same forward functions (:mod:`sepconv_jax.models._build`).
