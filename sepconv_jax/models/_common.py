@@ -191,14 +191,18 @@ def head(config: Classifier, b: Any, x: jax.Array) -> jax.Array:
     ``b`` is the forward's builder (:class:`sepconv_jax.models._build.Builder`); the
     pool runs over every axis between the batch and the channels.
     """
-    axes = tuple(range(1, x.ndim - 1))
     if not config.include_top:
-        if config.pooling == "avg":
-            return jnp.mean(x, axis=axes)
-        if config.pooling == "max":
-            return jnp.max(x, axis=axes)
-        return x
-    return classify(config, b, jnp.mean(x, axis=axes))
+        return pool(x, config.pooling)
+    return classify(config, b, pool(x, "avg"))
+
+
+def pool(x: jax.Array, pooling: Pooling) -> jax.Array:
+    """``x`` averaged (``"avg"``) or maxed (``"max"``) over every axis between the batch
+    and the channels, or itself (``None``)."""
+    axes = tuple(range(1, x.ndim - 1))
+    if pooling == "avg":
+        return jnp.mean(x, axis=axes)
+    return jnp.max(x, axis=axes) if pooling == "max" else x
 
 
 def classify(config: Classifier, b: Any, x: jax.Array) -> jax.Array:

@@ -211,10 +211,7 @@ def _matchboxnet(config: MatchboxNet, b: Builder, x: jax.Array) -> jax.Array:
     pooling = "avg" if config.include_top else config.pooling
     if pooling is None:
         return x
-    if b.decode:
-        pooled = _running_pool(b, x, pooling)
-    else:
-        pooled = jnp.mean(x, axis=1) if pooling == "avg" else jnp.max(x, axis=1)
+    pooled = _running_pool(b, x, pooling) if b.decode else _common.pool(x, pooling)
     return _common.classify(config, b, pooled) if config.include_top else pooled
 
 
