@@ -122,55 +122,30 @@ def check_common(*, dtype: Any, param_dtype: Any, precision: Any, use_bias: Any)
 # ----------------------------------------------------------------------------- forward
 
 
-def depthwise_forward(
-    x: ArrayLike,
-    kernel: ArrayLike,
-    bias: ArrayLike | None,
-    opts: WindowOptions,
-    *,
-    impl: Impl,
-    precision: Any,
-) -> jax.Array:
-    """:func:`sepconv_jax.depthwise_conv` with a layer's options."""
-    return ops.depthwise_conv(
-        x,
-        kernel,
-        strides=opts.strides,
-        padding=opts.padding,
-        dilation=opts.dilation,
-        padding_mode=opts.padding_mode,
-        data_format=opts.data_format,
-        bias=bias,
-        precision=precision,
-        impl=impl,
-    )
+#: A windowed layer's parameters: ``(depthwise_kernel, depthwise_bias, pointwise_kernel,
+#: bias)``; a DepthwiseConv has no pointwise kernel and its bias in the second place.
+Kernels = tuple[ArrayLike, ArrayLike | None, ArrayLike | None, ArrayLike | None]
 
 
-def separable_forward(
-    x: ArrayLike,
-    depthwise_kernel: ArrayLike,
-    pointwise_kernel: ArrayLike,
-    depthwise_bias: ArrayLike | None,
-    bias: ArrayLike | None,
-    opts: WindowOptions,
-    *,
-    impl: Impl,
-    precision: Any,
+def window_forward(
+    x: ArrayLike, kernels: Kernels, opts: WindowOptions, *, impl: Impl, precision: Any
 ) -> jax.Array:
-    """:func:`sepconv_jax.separable_conv` with a layer's options."""
+    """:func:`sepconv_jax.depthwise_conv` (no pointwise kernel) or
+    :func:`sepconv_jax.separable_conv` with a layer's options."""
+    depthwise_kernel, depthwise_bias, pointwise_kernel, bias = kernels
+    options: dict[str, Any] = {
+        "strides": opts.strides,
+        "padding": opts.padding,
+        "dilation": opts.dilation,
+        "padding_mode": opts.padding_mode,
+        "data_format": opts.data_format,
+        "precision": precision,
+        "impl": impl,
+    }
+    if pointwise_kernel is None:
+        return ops.depthwise_conv(x, depthwise_kernel, bias=depthwise_bias, **options)
     return ops.separable_conv(
-        x,
-        depthwise_kernel,
-        pointwise_kernel,
-        strides=opts.strides,
-        padding=opts.padding,
-        dilation=opts.dilation,
-        padding_mode=opts.padding_mode,
-        data_format=opts.data_format,
-        depthwise_bias=depthwise_bias,
-        bias=bias,
-        precision=precision,
-        impl=impl,
+        x, depthwise_kernel, pointwise_kernel, depthwise_bias=depthwise_bias, bias=bias, **options
     )
 
 
@@ -233,55 +208,34 @@ def check_stream(
         )
 
 
-def depthwise_step(
+def window_step(
     buffer: jax.Array,
     x: ArrayLike,
-    kernel: ArrayLike,
-    bias: ArrayLike | None,
+    kernels: Kernels,
     opts: WindowOptions,
     *,
     impl: Impl,
     precision: Any,
 ) -> tuple[jax.Array, jax.Array]:
-    """:func:`sepconv_jax.streaming.depthwise_conv_step` with a layer's options and cache."""
-    y, state = streaming.depthwise_conv_step(
-        streaming.StreamState(buffer, 0),
-        x,
-        kernel,
-        strides=opts.strides,
-        dilation=opts.dilation,
-        bias=bias,
-        data_format=opts.data_format,
-        precision=precision,
-        impl=impl,
-    )
-    return y, state.buffer
-
-
-def separable_step(
-    buffer: jax.Array,
-    x: ArrayLike,
-    depthwise_kernel: ArrayLike,
-    pointwise_kernel: ArrayLike,
-    depthwise_bias: ArrayLike | None,
-    bias: ArrayLike | None,
-    opts: WindowOptions,
-    *,
-    impl: Impl,
-    precision: Any,
-) -> tuple[jax.Array, jax.Array]:
-    """:func:`sepconv_jax.streaming.separable_conv_step` with a layer's options and cache."""
-    y, state = streaming.separable_conv_step(
-        streaming.StreamState(buffer, 0),
-        x,
-        depthwise_kernel,
-        pointwise_kernel,
-        strides=opts.strides,
-        dilation=opts.dilation,
-        depthwise_bias=depthwise_bias,
-        bias=bias,
-        data_format=opts.data_format,
-        precision=precision,
-        impl=impl,
-    )
+    """:func:`sepconv_jax.streaming.depthwise_conv_step` (no pointwise kernel) or
+    :func:`sepconv_jax.streaming.separable_conv_step` with a layer's options and
+    cache; returns the output and the next cache."""
+    depthwise_kernel, depthwise_bias, pointwise_kernel, bias = kernels
+    state = streaming.StreamState(buffer, 0)
+    options: dict[str, Any] = {
+        "strides": opts.strides,
+        "dilation": opts.dilation,
+        "data_format": opts.data_format,
+        "precision": precision,
+        "impl": impl,
+    }
+    if pointwise_kernel is None:
+        y, state = streaming.depthwise_conv_step(
+            state, x, depthwise_kernel, bias=depthwise_bias, **options
+        )
+    else:
+        y, state = streaming.separable_conv_step(
+            state, x, depthwise_kernel, pointwise_kernel, depthwise_bias=depthwise_bias,
+            bias=bias, **options,
+        )  # fmt: skip
     return y, state.buffer

@@ -83,8 +83,32 @@ def _stream_cache(
     return buffer
 
 
-def _init(init: Any, names: tuple[str | None, ...] | None) -> Any:
-    return init if names is None else nn.with_partitioning(init, names)
+def _param(
+    module: nn.Module, name: str, init: Any, shape: tuple[int, ...], axes: dict[int, str | None]
+) -> jax.Array:
+    """The parameter ``name`` from ``init``, its dims ``{dim: mesh axis}`` annotated."""
+    names = _layers.partition_names(len(shape), axes)
+    init = init if names is None else nn.with_partitioning(init, names)
+    return module.param(name, init, shape, module.param_dtype)
+
+
+def _apply(
+    module: DepthwiseConv | SeparableConv,
+    x: ArrayLike,
+    kernels: _layers.Kernels,
+    opts: WindowOptions,
+    decode: bool,
+) -> jax.Array:
+    """A windowed layer on the whole input, or (``decode``) on a stream's next chunk."""
+    options: dict[str, Any] = {"impl": module.impl, "precision": module.precision}
+    if not decode:
+        return _layers.window_forward(x, kernels, opts, **options)
+    kernel_name = "kernel" if kernels[2] is None else "depthwise_kernel"
+    buffer = _stream_cache(module, x, kernels[0], opts, kernel_name)
+    y, new_buffer = _layers.window_step(buffer.value, x, kernels, opts, **options)
+    if not module.is_initializing():  # `init` leaves the cache at zeros, as flax's attention
+        buffer.value = new_buffer
+    return y
 
 
 def _window_options(module: DepthwiseConv | SeparableConv) -> WindowOptions:
@@ -216,24 +240,12 @@ class DepthwiseConv(nn.Module):
         channels = _spec.window_channels(x, opts, "DepthwiseConv")
         shape = opts.depthwise_kernel_shape(channels)
         axis = self.channel_axis
-        kernel_init = _init(self.depthwise_init, _layers.partition_names(len(shape), {-1: axis}))
-        kernel = self.param("kernel", kernel_init, shape, self.param_dtype)
+        kernel = _param(self, "kernel", self.depthwise_init, shape, {-1: axis})
         bias = None
         if self.use_bias:
-            bias_init = _init(self.bias_init, _layers.partition_names(1, {0: axis}))
-            bias = self.param("bias", bias_init, (shape[-1],), self.param_dtype)
+            bias = _param(self, "bias", self.bias_init, (shape[-1],), {0: axis})
         x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
-        if not decode:
-            return _layers.depthwise_forward(
-                x, kernel, bias, opts, impl=self.impl, precision=self.precision
-            )
-        buffer = _stream_cache(self, x, kernel, opts, "kernel")
-        y, new_buffer = _layers.depthwise_step(
-            buffer.value, x, kernel, bias, opts, impl=self.impl, precision=self.precision
-        )
-        if not self.is_initializing():  # `init` leaves the cache at zeros, as flax's attention
-            buffer.value = new_buffer
-        return y
+        return _apply(self, x, (kernel, bias, None, None), opts, decode)
 
 
 class PointwiseConv(nn.Module):
@@ -312,14 +324,11 @@ class PointwiseConv(nn.Module):
         """
         n = _spec.check_num_spatial_dims(self.num_spatial_dims)
         channels = _spec.pointwise_channels(x, self.data_format, n)
-        names = _layers.partition_names(2, {0: self.in_axis, 1: self.out_axis})
-        kernel = self.param(
-            "kernel", _init(self.pointwise_init, names), (channels, self.features), self.param_dtype
-        )
+        axes = {0: self.in_axis, 1: self.out_axis}
+        kernel = _param(self, "kernel", self.pointwise_init, (channels, self.features), axes)
         bias = None
         if self.use_bias:
-            bias_init = _init(self.bias_init, _layers.partition_names(1, {0: self.out_axis}))
-            bias = self.param("bias", bias_init, (self.features,), self.param_dtype)
+            bias = _param(self, "bias", self.bias_init, (self.features,), {0: self.out_axis})
         x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
         return ops.pointwise_conv(
             x,
@@ -434,44 +443,18 @@ class SeparableConv(nn.Module):
         dw_shape = opts.depthwise_kernel_shape(channels)
         mid = dw_shape[-1]
         c_axis, o_axis = self.channel_axis, self.out_axis
-        dw_init = _init(self.depthwise_init, _layers.partition_names(len(dw_shape), {-1: c_axis}))
-        pw_init = _init(self.pointwise_init, _layers.partition_names(2, {0: c_axis, 1: o_axis}))
-        dw_kernel = self.param("depthwise_kernel", dw_init, dw_shape, self.param_dtype)
-        pw_kernel = self.param("pointwise_kernel", pw_init, (mid, self.features), self.param_dtype)
+        dw_kernel = _param(self, "depthwise_kernel", self.depthwise_init, dw_shape, {-1: c_axis})
+        pw_shape = (mid, self.features)
+        pw_kernel = _param(
+            self, "pointwise_kernel", self.pointwise_init, pw_shape, {0: c_axis, 1: o_axis}
+        )
         dw_bias = None
         if self.use_depthwise_bias:
-            dw_bias_init = _init(self.bias_init, _layers.partition_names(1, {0: c_axis}))
-            dw_bias = self.param("depthwise_bias", dw_bias_init, (mid,), self.param_dtype)
+            dw_bias = _param(self, "depthwise_bias", self.bias_init, (mid,), {0: c_axis})
         bias = None
         if self.use_bias:
-            bias_init = _init(self.bias_init, _layers.partition_names(1, {0: o_axis}))
-            bias = self.param("bias", bias_init, (self.features,), self.param_dtype)
+            bias = _param(self, "bias", self.bias_init, (self.features,), {0: o_axis})
         x, dw_kernel, pw_kernel, dw_bias, bias = promote_dtype(
             x, dw_kernel, pw_kernel, dw_bias, bias, dtype=self.dtype
         )
-        if not decode:
-            return _layers.separable_forward(
-                x,
-                dw_kernel,
-                pw_kernel,
-                dw_bias,
-                bias,
-                opts,
-                impl=self.impl,
-                precision=self.precision,
-            )
-        buffer = _stream_cache(self, x, dw_kernel, opts, "depthwise_kernel")
-        y, new_buffer = _layers.separable_step(
-            buffer.value,
-            x,
-            dw_kernel,
-            pw_kernel,
-            dw_bias,
-            bias,
-            opts,
-            impl=self.impl,
-            precision=self.precision,
-        )
-        if not self.is_initializing():  # `init` leaves the cache at zeros, as flax's attention
-            buffer.value = new_buffer
-        return y
+        return _apply(self, x, (dw_kernel, dw_bias, pw_kernel, bias), opts, decode)

@@ -51,15 +51,20 @@ __all__ = ["DepthwiseConv", "PointwiseConv", "SeparableConv"]
 
 def _param(
     init: _layers.Initializer,
-    key: jax.Array,
+    rngs: nnx.Rngs,
     shape: tuple[int, ...],
     dtype: Any,
-    names: tuple[str | None, ...] | None,
-) -> nnx.Param:
-    """A parameter from ``init``, with sharding metadata when ``names`` is given."""
-    if names is None:
-        return nnx.Param(init(key, shape, dtype))
-    return nnx.Param(nnx.with_partitioning(init, names)(key, shape, dtype))
+    axes: dict[int, str | None],
+    use: bool = True,
+) -> Any:
+    """A parameter from ``init`` (``nnx.data(None)`` unless ``use``), its dims
+    ``{dim: mesh axis}`` carried as sharding metadata."""
+    if not use:
+        return nnx.data(None)
+    names = _layers.partition_names(len(shape), axes)
+    if names is not None:
+        init = nnx.with_partitioning(init, names)
+    return nnx.Param(init(rngs.params(), shape, dtype))
 
 
 def _check_in_features(channels: int, in_features: int, owner: str) -> None:
@@ -81,6 +86,7 @@ class _Windowed(nnx.Module):
     depth_multiplier: int
     data_format: DataFormat
     impl: Impl
+    precision: PrecisionLike
     in_features: int
     buffer: nnx.Cache[jax.Array] | None
     _options: WindowOptions
@@ -128,6 +134,16 @@ class _Windowed(nnx.Module):
             )
         _layers.check_stream(x, kernel, cache[...], self._options, owner, kernel_name)
         return cache
+
+    def _apply(self, x: ArrayLike, kernels: _layers.Kernels, decode: bool) -> jax.Array:
+        """The layer on the whole input, or (``decode``) on a stream's next chunk."""
+        options: dict[str, Any] = {"impl": self.impl, "precision": self.precision}
+        if not decode:
+            return _layers.window_forward(x, kernels, self._options, **options)
+        kernel_name = "kernel" if kernels[2] is None else "depthwise_kernel"
+        cache = self._stream_cache(x, kernels[0], kernel_name)
+        y, cache[...] = _layers.window_step(cache[...], x, kernels, self._options, **options)
+        return y
 
     def _store_window_options(self, opts: WindowOptions, impl: Impl) -> None:
         self.kernel_size = opts.window
@@ -236,14 +252,10 @@ class DepthwiseConv(_Windowed):
         _layers.check_initializer(bias_init, "bias_init")
 
         shape = opts.depthwise_kernel_shape(in_features)
-        names = _layers.partition_names(len(shape), {-1: axis})
-        self.kernel = _param(depthwise_init, rngs.params(), shape, param_dtype, names)
-        self.bias: nnx.Param | None
-        if use_bias:
-            bias_names = _layers.partition_names(1, {0: axis})
-            self.bias = _param(bias_init, rngs.params(), (shape[-1],), param_dtype, bias_names)
-        else:
-            self.bias = nnx.data(None)
+        self.kernel = _param(depthwise_init, rngs, shape, param_dtype, {-1: axis})
+        self.bias: nnx.Param | None = _param(
+            bias_init, rngs, (shape[-1],), param_dtype, {0: axis}, use_bias
+        )
 
         self.in_features = in_features
         self._store_window_options(opts, impl)
@@ -277,15 +289,7 @@ class DepthwiseConv(_Windowed):
         _check_in_features(channels, self.in_features, "DepthwiseConv")
         bias = None if self.bias is None else self.bias[...]
         x, kernel, bias = promote_dtype((x, self.kernel[...], bias), dtype=self.dtype)
-        if not decode:
-            return _layers.depthwise_forward(
-                x, kernel, bias, self._options, impl=self.impl, precision=self.precision
-            )
-        cache = self._stream_cache(x, kernel, "kernel")
-        y, cache[...] = _layers.depthwise_step(
-            cache[...], x, kernel, bias, self._options, impl=self.impl, precision=self.precision
-        )
-        return y
+        return self._apply(x, (kernel, bias, None, None), decode)
 
 
 class PointwiseConv(nnx.Module):
@@ -354,15 +358,11 @@ class PointwiseConv(nnx.Module):
         _layers.check_initializer(pointwise_init, "pointwise_init")
         _layers.check_initializer(bias_init, "bias_init")
 
-        names = _layers.partition_names(2, {0: in_axis, 1: out_axis})
         shape = (in_features, out_features)
-        self.kernel = _param(pointwise_init, rngs.params(), shape, param_dtype, names)
-        self.bias: nnx.Param | None
-        if use_bias:
-            bias_names = _layers.partition_names(1, {0: out_axis})
-            self.bias = _param(bias_init, rngs.params(), (out_features,), param_dtype, bias_names)
-        else:
-            self.bias = nnx.data(None)
+        self.kernel = _param(pointwise_init, rngs, shape, param_dtype, {0: in_axis, 1: out_axis})
+        self.bias: nnx.Param | None = _param(
+            bias_init, rngs, (out_features,), param_dtype, {0: out_axis}, use_bias
+        )
 
         self.in_features = in_features
         self.out_features = out_features
@@ -486,26 +486,16 @@ class SeparableConv(_Windowed):
 
         dw_shape = opts.depthwise_kernel_shape(in_features)
         mid = dw_shape[-1]
-        dw_names = _layers.partition_names(len(dw_shape), {-1: c_axis})
-        pw_names = _layers.partition_names(2, {0: c_axis, 1: o_axis})
-        self.depthwise_kernel = _param(
-            depthwise_init, rngs.params(), dw_shape, param_dtype, dw_names
-        )
+        self.depthwise_kernel = _param(depthwise_init, rngs, dw_shape, param_dtype, {-1: c_axis})
         self.pointwise_kernel = _param(
-            pointwise_init, rngs.params(), (mid, out_features), param_dtype, pw_names
+            pointwise_init, rngs, (mid, out_features), param_dtype, {0: c_axis, 1: o_axis}
         )
-        self.depthwise_bias: nnx.Param | None
-        if use_depthwise_bias:
-            names = _layers.partition_names(1, {0: c_axis})
-            self.depthwise_bias = _param(bias_init, rngs.params(), (mid,), param_dtype, names)
-        else:
-            self.depthwise_bias = nnx.data(None)
-        self.bias: nnx.Param | None
-        if use_bias:
-            names = _layers.partition_names(1, {0: o_axis})
-            self.bias = _param(bias_init, rngs.params(), (out_features,), param_dtype, names)
-        else:
-            self.bias = nnx.data(None)
+        self.depthwise_bias: nnx.Param | None = _param(
+            bias_init, rngs, (mid,), param_dtype, {0: c_axis}, use_depthwise_bias
+        )
+        self.bias: nnx.Param | None = _param(
+            bias_init, rngs, (out_features,), param_dtype, {0: o_axis}, use_bias
+        )
 
         self.in_features = in_features
         self.out_features = out_features
@@ -544,27 +534,4 @@ class SeparableConv(_Windowed):
             (x, self.depthwise_kernel[...], self.pointwise_kernel[...], dw_bias, bias),
             dtype=self.dtype,
         )
-        if not decode:
-            return _layers.separable_forward(
-                x,
-                dw_kernel,
-                pw_kernel,
-                dw_bias,
-                bias,
-                self._options,
-                impl=self.impl,
-                precision=self.precision,
-            )
-        cache = self._stream_cache(x, dw_kernel, "depthwise_kernel")
-        y, cache[...] = _layers.separable_step(
-            cache[...],
-            x,
-            dw_kernel,
-            pw_kernel,
-            dw_bias,
-            bias,
-            self._options,
-            impl=self.impl,
-            precision=self.precision,
-        )
-        return y
+        return self._apply(x, (dw_kernel, dw_bias, pw_kernel, bias), decode)

@@ -41,7 +41,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -183,6 +183,37 @@ def _empty(call: Any, window: jax.Array, spec: StreamSpec) -> jax.Array:
     return jnp.zeros(tuple(empty), out.dtype)
 
 
+def _step(
+    state: Any, x_chunk: ArrayLike, kernel: ArrayLike, kernel_name: str,
+    options: dict[str, Any], check: Callable[[StreamSpec], None], conv: Callable[..., jax.Array],
+) -> tuple[jax.Array, StreamState]:  # fmt: skip
+    """One chunk of a causal convolution over a stream, either step's common part.
+
+    The chunk is validated against ``kernel`` and the state (``options`` are the
+    window options the caller was given, ``check`` validates the biases), joined to
+    the state's frames, and ``conv(window, **window options)`` runs on the frames
+    that complete outputs.
+    """
+    state = _check_state(state)
+    spec = _spec.stream_spec(
+        x_chunk, kernel, state.buffer, state.phase, kernel_name=kernel_name, **options
+    )
+    check(spec)
+    window, new_buffer = _join(state, x_chunk, spec)
+    conv_options = {
+        "strides": spec.conv.strides,
+        "padding": spec.padding,
+        "dilation": spec.conv.dilation,
+        "data_format": spec.conv.data_format,
+    }
+
+    def call(w: jax.Array) -> jax.Array:
+        return conv(w, **conv_options)
+
+    y = _empty(call, window, spec) if spec.num_out == 0 else call(window)
+    return y, StreamState(new_buffer, spec.next_phase)
+
+
 def depthwise_conv_step(
     state: StreamState,
     x_chunk: ArrayLike,
@@ -244,37 +275,17 @@ def depthwise_conv_step(
       >>> y.shape, state.phase  # frame 3 completes none
       ((1, 0, 4), 0)
     """
-    state = _check_state(state)
-    spec = _spec.stream_spec(
-        x_chunk,
-        kernel,
-        state.buffer,
-        state.phase,
-        strides=strides,
-        dilation=dilation,
-        data_format=data_format,
-    )
-    _spec.check_bias(bias, spec.conv.out_channels, "bias")
-    window, new_buffer = _join(state, x_chunk, spec)
 
-    def call(w: Any) -> jax.Array:
+    def check(spec: StreamSpec) -> None:
+        _spec.check_bias(bias, spec.conv.out_channels, "bias")
+
+    def conv(window: jax.Array, **options: Any) -> jax.Array:
         return ops.depthwise_conv(
-            w,
-            kernel,
-            strides=spec.conv.strides,
-            padding=spec.padding,
-            dilation=spec.conv.dilation,
-            data_format=spec.conv.data_format,
-            bias=bias,
-            precision=precision,
-            impl=impl,
+            window, kernel, bias=bias, precision=precision, impl=impl, **options
         )
 
-    if spec.num_out == 0:
-        y = _empty(call, window, spec)
-    else:
-        y = call(window)
-    return y, StreamState(new_buffer, spec.next_phase)
+    options = {"strides": strides, "dilation": dilation, "data_format": data_format}
+    return _step(state, x_chunk, kernel, "kernel", options, check, conv)
 
 
 def separable_conv_step(
@@ -328,38 +339,16 @@ def separable_conv_step(
       >>> y.shape, float(y[0, 0, 0])  # one frame of ones: 8 channels x 1 tap
       ((2, 1, 16), 8.0)
     """
-    state = _check_state(state)
-    spec = _spec.stream_spec(
-        x_chunk,
-        depthwise_kernel,
-        state.buffer,
-        state.phase,
-        strides=strides,
-        dilation=dilation,
-        data_format=data_format,
-        kernel_name="depthwise_kernel",
-    )
-    _spec.check_bias(depthwise_bias, spec.conv.out_channels, "depthwise_bias")
-    _spec.pointwise_after(spec.conv, pointwise_kernel, bias)
-    window, new_buffer = _join(state, x_chunk, spec)
 
-    def call(w: Any) -> jax.Array:
+    def check(spec: StreamSpec) -> None:
+        _spec.check_bias(depthwise_bias, spec.conv.out_channels, "depthwise_bias")
+        _spec.pointwise_after(spec.conv, pointwise_kernel, bias)
+
+    def conv(window: jax.Array, **options: Any) -> jax.Array:
         return ops.separable_conv(
-            w,
-            depthwise_kernel,
-            pointwise_kernel,
-            strides=spec.conv.strides,
-            padding=spec.padding,
-            dilation=spec.conv.dilation,
-            data_format=spec.conv.data_format,
-            depthwise_bias=depthwise_bias,
-            bias=bias,
-            precision=precision,
-            impl=impl,
-        )
+            window, depthwise_kernel, pointwise_kernel, depthwise_bias=depthwise_bias,
+            bias=bias, precision=precision, impl=impl, **options,
+        )  # fmt: skip
 
-    if spec.num_out == 0:
-        y = _empty(call, window, spec)
-    else:
-        y = call(window)
-    return y, StreamState(new_buffer, spec.next_phase)
+    options = {"strides": strides, "dilation": dilation, "data_format": data_format}
+    return _step(state, x_chunk, depthwise_kernel, "depthwise_kernel", options, check, conv)

@@ -33,7 +33,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from sepconv_jax.apps.timing import best_time, compile_and_time
+from sepconv_jax.apps.timing import best_time, failure_fields, time_step, timing_fields
 from sepconv_jax.apps.train import train_step
 from sepconv_jax.models import spec
 
@@ -125,26 +125,15 @@ def _ours(
                 "mode": mode,
                 "params": params,
             }
-            try:
-                seconds, reps, compile_seconds = compile_and_time(
-                    fn, args, max_reps=max_reps, min_time=min_time
-                )
-            except Exception as error:  # recorded, and the suite goes on
-                record.update(seconds=None, images_per_second=None, error=repr(error)[:300])
-                log(f"{name} {record['runner']} {mode}: failed: {record['error']}")
-                records.append(record)
-                continue
-            record.update(
-                seconds=seconds,
-                reps=reps,
-                images_per_second=batch / seconds,
-                compile_seconds=compile_seconds,
-            )
             records.append(record)
-            log(
-                f"{name} {record['runner']} {mode}: {1e3 * seconds:.1f} ms, "
-                f"{batch / seconds:.1f} images/s (compiled in {compile_seconds:.1f} s)"
-            )
+
+            def built(job: tuple[Callable, list] = (fn, args)) -> tuple[Callable, list]:
+                return job
+
+            time_step(
+                record, batch, built, max_reps=max_reps, min_time=min_time,
+                label=f"{name} {record['runner']} {mode}", log=log,
+            )  # fmt: skip
     return records, timm_params
 
 
@@ -272,14 +261,9 @@ def _torch_compiled(timm_model, name, mode, images, labels, min_time, max_reps) 
         compile_seconds = time.perf_counter() - start
         seconds, reps = best_time(call, max_reps=max_reps, min_time=min_time)
     except Exception as error:  # recorded (no compiler, an unsupported op...), and on
-        record.update(seconds=None, images_per_second=None, error=repr(error)[:300])
+        record.update(failure_fields(error))
         return record
-    record.update(
-        seconds=seconds,
-        reps=reps,
-        images_per_second=images.shape[0] / seconds,
-        compile_seconds=compile_seconds,
-    )
+    record.update(timing_fields(images.shape[0], seconds, reps, compile_seconds))
     return record
 
 

@@ -16,47 +16,48 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from sepconv_jax import cost
+from sepconv_jax.models import spec
 
 __all__ = ["MODEL_LAYERS", "PASSES", "QUICK_LAYERS", "Layer", "Shape", "layer_shapes"]
 
 #: ``(input size, channels C, kernel k, stride s, projection channels N)`` of one layer.
 Shape = tuple[int, int, int, int, int]
 
+
+def _distinct_layers(blocks: Sequence[tuple[int, float, int, int, int]]) -> tuple[Shape, ...]:
+    """The distinct depthwise + projection layers of a stack of inverted residuals on a
+    224x224 input (112x112 after the stem), in order; a block is ``(kernel, expansion,
+    input channels, output channels, stride)``."""
+    size, shapes = 112, []
+    for k, t, c_in, c_out, s in blocks:
+        shapes.append((size, int(c_in * t), k, s, c_out))
+        size //= s
+    return tuple(dict.fromkeys(shapes))
+
+
+def _mobilenet_v2_blocks() -> Iterator[tuple[int, float, int, int, int]]:
+    c_in = spec.MOBILENET_V2_STEM
+    for t, c, n, s in spec.MOBILENET_V2_STAGES:
+        for j in range(n):
+            yield 3, t, c_in, c, s if j == 0 else 1
+            c_in = c
+
+
+def _efficientnet_b0_blocks() -> Iterator[tuple[int, float, int, int, int]]:
+    for k, n, c_in, c_out, t, s in spec.EFFICIENTNET_STAGES:
+        for j in range(n):
+            yield k, t, c_in if j == 0 else c_out, c_out, s if j == 0 else 1
+
+
 #: Depthwise + projection layers at 224x224 input: (input size, channels C, kernel k,
-#: stride s, projection channels N). MobileNetV2: Sandler et al. 2018, Table 2
-#: (expansion 6 except the first block). EfficientNet-B0: Tan & Le 2019, Table 1.
+#: stride s, projection channels N), each distinct layer of MobileNetV2's and
+#: EfficientNet-B0's block tables (:mod:`sepconv_jax.models.spec`) once.
 MODEL_LAYERS: dict[str, tuple[Shape, ...]] = {
-    "MobileNetV2": (
-        (112, 32, 3, 1, 16),
-        (112, 96, 3, 2, 24),
-        (56, 144, 3, 1, 24),
-        (56, 144, 3, 2, 32),
-        (28, 192, 3, 1, 32),
-        (28, 192, 3, 2, 64),
-        (14, 384, 3, 1, 64),
-        (14, 384, 3, 1, 96),
-        (14, 576, 3, 1, 96),
-        (14, 576, 3, 2, 160),
-        (7, 960, 3, 1, 160),
-        (7, 960, 3, 1, 320),
-    ),
-    "EfficientNet-B0": (
-        (112, 32, 3, 1, 16),
-        (112, 96, 3, 2, 24),
-        (56, 144, 3, 1, 24),
-        (56, 144, 5, 2, 40),
-        (28, 240, 5, 1, 40),
-        (28, 240, 3, 2, 80),
-        (14, 480, 3, 1, 80),
-        (14, 480, 5, 1, 112),
-        (14, 672, 5, 1, 112),
-        (14, 672, 5, 2, 192),
-        (7, 1152, 5, 1, 192),
-        (7, 1152, 3, 1, 320),
-    ),
+    "MobileNetV2": _distinct_layers(tuple(_mobilenet_v2_blocks())),
+    "EfficientNet-B0": _distinct_layers(tuple(_efficientnet_b0_blocks())),
 }
 
 #: Small shapes for ``--quick``: enough to run every code path in seconds.

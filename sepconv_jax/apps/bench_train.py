@@ -10,7 +10,7 @@ import jax
 
 from sepconv_jax.apps.bench_layers import resolved_impl
 from sepconv_jax.apps.bench_shapes import Layer
-from sepconv_jax.apps.timing import compile_and_time
+from sepconv_jax.apps.timing import time_step
 from sepconv_jax.apps.train import train_step
 from sepconv_jax.kernels.dispatch import Impl
 
@@ -107,34 +107,20 @@ def measure_model(
             "num_classes": num_classes,
             "dtype": dtype or "float32",
         }
-        try:
+        records.append(record)
+
+        def build(impl: Impl = impl) -> tuple[Callable, list]:
             model = _model(architecture, impl, num_classes, width_multiplier, dtype)
             variables = model.init(k3, images, train=False)
             params, state = variables["params"], {"batch_stats": variables["batch_stats"]}
-            args = [params, state, optimizer.init(params), images, labels]
             # Dropout and stochastic depth (EfficientNet) draw from one fixed key: the
             # same masks every step, the same work as fresh ones.
             step = train_step(model, optimizer, train=True, rngs={"dropout": jax.random.key(1)})
-            seconds, reps, compile_seconds = compile_and_time(
-                step, args, max_reps=max_reps, min_time=min_time
-            )
-        except Exception as error:  # recorded, and the suite goes on
-            record.update(
-                seconds=None, images_per_second=None, error=f"{type(error).__name__}: {error}"
-            )
-            records.append(record)
-            log(f"{architecture} train step impl={impl}: failed: {record['error'][:300]}")
-            continue
-        record.update(
-            seconds=seconds,
-            reps=reps,
-            images_per_second=batch / seconds,
-            compile_seconds=compile_seconds,
-        )
-        records.append(record)
-        log(
-            f"{architecture} train step impl={impl}: {1e3 * seconds:.1f} ms/step, "
-            f"{batch / seconds:.1f} images/s (batch {batch}, {image_size}x{image_size}, "
-            f"{record['dtype']}, compiled in {compile_seconds:.1f} s)"
-        )
+            return step, [params, state, optimizer.init(params), images, labels]
+
+        time_step(
+            record, batch, build, max_reps=max_reps, min_time=min_time,
+            label=f"{architecture} train step impl={impl}", log=log,
+            detail=f"batch {batch}, {image_size}x{image_size}, {record['dtype']}, ",
+        )  # fmt: skip
     return records

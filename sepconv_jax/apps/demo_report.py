@@ -7,8 +7,9 @@ Renders a :class:`~sepconv_jax.apps.demo_records.Comparison` and the rows of
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
@@ -152,15 +153,28 @@ def write_outputs(comparison: Comparison, out: str | Path) -> dict[str, Path]:
     Returns:
       The written paths by kind: ``{"json": ...}``, plus ``"png"`` when written.
     """
+    task = comparison.task
+    return write_record_and_figure(
+        out, f"{task}_results.json", comparison.to_dict(),
+        f"{task}_accuracy_vs_mult_adds.png", lambda: plot_comparison(comparison),
+    )  # fmt: skip
+
+
+def write_record_and_figure(
+    out: str | Path, json_name: str, record: Any, png_name: str, plot: Callable[[], Any]
+) -> dict[str, Path]:
+    """Writes ``record`` as ``json_name`` and the figure ``plot()`` draws as ``png_name``
+    into ``out`` (made if need be); without matplotlib (``plot`` raises ``ImportError``)
+    only the JSON. Returns the paths written: ``{"json": ...}``, and ``"png"``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / f"{comparison.task}_results.json"}
-    paths["json"].write_text(json.dumps(comparison.to_dict(), indent=2) + "\n")
+    paths = {"json": out / json_name}
+    paths["json"].write_text(json.dumps(record, indent=2) + "\n")
     try:
-        figure = plot_comparison(comparison)
+        figure = plot()
     except ImportError:
         return paths
-    paths["png"] = out / f"{comparison.task}_accuracy_vs_mult_adds.png"
+    paths["png"] = out / png_name
     figure.savefig(paths["png"], dpi=120)
     return paths
 

@@ -5,11 +5,12 @@ Renders a :class:`~sepconv_jax.apps.stream_records.StreamRun`; computes nothing 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from sepconv_jax.apps.demo_report import write_record_and_figure
 
 if TYPE_CHECKING:
     from sepconv_jax.apps.stream_records import StreamRun
@@ -102,17 +103,10 @@ def write_outputs(result: StreamRun, out: str | Path) -> dict[str, Path]:
     Returns:
       The written paths by kind: ``{"json": ...}``, plus ``"png"`` when written.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "stream_results.json"}
-    paths["json"].write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-    try:
-        figure = plot_detections(result)
-    except ImportError:
-        return paths
-    paths["png"] = out / "stream_detections.png"
-    figure.savefig(paths["png"], dpi=120)
-    return paths
+    return write_record_and_figure(
+        out, "stream_results.json", result.to_dict(), "stream_detections.png",
+        lambda: plot_detections(result),
+    )  # fmt: skip
 
 
 def print_run(result: StreamRun, paths: dict[str, Path], console: Any) -> None:

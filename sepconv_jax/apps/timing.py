@@ -81,3 +81,51 @@ def compile_and_time(
         lambda: jax.block_until_ready(compiled(*args)), max_reps=max_reps, min_time=min_time
     )
     return seconds, calls, compile_seconds
+
+
+def timing_fields(batch: int, seconds: float, reps: int, compile_seconds: float) -> dict[str, Any]:
+    """What a benchmark record of a timed step holds: the best time of ``reps`` calls,
+    the images per second of a ``batch``, and the compile (or first call) time."""
+    return {
+        "seconds": seconds,
+        "reps": reps,
+        "images_per_second": batch / seconds,
+        "compile_seconds": compile_seconds,
+    }
+
+
+def failure_fields(error: Exception) -> dict[str, Any]:
+    """What a benchmark record of a step that failed holds: no time, and the error."""
+    return {"seconds": None, "images_per_second": None, "error": repr(error)[:300]}
+
+
+def time_step(
+    record: dict[str, Any],
+    batch: int,
+    build: Callable[[], tuple[Callable, Sequence[Any]]],
+    *,
+    max_reps: int,
+    min_time: float = math.inf,
+    label: str,
+    log: Callable[[str], None],
+    detail: str = "",
+) -> None:
+    """Times the step ``build()`` makes, ``(fn, args)``, into ``record``, and logs it.
+
+    ``record`` gets :func:`timing_fields` of :func:`compile_and_time`, or, when
+    building, compiling or running the step raised, :func:`failure_fields`: a
+    benchmark suite records the failure and goes on. The line logged starts with
+    ``label``; ``detail`` goes before the compile time.
+    """
+    try:
+        fn, args = build()
+        timing = compile_and_time(fn, args, max_reps=max_reps, min_time=min_time)
+    except Exception as error:  # recorded, and the suite goes on
+        record.update(failure_fields(error))
+        log(f"{label}: failed: {record['error']}")
+        return
+    record.update(timing_fields(batch, *timing))
+    log(
+        f"{label}: {1e3 * record['seconds']:.1f} ms, {record['images_per_second']:.1f} images/s "
+        f"({detail}compiled in {record['compile_seconds']:.1f} s)"
+    )

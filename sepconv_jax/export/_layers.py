@@ -118,6 +118,18 @@ def apply_layer(
     def kernel(i: int, name: str) -> jax.Array:
         return hook("kernel", i, params[name])
 
+    def pointwise(i: int, name: str, x: jax.Array, data_format: Any, spatial: Any) -> jax.Array:
+        """Unit ``i``, a 1x1 convolution by the kernel ``name`` and the bias."""
+        x = hook("input", i, x)
+        x, pw_kernel, bias = promote_dtype(
+            x, kernel(i, name), params.get("bias"), dtype=module.dtype
+        )
+        y = ops.pointwise_conv(
+            x, pw_kernel, bias=bias, data_format=data_format, num_spatial_dims=spatial,
+            precision=module.precision,
+        )  # fmt: skip
+        return hook("output", i, y)
+
     if isinstance(module, sl.SeparableConv | sl.DepthwiseConv):
         opts = sl._window_options(module)
         x = hook("input", 0, x)
@@ -126,39 +138,17 @@ def apply_layer(
         else:
             dw_kernel, dw_bias = kernel(0, "kernel"), params.get("bias")
         x, dw_kernel, dw_bias = promote_dtype(x, dw_kernel, dw_bias, dtype=module.dtype)
-        y = layers.depthwise_forward(
-            x, dw_kernel, dw_bias, opts, impl=module.impl, precision=module.precision
+        y = layers.window_forward(
+            x, (dw_kernel, dw_bias, None, None), opts, impl=module.impl, precision=module.precision
         )
         y = hook("output", 0, y)
         if isinstance(module, sl.DepthwiseConv):
             return y
-        y = hook("input", 1, y)
-        y, pw_kernel, bias = promote_dtype(
-            y, kernel(1, "pointwise_kernel"), params.get("bias"), dtype=module.dtype
-        )
-        y = ops.pointwise_conv(
-            y,
-            pw_kernel,
-            bias=bias,
-            data_format=opts.data_format,
-            num_spatial_dims=opts.num_spatial if opts.data_format == "channels_first" else None,
-            precision=module.precision,
-        )
-        return hook("output", 1, y)
+        spatial = opts.num_spatial if opts.data_format == "channels_first" else None
+        return pointwise(1, "pointwise_kernel", y, opts.data_format, spatial)
     if isinstance(module, sl.PointwiseConv):
-        x = hook("input", 0, x)
-        x, pw_kernel, bias = promote_dtype(
-            x, kernel(0, "kernel"), params.get("bias"), dtype=module.dtype
-        )
-        y = ops.pointwise_conv(
-            x,
-            pw_kernel,
-            bias=bias,
-            data_format=module.data_format,
-            num_spatial_dims=_spec.check_num_spatial_dims(module.num_spatial_dims),
-            precision=module.precision,
-        )
-        return hook("output", 0, y)
+        spatial = _spec.check_num_spatial_dims(module.num_spatial_dims)
+        return pointwise(0, "kernel", x, module.data_format, spatial)
     if isinstance(module, nn.Conv | nn.Dense):
         x = hook("input", 0, x)
         new = dict(params, kernel=kernel(0, "kernel"))

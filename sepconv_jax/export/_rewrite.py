@@ -253,6 +253,11 @@ def _eval_eqn(eqn: jcore.JaxprEqn, invals: list[Any]) -> list[Any]:
         params = {k: _rewrite_param(v, prim.name) for k, v in eqn.params.items()}
     else:
         params = eqn.params
+    return bind(prim, params, invals)
+
+
+def bind(prim: Any, params: dict[str, Any], invals: Sequence[Any]) -> list[Any]:
+    """``prim`` bound to ``invals`` with an equation's ``params``; its outputs as a list."""
     bind_params = prim.get_bind_params(params)
     if isinstance(bind_params, tuple):  # JAX before 0.7: (subfuns, params)
         subfuns, bind_params = bind_params

@@ -153,18 +153,6 @@ def _lean_eqn(eqn: jcore.JaxprEqn, ins: list[Any]) -> list[Any] | None:
     return None
 
 
-def _bind(eqn: jcore.JaxprEqn, invals: list[Any]) -> list[Any]:
-    """``eqn`` bound again, unchanged."""
-    prim = eqn.primitive
-    bind_params = prim.get_bind_params(eqn.params)
-    if isinstance(bind_params, tuple):  # JAX before 0.7: (subfuns, params)
-        subfuns, bind_params = bind_params
-        out = prim.bind(*subfuns, *invals, **bind_params)
-    else:
-        out = prim.bind(*invals, **bind_params)
-    return list(out) if prim.multiple_results else [out]
-
-
 def lean_pointwise(fn: Callable[..., Any], *example_args: Any) -> Callable[..., Any]:
     """``fn`` with each channels-last 1x1 step written as a 2-D 1x1 convolution.
 
@@ -223,7 +211,7 @@ def lean_pointwise(fn: Callable[..., Any], *example_args: Any) -> Callable[..., 
         for eqn in jaxpr.eqns:
             outs = _lean_eqn(eqn, [read(v, keep_flat=True) for v in eqn.invars])
             if outs is None:
-                outs = _bind(eqn, [read(v) for v in eqn.invars])
+                outs = _rewrite.bind(eqn.primitive, eqn.params, [read(v) for v in eqn.invars])
             for var, value in zip(eqn.outvars, outs, strict=True):
                 if not isinstance(var, jcore.DropVar):
                     env[var] = value

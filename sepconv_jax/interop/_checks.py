@@ -37,6 +37,30 @@ def check_rank(array: np.ndarray, ranks: tuple[int, ...], name: str, layout: str
         )
 
 
+def depthwise_kernel(kernel: Any) -> np.ndarray:
+    """``kernel`` as an array of our depthwise layout, ``(*window, 1, C * M)``."""
+    kernel = as_array(kernel, "kernel")
+    check_rank(kernel, (3, 4, 5), "kernel", "(*window, 1, C * depth_multiplier)")
+    if kernel.shape[-2] != 1:
+        raise ValueError(
+            f"`kernel` has shape {kernel.shape}; a depthwise kernel is (*window, 1, C * M)"
+        )
+    return kernel
+
+
+def pointwise_kernel(value: Any, name: str, window: slice, layout: str, instead: str) -> np.ndarray:
+    """``value`` as an array of rank 2 to 5 (``layout``) whose ``window`` dims are all 1:
+    a pointwise kernel; for a larger window the error names ``instead``."""
+    array = as_array(value, name)
+    check_rank(array, (2, 3, 4, 5), name, layout)
+    if any(k != 1 for k in array.shape[window]):
+        raise ValueError(
+            f"`{name}` has shape {array.shape}, a {array.shape[window]} window; a pointwise "
+            f"conv has a window of ones. Use `{instead}` for larger windows"
+        )
+    return array
+
+
 def check_depth_multiplier(depth_multiplier: Any, channels: int) -> int:
     """A positive int depth multiplier that divides a depthwise kernel's ``channels``."""
     m = _spec.check_positive_int(depth_multiplier, "depth_multiplier")

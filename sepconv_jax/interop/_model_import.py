@@ -15,7 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from sepconv_jax.models import spec
 from sepconv_jax.models.blocks import BN_EPSILON, Stride2Padding
+from sepconv_jax.models.efficientnet import efficientnet_blocks
 
 Path = tuple[str, ...]
 Variables = dict[str, Any]
@@ -232,6 +234,25 @@ def _named_alpha(keras_model: Any) -> float | None:
         r"mobilenet(?:v2)?_(\d+\.\d+)_(?:\d+|None)", str(getattr(keras_model, "name", ""))
     )
     return float(match.group(1)) if match else None
+
+
+def efficientnet_row(
+    matches: Callable[[spec.Arch, list[tuple[str, dict[str, Any]]]], bool],
+    padding: Stride2Padding,
+    found: str,
+) -> tuple[spec.Arch, list[tuple[str, dict[str, Any]]]]:
+    """The EfficientNet row of the registry whose MBConv table (at the row's scaling,
+    ``padding``, no stochastic depth) ``matches`` the imported model, and the table.
+
+    Raises:
+      ValueError: naming what the model has (``found``) when no B0-B7 matches.
+    """
+    for arch in (a for a in spec.ARCHS.values() if a.family == "efficientnet"):
+        width, depth = arch.defaults["width_coefficient"], arch.defaults["depth_coefficient"]
+        table = efficientnet_blocks(width, depth, 0.0, padding)
+        if matches(arch, table):
+            return arch, table
+    raise ValueError(f"{found}, which no EfficientNet B0-B7 has")
 
 
 def find_multiplier(

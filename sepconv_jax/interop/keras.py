@@ -98,12 +98,7 @@ def depthwise_to_keras(
       >>> depthwise_to_keras(np.zeros((3, 3, 1, 16)), depth_multiplier=2)["kernel"].shape
       (3, 3, 8, 2)
     """
-    kernel = _checks.as_array(kernel, "kernel")
-    _checks.check_rank(kernel, (3, 4, 5), "kernel", "(*window, 1, C * depth_multiplier)")
-    if kernel.shape[-2] != 1:
-        raise ValueError(
-            f"`kernel` has shape {kernel.shape}; a depthwise kernel is (*window, 1, C * M)"
-        )
+    kernel = _checks.depthwise_kernel(kernel)
     *window, _, cm = kernel.shape
     m = _checks.check_depth_multiplier(depth_multiplier, cm)
     bias = _checks.optional_array(bias, "bias")
@@ -126,13 +121,8 @@ def pointwise_from_keras(kernel: ArrayLike, bias: ArrayLike | None = None) -> di
       >>> pointwise_from_keras(np.zeros((1, 1, 16, 32)))["kernel"].shape
       (16, 32)
     """
-    kernel = _checks.as_array(kernel, "kernel")
-    _checks.check_rank(kernel, (2, 3, 4, 5), "kernel", "(1, ..., C_in, C_out) or (C_in, C_out)")
-    if any(k != 1 for k in kernel.shape[:-2]):
-        raise ValueError(
-            f"`kernel` has shape {kernel.shape}, a {kernel.shape[:-2]} window; a pointwise conv "
-            f"has a window of ones. Use `conv_from_keras` for larger windows"
-        )
+    layout = "(1, ..., C_in, C_out) or (C_in, C_out)"
+    kernel = _checks.pointwise_kernel(kernel, "kernel", slice(-2), layout, "conv_from_keras")
     bias = _checks.optional_array(bias, "bias")
     _checks.check_bias(bias, kernel.shape[-1], "bias")
     return _checks.with_bias({"kernel": kernel.reshape(kernel.shape[-2:])}, "bias", bias)

@@ -44,6 +44,7 @@ from sepconv_jax.interop._model_import import (
     _stride2_padding,
     _weights,
     check_shapes,
+    efficientnet_row,
     find_multiplier,
     variables_from_flat,
 )
@@ -52,7 +53,7 @@ from sepconv_jax.models import mobilenet_v2 as mobilenet_v2_lib
 from sepconv_jax.models import mobilenet_v3 as mobilenet_v3_lib
 from sepconv_jax.models import spec
 from sepconv_jax.models._common import NORMALIZATION_EPSILON
-from sepconv_jax.models.efficientnet import efficientnet_blocks, round_filters
+from sepconv_jax.models.efficientnet import round_filters
 
 __all__ = ["check_shapes", "convert", "find_multiplier", "variables_from_flat"]
 
@@ -173,21 +174,17 @@ def _efficientnet(keras_model: Any, c: _Collector) -> nn.Module:
     top = int(_weights(c.layer("top_conv"))["kernel"].shape[-1])
     present = {name.split("_")[0] for name in c.layers if re.fullmatch(r"block\d+[a-z]_.*", name)}
 
-    def matches(arch: spec.Arch) -> bool:
-        width, depth = arch.defaults["width_coefficient"], arch.defaults["depth_coefficient"]
-        table = efficientnet_blocks(width, depth, 0.0, "same")
+    def matches(arch: spec.Arch, table: list[tuple[str, dict[str, Any]]]) -> bool:
+        width = arch.defaults["width_coefficient"]
         widths = (round_filters(32, width), round_filters(1280, width))
         return {name for name, _ in table} == present and widths == (stem, top)
 
-    rows = [a for a in spec.ARCHS.values() if a.family == "efficientnet"]
-    arch = next((a for a in rows if matches(a)), None)
-    if arch is None:
-        raise ValueError(
-            f"`keras_model` has MBConv blocks {sorted(present)[:4]}... and stem and head "
-            f"widths {(stem, top)}, which no EfficientNet B0-B7 has"
-        )
-    width, depth = arch.defaults["width_coefficient"], arch.defaults["depth_coefficient"]
-    names = [name for name, _ in efficientnet_blocks(width, depth, 0.0, "same")]
+    found = (
+        f"`keras_model` has MBConv blocks {sorted(present)[:4]}... and stem and head "
+        f"widths {(stem, top)}"
+    )
+    arch, table = efficientnet_row(matches, "same", found)
+    names = [name for name, _ in table]
     drop_connect_rate = 0.0
     for index, name in enumerate(names):
         if f"{name}_drop" in c.layers and index > 0:

@@ -32,12 +32,11 @@ import flax.linen as nn
 import numpy as np
 
 from sepconv_jax import models
-from sepconv_jax.interop import keras_models
+from sepconv_jax.interop import _model_import, keras_models
 from sepconv_jax.models import mobilenet_v2 as mobilenet_v2_lib
 from sepconv_jax.models import mobilenet_v3 as mobilenet_v3_lib
 from sepconv_jax.models import spec
 from sepconv_jax.models.blocks import Stride2Padding
-from sepconv_jax.models.efficientnet import efficientnet_blocks
 
 __all__ = ["convert"]
 
@@ -204,26 +203,15 @@ def _efficientnet_class(timm_model: Any, c: _Collector) -> nn.Module:
     elif act == "SiLU":
         repeats = tuple(len(stage) for stage in timm_model.blocks)
 
-        def table_of(arch: spec.Arch) -> list[tuple[str, dict[str, Any]]]:
-            width, depth = arch.defaults["width_coefficient"], arch.defaults["depth_coefficient"]
-            return efficientnet_blocks(width, depth, 0.0, padding)
-
-        def matches(arch: spec.Arch) -> bool:
-            table = table_of(arch)
+        def matches(arch: spec.Arch, table: list[tuple[str, dict[str, Any]]]) -> bool:
             stage_repeats = tuple(
                 sum(1 for name, _ in table if re.fullmatch(rf"block{i + 1}[a-z]", name))
                 for i in range(len(spec.EFFICIENTNET_STAGES))
             )
             return stage_repeats == repeats and tuple(k["features"] for _, k in table) == widths
 
-        rows = [a for a in spec.ARCHS.values() if a.family == "efficientnet"]
-        arch = next((a for a in rows if matches(a)), None)
-        if arch is None:
-            raise ValueError(
-                f"`timm_model` has stage depths {repeats} and widths {widths}, which no "
-                f"EfficientNet B0-B7 has"
-            )
-        table = table_of(arch)
+        found = f"`timm_model` has stage depths {repeats} and widths {widths}"
+        arch, table = _model_import.efficientnet_row(matches, padding, found)
         module = models.from_name(
             arch.name,
             stride2_padding=padding,

@@ -143,12 +143,7 @@ def depthwise_to_torch(kernel: ArrayLike, bias: ArrayLike | None = None) -> dict
       >>> depthwise_to_torch(np.zeros((3, 3, 1, 16)))["weight"].shape
       (16, 1, 3, 3)
     """
-    kernel = _checks.as_array(kernel, "kernel")
-    _checks.check_rank(kernel, (3, 4, 5), "kernel", "(*window, 1, C * M)")
-    if kernel.shape[-2] != 1:
-        raise ValueError(
-            f"`kernel` has shape {kernel.shape}; a depthwise kernel is (*window, 1, C * M)"
-        )
+    kernel = _checks.depthwise_kernel(kernel)
     return grouped_to_torch(kernel, bias)
 
 
@@ -171,14 +166,10 @@ def pointwise_from_torch(weight: ArrayLike, bias: ArrayLike | None = None) -> di
       >>> pointwise_from_torch(np.zeros((32, 16, 1, 1)))["kernel"].shape
       (16, 32)
     """
-    weight = _checks.as_array(weight, "weight")
-    _checks.check_rank(weight, (2, 3, 4, 5), "weight", "(C_out, C_in, 1, ...) or (C_out, C_in)")
-    if any(k != 1 for k in weight.shape[2:]):
-        raise ValueError(
-            f"`weight` has shape {weight.shape}, a {weight.shape[2:]} window; a pointwise conv "
-            f"has a window of ones, e.g. (C_out, C_in, 1, 1). Use `grouped_from_torch` for "
-            f"larger windows"
-        )
+    layout = "(C_out, C_in, 1, ...) or (C_out, C_in)"
+    weight = _checks.pointwise_kernel(
+        weight, "weight", slice(2, None), layout, "grouped_from_torch"
+    )
     bias = _checks.optional_array(bias, "bias")
     _checks.check_bias(bias, weight.shape[0], "bias")
     kernel = np.ascontiguousarray(weight.reshape(weight.shape[:2]).T)

@@ -227,6 +227,37 @@ def _store(ref, index, value, mask):
     plt.store(ref.at[index], value, mask=mask)
 
 
+def _store_tile(ref, total, n, rows, row_ok, cols, col_ok, channels, channel_ok):
+    """Stores the ``(rows, cols, channels)`` tile ``total`` of image ``n`` (per row) in
+    ``ref (N, H, W, C)``, in ``ref``'s dtype, where all three masks hold."""
+    mask = row_ok[:, None, None] & col_ok[None, :, None] & channel_ok[None, None, :]
+    index = (n[:, None, None], rows[:, None, None], cols[None, :, None], channels[None, None, :])
+    _store(ref, index, total.astype(ref.dtype), mask)
+
+
+def _output_tiling(b: Blocks, geom: Geometry) -> tuple[int, int, int, int, int]:
+    """``(br, bw, bc, tiles, channel_tiles)``: the blocks of output rows (over batch
+    and height), columns and channels, the count of (row, column) tiles and of
+    channel blocks."""
+    oh_n, ow_n = geom.out_hw
+    br, bw = b.tile(geom.batch * oh_n, ow_n)
+    bc = b.channel_block(geom.out_channels)
+    tiles = pl.cdiv(geom.batch * oh_n, br) * pl.cdiv(ow_n, bw)
+    return br, bw, bc, tiles, pl.cdiv(geom.out_channels, bc)
+
+
+def _launch(name: str, kernel_fn, b: Blocks, out_shape, out_dtype, grid: int, a, w, interpret):
+    """``kernel_fn`` on a 1-D grid of ``grid`` programs over the flat operands ``a``, ``w``."""
+    return pl.pallas_call(
+        kernel_fn,
+        out_shape=struct_like(out_shape, out_dtype, a),
+        grid=(grid,),
+        interpret=interpret,
+        compiler_params=_compiler_params(b, interpret),
+        name=f"depthwise_{name}",
+    )(a.reshape(-1), w.reshape(-1))
+
+
 def _div(a, b: int):
     return lax.div(a, np.int32(b))  # an int32 divisor, also when x64 is enabled
 
@@ -254,15 +285,27 @@ def _rows(tile, block: int, extent: int, per_image: int):
 # ----------------------------------------------------------------------------- forward
 
 
+def _input_taps(geom: Geometry, n, oh, row_ok, ow, ow_ok, c, j_ok) -> Iterator[tuple]:
+    """Per tap, in row-major order: the flat offsets into ``x (N, H, W, C)`` that output
+    rows ``(n, oh)``, columns ``ow`` and channels ``j`` (of input channel ``c``) read,
+    and the mask of those inside the image."""
+    (h, w), (kh, kw), (sh, sw) = geom.in_hw, geom.window, geom.strides
+    (dh, dw), (lo_h, lo_w) = geom.dilation, geom.pad_lo
+    for u in range(kh):
+        ih = oh * sh + (u * dh - lo_h)
+        ih_ok = row_ok & (ih >= 0) & (ih < h)
+        row_start = (n * h + ih) * (w * geom.channels)
+        for v in range(kw):
+            iw = ow * sw + (v * dw - lo_w)
+            iw_ok = ow_ok & (iw >= 0) & (iw < w)
+            mask = ih_ok[:, None, None] & iw_ok[None, :, None] & j_ok[None, None, :]
+            offsets = row_start[:, None, None] + (iw * geom.channels)[None, :, None]
+            yield offsets + c[None, None, :], mask
+
+
 def _forward_kernel(x_ref, w_ref, y_ref, *, geom: Geometry, br, bw, bc, acc):
-    (h, w), (oh_n, ow_n) = geom.in_hw, geom.out_hw
-    (kh, kw), (sh, sw), (dh, dw), (lo_h, lo_w) = (
-        geom.window,
-        geom.strides,
-        geom.dilation,
-        geom.pad_lo,
-    )
-    c_n, cm, m = geom.channels, geom.out_channels, geom.multiplier
+    oh_n, ow_n = geom.out_hw
+    cm, m = geom.out_channels, geom.multiplier
     ct, wt, rt = _split(pl.program_id(0), pl.cdiv(cm, bc), pl.cdiv(ow_n, bw))
     n, oh, row_ok = _rows(rt, br, geom.batch * oh_n, oh_n)
     ow = wt * bw + _iota(bw)
@@ -271,40 +314,23 @@ def _forward_kernel(x_ref, w_ref, y_ref, *, geom: Geometry, br, bw, bc, acc):
     j_ok = j < cm
     c = _div(j, m) if m > 1 else j
     total = jnp.zeros((br, bw, bc), acc)
-    for u in range(kh):
-        ih = oh * sh + (u * dh - lo_h)
-        ih_ok = row_ok & (ih >= 0) & (ih < h)
-        row_start = (n * h + ih) * (w * c_n)
-        for v in range(kw):
-            iw = ow * sw + (v * dw - lo_w)
-            iw_ok = ow_ok & (iw >= 0) & (iw < w)
-            mask = ih_ok[:, None, None] & iw_ok[None, :, None] & j_ok[None, None, :]
-            offsets = row_start[:, None, None] + (iw * c_n)[None, :, None] + c[None, None, :]
-            xs = _load(x_ref, offsets, mask)
-            ws = _load(w_ref, (u * kw + v) * cm + j, j_ok)
-            total = total + xs.astype(acc) * ws.astype(acc)[None, None, :]
-    mask = row_ok[:, None, None] & ow_ok[None, :, None] & j_ok[None, None, :]
-    index = (n[:, None, None], oh[:, None, None], ow[None, :, None], j[None, None, :])
-    _store(y_ref, index, total.astype(y_ref.dtype), mask)
+    taps = _input_taps(geom, n, oh, row_ok, ow, ow_ok, c, j_ok)
+    for t, (offsets, mask) in enumerate(taps):
+        xs = _load(x_ref, offsets, mask)
+        ws = _load(w_ref, t * cm + j, j_ok)
+        total = total + xs.astype(acc) * ws.astype(acc)[None, None, :]
+    _store_tile(y_ref, total, n, oh, row_ok, ow, ow_ok, j, j_ok)
 
 
 def forward(x, kernel, geom: Geometry, *, acc, out_dtype, interpret: bool) -> jax.Array:
     """``y (N, OH, OW, C*M)`` from ``x (N, H, W, C)`` and ``kernel (kh*kw, C*M)``."""
     b = BLOCKS["forward"]
-    oh_n, ow_n = geom.out_hw
-    cm = geom.out_channels
-    br, bw = b.tile(geom.batch * oh_n, ow_n)
-    bc = b.channel_block(cm)
-    grid = pl.cdiv(geom.batch * oh_n, br) * pl.cdiv(ow_n, bw) * pl.cdiv(cm, bc)
+    br, bw, bc, tiles, n_ct = _output_tiling(b, geom)
     kernel_fn = functools.partial(_forward_kernel, geom=geom, br=br, bw=bw, bc=bc, acc=acc)
-    return pl.pallas_call(
-        kernel_fn,
-        out_shape=struct_like((geom.batch, oh_n, ow_n, cm), out_dtype, x),
-        grid=(grid,),
-        interpret=interpret,
-        compiler_params=_compiler_params(b, interpret),
-        name="depthwise_forward",
-    )(x.reshape(-1), kernel.reshape(-1))
+    out_shape = (geom.batch, *geom.out_hw, geom.out_channels)
+    return _launch(
+        "forward", kernel_fn, b, out_shape, out_dtype, tiles * n_ct, x, kernel, interpret
+    )
 
 
 # ----------------------------------------------------------------------------- input transpose
@@ -359,9 +385,7 @@ def _input_transpose_kernel(g_ref, w_ref, dx_ref, *, geom: Geometry, br, bw, bc,
                 gs = _load(g_ref, position + ch[None, None, :], mask)
                 ws = _load(w_ref, (u * kw + v) * cm + ch, c_ok)
                 total = total + gs.astype(acc) * ws.astype(acc)[None, None, :]
-    mask = row_ok[:, None, None] & col_ok[None, :, None] & c_ok[None, None, :]
-    index = (n[:, None, None], ih[:, None, None], iw[None, :, None], c[None, None, :])
-    _store(dx_ref, index, total.astype(dx_ref.dtype), mask)
+    _store_tile(dx_ref, total, n, ih, row_ok, iw, col_ok, c, c_ok)
 
 
 def input_transpose(g, kernel, geom: Geometry, *, acc, out_dtype, interpret: bool) -> jax.Array:
@@ -375,14 +399,10 @@ def input_transpose(g, kernel, geom: Geometry, *, acc, out_dtype, interpret: boo
     bc = b.channel_block(c_n)
     grid = pl.cdiv(rows, br) * sw * pl.cdiv(wq, bw) * pl.cdiv(c_n, bc)
     kernel_fn = functools.partial(_input_transpose_kernel, geom=geom, br=br, bw=bw, bc=bc, acc=acc)
-    return pl.pallas_call(
-        kernel_fn,
-        out_shape=struct_like((geom.batch, h, w, c_n), out_dtype, g),
-        grid=(grid,),
-        interpret=interpret,
-        compiler_params=_compiler_params(b, interpret),
-        name="depthwise_input_transpose",
-    )(g.reshape(-1), kernel.reshape(-1))
+    out_shape = (geom.batch, h, w, c_n)
+    return _launch(
+        "input_transpose", kernel_fn, b, out_shape, out_dtype, grid, g, kernel, interpret
+    )
 
 
 # ----------------------------------------------------------------------------- kernel transpose
@@ -391,14 +411,8 @@ def input_transpose(g, kernel, geom: Geometry, *, acc, out_dtype, interpret: boo
 def _kernel_transpose_kernel(
     x_ref, g_ref, part_ref, *, geom: Geometry, br, bw, bc, steps, tiles, acc
 ):
-    (h, w), (oh_n, ow_n) = geom.in_hw, geom.out_hw
-    (kh, kw), (sh, sw), (dh, dw), (lo_h, lo_w) = (
-        geom.window,
-        geom.strides,
-        geom.dilation,
-        geom.pad_lo,
-    )
-    c_n, cm, m = geom.channels, geom.out_channels, geom.multiplier
+    oh_n, ow_n = geom.out_hw
+    cm, m = geom.out_channels, geom.multiplier
     n_wt = pl.cdiv(ow_n, bw)
     ct, p = _split(pl.program_id(0), pl.cdiv(cm, bc))
     j = ct * bc + _iota(bc)
@@ -415,19 +429,11 @@ def _kernel_transpose_kernel(
         mask = row_ok[:, None, None] & ow_ok[None, :, None] & j_ok[None, None, :]
         offsets = ((n * oh_n + oh) * (ow_n * cm))[:, None, None] + (ow * cm)[None, :, None]
         gs = _load(g_ref, offsets + j[None, None, :], mask).astype(acc)
-        out: list[jax.Array] = []
-        for u in range(kh):
-            ih = oh * sh + (u * dh - lo_h)
-            ih_ok = row_ok & (ih >= 0) & (ih < h)
-            row_start = (n * h + ih) * (w * c_n)
-            for v in range(kw):
-                iw = ow * sw + (v * dw - lo_w)
-                iw_ok = ow_ok & (iw >= 0) & (iw < w)
-                tap_mask = ih_ok[:, None, None] & iw_ok[None, :, None] & j_ok[None, None, :]
-                offsets = row_start[:, None, None] + (iw * c_n)[None, :, None] + c[None, None, :]
-                xs = _load(x_ref, offsets, tap_mask)
-                out.append(totals[len(out)] + xs.astype(acc) * gs)
-        return tuple(out)
+        taps = _input_taps(geom, n, oh, row_ok, ow, ow_ok, c, j_ok)
+        return tuple(
+            total + _load(x_ref, offsets, tap_mask).astype(acc) * gs
+            for total, (offsets, tap_mask) in zip(totals, taps, strict=True)
+        )
 
     init = tuple(jnp.zeros((br, bw, bc), acc) for _ in range(geom.taps))
     totals = lax.fori_loop(0, steps, step, init)
@@ -438,12 +444,7 @@ def _kernel_transpose_kernel(
 def kernel_transpose(x, g, geom: Geometry, *, acc, out_dtype, interpret: bool) -> jax.Array:
     """``dk (kh*kw, C*M)`` from ``x (N, H, W, C)`` and ``g (N, OH, OW, C*M)``."""
     b = BLOCKS["kernel_transpose"]
-    oh_n, ow_n = geom.out_hw
-    cm = geom.out_channels
-    br, bw = b.tile(geom.batch * oh_n, ow_n)
-    bc = b.channel_block(cm)
-    n_ct = pl.cdiv(cm, bc)
-    tiles = pl.cdiv(geom.batch * oh_n, br) * pl.cdiv(ow_n, bw)
+    br, bw, bc, tiles, n_ct = _output_tiling(b, geom)
     steps = pl.cdiv(tiles, max(1, b.programs // n_ct))
     parts = pl.cdiv(tiles, steps)
     kernel_fn = functools.partial(
@@ -456,14 +457,10 @@ def kernel_transpose(x, g, geom: Geometry, *, acc, out_dtype, interpret: bool) -
         tiles=tiles,
         acc=acc,
     )
-    partial_sums = pl.pallas_call(
-        kernel_fn,
-        out_shape=struct_like((parts, geom.taps, cm), acc, x),
-        grid=(parts * n_ct,),
-        interpret=interpret,
-        compiler_params=_compiler_params(b, interpret),
-        name="depthwise_kernel_transpose",
-    )(x.reshape(-1), g.reshape(-1))
+    out_shape = (parts, geom.taps, geom.out_channels)
+    partial_sums = _launch(
+        "kernel_transpose", kernel_fn, b, out_shape, acc, parts * n_ct, x, g, interpret
+    )
     return partial_sums.sum(axis=0).astype(out_dtype)
 
 

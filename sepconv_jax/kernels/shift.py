@@ -56,6 +56,7 @@ import functools
 import itertools
 import math
 import operator
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -250,24 +251,20 @@ class _Geometry:
             return view
         return view.reshape(self.channel_shape(self.out_spatial, view.shape[self.channel_axis]))
 
+    def _tap_axes(self, offsets: tuple[int, ...]) -> Iterator[tuple[int, int, int, int, int]]:
+        """Per spatial dim of the tap at ``offsets``: ``(axis, shift, stride, out, size)``,
+        ``shift`` the input index output 0 reads there (negative in the low padding)."""
+        dims = zip(offsets, self.strides, self.dilation, self.out_spatial, self.in_spatial,
+                   self.padding, strict=True)  # fmt: skip
+        for i, (o, s, d, out, size, (lo, _)) in enumerate(dims):
+            yield self.spatial_axis(i), o * d - lo, s, out, size
+
     def _tap_fill(self, x: jax.Array, offsets: tuple[int, ...]) -> jax.Array:
         start = [0] * x.ndim
         limit = list(x.shape)
         step = [1] * x.ndim
         fill = [(0, 0, 0)] * x.ndim
-        for i, (o, s, d, out, size, (lo, _)) in enumerate(
-            zip(
-                offsets,
-                self.strides,
-                self.dilation,
-                self.out_spatial,
-                self.in_spatial,
-                self.padding,
-                strict=True,
-            )
-        ):
-            axis = self.spatial_axis(i)
-            shift = o * d - lo
+        for axis, shift, s, out, size in self._tap_axes(offsets):
             first = min(out, max(0, -(shift // s)))  # first i with i * s + shift >= 0
             last = max(first, min(out, (size - 1 - shift) // s + 1))
             fill[axis] = (first, out - last, 0)
@@ -287,20 +284,9 @@ class _Geometry:
     def place_tap(self, contribution: jax.Array, offsets: tuple[int, ...]) -> jax.Array:
         """Transpose of :meth:`tap_view`, cropped to ``x``'s extent: one ``lax.pad``."""
         config = [(0, 0, 0)] * contribution.ndim
-        for i, (o, s, d, out, size, (lo, _)) in enumerate(
-            zip(
-                offsets,
-                self.strides,
-                self.dilation,
-                self.out_spatial,
-                self.in_spatial,
-                self.padding,
-                strict=True,
-            )
-        ):
-            low = o * d - lo
+        for axis, low, s, out, size in self._tap_axes(offsets):
             high = size - low - (out - 1) * s - 1
-            config[self.spatial_axis(i)] = (low, high, s - 1)
+            config[axis] = (low, high, s - 1)
         return lax.pad(contribution, jnp.zeros((), contribution.dtype), config)
 
 
@@ -482,8 +468,11 @@ def _numerics(a, b, preferred_element_type, out_dtype) -> np.dtype:
     return _accumulation_dtype(widest, preferred_element_type)
 
 
-def _geometry(spec: ConvSpec, acc: np.dtype) -> _Geometry:
-    return _Geometry.from_spec(spec, spec.batch_shape[0], acc.itemsize)
+def _run(raw, a, b, spec: ConvSpec, preferred_element_type, out_dtype, *, reduce: bool):
+    """The map ``raw`` of ``a`` and ``b``, tiled, in the accumulation dtype of :func:`_numerics`."""
+    acc = _numerics(a, b, preferred_element_type, out_dtype)
+    geom = _Geometry.from_spec(spec, spec.batch_shape[0], acc.itemsize)
+    return _tiled(raw, a, b, geom, acc, np.dtype(out_dtype), reduce=reduce)
 
 
 def forward(x, kernel, spec: ConvSpec, *, platform, precision, preferred_element_type, out_dtype):
@@ -502,9 +491,7 @@ def forward(x, kernel, spec: ConvSpec, *, platform, precision, preferred_element
       [[4.0, 6.0, 6.0, 4.0], [6.0, 9.0, 9.0, 6.0], [6.0, 9.0, 9.0, 6.0], [4.0, 6.0, 6.0, 4.0]]
     """
     del platform, precision
-    acc = _numerics(x, kernel, preferred_element_type, out_dtype)
-    geom = _geometry(spec, acc)
-    return _tiled(_forward_raw, x, kernel, geom, acc, np.dtype(out_dtype), reduce=False)
+    return _run(_forward_raw, x, kernel, spec, preferred_element_type, out_dtype, reduce=False)
 
 
 def input_transpose(
@@ -512,9 +499,7 @@ def input_transpose(
 ):
     """``dx``: the transposed convolution of ``g`` (see :func:`forward` for the signature)."""
     del platform, precision
-    acc = _numerics(g, kernel, preferred_element_type, out_dtype)
-    geom = _geometry(spec, acc)
-    return _tiled(_input_grad_raw, g, kernel, geom, acc, np.dtype(out_dtype), reduce=False)
+    return _run(_input_grad_raw, g, kernel, spec, preferred_element_type, out_dtype, reduce=False)
 
 
 def kernel_transpose(
@@ -522,6 +507,4 @@ def kernel_transpose(
 ):
     """``dkernel``: per tap and channel, ``sum xpad * g`` (see :func:`forward`)."""
     del platform, precision
-    acc = _numerics(x, g, preferred_element_type, out_dtype)
-    geom = _geometry(spec, acc)
-    return _tiled(_kernel_grad_raw, x, g, geom, acc, np.dtype(out_dtype), reduce=True)
+    return _run(_kernel_grad_raw, x, g, spec, preferred_element_type, out_dtype, reduce=True)

@@ -77,22 +77,33 @@ def _transpose(f, primal_shape, dtype, like, cotangent, preferred_element_type):
     return result
 
 
+def _linear_transpose(
+    fixed, g, spec: ConvSpec, arg: int, precision, preferred_element_type, out_dtype
+):
+    """The transpose of :func:`forward` in its argument ``arg`` (0: ``x``, 1: ``kernel``),
+    the other one ``fixed``, applied to ``g``."""
+    dtype = _compute_dtype(fixed.dtype, out_dtype)
+    fixed = fixed.astype(dtype)
+
+    def f(primal):
+        x, kernel = (primal, fixed) if arg == 0 else (fixed, primal)
+        return conv(
+            x, kernel, spec, precision=precision, preferred_element_type=preferred_element_type
+        )
+
+    if arg == 0:
+        shape, like = spec.flat_shape(spec.in_spatial, spec.in_channels), g
+    else:
+        shape, like = (*spec.window, 1, spec.out_channels), fixed
+    return _transpose(f, shape, dtype, like, g, preferred_element_type).astype(out_dtype)
+
+
 def input_transpose(
     g, kernel, spec: ConvSpec, *, platform, precision, preferred_element_type, out_dtype
 ):
     """``dx``: the transpose of :func:`forward` in ``x``, applied to ``g``."""
     del platform
-    dtype = _compute_dtype(kernel.dtype, out_dtype)
-    kernel = kernel.astype(dtype)
-
-    def f(x):
-        return conv(
-            x, kernel, spec, precision=precision, preferred_element_type=preferred_element_type
-        )
-
-    x_shape = spec.flat_shape(spec.in_spatial, spec.in_channels)
-    dx = _transpose(f, x_shape, dtype, g, g, preferred_element_type)
-    return dx.astype(out_dtype)
+    return _linear_transpose(kernel, g, spec, 0, precision, preferred_element_type, out_dtype)
 
 
 def kernel_transpose(
@@ -100,14 +111,4 @@ def kernel_transpose(
 ):
     """``dkernel``: the transpose of :func:`forward` in ``kernel``, applied to ``g``."""
     del platform
-    dtype = _compute_dtype(x.dtype, out_dtype)
-    x = x.astype(dtype)
-
-    def f(kernel):
-        return conv(
-            x, kernel, spec, precision=precision, preferred_element_type=preferred_element_type
-        )
-
-    kernel_shape = (*spec.window, 1, spec.out_channels)
-    dk = _transpose(f, kernel_shape, dtype, x, g, preferred_element_type)
-    return dk.astype(out_dtype)
+    return _linear_transpose(x, g, spec, 1, precision, preferred_element_type, out_dtype)

@@ -1,25 +1,15 @@
 """Reference architectures built from :mod:`sepconv_jax.linen` modules (flax.linen).
 
-* :class:`MobileNetV1` (Howard et al., 2017), with a ``full_convolution`` option for
-  the paper's Table 4 comparison;
-* :class:`MobileNetV2` (Sandler et al., 2018);
-* :class:`MobileNetV3Small` / :class:`MobileNetV3Large` (Howard et al., 2019);
-* :class:`EfficientNetB0` ... :class:`EfficientNetB7` / :class:`EfficientNet` (Tan & Le, 2019);
-* :class:`Xception` (Chollet, 2017);
-* :class:`ConvNeXtTiny` / :class:`ConvNeXtSmall` / :class:`ConvNeXtBase` /
-  :class:`ConvNeXt` (Liu et al., 2022);
-* the same architectures as ``flax.nnx`` modules in :mod:`sepconv_jax.models.nnx`, with
-  :func:`sepconv_jax.models.nnx.from_linen`;
-* their blocks in :mod:`sepconv_jax.models.blocks`;
-* the 1-D speech models :class:`MatchboxNet` (Majumdar & Ginsburg, 2020) and
-  :class:`QuartzNet` (Kriman et al., 2019) and their :class:`TimeChannelSeparableBlock`,
-  in :mod:`sepconv_jax.models.speech`, with NNX versions in
-  :mod:`sepconv_jax.models.speech_nnx`;
-* :func:`from_name`, every architecture by name (:data:`NAMES`, :data:`SPEECH_NAMES`), as
-  the command line and configuration files name them, in either API;
-* the tables they are built from, as plain records, in :mod:`sepconv_jax.models.spec`: a
-  variant (EfficientNet-B3, ConvNeXt-S, MobileNetV3-Small) is a row of its registry, and its
-  class here is generated from the row.
+* the image models :class:`MobileNetV1`, :class:`MobileNetV2`, :class:`MobileNetV3Small` /
+  :class:`MobileNetV3Large`, :class:`EfficientNetB0` ... :class:`EfficientNetB7` /
+  :class:`EfficientNet`, :class:`Xception`, :class:`ConvNeXtTiny` /
+  :class:`ConvNeXtSmall` / :class:`ConvNeXtBase` / :class:`ConvNeXt`, their blocks in
+  :mod:`sepconv_jax.models.blocks`, and their ``flax.nnx`` versions in
+  :mod:`sepconv_jax.models.nnx` (:func:`sepconv_jax.models.nnx.from_linen`);
+* the speech models :class:`MatchboxNet` and :class:`QuartzNet` in
+  :mod:`sepconv_jax.models.speech` (NNX: :mod:`sepconv_jax.models.speech_nnx`);
+* :func:`from_name`, every architecture by name (:data:`NAMES`, :data:`SPEECH_NAMES`),
+  in either API, built from the rows of :mod:`sepconv_jax.models.spec`.
 
 Every image model takes channels-last images ``(batch, height, width, 3)`` (the
 speech models take feature frames ``(batch, time, features)``, follow NVIDIA NeMo's

@@ -142,6 +142,10 @@ class Builder:
 
     def dropout(self, name: str, x: jax.Array, rate: float, per_sample: bool = False) -> jax.Array:
         """Dropout of ``rate`` (none when 0); ``per_sample`` drops whole samples."""
+        dims = tuple(range(1, x.ndim)) if per_sample else ()
+        return x if rate <= 0 else self._dropout(name, x, rate, dims)
+
+    def _dropout(self, name: str, x: jax.Array, rate: float, dims: tuple[int, ...]) -> jax.Array:
         raise NotImplementedError
 
     def layer_scale(self, name: str, x: jax.Array, init: float) -> jax.Array:
@@ -177,10 +181,7 @@ class LinenBuilder(Builder):
             return layer(x, use_running_average=not self.train)
         return layer(x, decode=True) if self.decode and kind == "separable" else layer(x)
 
-    def dropout(self, name, x, rate, per_sample=False):
-        if rate <= 0:
-            return x
-        dims = tuple(range(1, x.ndim)) if per_sample else ()
+    def _dropout(self, name, x, rate, dims):
         return nn.Dropout(rate, broadcast_dims=dims, deterministic=not self.train, name=name)(x)
 
     def layer_scale(self, name, x, init):
@@ -279,10 +280,7 @@ class _Recorder(Builder):
             width = x.shape[-1] * options["depth_multiplier"]
         return self._note(kind, name, x, width, *args, **kw)
 
-    def dropout(self, name, x, rate, per_sample=False):
-        if rate <= 0:
-            return x
-        dims = tuple(range(1, x.ndim)) if per_sample else ()
+    def _dropout(self, name, x, rate, dims):
         return self._note("dropout", name, x, None, rate, dims)
 
     def layer_scale(self, name, x, init):
@@ -364,9 +362,7 @@ class _Caller(Builder):
             return layer(x, use_running_average=None if self.train is None else not self.train)
         return layer(x, decode=True) if self.decode and kind == "separable" else layer(x)
 
-    def dropout(self, name, x, rate, per_sample=False):
-        if rate <= 0:
-            return x
+    def _dropout(self, name, x, rate, dims):
         return getattr(self.m, name)(
             x, deterministic=None if self.train is None else not self.train
         )

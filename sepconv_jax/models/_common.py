@@ -153,6 +153,19 @@ class Classifier(Numerics):
 
     A subclass adds its own fields after these (and may change a default, e.g.
     ``dropout_rate``); the numerics fields of :class:`Numerics` are keyword-only.
+
+    Attributes:
+      num_classes: outputs of the classifier.
+      include_top: end with the classifier (:func:`head`); otherwise return features.
+      pooling: without the top, ``None`` returns ``(batch, *spatial, channels)``,
+        ``"avg"`` or ``"max"`` pools them to ``(batch, channels)``.
+      dropout_rate: dropout before the classifier.
+      classifier_activation: applied to the logits, e.g. ``jax.nn.softmax``;
+        ``None`` returns logits.
+      dtype: computation dtype (e.g. ``jnp.bfloat16``); ``None`` infers it.
+      param_dtype, precision, impl: the parameters' dtype, the precision of every
+        convolution and dense layer, the depthwise implementation
+        (:mod:`sepconv_jax.kernels.dispatch`).
     """
 
     num_classes: int = 1000
@@ -178,14 +191,18 @@ def head(config: Classifier, b: Any, x: jax.Array) -> jax.Array:
     ``b`` is the forward's builder (:class:`sepconv_jax.models._build.Builder`); the
     pool runs over every axis between the batch and the channels.
     """
-    axes = tuple(range(1, x.ndim - 1))
     if not config.include_top:
-        if config.pooling == "avg":
-            return jnp.mean(x, axis=axes)
-        if config.pooling == "max":
-            return jnp.max(x, axis=axes)
-        return x
-    return classify(config, b, jnp.mean(x, axis=axes))
+        return pool(x, config.pooling)
+    return classify(config, b, pool(x, "avg"))
+
+
+def pool(x: jax.Array, pooling: Pooling) -> jax.Array:
+    """``x`` averaged (``"avg"``) or maxed (``"max"``) over every axis between the batch
+    and the channels, or itself (``None``)."""
+    axes = tuple(range(1, x.ndim - 1))
+    if pooling == "avg":
+        return jnp.mean(x, axis=axes)
+    return jnp.max(x, axis=axes) if pooling == "max" else x
 
 
 def classify(config: Classifier, b: Any, x: jax.Array) -> jax.Array:
@@ -199,11 +216,6 @@ def classify(config: Classifier, b: Any, x: jax.Array) -> jax.Array:
 
 #: Keras' ``backend.epsilon()``, the floor of a ``Normalization`` layer's standard deviation.
 NORMALIZATION_EPSILON = 1e-7
-
-
-def check_epsilon(value: Any, name: str) -> float:
-    """A normalization epsilon: a float > 0."""
-    return check_positive_float(value, name)
 
 
 def float_input(x: jax.Array) -> jax.Array:

@@ -11,20 +11,9 @@ Batch normalization follows Keras' conventions (``epsilon`` added to the varianc
 ``momentum`` the weight of the old running value), so that weights trained in Keras
 give the same outputs here.
 
-Blocks:
-
-* :class:`DepthwiseSeparableBlock`: MobileNet (v1) 3x3 depthwise + BN + ReLU6,
-  1x1 pointwise + BN + ReLU6 (Howard et al., 2017, Fig. 3), or the standard 3x3
-  convolution it replaces.
-* :class:`InvertedResidual` (alias :data:`MBConv`): 1x1 expansion, depthwise
-  convolution, optional squeeze-and-excitation, linear 1x1 projection, identity
-  shortcut with optional stochastic depth (Sandler et al., 2018; Tan & Le, 2019).
-* :class:`SqueezeExcite`: channel gating by a two-layer bottleneck over the global
-  average (Hu et al., 2018).
-* :class:`XceptionBlock`: a stack of (ReLU, separable 3x3 conv, BN) units with an
-  optional stride-2 max-pool and a residual shortcut (Chollet, 2017, Fig. 5).
-* :class:`ConvNeXtBlock`: depthwise 7x7, LayerNorm, pointwise MLP with GELU,
-  layer scale and stochastic depth around a residual (Liu et al., 2022).
+Blocks: :class:`DepthwiseSeparableBlock` (MobileNet), :class:`InvertedResidual` (alias
+:data:`MBConv`; MobileNetV2/V3, EfficientNet), :class:`SqueezeExcite`,
+:class:`XceptionBlock` and :class:`ConvNeXtBlock`.
 
 :mod:`sepconv_jax.models.nnx.blocks` holds the same blocks as ``flax.nnx`` modules, built
 from the same forward functions (:mod:`sepconv_jax.models._build`).
@@ -32,9 +21,8 @@ from the same forward functions (:mod:`sepconv_jax.models._build`).
 
 from __future__ import annotations
 
-import typing
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
@@ -61,9 +49,6 @@ __all__ = [
 ]
 
 Stride2Padding = Literal["same", "fixed", "symmetric"]
-
-
-STRIDE2_PADDINGS: tuple[Stride2Padding, ...] = typing.get_args(Stride2Padding)
 
 
 def conv_padding(
@@ -330,6 +315,28 @@ class InvertedResidual(Linen, Normalized):
 
 #: EfficientNet's name for :class:`InvertedResidual` with squeeze-excite and swish.
 MBConv = InvertedResidual
+
+
+def inverted_residual_body(
+    config: Any, b: Builder, x: jax.Array, blocks: list[tuple[str, dict[str, Any]]], *,
+    stem: tuple[str, str, int], top: tuple[str, str, int], stem_padding: Any,
+    activation: Activation, bn_momentum: float,
+) -> jax.Array:  # fmt: skip
+    """What MobileNetV2, MobileNetV3 and EfficientNet share, before their heads.
+
+    A 3x3 stem convolution of stride 2, batch norm and ``activation``; the inverted
+    residuals ``blocks`` (``(name, fields)``); a 1x1 convolution, batch norm and
+    ``activation``. ``stem`` and ``top`` are ``(conv name, batch-norm name, width)``;
+    every batch norm has ``bn_momentum`` and the model's ``bn_epsilon``.
+    """
+    (stem_conv, stem_bn, stem_width), (top_conv, top_bn, top_width) = stem, top
+    momentum, epsilon = bn_momentum, config.bn_epsilon
+    x = b.conv(stem_conv, x, stem_width, 3, 2, stem_padding)
+    x = activation(b.batch_norm(stem_bn, x, momentum, epsilon))
+    for name, fields in blocks:
+        x = b.block(name, InvertedResidual, x, **fields, bn_epsilon=epsilon)
+    x = b.pointwise(top_conv, x, top_width)
+    return activation(b.batch_norm(top_bn, x, momentum, epsilon))
 
 
 def _xception_block(config: XceptionBlock, b: Builder, x: jax.Array) -> jax.Array:

@@ -48,21 +48,12 @@ def convnext_blocks(
     grows linearly from 0 to ``drop_path_rate`` over all blocks (``np.linspace``, as
     Keras and the reference code). One table for the linen and the NNX model.
     """
-    rates = np.linspace(0.0, drop_path_rate, sum(depths))
-    out: list[list[tuple[str, dict[str, Any]]]] = []
-    index = 0
-    for i, depth in enumerate(depths):
-        stage = []
-        for j in range(depth):
-            kwargs = dict(
-                drop_rate=float(rates[index]),
-                layer_scale_init_value=layer_scale_init_value,
-                norm_epsilon=NORM_EPSILON,
-            )
-            stage.append((f"stage{i}_block{j}", kwargs))
-            index += 1
-        out.append(stage)
-    return out
+    rates = iter(np.linspace(0.0, drop_path_rate, sum(depths)))
+    fields = {"layer_scale_init_value": layer_scale_init_value, "norm_epsilon": NORM_EPSILON}
+    return [
+        [(f"stage{i}_block{j}", {"drop_rate": float(next(rates)), **fields}) for j in range(depth)]
+        for i, depth in enumerate(depths)
+    ]
 
 
 def _convnext(config: ConvNeXt, b: Builder, x: jax.Array) -> jax.Array:
@@ -80,10 +71,7 @@ def _convnext(config: ConvNeXt, b: Builder, x: jax.Array) -> jax.Array:
             h = b.conv(f"downsample{i}_conv", h, dim, 2, 2, "VALID", use_bias=True)
         for name, kwargs in stage:
             h = b.block(name, ConvNeXtBlock, h, **kwargs)
-    if config.include_top or config.pooling == "avg":
-        h = h.mean(axis=(1, 2))
-    elif config.pooling == "max":
-        h = h.max(axis=(1, 2))
+    h = _common.pool(h, "avg" if config.include_top else config.pooling)
     h = b.layer_norm("head_norm", h, eps)
     return _common.classify(config, b, h) if config.include_top else h
 

@@ -14,27 +14,21 @@ import jax
 from sepconv_jax.models import _common, spec
 from sepconv_jax.models._build import Builder, Linen
 from sepconv_jax.models.blocks import (
-    InvertedResidual,
     Stride2Padding,
     check_image,
     conv_padding,
+    inverted_residual_body,
 )
 from sepconv_jax.models.mobilenet_v2 import make_divisible
 
 __all__ = ["EfficientNet", "efficientnet_blocks"]
 
 STAGES = spec.EFFICIENTNET_STAGES
-SE_RATIO = spec.EFFICIENTNET_SE_RATIO
-BN_MOMENTUM = spec.EFFICIENTNET_BN_MOMENTUM
-#: Keras' ``backend.epsilon()``, the floor of the normalization's standard deviation.
-NORMALIZATION_EPSILON = _common.NORMALIZATION_EPSILON
-DEPTH_DIVISOR = spec.EFFICIENTNET_DEPTH_DIVISOR
-SCALING = spec.EFFICIENTNET_SCALING
 
 
 def round_filters(filters: int, width_coefficient: float) -> int:
     """Keras' ``round_filters``: ``filters * width_coefficient`` to a multiple of 8."""
-    return make_divisible(filters * width_coefficient, DEPTH_DIVISOR)
+    return make_divisible(filters * width_coefficient, spec.EFFICIENTNET_DEPTH_DIVISOR)
 
 
 def round_repeats(repeats: int, depth_coefficient: float) -> int:
@@ -65,11 +59,11 @@ def efficientnet_blocks(
                 expand_ratio=expand,
                 kernel_size=kernel,
                 strides=first_stride if j == 0 else 1,
-                se_ratio=SE_RATIO,
+                se_ratio=spec.EFFICIENTNET_SE_RATIO,
                 drop_rate=drop_connect_rate * len(out) / total,
                 activation=nn.swish,
                 stride2_padding=stride2_padding,
-                bn_momentum=BN_MOMENTUM,
+                bn_momentum=spec.EFFICIENTNET_BN_MOMENTUM,
             )
             out.append((f"block{i + 1}{chr(ord('a') + j)}", kwargs))
     return out
@@ -81,14 +75,14 @@ def _efficientnet(config: EfficientNet, b: Builder, x: jax.Array) -> jax.Array:
         x = _common.normalize_input(
             x, config.input_mean, config.input_variance, 1.0 / 255.0, type(config).__name__
         )
-    width, epsilon = config.width_coefficient, config.bn_epsilon
-    padding = conv_padding(3, 2, config.stride2_padding)
-    x = b.conv("stem_conv", x, round_filters(32, width), 3, 2, padding)
-    x = nn.swish(b.batch_norm("stem_bn", x, BN_MOMENTUM, epsilon))
-    for name, kwargs in config.blocks():
-        x = b.block(name, InvertedResidual, x, **kwargs, bn_epsilon=epsilon)
-    x = b.pointwise("top_conv", x, round_filters(1280, width))
-    x = nn.swish(b.batch_norm("top_bn", x, BN_MOMENTUM, epsilon))
+    width, padding = config.width_coefficient, config.stride2_padding
+    blocks = efficientnet_blocks(width, config.depth_coefficient, config.drop_connect_rate, padding)
+    x = inverted_residual_body(
+        config, b, x, blocks, stem=("stem_conv", "stem_bn", round_filters(32, width)),
+        top=("top_conv", "top_bn", round_filters(1280, width)),
+        stem_padding=conv_padding(3, 2, padding), activation=nn.swish,
+        bn_momentum=spec.EFFICIENTNET_BN_MOMENTUM,
+    )  # fmt: skip
     return _common.head(config, b, x)
 
 
@@ -108,23 +102,20 @@ class EfficientNet(Linen, _common.Classifier):
     1e-7)``, per channel. Images are expected in ``[0, 255]``.
 
     Attributes:
-      num_classes: outputs of the classifier.
       width_coefficient: channel scaling (1.0 for B0).
       depth_coefficient: repeat scaling (1.0 for B0).
-      include_top: end with the classifier; otherwise return features.
-      pooling: without the top: ``None``, ``"avg"`` or ``"max"``.
-      dropout_rate: dropout before the classifier (0.2 for B0).
       drop_connect_rate: stochastic depth rate of the last block.
       include_preprocessing: apply the rescaling and normalization above.
       input_mean: per-channel mean of the normalization (Keras' default 0).
       input_variance: per-channel variance of the normalization (Keras' default 1).
-      classifier_activation: applied to the logits; ``None`` returns logits.
       stride2_padding: see :func:`~sepconv_jax.models.blocks.conv_padding`;
         ``"symmetric"`` is timm's ``efficientnet_b*``, ``"same"`` Keras' models built
         for a known size and timm's ``tf_efficientnet_b*``.
       bn_epsilon: the batch norms' epsilon (Keras and timm's ``tf_`` models 1e-3,
         timm's others 1e-5).
-      dtype, param_dtype, precision, impl: numerics, passed to every layer.
+      num_classes, include_top, pooling, dropout_rate, classifier_activation, dtype,
+        param_dtype, precision, impl: as every
+        :class:`~sepconv_jax.models._common.Classifier` (``dropout_rate`` 0.2 for B0).
 
     ``default_size`` (a class attribute) is the input side each variant was scaled
     for (224 for B0 ... 600 for B7); any size at least 32 works.
@@ -150,14 +141,5 @@ class EfficientNet(Linen, _common.Classifier):
     bn_epsilon: float = _common.BN_EPSILON
 
     default_size: ClassVar[int] = 224
-
-    def blocks(self) -> list[tuple[str, dict[str, Any]]]:
-        """This model's MBConv blocks, see :func:`efficientnet_blocks`."""
-        return efficientnet_blocks(
-            self.width_coefficient,
-            self.depth_coefficient,
-            self.drop_connect_rate,
-            self.stride2_padding,
-        )
 
     forward = staticmethod(_efficientnet)

@@ -8,16 +8,10 @@ import jax
 
 from sepconv_jax.models import _common, spec
 from sepconv_jax.models._build import Builder, Linen
-from sepconv_jax.models.blocks import (
-    DepthwiseSeparableBlock,
-    Stride2Padding,
-    check_image,
-)
+from sepconv_jax.models.blocks import DepthwiseSeparableBlock, Stride2Padding, check_image
 
 __all__ = ["MobileNetV1", "mobilenet_v1_widths"]
 
-BLOCKS = spec.MOBILENET_V1_BLOCKS
-STEM = spec.MOBILENET_V1_STEM
 BN_MOMENTUM = spec.MOBILENET_V1_BN_MOMENTUM
 
 
@@ -33,7 +27,8 @@ def mobilenet_v1_widths(width_multiplier: float) -> tuple[int, ...]:
       (8, 16, 32, 32)
     """
     alpha = _common.check_positive_float(width_multiplier, "width_multiplier")
-    return tuple(int(c * alpha) for c in (STEM, *(f for f, _ in BLOCKS)))
+    bases = (spec.MOBILENET_V1_STEM, *(f for f, _ in spec.MOBILENET_V1_BLOCKS))
+    return tuple(int(c * alpha) for c in bases)
 
 
 def _mobilenet_v1(config: MobileNetV1, b: Builder, x: jax.Array) -> jax.Array:
@@ -41,9 +36,10 @@ def _mobilenet_v1(config: MobileNetV1, b: Builder, x: jax.Array) -> jax.Array:
     stem, *widths = mobilenet_v1_widths(config.width_multiplier)
     x = b.conv("conv1", x, stem, 3, 2, "SAME")
     x = nn.relu6(b.batch_norm("conv1_bn", x, BN_MOMENTUM, _common.BN_EPSILON))
-    for i, (features, (_, strides)) in enumerate(zip(widths, BLOCKS, strict=True), 1):
+    strides = (s for _, s in spec.MOBILENET_V1_BLOCKS)
+    for i, (features, stride) in enumerate(zip(widths, strides, strict=True), 1):
         x = b.block(
-            f"block{i}", DepthwiseSeparableBlock, x, features=features, strides=strides,
+            f"block{i}", DepthwiseSeparableBlock, x, features=features, strides=stride,
             depth_multiplier=config.depth_multiplier, full_convolution=config.full_convolution,
             stride2_padding=config.stride2_padding, bn_momentum=BN_MOMENTUM,
         )  # fmt: skip
@@ -66,25 +62,17 @@ class MobileNetV1(Linen, _common.Classifier):
     momentum 0.99.
 
     Attributes:
-      num_classes: outputs of the classifier.
       width_multiplier: the paper's alpha (Keras' ``alpha``); 0.25, 0.5, 0.75, 1.0
         in the paper, any positive value works.
       depth_multiplier: depthwise outputs per input channel (Keras'
         ``depth_multiplier``; 1 in the paper).
       full_convolution: replace every depthwise-separable block by a standard 3x3
         convolution (the "Conv MobileNet" row of the paper's Table 4).
-      include_top: end with the classifier; otherwise return features.
-      pooling: without the top, ``None`` returns ``(batch, h, w, channels)``,
-        ``"avg"`` or ``"max"`` pools them to ``(batch, channels)``.
-      dropout_rate: dropout before the classifier (Keras' default 1e-3).
-      classifier_activation: applied to the logits, e.g. ``jax.nn.softmax``;
-        ``None`` returns logits.
       stride2_padding: padding of the strided depthwise steps, see
         :func:`~sepconv_jax.models.blocks.conv_padding`.
-      dtype: computation dtype (e.g. ``jnp.bfloat16``); ``None`` infers it.
-      param_dtype: parameter dtype.
-      precision: passed to every convolution and the dense layer.
-      impl: depthwise implementation, see :mod:`sepconv_jax.kernels.dispatch`.
+      num_classes, include_top, pooling, dropout_rate, classifier_activation, dtype,
+        param_dtype, precision, impl: as every
+        :class:`~sepconv_jax.models._common.Classifier` (``dropout_rate`` 1e-3, Keras').
 
     Example:
       >>> import jax, jax.numpy as jnp

@@ -11,9 +11,9 @@ import jax
 from sepconv_jax.models import _common, spec
 from sepconv_jax.models._build import Builder, Linen
 from sepconv_jax.models.blocks import (
-    InvertedResidual,
     Stride2Padding,
     check_image,
+    inverted_residual_body,
     stem_padding,
 )
 
@@ -89,12 +89,12 @@ def mobilenet_v2_blocks(
 def _mobilenet_v2(config: MobileNetV2, b: Builder, x: jax.Array) -> jax.Array:
     x = check_image(x, "MobileNetV2")
     stem, *_, last = mobilenet_v2_widths(config.width_multiplier)
-    momentum, epsilon = BN_MOMENTUM, config.bn_epsilon
-    x = b.conv("conv1", x, stem, 3, 2, stem_padding(3, 2, config.stride2_padding))
-    x = nn.relu6(b.batch_norm("conv1_bn", x, momentum, epsilon))
-    for name, kwargs in mobilenet_v2_blocks(config.width_multiplier, config.stride2_padding):
-        x = b.block(name, InvertedResidual, x, **kwargs, bn_epsilon=epsilon)
-    x = nn.relu6(b.batch_norm("conv_last_bn", b.pointwise("conv_last", x, last), momentum, epsilon))
+    x = inverted_residual_body(
+        config, b, x, mobilenet_v2_blocks(config.width_multiplier, config.stride2_padding),
+        stem=("conv1", "conv1_bn", stem), top=("conv_last", "conv_last_bn", last),
+        stem_padding=stem_padding(3, 2, config.stride2_padding), activation=nn.relu6,
+        bn_momentum=BN_MOMENTUM,
+    )  # fmt: skip
     return _common.head(config, b, x)
 
 
@@ -109,19 +109,16 @@ class MobileNetV2(Linen, _common.Classifier):
     weights convert exactly.
 
     Attributes:
-      num_classes: outputs of the classifier.
       width_multiplier: the paper's width multiplier (Keras' ``alpha``).
-      include_top: end with the classifier; otherwise return features.
-      pooling: without the top: ``None``, ``"avg"`` or ``"max"``.
-      dropout_rate: dropout before the classifier; 0 as in Keras.
-      classifier_activation: applied to the logits; ``None`` returns logits.
       stride2_padding: padding of strided depthwise steps, see
         :func:`~sepconv_jax.models.blocks.conv_padding`. ``"same"`` matches a Keras
         model built for a known input size, ``"fixed"`` one built for ``None``,
         ``"symmetric"`` (which pads the stem symmetrically too) timm's
         ``mobilenetv2_100``.
       bn_epsilon: the batch norms' epsilon (Keras 1e-3; PyTorch and timm 1e-5).
-      dtype, param_dtype, precision, impl: numerics, passed to every layer.
+      num_classes, include_top, pooling, dropout_rate, classifier_activation, dtype,
+        param_dtype, precision, impl: as every
+        :class:`~sepconv_jax.models._common.Classifier` (``dropout_rate`` 0, Keras').
 
     Example:
       >>> import jax, jax.numpy as jnp

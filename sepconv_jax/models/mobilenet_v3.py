@@ -11,9 +11,9 @@ import jax
 from sepconv_jax.models import _common, spec
 from sepconv_jax.models._build import Builder, Linen
 from sepconv_jax.models.blocks import (
-    InvertedResidual,
     Stride2Padding,
     check_image,
+    inverted_residual_body,
     stem_padding,
 )
 from sepconv_jax.models.mobilenet_v2 import make_divisible
@@ -101,13 +101,14 @@ def _mobilenet_v3(config: MobileNetV3, b: Builder, x: jax.Array) -> jax.Array:
     x = check_image(x, type(config).__name__)
     if config.include_preprocessing:
         x = rescale_input(x)
-    act, momentum, epsilon = config.nonlinearity, BN_MOMENTUM, config.bn_epsilon
-    x = b.conv("stem_conv", x, STEM, 3, 2, stem_padding(3, 2, config.stride2_padding))
-    x = act(b.batch_norm("stem_bn", x, momentum, epsilon))
-    for name, kwargs in config.blocks():
-        x = b.block(name, InvertedResidual, x, **kwargs, bn_epsilon=epsilon)
+    act, padding = _nonlinearity("HS", config.minimalistic), config.stride2_padding
+    blocks = mobilenet_v3_blocks(config.variant, config.alpha, config.minimalistic, padding)
     last, point = mobilenet_v3_head_widths(config.variant, config.alpha)
-    x = act(b.batch_norm("last_bn", b.pointwise("last_conv", x, last), momentum, epsilon))
+    x = inverted_residual_body(
+        config, b, x, blocks, stem=("stem_conv", "stem_bn", STEM),
+        top=("last_conv", "last_bn", last), stem_padding=stem_padding(3, 2, padding),
+        activation=act, bn_momentum=BN_MOMENTUM,
+    )  # fmt: skip
     if not config.include_top:
         return _common.head(config, b, x)
     x = act(b.pointwise("head_conv", x.mean(axis=(1, 2)), point, use_bias=True))
@@ -130,12 +131,6 @@ class MobileNetV3(Linen, _common.Classifier):
     Use :class:`MobileNetV3Large` or :class:`MobileNetV3Small`.
 
     Attributes:
-      num_classes: outputs of the classifier.
-      include_top: end with the classifier; otherwise return the features of the
-        last convolution.
-      pooling: without the top: ``None``, ``"avg"`` or ``"max"``.
-      dropout_rate: dropout before the classifier (Keras' default 0.2).
-      classifier_activation: applied to the logits; ``None`` returns logits.
       alpha: the width multiplier (Keras' name), applied to every block's width.
       minimalistic: no squeeze-excite, no hard-swish (ReLU) and only 3x3 kernels.
       include_preprocessing: rescale ``[0, 255]`` images to ``[-1, 1]`` first
@@ -143,7 +138,10 @@ class MobileNetV3(Linen, _common.Classifier):
       stride2_padding: see :func:`~sepconv_jax.models.blocks.conv_padding` (the
         stem always pads "SAME" unless ``"symmetric"``).
       bn_epsilon: the batch norms' epsilon (Keras 1e-3, timm 1e-5).
-      dtype, param_dtype, precision, impl: numerics, passed to every layer.
+      num_classes, include_top, pooling, dropout_rate, classifier_activation, dtype,
+        param_dtype, precision, impl: as every
+        :class:`~sepconv_jax.models._common.Classifier` (``dropout_rate`` 0.2, Keras';
+        without the top, the features are the last convolution's).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -163,17 +161,6 @@ class MobileNetV3(Linen, _common.Classifier):
     bn_epsilon: float = _common.BN_EPSILON
 
     variant: ClassVar[Variant] = "large"
-
-    def blocks(self) -> list[tuple[str, dict[str, Any]]]:
-        """This model's inverted residuals, see :func:`mobilenet_v3_blocks`."""
-        return mobilenet_v3_blocks(
-            self.variant, self.alpha, self.minimalistic, self.stride2_padding
-        )
-
-    @property
-    def nonlinearity(self) -> _common.Activation:
-        """Hard-swish, or ReLU when minimalistic (stem, last layers and later blocks)."""
-        return _nonlinearity("HS", self.minimalistic)
 
     forward = staticmethod(_mobilenet_v3)
 

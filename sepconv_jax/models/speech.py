@@ -1,12 +1,7 @@
-"""1-D time-channel separable networks for speech: MatchboxNet and QuartzNet (flax.linen).
-
-* :class:`MatchboxNet` (Majumdar & Ginsburg, 2020, "MatchboxNet: 1D Time-Channel
-  Separable Convolutional Neural Network Architecture for Speech Commands
-  Recognition"): keyword spotting, one label per clip.
-* :class:`QuartzNet` (Kriman et al., 2019, "QuartzNet: Deep Automatic Speech
-  Recognition with 1D Time-Channel Separable Convolutions"): speech recognition,
-  one CTC distribution over characters per output frame.
-* :class:`TimeChannelSeparableBlock`, the block both are made of.
+"""1-D time-channel separable networks for speech (flax.linen): :class:`MatchboxNet`
+(Majumdar & Ginsburg, 2020; keyword spotting, one label per clip), :class:`QuartzNet`
+(Kriman et al., 2019; speech recognition, one CTC distribution per output frame) and
+:class:`TimeChannelSeparableBlock`, the block both are made of.
 
 Both take channels-last features ``(batch, time, features)`` (MFCC or mel frames;
 NeMo, the papers' code, uses channels-first ``(batch, features, time)``). Layouts
@@ -81,6 +76,7 @@ def check_sequence(x: ArrayLike, owner: str) -> jax.Array:
 
 
 def check_stream_mode(train: Any, decode: Any, causal: bool, owner: str) -> None:
+    """``train`` and ``decode`` flags that fit a model with ``causal`` padding."""
     _layers.check_bool(train, "train")
     _layers.check_bool(decode, "decode")
     if decode and train:
@@ -95,11 +91,17 @@ def check_stream_mode(train: Any, decode: Any, causal: bool, owner: str) -> None
         )
 
 
-def _time_channel_block(config: TimeChannelSeparableBlock, b: Builder, x: jax.Array) -> jax.Array:
-    """``(batch, time, channels)`` -> ``(batch, time / strides, features)``."""
+def _check_call(config: Any, b: Builder, x: jax.Array) -> jax.Array:
+    """``x`` as feature frames, and the call's mode, checked for the block or model ``config``."""
     owner = type(config).__name__
     x = check_sequence(x, owner)
     check_stream_mode(b.train, b.decode, config.causal, owner)
+    return x
+
+
+def _time_channel_block(config: TimeChannelSeparableBlock, b: Builder, x: jax.Array) -> jax.Array:
+    """``(batch, time, channels)`` -> ``(batch, time / strides, features)``."""
+    x = _check_call(config, b, x)
     h = x
     for i in range(1, config.repeat + 1):
         strides = config.strides if i == 1 else 1
@@ -199,8 +201,7 @@ def _block(
 
 
 def _matchboxnet(config: MatchboxNet, b: Builder, x: jax.Array) -> jax.Array:
-    x = check_sequence(x, "MatchboxNet")
-    check_stream_mode(b.train, b.decode, config.causal, "MatchboxNet")
+    x = _check_call(config, b, x)
     x = _block(config, b, "prologue", x, 128, 11)
     for i, kernel in enumerate(config._kernels(), start=1):
         x = _block(config, b, f"block{i}", x, config.channels, kernel, repeat=config.repeat,
@@ -210,10 +211,7 @@ def _matchboxnet(config: MatchboxNet, b: Builder, x: jax.Array) -> jax.Array:
     pooling = "avg" if config.include_top else config.pooling
     if pooling is None:
         return x
-    if b.decode:
-        pooled = _running_pool(b, x, pooling)
-    else:
-        pooled = jnp.mean(x, axis=1) if pooling == "avg" else jnp.max(x, axis=1)
+    pooled = _running_pool(b, x, pooling) if b.decode else _common.pool(x, pooling)
     return _common.classify(config, b, pooled) if config.include_top else pooled
 
 
@@ -335,8 +333,7 @@ class MatchboxNet(LinenStream, _common.Classifier):
 
 
 def _quartznet(config: QuartzNet, b: Builder, x: jax.Array) -> jax.Array:
-    x = check_sequence(x, "QuartzNet")
-    check_stream_mode(b.train, b.decode, config.causal, "QuartzNet")
+    x = _check_call(config, b, x)
     if b.decode and x.shape[1] % 2:
         raise ValueError(
             f"`x` has {x.shape[1]} frames but QuartzNet's first convolution has stride 2: "

@@ -1,16 +1,11 @@
 """The reference architectures and their blocks as ``flax.nnx`` modules.
 
-Every model of :mod:`sepconv_jax.models` has an NNX class of the same name here
-(:class:`MobileNetV1`, :class:`MobileNetV2`, :class:`MobileNetV3Small`,
-:class:`MobileNetV3Large`, :class:`EfficientNetB0` ... :class:`EfficientNetB7`,
-:class:`Xception`, :class:`ConvNeXtTiny`, :class:`ConvNeXtSmall`,
-:class:`ConvNeXtBase`, and the general :class:`EfficientNet` and :class:`ConvNeXt`),
-taking the same options plus ``in_features`` (image channels, 3) and ``rngs=``; the
-blocks are in :mod:`sepconv_jax.models.nnx.blocks`. Both APIs run the same forward
-functions and so carry the same parameter names, so :func:`from_linen` turns a
-linen model and its variables (trained, or imported from Keras or timm) into the
-NNX model computing the same outputs. :func:`abstract_model` builds one with
-abstract parameters, quickly, for counting or as a skeleton.
+Every image model of :mod:`sepconv_jax.models` has an NNX class of the same name here
+(:mod:`~sepconv_jax.models.nnx.architectures`), taking the same options plus
+``in_features`` (image channels, 3) and ``rngs=``; the blocks are in
+:mod:`sepconv_jax.models.nnx.blocks`. :func:`from_linen` turns a linen model and its
+variables (trained, or imported from Keras or timm) into the NNX model computing the
+same outputs; :func:`abstract_model` builds one with abstract parameters, quickly.
 
 NNX conventions apply: a model is built in training mode (batch statistics,
 dropout and stochastic depth active, drawing from the ``"dropout"`` stream of the

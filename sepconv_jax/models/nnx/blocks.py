@@ -1,13 +1,8 @@
 """The blocks of :mod:`sepconv_jax.models.blocks` as ``flax.nnx`` modules.
 
-Each block takes the input width first, then keyword options: exactly the fields of
-the linen block of the same name, with the same defaults and checks (a linen block
-is built from them to validate them), and ``rngs=``. Both run the same forward
-function (:mod:`sepconv_jax.models._build`), so parameters and batch statistics have
-the linen block's names and shapes by construction.
-
-Batch norm and dropout follow NNX's convention: a block is built in training mode
-(batch statistics, dropout active) and ``block.eval()`` / ``block.train()`` switch it.
+Each block takes the input width first, then the linen block's fields as keyword
+options, and ``rngs=`` (:mod:`sepconv_jax.models._build`). It is built in training mode;
+``block.eval()`` / ``block.train()`` switch it.
 
 Example:
   >>> import jax.numpy as jnp
