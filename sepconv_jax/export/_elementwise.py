@@ -45,7 +45,7 @@ import jax
 import numpy as np
 from jax.extend import core as jcore
 
-from sepconv_jax.export._rewrite import _INLINE
+from sepconv_jax.export._rewrite import _INLINE, bind
 
 __all__ = ["KINDS", "Point", "run"]
 
@@ -141,17 +141,6 @@ def _means(jaxpr: jcore.Jaxpr) -> dict[int, int]:
     return found
 
 
-def _bind(eqn: jcore.JaxprEqn, invals: Sequence[Any]) -> list[Any]:
-    prim = eqn.primitive
-    bind_params = prim.get_bind_params(eqn.params)
-    if isinstance(bind_params, tuple):  # pragma: no cover - JAX before 0.7
-        subfuns, bind_params = bind_params
-        out = prim.bind(*subfuns, *invals, **bind_params)
-    else:
-        out = prim.bind(*invals, **bind_params)
-    return list(out) if prim.multiple_results else [out]
-
-
 class _Interpreter:
     def __init__(self, point: Point, quantizes: Callable[[jcore.JaxprEqn], bool]):
         self.point = point
@@ -211,16 +200,16 @@ class _Interpreter:
             )
             if gate:
                 quantize_input(0, "gate_input", eqn, vals)
-                outs = _bind(eqn, vals)
+                outs = bind(eqn.primitive, eqn.params, vals)
                 outs = [self.mark("gate", outs[0])]
                 out_flags = [_Flags(True, quantized=True, gate=True)]
             elif product:
                 quantize_input(0, "product_input", eqn, vals)
                 quantize_input(1, "product_input", eqn, vals)
-                outs = [self.mark("product", _bind(eqn, vals)[0])]
+                outs = [self.mark("product", bind(eqn.primitive, eqn.params, vals)[0])]
                 out_flags = [_Flags(True, quantized=True)]
             elif id(eqn) in mean_ends and depends:
-                outs = [self.mark("mean", _bind(eqn, vals)[0])]
+                outs = [self.mark("mean", bind(eqn.primitive, eqn.params, vals)[0])]
                 out_flags = [_Flags(True, quantized=True)]
             elif body_name is not None and body_name in eqn.params:
                 body = eqn.params[body_name]
@@ -231,7 +220,7 @@ class _Interpreter:
             else:
                 if id(eqn) in means and depends:
                     quantize_input(0, "mean_input", eqn, vals)
-                outs = _bind(eqn, vals)
+                outs = bind(eqn.primitive, eqn.params, vals)
                 if name in _LAYOUT and len(fl) == 1:
                     out_flags = [_Flags(depends, fl[0].quantized, fl[0].gate)] * len(outs)
                 else:

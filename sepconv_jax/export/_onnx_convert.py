@@ -27,7 +27,7 @@ from sepconv_jax.export._onnx_base import (
     _squeeze,
     _value,
 )
-from sepconv_jax.export._rewrite import _INLINE
+from sepconv_jax.export._rewrite import _INLINE, bind
 
 
 class _Converter(_Emitter):
@@ -112,15 +112,7 @@ class _Converter(_Emitter):
 
     def fold(self, eqn: jcore.JaxprEqn, args: list[Any]) -> list[Any]:
         values = [jax.numpy.asarray(_value(a)) for a in args]
-        prim = eqn.primitive
-        bind_params = prim.get_bind_params(eqn.params)
-        if isinstance(bind_params, tuple):  # pragma: no cover - JAX before 0.7
-            subfuns, bind_params = bind_params
-            out = prim.bind(*subfuns, *values, **bind_params)
-        else:
-            out = prim.bind(*values, **bind_params)
-        outs = list(out) if prim.multiple_results else [out]
-        return [np.asarray(o) for o in outs]
+        return [np.asarray(o) for o in bind(eqn.primitive, eqn.params, values)]
 
     # ------------------------------------------------------------------ elementwise extras
 
