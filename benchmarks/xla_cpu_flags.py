@@ -19,10 +19,19 @@ relative L2 error of the logits (inference), and of the loss, the parameter upda
 program is also summarized (library fusions by kind, layout copies and transposes at
 the top level), so that a set whose program did not change is seen as such.
 
-Usage::
+Usage (the runs of ``results/cpu_flags``: every set on inference, then the sets of
+:data:`DEFAULT_SETS` on training)::
 
-    python benchmarks/xla_cpu_flags.py --image-size 128 --out benchmarks/results/cpu_flags
-    python benchmarks/xla_cpu_flags.py --quick --out /tmp/cpu_flags  # smoke run, a minute
+    python benchmarks/xla_cpu_flags.py --image-size 128 --modes inference --calls 2 \
+        --sets default "ynn off" "ynn dots only" "ynn +convs" "xnn fusions" "xnn graph" \
+        "no xnnpack" "fast math" "vector 512" "no concurrency scheduler" \
+        "no fusion emitters" --out benchmarks/results/cpu_flags/inference
+    python benchmarks/xla_cpu_flags.py --image-size 128 --modes training --rounds 4 \
+        --calls 1 --out benchmarks/results/cpu_flags/training
+    python benchmarks/xla_cpu_flags.py --quick --out /tmp/cpu_flags  # smoke run, minutes
+
+Compiling a training step takes 25-75 s per set on two busy cores, so a full run of
+every set on every model and mode is most of an hour; hence the screening.
 """
 
 from __future__ import annotations
