@@ -110,11 +110,17 @@ def ort_runner(path: str, x: np.ndarray, *, threads: int = THREADS, layout: str 
     (``ops``) and of the graph onnxruntime runs after its optimizations
     (``optimized_ops``: for an int8 model, ``QLinearConv`` or ``ConvInteger`` nodes
     are convolutions in integer arithmetic, a ``Conv`` between ``DequantizeLinear``
-    and ``QuantizeLinear`` one in float). ``layout="NCHW"`` feeds ``x`` transposed."""
+    and ``QuantizeLinear`` one in float). ``layout="NCHW"`` feeds ``x`` transposed.
+
+    The session's threads sleep between runs instead of spinning: the runners take
+    turns on the same cores (:func:`time_side_by_side`), and a session spinning after
+    its last call slowed whichever runner came next (measured on 2 cores: the same
+    MobileNetV2 ``.tflite`` took 4.2 ms alone and 7-8 ms timed right after an
+    onnxruntime runner)."""
     from sepconv_jax.export.onnx import op_counts, session
 
     optimized = os.path.splitext(path)[0] + "_optimized.onnx"
-    sess = session(path, threads=threads, optimized_path=optimized)
+    sess = session(path, threads=threads, optimized_path=optimized, spinning=False)
     feed = {sess.get_inputs()[0].name: x.transpose(0, 3, 1, 2).copy() if layout == "NCHW" else x}
 
     def call() -> Any:

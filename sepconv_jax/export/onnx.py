@@ -212,7 +212,11 @@ def conv_groups(model: Any) -> list[int]:
 
 
 def session(
-    path: str | os.PathLike, *, optimized_path: str | None = None, threads: int | None = None
+    path: str | os.PathLike,
+    *,
+    optimized_path: str | None = None,
+    threads: int | None = None,
+    spinning: bool = True,
 ) -> Any:
     """An ``onnxruntime`` CPU session for ``path``.
 
@@ -221,10 +225,15 @@ def session(
       optimized_path: where to save the graph onnxruntime runs after its optimizations.
       threads: intra-op threads (one inter-op thread then); ``None`` keeps onnxruntime's
         default.
+      spinning: whether the intra-op threads busy-wait for work after a run
+        (onnxruntime's default, ``session.intra_op.allow_spinning``); ``False`` lets
+        them sleep, so that they leave the cores to whatever runs next.
     """
     ort = require("onnxruntime")
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
