@@ -104,6 +104,47 @@ __all__ = [
 run_export = bench_export.run_export
 
 
+def _models_report(
+    machine: dict[str, Any], config: dict[str, Any], table: str, scaling: str, records: list[dict]
+) -> list[str]:
+    """The lines of ``models.md``: the setting, the table and the scaling table."""
+    load, load_end = machine.get("load_average"), machine.get("load_average_end")
+    report = [
+        "# Whole models: ours against timm in PyTorch",
+        "",
+        f"{machine['cpu']}, {machine['cores']} cores, load average "
+        f"{f'{load[0]:.1f}' if load else 'n/a'} at the start and "
+        f"{f'{load_end[0]:.1f}' if load_end else 'n/a'} at the end; jax {machine['jax']}, "
+        f"torch {machine['torch']} ({machine['torch_threads']} threads). Inference at batch "
+        f"{', '.join(map(str, config['inference_batches']))}, training at batch "
+        f"{', '.join(map(str, config['training_batches']))}, "
+        f"{config['image_size']}x{config['image_size']} float32 images; the best of up to "
+        f"{config['max_reps']} calls after a warm-up. Both sides run the same network: ours "
+        "is the timm model converted by sepconv_jax.interop.timm. `vs timm`: images/s "
+        "over the faster of timm's two eager layouts at the same batch (> 1: ours is "
+        "faster). Training: forward, backward and an SGD-with-momentum update, in "
+        "training mode."
+        + (
+            " `timm compiled`: under torch.compile, channels_last."
+            if config["torch_compile"]
+            else ""
+        ),
+        "",
+        table,
+        "",
+    ]
+    if scaling:
+        report += [
+            "Per-image throughput at each batch over that at batch "
+            f"{bench_models.scaling_reference(records)} (1.00: the cost per image does not "
+            "grow with the batch):",
+            "",
+            scaling,
+            "",
+        ]
+    return report
+
+
 def run_models(args: argparse.Namespace, out: Path) -> int:
     """``bench --models``: whole models, ours against timm's in PyTorch.
 
@@ -169,40 +210,7 @@ def run_models(args: argparse.Namespace, out: Path) -> int:
     if scaling:
         print(scaling)
     (out / "models.json").write_text(json.dumps(result, indent=2) + "\n")
-    load, load_end = machine.get("load_average"), machine.get("load_average_end")
-    report = [
-        "# Whole models: ours against timm in PyTorch",
-        "",
-        f"{machine['cpu']}, {machine['cores']} cores, load average "
-        f"{f'{load[0]:.1f}' if load else 'n/a'} at the start and "
-        f"{f'{load_end[0]:.1f}' if load_end else 'n/a'} at the end; jax {machine['jax']}, "
-        f"torch {machine['torch']} ({machine['torch_threads']} threads). Inference at batch "
-        f"{', '.join(map(str, config['inference_batches']))}, training at batch "
-        f"{', '.join(map(str, config['training_batches']))}, "
-        f"{config['image_size']}x{config['image_size']} float32 images; the best of up to "
-        f"{config['max_reps']} calls after a warm-up. Both sides run the same network: ours "
-        "is the timm model converted by sepconv_jax.interop.timm. `vs timm`: images/s "
-        "over the faster of timm's two eager layouts at the same batch (> 1: ours is "
-        "faster). Training: forward, backward and an SGD-with-momentum update, in "
-        "training mode."
-        + (
-            " `timm compiled`: under torch.compile, channels_last."
-            if config["torch_compile"]
-            else ""
-        ),
-        "",
-        table,
-        "",
-    ]
-    if scaling:
-        report += [
-            "Per-image throughput at each batch over that at batch "
-            f"{bench_models.scaling_reference(records)} (1.00: the cost per image does not "
-            "grow with the batch):",
-            "",
-            scaling,
-            "",
-        ]
+    report = _models_report(machine, config, table, scaling, records)
     (out / "models.md").write_text("\n".join(report))
     written = [out / "models.json", out / "models.md"]
     if not args.no_plot:

@@ -471,14 +471,11 @@ def quantize(
             f"got {type(module).__name__}"
         )
     _model.kind_of_model(module, variables)
-    if not isinstance(per_channel, bool):
-        raise TypeError(f"`per_channel` must be a bool, got {type(per_channel).__name__}")
-    if not isinstance(activations, bool):
-        raise TypeError(f"`activations` must be a bool, got {type(activations).__name__}")
-    if not isinstance(reduce_range, bool):
-        raise TypeError(f"`reduce_range` must be a bool, got {type(reduce_range).__name__}")
-    if not isinstance(elementwise, bool):
-        raise TypeError(f"`elementwise` must be a bool, got {type(elementwise).__name__}")
+    flags = {"per_channel": per_channel, "activations": activations}
+    flags |= {"reduce_range": reduce_range, "elementwise": elementwise}
+    for name, flag in flags.items():
+        if not isinstance(flag, bool):
+            raise TypeError(f"`{name}` must be a bool, got {type(flag).__name__}")
     elementwise = elementwise and activations
     weight_range = REDUCED_WEIGHT_RANGE if reduce_range else WEIGHT_RANGE
     if isinstance(kinds, str) or not all(k in _layers.KINDS for k in kinds):
@@ -488,13 +485,7 @@ def quantize(
     discovery = _model.discover(module, variables, example)
     point_kinds: list[str] = []
     recorder = _float_recorder(module, variables, discovery, example, elementwise, point_kinds)
-    low: dict[str, float] = {}
-    high: dict[str, float] = {}
-    for batch in batches:
-        _, values = recorder(batch)
-        for name, value in values.items():
-            low[name] = min(low.get(name, math.inf), float(jnp.min(value)))
-            high[name] = max(high.get(name, -math.inf), float(jnp.max(value)))
+    low, high = _ranges(recorder, batches)
     params, quant = _quantization_tree(
         variables, discovery, low, high, per_channel=per_channel, qmax=weight_range[1]
     )
@@ -516,6 +507,18 @@ def quantize(
         elementwise=tuple(point_kinds),
     )
     return qmodel, qvariables
+
+
+def _ranges(recorder: Any, batches: list[jax.Array]) -> tuple[dict[str, float], dict[str, float]]:
+    """The minimum and maximum of each recorded value over the calibration batches."""
+    low: dict[str, float] = {}
+    high: dict[str, float] = {}
+    for batch in batches:
+        _, values = recorder(batch)
+        for name, value in values.items():
+            low[name] = min(low.get(name, math.inf), float(jnp.min(value)))
+            high[name] = max(high.get(name, -math.inf), float(jnp.max(value)))
+    return low, high
 
 
 def _quantization_tree(
