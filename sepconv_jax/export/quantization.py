@@ -285,13 +285,8 @@ class QuantizedModel(_apply.InferenceModel):
                     if stage == "output":
                         outputs[(path, i)] = value
                     return value
-                out = fake_quant(
-                    value,
-                    unit[f"{stage}_scale"],
-                    unit[f"{stage}_zero_point"],
-                    axis=None,
-                    qmin=ACTIVATION_RANGE[0],
-                    qmax=ACTIVATION_RANGE[1],
+                out = _quantize_activation(
+                    value, unit[f"{stage}_scale"], unit[f"{stage}_zero_point"]
                 )
                 if stage == "output":
                     outputs[(path, i)] = out
@@ -320,14 +315,7 @@ class QuantizedModel(_apply.InferenceModel):
                     f"it again with inputs of this kind"
                 )
             entry = points[str(index)]
-            return fake_quant(
-                value,
-                entry["scale"],
-                entry["zero_point"],
-                axis=None,
-                qmin=ACTIVATION_RANGE[0],
-                qmax=ACTIVATION_RANGE[1],
-            )
+            return _quantize_activation(value, entry["scale"], entry["zero_point"])
 
         def run(x):
             y, count = _elementwise.run(layers_only, x, point, _is_fake_quant)
@@ -339,6 +327,13 @@ class QuantizedModel(_apply.InferenceModel):
             return y
 
         return run
+
+
+def _quantize_activation(value: jax.Array, scale: Any, zero_point: Any) -> jax.Array:
+    """An activation's fake quantization: per tensor, uint8 (:data:`ACTIVATION_RANGE`)."""
+    return fake_quant(
+        value, scale, zero_point, axis=None, qmin=ACTIVATION_RANGE[0], qmax=ACTIVATION_RANGE[1]
+    )
 
 
 def _is_fake_quant(eqn: jcore.JaxprEqn) -> bool:
