@@ -36,6 +36,7 @@ import collections
 import glob
 import json
 import re
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -65,10 +66,22 @@ KINDS = (
 _LR, _MOMENTUM = 0.01, 0.9
 
 
-def faults() -> tuple[int, int]:
-    """This process's ``(minor, major)`` page faults so far."""
-    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[7]), int(fields[9])
+def faults() -> tuple[int, int, float]:
+    """This process's ``(minor, major)`` page faults and system CPU seconds so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_minflt, usage.ru_majflt, usage.ru_stime
+
+
+def _measure(call, args, reps: int, sync=lambda out: out) -> tuple[list[float], list[tuple]]:
+    """Wall seconds, and ``faults()`` differences, of ``reps`` calls ``sync(call(*args))``."""
+    walls, deltas = [], []
+    for _ in range(reps):
+        before = faults()
+        start = time.perf_counter()
+        sync(call(*args))
+        walls.append(time.perf_counter() - start)
+        deltas.append(tuple(a - b for a, b in zip(faults(), before, strict=True)))
+    return walls, deltas
 
 
 # ----------------------------------------------------------------------------- ours
@@ -101,11 +114,19 @@ def kind_of_op_name(op_name: str, opcode: str, thunk: str) -> str:
         return "stem"
     if re.search(r"(^|/)se(/|$)|_se(/|$)", modules):
         return "squeeze-excite"
-    if segments and re.search(r"depthwise$", segments[-1]):
+    # Our depthwise primitives carry their own name (``depthwise_conv``, and its
+    # ``_input_transpose`` / ``_kernel_transpose`` in the backward pass), with the
+    # shift kernel's own operations (``while``, ``pad``, ...) nested below it.
+    if any(re.match(r"depthwise_conv", seg) for seg in segments) or (
+        segments and re.search(r"depthwise$", segments[-1])
+    ):
         return "depthwise"
     if segments and re.search(r"(bn|norm)$", segments[-1]):
         return "norm"
     if re.search(r"silu|relu|gelu|erf|swish|sigmoid|tanh", path.rsplit("/", 1)[-1] + modules):
+        return "activation"
+    # A clamp's backward pass (ReLU6's) is a ``select_n`` in the block itself.
+    if "transpose(" in op_name and path.rsplit("/", 1)[-1] == "select_n":
         return "activation"
     if segments and re.search(r"expand|project|pointwise|conv_last|head|predictions|top", modules):
         return "pointwise"
@@ -149,6 +170,7 @@ def _row(side, model, batch, mode, walls, by_kind, fault_counts) -> dict:
         "kinds_ms": dict(by_kind),
         "minor_faults": int(np.median([f[0] for f in fault_counts])),
         "major_faults": int(np.median([f[1] for f in fault_counts])),
+        "system_ms": 1e3 * float(np.median([f[2] for f in fault_counts])),
     }
 
 
@@ -183,14 +205,7 @@ def profile_ours(name: str, batch: int, image_size: int, reps: int, log) -> list
         compile_s = time.perf_counter() - start
         instructions = hlo_instructions(compiled.as_text())
         jax.block_until_ready(compiled(*args))  # warm-up
-        walls, fault_counts = [], []
-        for _ in range(reps):
-            before = faults()
-            start = time.perf_counter()
-            jax.block_until_ready(compiled(*args))
-            walls.append(time.perf_counter() - start)
-            after = faults()
-            fault_counts.append((after[0] - before[0], after[1] - before[1]))
+        walls, fault_counts = _measure(compiled, args, reps, jax.block_until_ready)
         thunks = _trace_thunks(compiled, args, reps)
         by_kind: dict[str, float] = collections.defaultdict(float)
         for thunk, ns in thunks.items():
@@ -267,8 +282,13 @@ def torch_kind(name: str, shapes: list) -> str:
     return "other"
 
 
-def _torch_worker(names, batches, image_size, reps):
+def _torch_worker(names, batches, image_size, reps, retain_memory=False):
     import os
+
+    if retain_memory:
+        from sepconv_jax import runtime
+
+        runtime.retain_freed_memory()
 
     # On a loaded machine OpenMP's spinning barrier makes PyTorch tens of times
     # slower (measured: 2.9 s against 0.07 s a MobileNetV2 call at 64x64); passive
@@ -293,14 +313,7 @@ def _torch_worker(names, batches, image_size, reps):
 
             for mode, call in torch_calls(model, x, labels, optimizer).items():
                 call()
-                walls, fault_counts = [], []
-                for _ in range(reps):
-                    before = faults()
-                    start = time.perf_counter()
-                    call()
-                    walls.append(time.perf_counter() - start)
-                    after = faults()
-                    fault_counts.append((after[0] - before[0], after[1] - before[1]))
+                walls, fault_counts = _measure(call, (), reps)
                 with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
                     for _ in range(reps):
                         call()
@@ -349,10 +362,10 @@ def report(rows: list[dict], machine: dict, args, torch_threads) -> str:
         lines += [
             f"## {mode}",
             "",
-            "| model | batch | side | wall ms | ms/image | minor faults/call | "
+            "| model | batch | side | wall ms | ms/image | minor faults/call | system ms/call | "
             + " | ".join(kinds)
             + " |",
-            "|---|---:|---|---:|---:|---:|" + "---:|" * len(kinds),
+            "|---|---:|---|---:|---:|---:|---:|" + "---:|" * len(kinds),
         ]
         for r in sub:
             total = r["cpu_ms"] or 1.0
@@ -363,8 +376,7 @@ def report(rows: list[dict], machine: dict, args, torch_threads) -> str:
             lines.append(
                 f"| {r['model']} | {r['batch']} | {r['side']} | {r['wall_ms']:.0f} | "
                 f"{r['wall_ms'] / r['batch']:.1f} | {r['minor_faults']} | "
-                + " | ".join(cells)
-                + " |"
+                f"{r.get('system_ms', float('nan')):.0f} | " + " | ".join(cells) + " |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -377,8 +389,17 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument(
+        "--retain-memory",
+        action="store_true",
+        help="both processes keep freed heap memory (sepconv_jax.runtime.retain_freed_memory)",
+    )
     parser.add_argument("--out", default="benchmarks/results/cpu_profile")
     args = parser.parse_args()
+    if args.retain_memory:
+        from sepconv_jax import runtime
+
+        runtime.retain_freed_memory()  # before the first JAX computation
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
@@ -392,7 +413,8 @@ def main() -> None:
 
         with multiprocessing.get_context("spawn").Pool(1) as pool:
             theirs, threads = pool.apply(
-                _torch_worker, (args.models, args.batches, args.image_size, args.reps)
+                _torch_worker,
+                (args.models, args.batches, args.image_size, args.reps, args.retain_memory),
             )
         rows += theirs
     rows.sort(key=lambda r: (r["mode"], r["model"], r["batch"], r["side"]))

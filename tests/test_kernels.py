@@ -128,6 +128,72 @@ def test_shift_in_batch_tiles(monkeypatch, kw, data_format):
     np.testing.assert_allclose(np.asarray(dk), want_dk, rtol=RTOL, atol=1e-4)
 
 
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize(
+    "xshape,kshape,kw",
+    [
+        ((2, 9, 8, 3), (7, 7, 1, 3), dict(padding="SAME")),  # ConvNeXt's window
+        ((1, 8, 9, 2), (5, 5, 1, 2), dict(padding=((4, 0), (1, 3)), dilation=(1, 2))),
+        ((2, 30, 2), (11, 1, 2), dict(padding="CAUSAL", dilation=2)),
+        ((1, 6, 7, 2), (5, 3, 1, 2), dict(padding="VALID")),
+    ],
+)
+def test_shift_input_transpose_as_flipped_forward(xshape, kshape, kw, data_format):
+    """Unstrided windows of more than 9 taps take the input gradient as a forward loop
+    over ``g`` with the flipped kernel: the same gradients as the definition."""
+    spec = _spec.make_spec(
+        jnp.ones(xshape),
+        jnp.ones(kshape),
+        groups=None,
+        strides=1,
+        padding=kw["padding"],
+        dilation=kw.get("dilation", 1),
+        padding_mode="zeros",
+        data_format="channels_last",
+    )
+    assert shift._flipped(shift._Geometry.from_spec(spec, xshape[0])) is not None
+    x, kernel = _rand(40, xshape), _rand(41, kshape)
+    want = _reference(x, kernel, **kw)
+    g = _rand(42, want.shape)
+    to_format = (lambda a: jnp.moveaxis(a, -1, 1)) if data_format == "channels_first" else None
+
+    def loss(x, k):
+        if to_format is None:
+            return jnp.sum(ops.depthwise_conv(x, k, impl="shift", **kw) * g)
+        y = ops.depthwise_conv(to_format(x), k, impl="shift", data_format=data_format, **kw)
+        return jnp.sum(jnp.moveaxis(y, 1, -1) * g)
+
+    dx, dk = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, kernel)
+    want_dx, want_dk = _reference_grads(x, kernel, g, **kw)
+    np.testing.assert_allclose(np.asarray(dx), want_dx, rtol=RTOL, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(dk), want_dk, rtol=RTOL, atol=1e-4)
+
+
+def test_shift_flipped_input_transpose_needs_padding_within_the_window():
+    """A padding wider than the window's reach (possible with explicit pairs) keeps the
+    per-tap placement: the flipped loop would need negative padding."""
+    spec = _spec.make_spec(
+        jnp.ones((1, 12, 12, 2)),
+        jnp.ones((5, 5, 1, 2)),
+        groups=None,
+        strides=1,
+        padding=((6, 0), (2, 2)),
+        dilation=1,
+        padding_mode="zeros",
+        data_format="channels_last",
+    )
+    assert shift._flipped(shift._Geometry.from_spec(spec, 1)) is None
+    x, kernel = _rand(43, (1, 12, 12, 2)), _rand(44, (5, 5, 1, 2))
+    kw = dict(padding=((6, 0), (2, 2)))
+    g = _rand(45, _reference(x, kernel, **kw).shape)
+    dx = jax.jit(
+        jax.grad(lambda x: jnp.sum(ops.depthwise_conv(x, kernel, impl="shift", **kw) * g))
+    )(x)
+    np.testing.assert_allclose(
+        np.asarray(dx), _reference_grads(x, kernel, g, **kw)[0], rtol=RTOL, atol=1e-4
+    )
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_forward_matches_scalar_loops(impl):
     """Against the definition written as scalar loops (strides, dilation, multiplier)."""

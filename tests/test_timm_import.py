@@ -143,14 +143,23 @@ def test_convert_rejects_other_models():
 def test_bench_models_quick_runs_both_sides_on_one_network(tmp_path, capsys):
     """``bench --models``: ours and timm's records at each batch (inference at 1 and 2,
     training at 2 with --quick), the same parameter count on both sides (one network),
-    a table with every runner and batch, and the per-image scaling table."""
+    a table with every runner and batch, and the per-image scaling table. Run in a
+    process of its own, with --retain-memory, which must come before the first JAX
+    computation (this test process has had many)."""
     import json
-
-    from sepconv_jax import cli
+    import subprocess
+    import sys
 
     argv = ["bench", "--models", "MobileNetV2", "--quick", "--model-impls", "auto"]
-    assert cli.main([*argv, "--out", str(tmp_path)]) == 0
+    proc = subprocess.run(
+        [sys.executable, "-m", "sepconv_jax.cli", *argv, "--retain-memory", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((tmp_path / "models.json").read_text())
+    assert result["config"]["retain_memory"] is True
     records = result["records"]
     runners = {(r["runner"], r["mode"], r["batch"]) for r in records}
     expected_runners = ("ours impl=auto", "timm NCHW", "timm channels_last")
@@ -172,7 +181,22 @@ def test_bench_models_quick_runs_both_sides_on_one_network(tmp_path, capsys):
     ours = rate[("ours impl=auto", "inference", 2)] / rate[("ours impl=auto", "inference", 1)]
     assert "| model | runner | mode | b2 / b1 |" in table
     assert f"| MobileNetV2 | ours impl=auto | inference | {ours:.2f} |" in table
+    assert "Both processes keep freed heap memory for reuse" in table
     assert (tmp_path / "models.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_bench_models_retain_memory_after_jax_has_run_is_refused(tmp_path, capsys):
+    import jax.numpy as jnp
+
+    from sepconv_jax import cli
+
+    jnp.ones(2).block_until_ready()
+    argv = ["bench", "--models", "MobileNetV2", "--quick", "--retain-memory"]
+    assert cli.main([*argv, "--out", str(tmp_path)]) == 2
+    assert "--retain-memory: retain_freed_memory() must be called before" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "models.json").exists()
 
 
 def test_bench_models_batches_must_be_positive(tmp_path, capsys):

@@ -125,6 +125,12 @@ def _models_report(
         "faster). Training: forward, backward and an SGD-with-momentum update, in "
         "training mode."
         + (
+            " Both processes keep freed heap memory for reuse "
+            "(sepconv_jax.runtime.retain_freed_memory)."
+            if config.get("retain_memory")
+            else ""
+        )
+        + (
             " `timm compiled`: under torch.compile, channels_last."
             if config["torch_compile"]
             else ""
@@ -153,6 +159,14 @@ def run_models(args: argparse.Namespace, out: Path) -> int:
     a message, for a model name not in :data:`~sepconv_jax.apps.bench_models.ZOO`
     or without timm.
     """
+    if args.retain_memory:
+        from sepconv_jax import runtime
+
+        try:
+            runtime.retain_freed_memory()
+        except RuntimeError as error:
+            print(f"sepconv-jax bench: --retain-memory: {error}", file=sys.stderr)
+            return 2
     names = args.models or (["MobileNetV2"] if args.quick else list(bench_models.ZOO))
     unknown = [name for name in names if name not in bench_models.ZOO]
     if unknown:
@@ -180,6 +194,7 @@ def run_models(args: argparse.Namespace, out: Path) -> int:
         "max_reps": 1 if args.quick else args.max_reps,
         "torch": not args.no_torch,
         "torch_compile": bool(args.torch_compile),
+        "retain_memory": bool(args.retain_memory),
     }
     started = time.perf_counter()
     machine = machine_info()
@@ -198,6 +213,7 @@ def run_models(args: argparse.Namespace, out: Path) -> int:
         max_reps=config["max_reps"],
         torch_enabled=config["torch"],
         torch_compiled=bench_models.MODES if config["torch_compile"] else (),
+        retain_memory=config["retain_memory"],
     )
     machine["torch_threads"] = facts.get("torch_threads", machine.get("torch_threads"))
     if hasattr(os, "getloadavg"):
@@ -455,6 +471,13 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
         "--torch-compile",
         action="store_true",
         help="--models: also time timm under torch.compile (channels_last)",
+    )
+    parser.add_argument(
+        "--retain-memory",
+        action="store_true",
+        help="--models: both processes (ours and PyTorch's) keep freed heap memory for "
+        "reuse (sepconv_jax.runtime.retain_freed_memory), so per-call buffers are not "
+        "page-faulted in again on every call",
     )
     parser.add_argument(
         "--models",

@@ -167,11 +167,18 @@ def _torch_worker(
     max_reps: int,
     modes: Sequence[str] = MODES,
     compiled: Sequence[str] = (),
+    retain_memory: bool = False,
 ) -> tuple[list[dict], int]:
     """Times every timm model of ``names`` in PyTorch (in a child process): eager in
     both layouts, and ``torch.compile``'d in ``channels_last`` for the modes of
-    ``compiled``."""
+    ``compiled``; with ``retain_memory``, after
+    :func:`sepconv_jax.runtime.retain_freed_memory`."""
     import os
+
+    if retain_memory:
+        from sepconv_jax import runtime
+
+        runtime.retain_freed_memory()  # before torch allocates anything
 
     # OpenMP's spinning barrier makes PyTorch tens of times slower when the cores are
     # shared (measured: 2.9 s against 0.07 s a MobileNetV2 call at 64x64, batch 2, on
@@ -279,6 +286,7 @@ def measure_zoo(
     torch_enabled: bool = True,
     modes: Sequence[str] = MODES,
     torch_compiled: Sequence[str] = (),
+    retain_memory: bool = False,
     log: Callable[[str], None] = print,
 ) -> tuple[list[dict], dict[str, Any]]:
     """Images per second of inference and of a training step, ours against timm's.
@@ -294,6 +302,9 @@ def measure_zoo(
       torch_compiled: the modes in which to time timm under ``torch.compile`` too
         (runner ``"timm compiled"``, channels_last; its compile time is recorded
         apart, and a failure is recorded with its error).
+      retain_memory: the PyTorch process calls
+        :func:`sepconv_jax.runtime.retain_freed_memory` before importing torch. This
+        process is the caller's to set (``bench --retain-memory`` sets both).
       log: where progress lines go.
 
     Returns:
@@ -348,6 +359,7 @@ def measure_zoo(
                     max_reps,
                     tuple(modes),
                     tuple(torch_compiled),
+                    retain_memory,
                 ),
             )
         facts["torch_threads"] = threads
