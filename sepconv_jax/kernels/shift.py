@@ -92,20 +92,21 @@ _TILE_PADDED = False
 
 # Unstrided input transposes of windows of more than _FLIP_MIN_TAPS taps run as
 # forward loops over g with the flipped kernel (see _flipped); the others place each
-# tap's contribution with its own lax.pad. Measured (batch 8, channels-last, 2-core
-# AMD EPYC, median of 7 calls): the flipped loop takes 7.6 against 38.3 ms for
-# ConvNeXt's 7x7 at 56x56 C96 and 1.6 against 10.1 ms for a 5x5 at 28x28 C192, but
-# 4.4 against 1.7 ms for a 3x3 at 56x56 C144. False turns it off.
+# tap's contribution with its own lax.pad. Measured (benchmarks/shift_backward.py,
+# results/shift_backward; batch 8, channels-last, 2-core AMD EPYC): the flipped loop
+# is 2.0-5.2x faster on ConvNeXt-T's four 7x7 layers and 3.4x on a 5x5 at 28x28 C192,
+# but a 3x3 at 56x56 C144 took 4.4 against 1.7 ms in a first probe. False turns it off.
 _FLIP_INPUT_TRANSPOSE = True
 _FLIP_MIN_TAPS = 9
 
-# Kernel transposes of windows of more than _FLIP_MIN_TAPS taps reduce whole window
-# rows at a time, as many as fit in _KERNEL_GRAD_GROUP_TAPS taps, instead of all taps
-# in one variadic reduce (whose accumulators no longer fit in registers). Measured as
-# above: 18.1 against 32.3 ms for the 7x7 at 56x56 C96 (two rows, 14 taps), 4.1
-# against 6.0 ms for the 5x5 at 28x28 C192 (two rows); one reduce stays as fast for
-# 3x3. 0 turns it off.
+# Kernel transposes of windows of more than _KERNEL_GRAD_GROUP_MIN_TAPS taps reduce
+# whole window rows at a time, as many as fit in _KERNEL_GRAD_GROUP_TAPS taps, instead
+# of all taps in one variadic reduce. benchmarks/shift_backward.py (variants taking
+# turns in one process): 1.4-6.2x faster on ConvNeXt-T's four 7x7 layers; on a 5x5
+# two probes disagreed (1.46x and 0.78x), so 5x5 and smaller keep one reduce. 0
+# turns it off.
 _KERNEL_GRAD_GROUP_TAPS = 14
+_KERNEL_GRAD_GROUP_MIN_TAPS = 25
 
 
 def _phase_extents(in_spatial, strides, padding) -> tuple[int, ...]:
@@ -472,7 +473,7 @@ def _kernel_grad_raw(x, g, geom: _Geometry, acc: np.dtype, out: np.dtype) -> jax
     first = (n,) if geom.channels_last else tuple(range(products[0].ndim - n, products[0].ndim))
     zero = jnp.zeros((), acc)
     group = len(products)
-    if group > _FLIP_MIN_TAPS and _KERNEL_GRAD_GROUP_TAPS:
+    if group > _KERNEL_GRAD_GROUP_MIN_TAPS and _KERNEL_GRAD_GROUP_TAPS:
         row = geom.window[-1]
         group = row * max(1, _KERNEL_GRAD_GROUP_TAPS // row)
     partials = []
