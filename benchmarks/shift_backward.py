@@ -101,11 +101,76 @@ def measure(shape, rounds: int) -> list[dict]:
     return rows
 
 
+def model_step(name: str, batch: int, image_size: int, rounds: int) -> dict:
+    """One training step of a converted timm model with the library's settings of the
+    two switches (``new``) and with both off (``old``)."""
+    import optax
+    import timm
+
+    from sepconv_jax.apps.bench_models import ZOO
+    from sepconv_jax.apps.train import train_step
+    from sepconv_jax.interop.timm import convert
+
+    module, variables = convert(timm.create_model(ZOO[name], pretrained=False))
+    keys = jax.random.split(jax.random.key(0))
+    images = jax.random.normal(keys[0], (batch, image_size, image_size, 3))
+    labels = jax.random.randint(keys[1], (batch,), 0, 1000)
+    optimizer = optax.sgd(0.01, momentum=0.9)
+    state = {k: v for k, v in variables.items() if k != "params"}
+    args = (variables["params"], state, optimizer.init(variables["params"]), images, labels)
+    programs = {}
+    switches = ("_FLIP_INPUT_TRANSPOSE", "_KERNEL_GRAD_GROUP_TAPS")
+    for on in (True, False):
+        saved = [getattr(shift, switch) for switch in switches]
+        # on: the library's settings; off: both switches off
+        for switch, value in zip(switches, saved if on else (False, 0), strict=True):
+            setattr(shift, switch, value)
+        try:
+            step = train_step(module, optimizer, train=True, rngs={"dropout": jax.random.key(1)})
+            programs[on] = jax.jit(step).lower(*args).compile()
+        finally:
+            for switch, value in zip(switches, saved, strict=True):
+                setattr(shift, switch, value)
+    times: dict = {on: [] for on in programs}
+    losses = {on: float(fn(*args)[-1]) for on, fn in programs.items()}  # warm-up
+    for _ in range(rounds):
+        for on, fn in programs.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times[on].append(time.perf_counter() - start)
+    new, old = (1e3 * float(np.median(times[on])) for on in (True, False))
+    row = {
+        "model": name,
+        "batch": batch,
+        "image_size": image_size,
+        "new_ms": new,
+        "old_ms": old,
+        "speedup": old / new,
+        "losses": [losses[True], losses[False]],
+    }
+    print(row, flush=True)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--out", default="benchmarks/results/shift_backward")
+    parser.add_argument(
+        "--model",
+        help="instead: a whole training step of this bench --models model, both ways",
+    )
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--image-size", type=int, default=224)
     args = parser.parse_args()
+    if args.model:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        row = model_step(args.model, args.batch, args.image_size, args.rounds)
+        row["machine"] = machine_info()
+        path = out / f"step_{args.model}_b{args.batch}.json"
+        path.write_text(json.dumps(row, indent=2) + "\n")
+        return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     machine = machine_info()

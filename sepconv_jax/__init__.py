@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from sepconv_jax import export as export
     from sepconv_jax import interop as interop
     from sepconv_jax import models as models
+    from sepconv_jax import runtime as runtime
 
 __version__ = "0.1.0"
 
@@ -42,6 +43,7 @@ __all__ = [
     "models",
     "nnx",
     "pointwise_conv",
+    "runtime",
     "separable_conv",
     "streaming",
 ]

@@ -101,11 +101,12 @@ _FLIP_MIN_TAPS = 9
 
 # Kernel transposes of windows of more than _KERNEL_GRAD_GROUP_MIN_TAPS taps reduce
 # whole window rows at a time, as many as fit in _KERNEL_GRAD_GROUP_TAPS taps, instead
-# of all taps in one variadic reduce. benchmarks/shift_backward.py (variants taking
-# turns in one process): 1.4-6.2x faster on ConvNeXt-T's four 7x7 layers; on a 5x5
-# two probes disagreed (1.46x and 0.78x), so 5x5 and smaller keep one reduce. 0
-# turns it off.
-_KERNEL_GRAD_GROUP_TAPS = 14
+# of all taps in one variadic reduce. Off (0): on the layer alone it is 1.4-6.2x
+# faster for ConvNeXt-T's 7x7 layers (benchmarks/shift_backward.py), but in the
+# training step XLA fuses the forward tap loop and the layer norm's backward into
+# each group's reduce, so they are recomputed once per group, and the step's kernel
+# transposes took 1.0-1.2 s of CPU time against about 0.4 s with one reduce.
+_KERNEL_GRAD_GROUP_TAPS = 0
 _KERNEL_GRAD_GROUP_MIN_TAPS = 25
 
 
