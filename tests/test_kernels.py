@@ -138,9 +138,18 @@ def test_shift_in_batch_tiles(monkeypatch, kw, data_format):
         ((1, 6, 7, 2), (5, 3, 1, 2), dict(padding="VALID")),
     ],
 )
-def test_shift_input_transpose_as_flipped_forward(xshape, kshape, kw, data_format):
+@pytest.mark.parametrize("variant", ["padded", "in place", "grouped kernel grad"])
+def test_shift_input_transpose_as_flipped_forward(
+    monkeypatch, xshape, kshape, kw, data_format, variant
+):
     """Unstrided windows of more than 9 taps take the input gradient as a forward loop
-    over ``g`` with the flipped kernel: the same gradients as the definition."""
+    over ``g`` with the flipped kernel: the same gradients as the definition, with the
+    padded copy, read in place, and with the (off by default) grouped kernel gradient."""
+    if variant == "in place":
+        monkeypatch.setattr(shift, "MATERIALIZE_BYTES", 0)
+    if variant == "grouped kernel grad":
+        monkeypatch.setattr(shift, "_KERNEL_GRAD_GROUP_TAPS", 14)
+        monkeypatch.setattr(shift, "_KERNEL_GRAD_GROUP_MIN_TAPS", 9)
     spec = _spec.make_spec(
         jnp.ones(xshape),
         jnp.ones(kshape),
