@@ -2,13 +2,13 @@
 
 XLA:CPU gives a compiled program its temporary buffers on every call and frees them
 at the end. A training step's temporaries are large (698 MB for a MobileNetV2 step
-at batch 8, 224x224), and glibc's ``malloc`` serves an allocation that large from a
-fresh anonymous mapping whenever the calling thread is not the main one: XLA's
-worker threads each get a malloc arena of their own, and such an arena cannot grow
-past 64 MiB, so glibc maps the block directly and unmaps it on ``free``. Every call
-then page-faults the whole buffer in again, with the kernel zeroing each 4 KiB page:
-about 173,000 faults and 0.4 s of system CPU time per MobileNetV2 training step on
-a 2-core machine (``benchmarks/RESULTS.md``, "Page faults"). PyTorch's CPU
+at batch 8, 224x224). By default glibc's ``malloc`` serves a block that large from
+a fresh anonymous mapping and unmaps it on ``free``, and turning that off
+(``M_MMAP_MAX=0``) is not enough here: XLA's worker threads each get a malloc arena
+of their own, such an arena cannot grow past 64 MiB, and glibc then maps the block
+directly anyway. Every call then page-faults the whole buffer in again, with the
+kernel zeroing each 4 KiB page: about 173,000 faults and 0.4 s of system CPU time
+per MobileNetV2 training step on a 2-core machine (``benchmarks/RESULTS.md``, "Page faults"). PyTorch's CPU
 allocator goes through the same ``malloc``, and pays the same way.
 
 :func:`retain_freed_memory` sets glibc to one arena, no direct mappings and no
@@ -18,9 +18,9 @@ The price is that the process keeps its peak heap: memory freed by one call is n
 returned to the system, only reused. A process that runs one training step over and
 over holds what that step needs; one that runs many different large programs one
 after another keeps their buffers' high-water mark, fragmentation included (a
-profiling run of 12 programs, up to ConvNeXt-T training at batch 32, held 16.9 GB). It is what ``MALLOC_ARENA_MAX=1
-MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...`` in the environment does, settable
-from Python. Nothing here is applied unless called.
+profiling run of 12 programs, up to ConvNeXt-T training at batch 32, held 16.9 GB).
+It is what ``MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...`` in
+the environment does, settable from Python. Nothing here is applied unless called.
 """
 
 from __future__ import annotations
