@@ -2,15 +2,18 @@
 
 For unstrided windows of more than 9 taps, ``sepconv_jax.kernels.shift`` computes the
 input transpose as a forward tap loop over ``g`` with the flipped kernel
-(``_FLIP_INPUT_TRANSPOSE``), and, for windows of more than 25 taps, the kernel
-transpose as one variadic reduce per two window rows (``_KERNEL_GRAD_GROUP_TAPS``). This script times both maps with each
-switch on and off, the variants taking turns call by call in one process, on the
-depthwise shapes of ConvNeXt-T (7x7) and on 5x5 and 3x3 controls, and writes
-``shift_backward.json`` and ``shift_backward.md``.
+(``_FLIP_INPUT_TRANSPOSE``, on). For windows of more than 25 taps it can also reduce
+the kernel transpose two window rows at a time (``_KERNEL_GRAD_GROUP_TAPS``, off:
+faster on the layer, slower in the training step). This script times both maps with
+each switch on and off, the variants taking turns call by call in one process, on
+the depthwise shapes of ConvNeXt-T (7x7) and on 5x5 and 3x3 controls, and writes
+``shift_backward.json`` and ``shift_backward.md``. With ``--model`` it times a whole
+training step instead, with the library's settings against both switches off.
 
 Usage::
 
     python benchmarks/shift_backward.py --out benchmarks/results/shift_backward
+    python benchmarks/shift_backward.py --model ConvNeXtTiny --batch 8 --rounds 5
 """
 
 from __future__ import annotations
