@@ -19,8 +19,8 @@ optimizer (with the loss), each forward and backward.
 
 Thunks may run concurrently on the two cores, so the kinds of one program add up to
 its CPU time, not its wall time; the tables give both, and the shares. Around one
-untraced call per program the script also reads the process's page faults
-(``/proc/self/stat`` fields ``minflt`` and ``majflt``), which is how the batch-32
+untraced call per program the script also reads the process's page faults and
+system CPU time (``getrusage``), which is how the batch-32
 slowdown is attributed. PyTorch runs in its own ``spawn`` process (see
 :mod:`sepconv_jax.apps.bench_torch` for why), after ours.
 
