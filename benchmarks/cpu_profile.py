@@ -45,7 +45,7 @@ import jax
 import numpy as np
 
 from sepconv_jax.apps.bench import machine_info
-from sepconv_jax.apps.bench_models import torch_calls
+from sepconv_jax.apps.bench_models import model_jobs, torch_calls
 
 TIMM = {
     "MobileNetV2": "mobilenetv2_100",
@@ -175,29 +175,12 @@ def _row(side, model, batch, mode, walls, by_kind, fault_counts) -> dict:
 
 
 def profile_ours(name: str, batch: int, image_size: int, reps: int, log) -> list[dict]:
-    import optax
     import timm
 
-    from sepconv_jax.apps.train import train_step
     from sepconv_jax.interop.timm import convert
 
     module, variables = convert(timm.create_model(TIMM[name], pretrained=False))
-    k1, k2 = jax.random.split(jax.random.key(0))
-    images = jax.random.normal(k1, (batch, image_size, image_size, 3))
-    labels = jax.random.randint(k2, (batch,), 0, 1000)
-    optimizer = optax.sgd(_LR, momentum=_MOMENTUM)
-    state = {k: v for k, v in variables.items() if k != "params"}
-    step = train_step(module, optimizer, train=True, rngs={"dropout": jax.random.key(1)})
-    jobs = {
-        "inference": (
-            lambda v, x: module.apply(v, x, train=False),
-            (variables, images),
-        ),
-        "training": (
-            step,
-            (variables["params"], state, optimizer.init(variables["params"]), images, labels),
-        ),
-    }
+    jobs = model_jobs(module, variables, batch=batch, image_size=image_size)
     rows = []
     for mode, (fn, args) in jobs.items():
         start = time.perf_counter()

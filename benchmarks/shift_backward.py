@@ -19,6 +19,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -40,6 +41,25 @@ SHAPES = [
     (8, 28, 192, 5),
     (8, 56, 144, 3),
 ]
+
+
+@contextlib.contextmanager
+def _switched(**values):
+    """The shift kernel's module switches set to ``values`` for the block, then restored."""
+    saved = {name: getattr(shift, name) for name in values}
+    for name, value in values.items():
+        setattr(shift, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(shift, name, value)
+
+
+def _compile(fn, args):
+    # A function object of its own per variant: jit would otherwise reuse the first
+    # variant's trace.
+    return jax.jit(lambda *a: fn(*a)).lower(*args).compile()
 
 
 def _programs(batch, size, channels, window):
@@ -65,15 +85,8 @@ def _programs(batch, size, channels, window):
         ("kernel grad", kernel_grad, "_KERNEL_GRAD_GROUP_TAPS", 14),
         ("kernel grad", kernel_grad, "_KERNEL_GRAD_GROUP_TAPS", 0),
     ):
-        saved = getattr(shift, switch)
-        setattr(shift, switch, on)
-        try:
-            # A function object of its own per variant: jit would otherwise reuse
-            # the first variant's trace.
-            compiled = jax.jit(lambda *a, fn=fn: fn(*a)).lower(x, kernel, g).compile()
-        finally:
-            setattr(shift, switch, saved)
-        programs[(name, bool(on))] = compiled
+        with _switched(**{switch: on}):
+            programs[(name, bool(on))] = _compile(fn, (x, kernel, g))
     return programs, (x, kernel, g)
 
 
@@ -107,33 +120,17 @@ def measure(shape, rounds: int) -> list[dict]:
 def model_step(name: str, batch: int, image_size: int, rounds: int) -> dict:
     """One training step of a converted timm model with the library's settings of the
     two switches (``new``) and with both off (``old``)."""
-    import optax
     import timm
 
-    from sepconv_jax.apps.bench_models import ZOO
-    from sepconv_jax.apps.train import train_step
+    from sepconv_jax.apps.bench_models import ZOO, model_jobs
     from sepconv_jax.interop.timm import convert
 
     module, variables = convert(timm.create_model(ZOO[name], pretrained=False))
-    keys = jax.random.split(jax.random.key(0))
-    images = jax.random.normal(keys[0], (batch, image_size, image_size, 3))
-    labels = jax.random.randint(keys[1], (batch,), 0, 1000)
-    optimizer = optax.sgd(0.01, momentum=0.9)
-    state = {k: v for k, v in variables.items() if k != "params"}
-    args = (variables["params"], state, optimizer.init(variables["params"]), images, labels)
-    programs = {}
-    switches = ("_FLIP_INPUT_TRANSPOSE", "_KERNEL_GRAD_GROUP_TAPS")
-    for on in (True, False):
-        saved = [getattr(shift, switch) for switch in switches]
-        # on: the library's settings; off: both switches off
-        for switch, value in zip(switches, saved if on else (False, 0), strict=True):
-            setattr(shift, switch, value)
-        try:
-            step = train_step(module, optimizer, train=True, rngs={"dropout": jax.random.key(1)})
-            programs[on] = jax.jit(step).lower(*args).compile()
-        finally:
-            for switch, value in zip(switches, saved, strict=True):
-                setattr(shift, switch, value)
+    step, args = model_jobs(module, variables, batch=batch, image_size=image_size)["training"]
+    # True: the library's settings of the two switches; False: both off.
+    programs = {True: _compile(step, args)}
+    with _switched(_FLIP_INPUT_TRANSPOSE=False, _KERNEL_GRAD_GROUP_TAPS=0):
+        programs[False] = _compile(step, args)
     times: dict = {on: [] for on in programs}
     losses = {on: float(fn(*args)[-1]) for on, fn in programs.items()}  # warm-up
     for _ in range(rounds):

@@ -102,26 +102,10 @@ QUICK_SETS = ("default", "ynn off", "fast math")
 
 def build_jobs(name: str, *, batch: int, image_size: int) -> dict[str, tuple[Any, list]]:
     """Mode -> ``(function, arguments)`` for one model, as ``bench --models`` builds them."""
-    import optax
-
-    from sepconv_jax.apps.train import train_step
     from sepconv_jax.interop.timm import convert
 
     module, variables = convert(bench_models._timm_model(bench_models.ZOO[name], 1000))
-    model = module.clone(impl="auto")
-    k1, k2 = jax.random.split(jax.random.key(0))
-    images = jax.random.normal(k1, (batch, image_size, image_size, 3))
-    labels = jax.random.randint(k2, (batch,), 0, 1000)
-    optimizer = optax.sgd(bench_models._LEARNING_RATE, momentum=bench_models._MOMENTUM)
-    state = {key: value for key, value in variables.items() if key != "params"}
-    step = train_step(model, optimizer, train=True, rngs={"dropout": jax.random.key(1)})
-    return {
-        "inference": (lambda v, x: model.apply(v, x, train=False), [variables, images]),
-        "training": (
-            step,
-            [variables["params"], state, optimizer.init(variables["params"]), images, labels],
-        ),
-    }
+    return bench_models.model_jobs(module, variables, batch=batch, image_size=image_size)
 
 
 #: Where the images are among a mode's arguments.

@@ -42,6 +42,7 @@ __all__ = [
     "markdown",
     "measure_batches",
     "measure_zoo",
+    "model_jobs",
     "plot",
     "scaling_reference",
     "scaling_table",
@@ -73,6 +74,36 @@ def _timm_model(timm_name: str, num_classes: int) -> Any:
     return timm.create_model(timm_name, pretrained=False, num_classes=num_classes)
 
 
+def model_jobs(
+    module: Any,
+    variables: Any,
+    *,
+    batch: int,
+    image_size: int,
+    num_classes: int = 1000,
+    impl: str = "auto",
+) -> dict[str, tuple[Callable, list]]:
+    """Mode -> ``(function, arguments)`` of a converted model with ``impl``: inference
+    (``apply(..., train=False)``) and a training step (SGD with momentum), on random
+    ``(batch, image_size, image_size, 3)`` images with random labels."""
+    import optax
+
+    k1, k2 = jax.random.split(jax.random.key(0))
+    images = jax.random.normal(k1, (batch, image_size, image_size, 3))
+    labels = jax.random.randint(k2, (batch,), 0, num_classes)
+    optimizer = optax.sgd(_LEARNING_RATE, momentum=_MOMENTUM)
+    state = {key: value for key, value in variables.items() if key != "params"}
+    model = module.clone(impl=impl)
+    step = train_step(model, optimizer, train=True, rngs={"dropout": jax.random.key(1)})
+    return {
+        "inference": (lambda v, x: model.apply(v, x, train=False), [variables, images]),
+        "training": (
+            step,
+            [variables["params"], state, optimizer.init(variables["params"]), images, labels],
+        ),
+    }
+
+
 def _ours(
     name: str,
     impls: Sequence[str],
@@ -86,8 +117,6 @@ def _ours(
     log: Callable[[str], None],
 ) -> tuple[list[dict], int]:
     """Our records for one model (one per impl and mode) and the timm model's parameter count."""
-    import optax
-
     from sepconv_jax.interop.timm import convert
 
     timm_model = _timm_model(ZOO[name], num_classes)
@@ -95,25 +124,16 @@ def _ours(
     module, variables = convert(timm_model)
     del timm_model
     params = _count(variables["params"])
-    k1, k2 = jax.random.split(jax.random.key(0))
-    images = jax.random.normal(k1, (batch, image_size, image_size, 3))
-    labels = jax.random.randint(k2, (batch,), 0, num_classes)
-    optimizer = optax.sgd(_LEARNING_RATE, momentum=_MOMENTUM)
-    state = {key: value for key, value in variables.items() if key != "params"}
     records = []
     for impl in impls:
-        model = module.clone(impl=impl)
-        step = train_step(model, optimizer, train=True, rngs={"dropout": jax.random.key(1)})
-        jobs: dict[str, tuple[Callable, list]] = {
-            "inference": (
-                lambda v, x, model=model: model.apply(v, x, train=False),
-                [variables, images],
-            ),
-            "training": (
-                step,
-                [variables["params"], state, optimizer.init(variables["params"]), images, labels],
-            ),
-        }
+        jobs = model_jobs(
+            module,
+            variables,
+            batch=batch,
+            image_size=image_size,
+            num_classes=num_classes,
+            impl=impl,
+        )
         for mode, (fn, args) in jobs.items():
             if mode not in modes:
                 continue
