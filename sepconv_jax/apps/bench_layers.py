@@ -145,9 +145,9 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 def _ratios(seconds: dict[str, float | None], analytic: float, ours: str) -> dict:
     impls = [impl for impl in dispatch.KERNELS if impl in seconds]
-    ratios = {f"xla/{impl}": _ratio(seconds["xla"], seconds[impl]) for impl in impls}
+    ratios = {f"xla/{impl}": _ratio(seconds.get("xla"), seconds[impl]) for impl in impls}
     ours_seconds = seconds.get(ours)
-    ratios["xla/ours"] = _ratio(seconds["xla"], ours_seconds)
+    ratios["xla/ours"] = _ratio(seconds.get("xla"), ours_seconds)
     ratios["flax/ours"] = _ratio(seconds.get("flax"), ours_seconds)
     ratios["torch/ours"] = _ratio(seconds.get("torch"), ours_seconds)
     ratios["separable/fused"] = _ratio(seconds["separable"], seconds.get("separable fused"))

@@ -78,7 +78,7 @@ from typing import Literal
 import jax
 
 from sepconv_jax._spec import ConvSpec, check_choice
-from sepconv_jax.kernels import pallas, shift, xla
+from sepconv_jax.kernels import native, pallas, shift, xla
 
 __all__ = [
     "FUSED_IMPLS",
@@ -99,7 +99,7 @@ __all__ = [
 ]
 
 #: The names ``impl`` accepts.
-Impl = Literal["auto", "xla", "shift", "pallas", "fused"]
+Impl = Literal["auto", "xla", "shift", "native", "pallas", "fused"]
 #: :data:`Impl` as a tuple, ``"auto"`` first.
 IMPLS: tuple[Impl, ...] = typing.get_args(Impl)
 
@@ -147,6 +147,7 @@ def _kernel(name: str, module) -> Kernel:
 KERNELS: dict[str, Kernel] = {
     "xla": _kernel("xla", xla),
     "shift": _kernel("shift", shift),
+    "native": _kernel("native", native),
     "pallas": _kernel("pallas", pallas),
     "fused": dataclasses.replace(_kernel("pallas", pallas), name="fused"),
 }

@@ -1,0 +1,318 @@
+"""The ``"native"`` kernel: depthwise convolution in C++ on the CPU, called through the XLA FFI.
+
+Three handlers (``_native/depthwise_cpu.cc``), one per map of
+:mod:`sepconv_jax.kernels.op`, each a custom call that XLA runs as one opaque
+operation: the forward convolution, the input gradient and the kernel gradient.
+They read channels-last float32 arrays, keep a block of up to 64 channels in
+registers while they sum a pixel's taps, skip the taps that fall into the padding
+instead of reading zeros, and split the rows of the image over XLA's intra-op
+thread pool. Nothing is padded, copied or re-laid out around the call.
+
+Why a kernel outside XLA: the ``"shift"`` kernel leaves the loop to XLA's fusion,
+which is fast for the forward map but, in a training step, fuses the forward tap
+loop and the neighbouring batch norm into the kernel gradient's reduction and
+recomputes them there (``benchmarks/RESULTS.md``, "Changed: the input gradient of
+wide windows"). A custom call is a fusion boundary: each map runs once.
+
+The library is compiled from the source shipped in the package, the first time a
+process needs it, with the C++ compiler of ``$CXX`` (default ``c++``) at ``-O3
+-march=native``, against the FFI headers that ship with jaxlib
+(:func:`jax.ffi.include_dir`). It is cached under :func:`cache_dir`, keyed by the
+source, jaxlib's version, the flags and this machine's CPU, so it is compiled once
+per machine; ``make`` builds it when it installs the package
+(``python -m sepconv_jax.kernels.native``).
+
+Where it does not run, the ``"shift"`` kernel runs in its place (the same
+numerics): on every platform but ``cpu``, for channels-first, 3-D, grouped
+(depth multiplier above 1) problems, and where the accumulation dtype is not
+``float32`` (``float64``, integers, complex). 16-bit float inputs are widened to
+``float32``, which is what the other kernels accumulate in. Asked for by name on a
+machine where the library cannot be built, it raises :class:`NativeBuildError`
+with the compiler's message; ``"auto"`` then picks ``"shift"``.
+
+``precision`` has no effect: products and sums are float32 fused multiply-adds.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import pathlib
+import platform as _platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sepconv_jax._spec import ConvSpec
+from sepconv_jax.kernels import shift
+
+__all__ = [
+    "NativeBuildError",
+    "available",
+    "build",
+    "cache_dir",
+    "forward",
+    "input_transpose",
+    "kernel_transpose",
+    "library_path",
+    "supports",
+]
+
+SOURCE = pathlib.Path(__file__).with_name("_native") / "depthwise_cpu.cc"
+
+_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
+
+# Map name -> (FFI target name, exported handler symbol).
+_TARGETS = {
+    "forward": ("sepconv_jax_depthwise_forward", "SepconvDepthwiseForward"),
+    "input_transpose": ("sepconv_jax_depthwise_input_grad", "SepconvDepthwiseInputGrad"),
+    "kernel_transpose": ("sepconv_jax_depthwise_kernel_grad", "SepconvDepthwiseKernelGrad"),
+}
+
+
+class NativeBuildError(RuntimeError):
+    """The C++ library could not be compiled or loaded on this machine."""
+
+
+def cache_dir() -> pathlib.Path:
+    """Where compiled libraries are kept: ``$SEPCONV_JAX_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/sepconv_jax``, else ``~/.cache/sepconv_jax``."""
+    explicit = os.environ.get("SEPCONV_JAX_CACHE_DIR")
+    if explicit:
+        return pathlib.Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+    return pathlib.Path(base) / "sepconv_jax"
+
+
+def _compiler() -> str:
+    return os.environ.get("CXX", "c++")
+
+
+def _cpu_identity() -> str:
+    """The CPU's model and feature flags, so a library built with ``-march=native`` is
+    never loaded on a machine with fewer instructions."""
+    try:
+        text = pathlib.Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return _platform.processor()
+    keep = [line for line in text.splitlines() if line.startswith(("model name", "flags"))]
+    return "\n".join(sorted(set(keep)))
+
+
+def _command(output: pathlib.Path) -> list[str]:
+    return [
+        _compiler(),
+        *_FLAGS,
+        "-isystem",
+        jax.ffi.include_dir(),
+        str(SOURCE),
+        "-o",
+        str(output),
+    ]
+
+
+def library_path() -> pathlib.Path:
+    """The path the library for this source, jaxlib, compiler, flags and CPU has in
+    :func:`cache_dir` (whether or not it has been built)."""
+    import jaxlib
+
+    key = hashlib.sha256()
+    for part in (
+        SOURCE.read_bytes(),
+        jaxlib.__version__.encode(),
+        _compiler().encode(),
+        " ".join(_FLAGS).encode(),
+        _platform.machine().encode(),
+        _cpu_identity().encode(),
+    ):
+        key.update(part)
+        key.update(b"\0")
+    return cache_dir() / f"libsepconv_depthwise_{key.hexdigest()[:16]}.so"
+
+
+_BUILD_LOCK = threading.Lock()
+
+
+def build(*, force: bool = False) -> pathlib.Path:
+    """Compiles the library into :func:`cache_dir` unless it is there; returns its path.
+
+    Safe to call from several processes at once: each compiles into a temporary
+    file and renames it into place.
+
+    Raises:
+      NativeBuildError: no compiler, or the compiler failed (its output is in the
+        message).
+    """
+    path = library_path()
+    with _BUILD_LOCK:
+        if path.exists() and not force:
+            return path
+        if shutil.which(_compiler()) is None:
+            raise NativeBuildError(
+                f"the native depthwise kernel needs a C++ compiler: {_compiler()!r} (from $CXX, "
+                "default 'c++') was not found"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+        os.close(fd)
+        try:
+            done = subprocess.run(_command(pathlib.Path(tmp)), capture_output=True, text=True)
+            if done.returncode != 0:
+                raise NativeBuildError(
+                    "compiling the native depthwise kernel failed:\n"
+                    + " ".join(_command(pathlib.Path(tmp)))
+                    + "\n"
+                    + done.stderr[-4000:]
+                )
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return path
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | NativeBuildError:
+    """The loaded library, built first if needed, or the error that prevented it."""
+    try:
+        return ctypes.CDLL(str(build()))
+    except NativeBuildError as error:
+        return error
+    except OSError as error:  # a library that does not load here
+        return NativeBuildError(f"loading the native depthwise kernel failed: {error}")
+
+
+def available() -> bool:
+    """Whether the library is built (or builds now) and loads on this machine."""
+    return not isinstance(_library(), NativeBuildError)
+
+
+@functools.cache
+def _registered() -> None:
+    """Registers the three handlers with XLA:CPU, once per process."""
+    library = _library()
+    if isinstance(library, NativeBuildError):
+        raise library
+    for target, symbol in _TARGETS.values():
+        handler = getattr(library, symbol)
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler), platform="cpu")
+
+
+def supports(spec: ConvSpec, acc: np.dtype) -> bool:
+    """Whether the C++ handlers compute this problem (else ``"shift"`` runs)."""
+    return (
+        spec.num_spatial in (1, 2)
+        and spec.channels_last
+        and spec.depth_multiplier == 1
+        and np.dtype(acc) == np.float32
+    )
+
+
+def _geometry(spec: ConvSpec) -> np.ndarray:
+    """The handlers' ``geometry`` attribute; a 1-D problem as one row of a 2-D one."""
+
+    def two(values, fill):
+        return tuple(values) if spec.num_spatial == 2 else (fill, *values)
+
+    (h, w), (oh, ow), (kh, kw) = (
+        two(spec.in_spatial, 1),
+        two(spec.out_spatial, 1),
+        two(spec.window, 1),
+    )
+    (sh, sw), (dh, dw) = two(spec.strides, 1), two(spec.dilation, 1)
+    (ph, pw) = two([lo for lo, _ in spec.padding], 0)
+    n, c = spec.batch_shape[0], spec.in_channels
+    return np.array([n, h, w, c, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw], np.int64)
+
+
+def _call(name: str, a, b, spec: ConvSpec, result_shape: tuple[int, ...], out_dtype):
+    _registered()
+    f32 = jnp.float32
+    result = jax.ffi.ffi_call(_TARGETS[name][0], jax.ShapeDtypeStruct(result_shape, f32))(
+        a.astype(f32), b.astype(f32), geometry=_geometry(spec)
+    )
+    return result.astype(out_dtype)
+
+
+def _runs_here(a, b, spec, platform, preferred_element_type, out_dtype) -> bool:
+    acc = shift._numerics(a, b, preferred_element_type, out_dtype)
+    return platform == "cpu" and supports(spec, acc)
+
+
+def forward(x, kernel, spec: ConvSpec, *, platform, precision, preferred_element_type, out_dtype):
+    """``y = f(x, kernel)`` by the C++ forward handler (see the module docstring).
+
+    The signature shared by every kernel's maps (see :mod:`sepconv_jax.kernels.op`).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from sepconv_jax import depthwise_conv
+      >>> y = depthwise_conv(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 1, 2)), impl="native")
+      >>> y[0, :, :, 0].tolist()  # 4, 6 or 9 taps inside the image
+      [[4.0, 6.0, 6.0, 4.0], [6.0, 9.0, 9.0, 6.0], [6.0, 9.0, 9.0, 6.0], [4.0, 6.0, 6.0, 4.0]]
+    """
+    options = dict(
+        platform=platform,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+        out_dtype=out_dtype,
+    )
+    if not _runs_here(x, kernel, spec, platform, preferred_element_type, out_dtype):
+        return shift.forward(x, kernel, spec, **options)
+    y_shape = spec.flat_shape(spec.out_spatial, spec.out_channels)
+    return _call("forward", x, kernel, spec, y_shape, out_dtype)
+
+
+def input_transpose(
+    g, kernel, spec: ConvSpec, *, platform, precision, preferred_element_type, out_dtype
+):
+    """``dx``: the transposed convolution of ``g`` (see :func:`forward` for the signature)."""
+    options = dict(
+        platform=platform,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+        out_dtype=out_dtype,
+    )
+    if not _runs_here(g, kernel, spec, platform, preferred_element_type, out_dtype):
+        return shift.input_transpose(g, kernel, spec, **options)
+    x_shape = spec.flat_shape(spec.in_spatial, spec.in_channels)
+    return _call("input_transpose", g, kernel, spec, x_shape, out_dtype)
+
+
+def kernel_transpose(
+    x, g, spec: ConvSpec, *, platform, precision, preferred_element_type, out_dtype
+):
+    """``dkernel``: per tap and channel, the sum of ``x * g`` (see :func:`forward`)."""
+    options = dict(
+        platform=platform,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+        out_dtype=out_dtype,
+    )
+    if not _runs_here(x, g, spec, platform, preferred_element_type, out_dtype):
+        return shift.kernel_transpose(x, g, spec, **options)
+    k_shape = (*spec.window, 1, spec.out_channels)
+    return _call("kernel_transpose", x, g, spec, k_shape, out_dtype)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sepconv_jax.kernels.native``: builds the library, prints its path."""
+    del argv
+    try:
+        print(build())
+    except NativeBuildError as error:
+        print(f"the native depthwise kernel is not available here: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
