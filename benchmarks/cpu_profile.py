@@ -174,13 +174,15 @@ def _row(side, model, batch, mode, walls, by_kind, fault_counts) -> dict:
     }
 
 
-def profile_ours(name: str, batch: int, image_size: int, reps: int, log) -> list[dict]:
+def profile_ours(
+    name: str, batch: int, image_size: int, reps: int, log, impl: str = "auto"
+) -> list[dict]:
     import timm
 
     from sepconv_jax.interop.timm import convert
 
     module, variables = convert(timm.create_model(TIMM[name], pretrained=False))
-    jobs = model_jobs(module, variables, batch=batch, image_size=image_size)
+    jobs = model_jobs(module, variables, batch=batch, image_size=image_size, impl=impl)
     rows = []
     for mode, (fn, args) in jobs.items():
         start = time.perf_counter()
@@ -372,6 +374,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--impl", default="auto", help="our depthwise impl (default auto)")
     parser.add_argument(
         "--retain-memory",
         action="store_true",
@@ -389,7 +392,7 @@ def main() -> None:
     rows = []
     for name in args.models:
         for batch in args.batches:
-            rows += profile_ours(name, batch, args.image_size, args.reps, print)
+            rows += profile_ours(name, batch, args.image_size, args.reps, print, args.impl)
     threads = None
     if not args.no_torch:
         import multiprocessing

@@ -417,6 +417,9 @@ def test_forward_mode_runs_the_same_kernel(impl):
         # On CPU: the Pallas kernels in interpret mode, a loop over the grid ("fused"
         # on a lone depthwise conv runs the "pallas" kernel).
         assert "convolution" not in hlo and "while" in hlo
+    elif impl == "native":  # the C++ forward handler: the primal and both tangent terms
+        assert "convolution" not in hlo
+        assert hlo.count("custom_call @sepconv_jax_depthwise_forward(") == 3
     else:
         assert "convolution" in hlo
 

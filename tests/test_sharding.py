@@ -217,7 +217,7 @@ out = {"devices": jax.device_count()}
 mesh = jax.make_mesh((2, 4), ("data", "model"), (AxisType.Auto, AxisType.Auto))
 out["mesh"] = np.asarray([[d.id for d in row] for row in mesh.devices]).tolist()
 x = jax.random.normal(jax.random.key(1), (8, 10, 10, 16))
-for impl in ("shift", "xla", "pallas"):
+for impl in ("shift", "xla", "native", "pallas"):
     block = InvertedResidual(features=16, expand_ratio=4, model_axis="model", impl=impl)
     variables = block.init(jax.random.key(0), x)
     specs = nn.get_partition_spec(variables)
@@ -345,9 +345,10 @@ def _check_no_collective_in_depthwise(model_parallel, impl):
 
 def test_model_parallel_block(model_parallel):
     # One test for every impl, so that the 8-device subprocess runs once per session
-    # even when the tests are spread over pytest-xdist workers. The Pallas maps are
-    # partitioned by their own rule (custom_partitioning), XLA partitions the others.
-    for impl in ("shift", "xla", "pallas"):
+    # even when the tests are spread over pytest-xdist workers. The Pallas and native
+    # maps (custom calls) are partitioned by their own rule (custom_partitioning), XLA
+    # partitions the others.
+    for impl in ("shift", "xla", "native", "pallas"):
         _check_matches_unsharded(model_parallel, impl)
         _check_no_collective_in_depthwise(model_parallel, impl)
 

@@ -194,13 +194,15 @@ def auto_impl(spec: ConvSpec, platform: str | None = None) -> str:
       ...     strides=1, padding="SAME", dilation=1, padding_mode="zeros",
       ...     data_format="channels_last")
       >>> auto_impl(spec, "cpu"), auto_impl(spec, "cuda"), auto_impl(spec, "tpu")
-      ('shift', 'xla', 'xla')
+      ('native', 'xla', 'xla')
       >>> import dataclasses
       >>> auto_impl(dataclasses.replace(spec, strides=(2, 2)), "cuda")
       'pallas'
     """
     platform = jax.default_backend() if platform is None else platform
     platform = _PLATFORM_ALIASES.get(platform, platform)
+    if platform == "cpu" and _native_runs(spec):
+        return "native"
     if platform == "cpu" and math.prod(spec.window) <= MAX_SHIFT_TAPS:
         return "shift"
     if (
@@ -211,6 +213,17 @@ def auto_impl(spec: ConvSpec, platform: str | None = None) -> str:
     ):
         return "pallas"
     return "xla"
+
+
+def _native_runs(spec: ConvSpec) -> bool:
+    """Whether the ``"native"`` kernel's C++ handlers take ``spec`` on this machine
+    (the dtype is checked when the maps run; others run ``"shift"`` there)."""
+    return (
+        spec.num_spatial in (1, 2)
+        and spec.channels_last
+        and spec.depth_multiplier == 1
+        and native.available()
+    )
 
 
 def fuse_separable(spec: ConvSpec, out_channels: int, platform: str | None = None) -> bool:
@@ -350,4 +363,6 @@ def kernel_for(
         impl = "xla" if platform is None else auto_impl(spec, platform)
         if for_export and impl in ("pallas", "fused"):
             impl = "xla"
+        if for_export and impl == "native":
+            impl = "shift"
     return KERNELS[impl]

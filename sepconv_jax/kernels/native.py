@@ -53,6 +53,7 @@ import numpy as np
 
 from sepconv_jax._spec import ConvSpec
 from sepconv_jax.kernels import shift
+from sepconv_jax.kernels._partition import ROLES, partitioned
 
 __all__ = [
     "NativeBuildError",
@@ -233,8 +234,13 @@ def _geometry(spec: ConvSpec) -> np.ndarray:
     return np.array([n, h, w, c, oh, ow, kh, kw, sh, sw, dh, dw, ph, pw], np.int64)
 
 
-def _call(name: str, a, b, spec: ConvSpec, result_shape: tuple[int, ...], out_dtype):
-    _registered()
+def _ffi_map(name: str, a, b, spec: ConvSpec, *, out_dtype) -> jax.Array:
+    """Map ``name`` of ``spec`` by its C++ handler, on float32 operands."""
+    result_shape = {
+        "in": spec.flat_shape(spec.in_spatial, spec.in_channels),
+        "out": spec.flat_shape(spec.out_spatial, spec.out_channels),
+        "kernel": (*spec.window, 1, spec.out_channels),
+    }[ROLES[name][1]]
     f32 = jnp.float32
     result = jax.ffi.ffi_call(_TARGETS[name][0], jax.ShapeDtypeStruct(result_shape, f32))(
         a.astype(f32), b.astype(f32), geometry=_geometry(spec)
@@ -242,9 +248,31 @@ def _call(name: str, a, b, spec: ConvSpec, result_shape: tuple[int, ...], out_dt
     return result.astype(out_dtype)
 
 
-def _runs_here(a, b, spec, platform, preferred_element_type, out_dtype) -> bool:
+def _map(
+    name: str, a, b, spec: ConvSpec, *, platform, precision, preferred_element_type, out_dtype
+) -> jax.Array:
+    """Map ``name``: by the C++ handler, partitioned per shard
+    (:func:`~sepconv_jax.kernels._partition.partitioned`), or by ``"shift"``'s map
+    where the handlers do not run (see the module docstring)."""
     acc = shift._numerics(a, b, preferred_element_type, out_dtype)
-    return platform == "cpu" and supports(spec, acc)
+    if platform != "cpu" or not supports(spec, acc):
+        return getattr(shift, name)(
+            a,
+            b,
+            spec,
+            platform=platform,
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+            out_dtype=out_dtype,
+        )
+    _registered()
+    return partitioned(name, spec, _ffi_map, acc=acc, out_dtype=out_dtype)(a, b)
+
+
+def _options(names: dict) -> dict:
+    """The keyword arguments every map passes on, from its ``locals()``."""
+    keys = ("platform", "precision", "preferred_element_type", "out_dtype")
+    return {key: names[key] for key in keys}
 
 
 def forward(x, kernel, spec: ConvSpec, *, platform, precision, preferred_element_type, out_dtype):
@@ -259,48 +287,21 @@ def forward(x, kernel, spec: ConvSpec, *, platform, precision, preferred_element
       >>> y[0, :, :, 0].tolist()  # 4, 6 or 9 taps inside the image
       [[4.0, 6.0, 6.0, 4.0], [6.0, 9.0, 9.0, 6.0], [6.0, 9.0, 9.0, 6.0], [4.0, 6.0, 6.0, 4.0]]
     """
-    options = dict(
-        platform=platform,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-        out_dtype=out_dtype,
-    )
-    if not _runs_here(x, kernel, spec, platform, preferred_element_type, out_dtype):
-        return shift.forward(x, kernel, spec, **options)
-    y_shape = spec.flat_shape(spec.out_spatial, spec.out_channels)
-    return _call("forward", x, kernel, spec, y_shape, out_dtype)
+    return _map("forward", x, kernel, spec, **_options(locals()))
 
 
 def input_transpose(
     g, kernel, spec: ConvSpec, *, platform, precision, preferred_element_type, out_dtype
 ):
-    """``dx``: the transposed convolution of ``g`` (see :func:`forward` for the signature)."""
-    options = dict(
-        platform=platform,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-        out_dtype=out_dtype,
-    )
-    if not _runs_here(g, kernel, spec, platform, preferred_element_type, out_dtype):
-        return shift.input_transpose(g, kernel, spec, **options)
-    x_shape = spec.flat_shape(spec.in_spatial, spec.in_channels)
-    return _call("input_transpose", g, kernel, spec, x_shape, out_dtype)
+    """``dx``: the transpose of :func:`forward` in ``x``, applied to ``g``."""
+    return _map("input_transpose", g, kernel, spec, **_options(locals()))
 
 
 def kernel_transpose(
     x, g, spec: ConvSpec, *, platform, precision, preferred_element_type, out_dtype
 ):
-    """``dkernel``: per tap and channel, the sum of ``x * g`` (see :func:`forward`)."""
-    options = dict(
-        platform=platform,
-        precision=precision,
-        preferred_element_type=preferred_element_type,
-        out_dtype=out_dtype,
-    )
-    if not _runs_here(x, g, spec, platform, preferred_element_type, out_dtype):
-        return shift.kernel_transpose(x, g, spec, **options)
-    k_shape = (*spec.window, 1, spec.out_channels)
-    return _call("kernel_transpose", x, g, spec, k_shape, out_dtype)
+    """``dkernel``: the transpose of :func:`forward` in ``kernel``, applied to ``g``."""
+    return _map("kernel_transpose", x, g, spec, **_options(locals()))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,10 +41,7 @@ accepted and has no effect: no matrix unit is involved.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
-import math
-import re
 
 import jax
 import jax.numpy as jnp
@@ -53,6 +50,7 @@ import numpy as np
 from sepconv_jax._spec import ConvSpec
 from sepconv_jax.kernels import pallas_tpu, pallas_triton, xla
 from sepconv_jax.kernels._jax_compat import quiet_triton_deprecation, vma_checks_off
+from sepconv_jax.kernels._partition import ROLES, partitioned
 from sepconv_jax.kernels.pallas_triton import Geometry
 
 __all__ = ["forward", "input_transpose", "kernel_transpose", "lowering_context"]
@@ -139,14 +137,6 @@ def lowering_context(platform: str | None) -> contextlib.AbstractContextManager:
 
 # ----------------------------------------------------------------------------- the maps
 
-# Per map: the operands' and the result's roles, "in"/"out" for activations of the
-# input's or the output's spatial shape, "kernel" for a depthwise kernel.
-_ROLES = {
-    "forward": (("in", "kernel"), "out"),
-    "input_transpose": (("out", "kernel"), "in"),
-    "kernel_transpose": (("in", "out"), "kernel"),
-}
-
 
 def _operand(a: jax.Array, role: str, spec: ConvSpec, geom: Geometry) -> jax.Array:
     if role == "kernel":
@@ -163,7 +153,7 @@ def _result(a: jax.Array, role: str, spec: ConvSpec) -> jax.Array:
 def _pallas_map(name: str, a, b, spec: ConvSpec, *, platform, acc, out_dtype) -> jax.Array:
     """Map ``name`` by the Pallas kernel of ``platform``: Mosaic on TPU, Triton on GPU,
     the Triton kernels in interpret mode elsewhere (the one platform switch)."""
-    (role_a, role_b), role_out = _ROLES[name]
+    (role_a, role_b), role_out = ROLES[name]
     if platform == "tpu":
         geom = _geometry(spec, long_axis="h")
         run = functools.partial(getattr(pallas_tpu, name), geom=geom)
@@ -185,8 +175,9 @@ def _map(
     name: str, a, b, spec: ConvSpec, *, platform, precision, preferred_element_type, out_dtype
 ) -> jax.Array:
     """Map ``name``: delegated to the ``xla`` kernel (see the module docstring) or run
-    by :func:`_pallas_map`, partitioned per shard (:func:`_partitioned`)."""
-    (role_a, role_b), role_out = _ROLES[name]
+    by :func:`_pallas_map`, partitioned per shard
+    (:func:`~sepconv_jax.kernels._partition.partitioned`)."""
+    (role_a, role_b), role_out = ROLES[name]
     acc = _accumulation_dtype(a, b, preferred_element_type, out_dtype)
     result = {
         "in": spec.flat_shape(spec.in_spatial, spec.in_channels),
@@ -206,7 +197,8 @@ def _map(
             preferred_element_type=preferred_element_type,
             out_dtype=out_dtype,
         )
-    return _partitioned(name, spec, platform=platform, acc=acc, out_dtype=out_dtype)(a, b)
+    run = functools.partial(_pallas_map, platform=platform, acc=acc)
+    return partitioned(name, spec, run, acc=acc, out_dtype=out_dtype)(a, b)
 
 
 def _options(names: dict) -> dict:
@@ -242,128 +234,3 @@ def kernel_transpose(
 ):
     """``dkernel``: the transpose of :func:`forward` in ``kernel``, applied to ``g``."""
     return _map("kernel_transpose", x, g, spec, **_options(locals()))
-
-
-# ----------------------------------------------------------------------------- sharding
-
-
-def _factors(role: str, spec: ConvSpec) -> str:
-    """The Shardy factors of an operand or result of ``role``: ``n`` the batch, ``c``
-    the input channels (``(c m)`` the ``C * M`` output channels, channel-major), the
-    spatial and window factors their own (kept whole)."""
-    nd = spec.num_spatial
-    if role == "kernel":
-        return " ".join([*(f"w{i}" for i in range(nd)), "o", _channels(role, spec)])
-    spatial = [f"{'s' if role == 'in' else 't'}{i}" for i in range(nd)]
-    if spec.channels_last:
-        return " ".join(["n", *spatial, _channels(role, spec)])
-    return " ".join(["n", _channels(role, spec), *spatial])
-
-
-def _channels(role: str, spec: ConvSpec) -> str:
-    if role == "in" or spec.depth_multiplier == 1:
-        return "c"
-    return "(c m)"
-
-
-def _sharding_rule(name: str, spec: ConvSpec) -> tuple[str, dict]:
-    (role_a, role_b), role_out = _ROLES[name]
-    rule = f"{_factors(role_a, spec)}, {_factors(role_b, spec)} -> {_factors(role_out, spec)}"
-    nd = spec.num_spatial
-    whole = {f"{p}{i}" for p in "stw" for i in range(nd)} | {"o"}
-    # Shardy wants the special factors in the order the rule first names them.
-    named = dict.fromkeys(re.findall(r"\w+", rule))
-    options: dict = {"need_replication_factors": tuple(f for f in named if f in whole)}
-    if name == "kernel_transpose":
-        options["reduction_factors"] = ("n",)
-    if spec.depth_multiplier > 1:
-        options["m"] = spec.depth_multiplier
-    return rule, options
-
-
-def _axes(entry) -> tuple[str, ...]:
-    if entry is None:
-        return ()
-    return (entry,) if isinstance(entry, str) else tuple(entry)
-
-
-def _partitioned(name: str, spec: ConvSpec, *, platform, acc, out_dtype):
-    """:func:`_pallas_map` as an operation XLA partitions over batch and channels.
-
-    Sharded over the batch and the channels, a depthwise map needs no data from other
-    devices: each runs the Pallas kernel on its own examples and channels (the kernel
-    transpose then sums its per-device partial sums over the batch axes). Spatial
-    dims are kept whole. Without this rule the partitioner would gather the Pallas
-    call's operands whole on every device, as it does for any custom call. One
-    device, or inside ``shard_map`` (fully manual), runs the kernel as it is.
-    """
-    from jax.experimental.custom_partitioning import custom_partitioning
-
-    (role_a, role_b), role_out = _ROLES[name]
-
-    def whole(a, b):
-        return _pallas_map(name, a, b, spec, platform=platform, acc=acc, out_dtype=out_dtype)
-
-    call = custom_partitioning(whole)
-
-    def run(a, b):
-        # A kernel with side effects (Mosaic's interpret mode calls back into Python)
-        # cannot sit inside custom_partitioning; it runs as it is.
-        structs = [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in (a, b)]
-        if jax.make_jaxpr(whole)(*structs).effects:
-            return whole(a, b)
-        return call(a, b)
-
-    def partition(mesh, arg_shapes, result_shape):
-        from jax.sharding import NamedSharding
-        from jax.sharding import PartitionSpec as P
-
-        lead = arg_shapes[0]  # an activation in every map
-        pspec = tuple(lead.sharding.spec) + (None,) * (lead.ndim - len(lead.sharding.spec))
-        batch = _axes(pspec[0])
-        channels = _axes(pspec[spec.channel_axis])
-        sizes = dict(mesh.shape)
-        n_batch = math.prod(sizes[a] for a in batch)
-        n_chan = math.prod(sizes[a] for a in channels)
-        if spec.batch_shape[0] % n_batch:
-            batch, n_batch = (), 1
-        if spec.in_channels % n_chan:
-            channels, n_chan = (), 1
-        local = dataclasses.replace(
-            spec,
-            batch_shape=(spec.batch_shape[0] // n_batch,),
-            in_channels=spec.in_channels // n_chan,
-            out_channels=spec.out_channels // n_chan,
-            groups=spec.groups // n_chan,
-        )
-        b_entry, c_entry = batch or None, channels or None
-
-        def sharding(role: str):
-            if role == "kernel":
-                return NamedSharding(mesh, P(*(None,) * (spec.num_spatial + 1), c_entry))
-            rest = (None,) * spec.num_spatial
-            if spec.channels_last:
-                return NamedSharding(mesh, P(b_entry, *rest, c_entry))
-            return NamedSharding(mesh, P(b_entry, c_entry, *rest))
-
-        def lower(a, b):
-            if name != "kernel_transpose" or not batch:
-                return _pallas_map(
-                    name, a, b, local, platform=platform, acc=acc, out_dtype=out_dtype
-                )
-            # Per-device partial sums in the accumulation dtype, summed over the batch.
-            dk = _pallas_map(name, a, b, local, platform=platform, acc=acc, out_dtype=acc)
-            return jax.lax.psum(dk, batch).astype(out_dtype)
-
-        return mesh, lower, sharding(role_out), (sharding(role_a), sharding(role_b))
-
-    rule, options = _sharding_rule(name, spec)
-    call.def_partition(
-        partition,
-        infer_sharding_from_operands=lambda mesh, arg_shapes, result_shape: partition(
-            mesh, arg_shapes, result_shape
-        )[2],
-        sharding_rule=rule,
-        **options,
-    )
-    return run

@@ -99,7 +99,7 @@ inline void Store(float* p, Vec v) { std::memcpy(p, &v, sizeof(Vec)); }
 // channel, scalar), kept in registers across a pixel's taps.
 template <int NV>
 struct Acc {
-  static constexpr int kWidth = NV * kLanes;
+  static constexpr int kRegisters = NV;
   Vec v[NV];
   Acc() {
     for (int r = 0; r < NV; ++r) v[r] = Vec{};
@@ -119,7 +119,6 @@ struct Acc {
 };
 template <>
 struct Acc<0> {
-  static constexpr int kWidth = 1;
   float v = 0.0f;
   void Fma(const float* a, const float* b) { v += *a * *b; }
   void StoreTo(float* p) const { *p = v; }
@@ -152,33 +151,85 @@ inline void TapRange(int64_t o, int64_t s, int64_t p, int64_t d, int64_t k, int6
 
 // ---------------------------------------------------------------- forward
 
+// Output pixels per tile of the forward loop: a tile loads each tap's weights once
+// for kTile pixels, so a multiply-add reads one vector from memory instead of two.
+constexpr int kTile = 4;
+
+// One output pixel, channels [c0, c0 + width), its taps [ilo, ihi) x [jlo, jhi).
+template <typename A>
+inline void ForwardPixel(A acc, const float* x_img, const float* k, float* y_row,
+                         const Geometry& g, int64_t oh, int64_t ow, int64_t c0, int64_t ilo,
+                         int64_t ihi, int64_t jlo, int64_t jhi) {
+  const int64_t iw0 = ow * g.sw - g.pw;
+  for (int64_t i = ilo; i < ihi; ++i) {
+    const int64_t ih = oh * g.sh - g.ph + i * g.dh;
+    const float* xr = x_img + ih * g.w * g.c + c0;
+    const float* kr = k + i * g.kw * g.c + c0;
+    for (int64_t j = jlo; j < jhi; ++j) acc.Fma(xr + (iw0 + j * g.dw) * g.c, kr + j * g.c);
+  }
+  acc.StoreTo(y_row + ow * g.c + c0);
+}
+
+// kTile output pixels [ow0, ow0 + kTile) whose windows lie inside the row (every
+// column tap valid), NV registers of channels from c0.
+template <int NV>
+inline void ForwardTile(const float* x_img, const float* k, float* y_row, const Geometry& g,
+                        int64_t oh, int64_t ow0, int64_t c0, int64_t ilo, int64_t ihi) {
+  Vec acc[kTile][NV];
+  for (int p = 0; p < kTile; ++p)
+    for (int r = 0; r < NV; ++r) acc[p][r] = Vec{};
+  const int64_t step = g.sw * g.c;
+  for (int64_t i = ilo; i < ihi; ++i) {
+    const int64_t ih = oh * g.sh - g.ph + i * g.dh;
+    const float* xr = x_img + ih * g.w * g.c + (ow0 * g.sw - g.pw) * g.c + c0;
+    const float* kr = k + i * g.kw * g.c + c0;
+    for (int64_t j = 0; j < g.kw; ++j) {
+      Vec w[NV];
+      for (int r = 0; r < NV; ++r) w[r] = Load(kr + j * g.c + r * kLanes);
+      const float* xp = xr + j * g.dw * g.c;
+#pragma GCC unroll 4
+      for (int p = 0; p < kTile; ++p)
+#pragma GCC unroll 2
+        for (int r = 0; r < NV; ++r) acc[p][r] += Load(xp + p * step + r * kLanes) * w[r];
+    }
+  }
+  for (int p = 0; p < kTile; ++p)
+    for (int r = 0; r < NV; ++r) Store(y_row + (ow0 + p) * g.c + c0 + r * kLanes, acc[p][r]);
+}
+
 void Forward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* k,
              float* y) {
   std::vector<int64_t> jlo(g.ow), jhi(g.ow);
   for (int64_t ow = 0; ow < g.ow; ++ow) TapRange(ow, g.sw, g.pw, g.dw, g.kw, g.w, &jlo[ow], &jhi[ow]);
+  // The interior [a, b): output columns whose every column tap lands in the input.
+  int64_t a = 0, b = 0;
+  for (int64_t ow = 0; ow < g.ow; ++ow) {
+    if (jlo[ow] == 0 && jhi[ow] == g.kw) {
+      if (b <= a) a = ow;
+      b = ow + 1;
+    }
+  }
   ParallelFor(pool, g.n * g.oh, [&](int64_t row) {
     const int64_t n = row / g.oh, oh = row % g.oh;
     int64_t ilo, ihi;
     TapRange(oh, g.sh, g.ph, g.dh, g.kh, g.h, &ilo, &ihi);
     const float* x_img = x + n * g.h * g.w * g.c;
     float* y_row = y + row * g.ow * g.c;
-    ForChannelBlocks(g.c, [&](auto zero, int64_t c0) {
-      for (int64_t ow = 0; ow < g.ow; ++ow) {
-        auto acc = zero;
-        const int64_t iw0 = ow * g.sw - g.pw;
-        for (int64_t i = ilo; i < ihi; ++i) {
-          const int64_t ih = oh * g.sh - g.ph + i * g.dh;
-          const float* xr = x_img + ih * g.w * g.c + c0;
-          const float* kr = k + i * g.kw * g.c + c0;
-          for (int64_t j = jlo[ow]; j < jhi[ow]; ++j) {
-            const float* xp = xr + (iw0 + j * g.dw) * g.c;
-            const float* kp = kr + j * g.c;
-            acc.Fma(xp, kp);
-          }
-        }
-        acc.StoreTo(y_row + ow * g.c + c0);
-      }
-    });
+    auto pixels = [&](auto zero, int64_t c0, int64_t from, int64_t to) {
+      for (int64_t ow = from; ow < to; ++ow)
+        ForwardPixel(zero, x_img, k, y_row, g, oh, ow, c0, ilo, ihi, jlo[ow], jhi[ow]);
+    };
+    auto tiled = [&](auto zero, int64_t c0) {
+      constexpr int NV = decltype(zero)::kRegisters;
+      int64_t ow = a;
+      for (; ow + kTile <= b; ow += kTile) ForwardTile<NV>(x_img, k, y_row, g, oh, ow, c0, ilo, ihi);
+      pixels(zero, c0, 0, a);
+      pixels(zero, c0, ow, g.ow);
+    };
+    int64_t c0 = 0;
+    for (; c0 + 2 * kLanes <= g.c; c0 += 2 * kLanes) tiled(Acc<2>{}, c0);
+    for (; c0 + kLanes <= g.c; c0 += kLanes) tiled(Acc<1>{}, c0);
+    for (; c0 < g.c; ++c0) pixels(Acc<0>{}, c0, 0, g.ow);
   });
 }
 
@@ -201,6 +252,21 @@ void Contributors(int64_t in, int64_t s, int64_t p, int64_t d, int64_t k, int64_
 
 void InputGrad(ffi::ThreadPool& pool, const Geometry& g, const float* gy, const float* k,
                float* dx) {
+  if (g.sh == 1 && g.sw == 1) {
+    // Unstrided, the transpose is the forward correlation of g with the flipped
+    // kernel: dx[i] = sum_t g[i + p - t d] k[t] = sum_t g[i - p' + t d] k[KH-1-t]
+    // with p' = (K - 1) d - p (negative where the padding exceeds the window).
+    std::vector<float> flipped(g.kh * g.kw * g.c);
+    for (int64_t i = 0; i < g.kh; ++i)
+      for (int64_t j = 0; j < g.kw; ++j)
+        std::memcpy(&flipped[((g.kh - 1 - i) * g.kw + (g.kw - 1 - j)) * g.c],
+                    k + (i * g.kw + j) * g.c, g.c * sizeof(float));
+    const Geometry t{g.n,  g.oh, g.ow, g.c,  g.h,  g.w,
+                     g.kh, g.kw, 1,    1,    g.dh, g.dw,
+                     (g.kh - 1) * g.dh - g.ph, (g.kw - 1) * g.dw - g.pw};
+    Forward(pool, t, gy, flipped.data(), dx);
+    return;
+  }
   // Per input column, the (tap, output column) pairs, kw slots each.
   std::vector<int64_t> col_tap(g.w * g.kw), col_out(g.w * g.kw), col_count(g.w);
   {
