@@ -119,6 +119,7 @@ struct Acc {
 };
 template <>
 struct Acc<0> {
+  static constexpr int kRegisters = 0;
   float v = 0.0f;
   void Fma(const float* a, const float* b) { v += *a * *b; }
   void StoreTo(float* p) const { *p = v; }
@@ -215,21 +216,33 @@ void Forward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const flo
     TapRange(oh, g.sh, g.ph, g.dh, g.kh, g.h, &ilo, &ihi);
     const float* x_img = x + n * g.h * g.w * g.c;
     float* y_row = y + row * g.ow * g.c;
-    auto pixels = [&](auto zero, int64_t c0, int64_t from, int64_t to) {
-      for (int64_t ow = from; ow < to; ++ow)
+    // Pixel by pixel, all channels of a pixel (or tile) before the next, so that
+    // x and y are read and written in memory order.
+    auto blocks = [&](const auto& fn) {
+      int64_t c0 = 0;
+      for (; c0 + 2 * kLanes <= g.c; c0 += 2 * kLanes) fn(Acc<2>{}, c0);
+      for (; c0 + kLanes <= g.c; c0 += kLanes) fn(Acc<1>{}, c0);
+      for (; c0 < g.c; ++c0) fn(Acc<0>{}, c0);
+    };
+    auto pixel = [&](int64_t ow) {
+      blocks([&](auto zero, int64_t c0) {
         ForwardPixel(zero, x_img, k, y_row, g, oh, ow, c0, ilo, ihi, jlo[ow], jhi[ow]);
+      });
     };
-    auto tiled = [&](auto zero, int64_t c0) {
-      constexpr int NV = decltype(zero)::kRegisters;
-      int64_t ow = a;
-      for (; ow + kTile <= b; ow += kTile) ForwardTile<NV>(x_img, k, y_row, g, oh, ow, c0, ilo, ihi);
-      pixels(zero, c0, 0, a);
-      pixels(zero, c0, ow, g.ow);
-    };
-    int64_t c0 = 0;
-    for (; c0 + 2 * kLanes <= g.c; c0 += 2 * kLanes) tiled(Acc<2>{}, c0);
-    for (; c0 + kLanes <= g.c; c0 += kLanes) tiled(Acc<1>{}, c0);
-    for (; c0 < g.c; ++c0) pixels(Acc<0>{}, c0, 0, g.ow);
+    for (int64_t ow = 0; ow < a; ++ow) pixel(ow);
+    int64_t ow = a;
+    for (; ow + kTile <= b; ow += kTile) {
+      blocks([&](auto zero, int64_t c0) {
+        constexpr int NV = decltype(zero)::kRegisters;
+        if constexpr (NV > 0) {
+          ForwardTile<NV>(x_img, k, y_row, g, oh, ow, c0, ilo, ihi);
+        } else {
+          for (int p = 0; p < kTile; ++p)
+            ForwardPixel(zero, x_img, k, y_row, g, oh, ow + p, c0, ilo, ihi, 0, g.kw);
+        }
+      });
+    }
+    for (; ow < g.ow; ++ow) pixel(ow);
   });
 }
 
@@ -285,23 +298,19 @@ void InputGrad(ffi::ThreadPool& pool, const Geometry& g, const float* gy, const 
     const float* g_img = gy + n * g.oh * g.ow * g.c;
     float* dx_row = dx + row * g.w * g.c;
     const int64_t rows = static_cast<int64_t>(row_tap.size());
-    ForChannelBlocks(g.c, [&](auto zero, int64_t c0) {
-      for (int64_t iw = 0; iw < g.w; ++iw) {
+    for (int64_t iw = 0; iw < g.w; ++iw) {  // pixel-major, as in Forward
+      const int64_t* ct = col_tap.data() + iw * g.kw;
+      const int64_t* co = col_out.data() + iw * g.kw;
+      ForChannelBlocks(g.c, [&](auto zero, int64_t c0) {
         auto acc = zero;
-        const int64_t* ct = col_tap.data() + iw * g.kw;
-        const int64_t* co = col_out.data() + iw * g.kw;
         for (int64_t r = 0; r < rows; ++r) {
           const float* gr = g_img + row_out[r] * g.ow * g.c + c0;
           const float* kr = k + row_tap[r] * g.kw * g.c + c0;
-          for (int64_t m = 0; m < col_count[iw]; ++m) {
-            const float* gp = gr + co[m] * g.c;
-            const float* kp = kr + ct[m] * g.c;
-            acc.Fma(gp, kp);
-          }
+          for (int64_t m = 0; m < col_count[iw]; ++m) acc.Fma(gr + co[m] * g.c, kr + ct[m] * g.c);
         }
         acc.StoreTo(dx_row + iw * g.c + c0);
-      }
-    });
+      });
+    }
   });
 }
 
