@@ -29,6 +29,9 @@ $(STAMP): pyproject.toml
 	else \
 		echo "no local wheels for $(TORCH) and $(TORCHVISION): the PyTorch and timm tests will be skipped"; \
 	fi
+	@# The "native" CPU depthwise kernel: C++ compiled for this machine into the user's
+	@# cache (sepconv_jax.kernels.native.cache_dir); without a compiler "auto" uses "shift".
+	$(BIN)/python -m sepconv_jax.kernels.native || true
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -121,8 +121,17 @@ def main() -> None:
     parser.add_argument("--compiled-batches", nargs="*", type=int, default=[8])
     parser.add_argument("--min-time", type=float, default=0.5)
     parser.add_argument("--max-reps", type=int, default=5)
+    parser.add_argument(
+        "--retain-memory",
+        action="store_true",
+        help="both processes keep freed heap memory (sepconv_jax.runtime.retain_freed_memory)",
+    )
     parser.add_argument("--out", default="benchmarks/results/cpu_models")
     args = parser.parse_args()
+    if args.retain_memory:
+        from sepconv_jax import runtime
+
+        runtime.retain_freed_memory()  # before the first JAX computation
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
@@ -143,6 +152,7 @@ def main() -> None:
             max_reps=args.max_reps,
             modes=modes,
             torch_compiled=args.compiled if batch in args.compiled_batches else (),
+            retain_memory=args.retain_memory,
             log=lambda line, batch=batch: print(f"[batch {batch}] {line}", flush=True),
         )
         for record in found:

@@ -73,6 +73,8 @@ OPTION_SETS: dict[str, dict[str, Any]] = {
     "default": {},
     "ynn off": {_YNN: ""},
     "ynn dots only": {_YNN: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"},
+    "ynn no reduce": {_YNN: "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_ELTWISE"},
+    "ynn no eltwise": {_YNN: "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"},
     "ynn +convs": {
         _YNN: _ALL_FUSIONS
         + ",LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"

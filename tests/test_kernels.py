@@ -22,7 +22,7 @@ from jax.test_util import check_grads
 
 from sepconv_jax import _spec, ops
 from sepconv_jax.apps import bench
-from sepconv_jax.kernels import dispatch, shift
+from sepconv_jax.kernels import dispatch, native, shift
 from tests import reference as ref
 from tests.helpers import ATOL, HIGHEST, RTOL, call, ref_batched
 from tests.helpers import rand as _rand
@@ -459,7 +459,9 @@ def _spec_for(window=(3, 3)):
 
 def test_auto_rule_by_platform_and_shape():
     spec = _spec_for()
-    assert dispatch.auto_impl(spec, "cpu") == "shift"
+    # On CPU the C++ kernel where it builds (a compiler is found), else "shift".
+    cpu = "native" if native.available() else "shift"
+    assert dispatch.auto_impl(spec, "cpu") == cpu
     for platform in ("gpu", "cuda", "rocm", "tpu"):
         assert dispatch.auto_impl(spec, platform) == "xla"
     # On CUDA, strided windows of up to 3x3 taps run the Pallas kernels.
@@ -467,7 +469,7 @@ def test_auto_rule_by_platform_and_shape():
     for platform in ("gpu", "cuda"):
         assert dispatch.auto_impl(strided, platform) == "pallas"
     for platform in ("cpu", "rocm", "tpu"):
-        assert dispatch.auto_impl(strided, platform) == ("shift" if platform == "cpu" else "xla")
+        assert dispatch.auto_impl(strided, platform) == (cpu if platform == "cpu" else "xla")
     wide = dataclasses.replace(strided, window=(5, 5))
     assert math.prod(wide.window) > dispatch.MAX_PALLAS_GPU_TAPS
     assert dispatch.auto_impl(wide, "cuda") == "xla"
@@ -483,11 +485,22 @@ def test_auto_rule_by_platform_and_shape():
         data_format="channels_last",
     )
     assert math.prod(big.window) > dispatch.MAX_SHIFT_TAPS
-    assert dispatch.auto_impl(big, "cpu") == "xla"
+    assert dispatch.auto_impl(big, "cpu") == "xla"  # 3-D: no native kernel
+    # The native kernel does not unroll its taps: a wide 2-D window stays with it.
+    wide_2d = _spec_for(window=(21, 21))
+    assert math.prod(wide_2d.window) > dispatch.MAX_SHIFT_TAPS
+    assert dispatch.auto_impl(wide_2d, "cpu") == ("native" if native.available() else "xla")
+    # Channels-first or a depth multiplier: "shift".
+    first = dataclasses.replace(spec, data_format="channels_first")
+    assert dispatch.auto_impl(first, "cpu") == "shift"
+    grouped = dataclasses.replace(spec, out_channels=8)
+    assert dispatch.auto_impl(grouped, "cpu") == "shift"
     assert dispatch.auto_impl(spec) == dispatch.auto_impl(spec, jax.default_backend())
     # "auto" is resolved per platform when lowered; a platform without a rule of its
     # own gets the reference kernel.
-    assert dispatch.kernel_for("auto", spec, "cpu") is dispatch.KERNELS["shift"]
+    assert dispatch.kernel_for("auto", spec, "cpu") is dispatch.KERNELS[cpu]
+    # Lowered for jax.export, CPU keeps to StableHLO: the FFI call cannot be serialized.
+    assert dispatch.kernel_for("auto", spec, "cpu", for_export=True) is dispatch.KERNELS["shift"]
     assert dispatch.kernel_for("auto", spec, "cuda") is dispatch.KERNELS["xla"]
     assert dispatch.kernel_for("auto", strided, "cuda") is dispatch.KERNELS["pallas"]
     assert dispatch.kernel_for("auto", spec, None) is dispatch.KERNELS["xla"]

@@ -9,18 +9,28 @@ or exported for, not of the machine that traced it.
 
 The rule for ``"auto"``, by platform and shape:
 
-* ``cpu``: ``"shift"`` (shifted multiply-accumulates), which measured 13-70x faster
-  than ``"xla"`` forward (median 32x) and 17-106x forward+backward (median 46x) on
-  the MobileNetV2 and EfficientNet-B0 depthwise layers at batch 8 in float32 on a
-  2-core CPU (see ``benchmarks/RESULTS.md``), unless the window has more than
+* ``cpu``: ``"native"`` (the C++ kernels of :mod:`sepconv_jax.kernels.native`,
+  called through the XLA FFI) for 1-D and 2-D channels-last problems with a depth
+  multiplier of 1, where the library builds on this machine (a C++ compiler is
+  found). Whole models with ``"native"`` against ``"shift"``, the two compiled in
+  one process and called in turn (``benchmarks/impl_models.py``, 224x224 float32,
+  batch 8 and 32, 2-core AVX2 CPU; ``benchmarks/RESULTS.md``): training steps
+  1.22-1.42x faster on MobileNetV2, EfficientNet-B0 and ConvNeXt-T, inference
+  1.08-1.36x. Elsewhere ``"shift"`` (shifted multiply-accumulates), which measured
+  13-70x faster than ``"xla"`` forward (median 32x) and 17-106x forward+backward
+  (median 46x) on the MobileNetV2 and EfficientNet-B0 depthwise layers at batch 8
+  in float32 on a 2-core CPU, unless the window has more than
   :data:`MAX_SHIFT_TAPS` taps (more than a 7x7x7 3-D window), where the unrolled
-  loop would compile slowly; then ``"xla"``. In whole models it is also the faster
-  one: ``bench --models`` measured ``"auto"`` 2.2-14x faster than ``"xla"`` on
-  MobileNetV2, MobileNetV3-Large, EfficientNet-B0 and ConvNeXt-T, inference and
-  training, batch 8 and 32. Within ``"shift"``, inputs too large for one padded copy
-  run in tiles of whole images (:data:`sepconv_jax.kernels.shift.TILE_BYTES`), which
-  measured 1.7x faster than reading them in place on EfficientNet-B0 inference at
-  batch 32 (``benchmarks/tile_probe.py``).
+  loop would compile slowly; then ``"xla"``. In whole models ``"shift"`` is also
+  the faster of the two: ``bench --models`` measured it 2.2-14x faster than
+  ``"xla"`` on MobileNetV2, MobileNetV3-Large, EfficientNet-B0 and ConvNeXt-T,
+  inference and training, batch 8 and 32. Within ``"shift"``, inputs too large
+  for one padded copy run in tiles of whole images
+  (:data:`sepconv_jax.kernels.shift.TILE_BYTES`), which measured 1.7x faster than
+  reading them in place on EfficientNet-B0 inference at batch 32
+  (``benchmarks/tile_probe.py``). Lowered for :func:`jax.export`, ``"auto"`` runs
+  ``"shift"`` on CPU: the FFI call names a handler of this process, which a
+  serialized artifact cannot carry.
 * ``cuda``: ``"pallas"`` (the Triton kernels of :mod:`sepconv_jax.kernels.pallas`)
   for 2-D windows of at most 3x3 taps with a stride above 1, ``"xla"`` otherwise. On
   one H100 at batch 64, forward+backward (``benchmarks/results/gpu/``, summarized in
@@ -355,9 +365,10 @@ def kernel_for(
     ``platform=None`` stands for a platform without a lowering rule of its own,
     where ``"auto"`` means ``"xla"``. ``for_export``: the lowering is for
     :func:`jax.export`, whose serialized artifacts may only hold custom calls with
-    compatibility guarantees; Pallas' Triton and Mosaic calls have none, so there
-    ``"auto"`` keeps to the kernels written in StableHLO (``"pallas"`` becomes
-    ``"xla"``). A kernel named explicitly is used as named.
+    compatibility guarantees; Pallas' Triton and Mosaic calls and the ``"native"``
+    kernel's FFI calls have none, so there ``"auto"`` keeps to the kernels written
+    in StableHLO (``"pallas"`` becomes ``"xla"``, ``"native"`` becomes ``"shift"``).
+    A kernel named explicitly is used as named.
     """
     if impl == "auto":
         impl = "xla" if platform is None else auto_impl(spec, platform)

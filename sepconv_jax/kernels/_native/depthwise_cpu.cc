@@ -14,15 +14,19 @@
 // A 1-D problem is passed with H = OH = KH = 1. The Python side
 // (sepconv_jax/kernels/native.py) checks every shape before the call.
 //
-// The loops keep one block of channels in registers: for each output (or input)
-// pixel the taps are summed into up to eight SIMD registers of channels, and the
-// taps that fall in the padding are skipped by precomputed ranges rather than read
-// as zeros. Channels are the innermost, contiguous dimension, so the compiler
-// vectorizes each block (the library builds this file with -O3 -march=native).
-// Work is split over rows of the image and shared with XLA's intra-op thread pool;
-// the calling thread takes rows too, so a call never waits on a queued task.
-// The kernel gradient sums per fixed chunk of rows and then adds the chunks in
+// The loops keep blocks of channels in SIMD registers while they sum a pixel's taps,
+// and skip the taps that fall in the padding by precomputed ranges rather than
+// reading zeros. Channels are the innermost, contiguous dimension. The forward loop
+// goes pixel by pixel in memory order (all channels of a pixel, then the next) and,
+// inside the row, four output pixels at a time, loading each tap's weights once for
+// the four. Work is split over rows of the image and shared with XLA's intra-op
+// thread pool; the calling thread takes rows too, so a call never waits on a queued
+// task. The kernel gradient sums per fixed chunk of rows and then adds the chunks in
 // order, so its result does not depend on the number of threads.
+//
+// The library is built with -O3 -march=native for the machine that runs it
+// (sepconv_jax/kernels/native.py); the vector types are GCC/Clang extensions, so
+// it builds for any x86-64 or Arm CPU those compilers target.
 
 #include <algorithm>
 #include <atomic>
