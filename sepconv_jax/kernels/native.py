@@ -41,6 +41,13 @@ machine where the library cannot be built, it raises :class:`NativeBuildError`
 with the compiler's message; ``"auto"`` then picks ``"shift"``.
 
 ``precision`` has no effect: products and sums are float32 fused multiply-adds.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from sepconv_jax import depthwise_conv
+  >>> y = depthwise_conv(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 1, 2)), impl="native")
+  >>> y[0, :, :, 0].tolist()  # 4, 6 or 9 taps inside the image
+  [[4.0, 6.0, 6.0, 4.0], [6.0, 9.0, 9.0, 6.0], [6.0, 9.0, 9.0, 6.0], [4.0, 6.0, 6.0, 4.0]]
 """
 
 from __future__ import annotations
@@ -279,39 +286,13 @@ def _map(
     return partitioned(name, spec, _ffi_map, acc=acc, out_dtype=out_dtype)(a, b)
 
 
-def _options(names: dict) -> dict:
-    """The keyword arguments every map passes on, from its ``locals()``."""
-    keys = ("platform", "precision", "preferred_element_type", "out_dtype")
-    return {key: names[key] for key in keys}
-
-
-def forward(x, kernel, spec: ConvSpec, *, platform, precision, preferred_element_type, out_dtype):
-    """``y = f(x, kernel)`` by the C++ forward handler (see the module docstring).
-
-    The signature shared by every kernel's maps (see :mod:`sepconv_jax.kernels.op`).
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> from sepconv_jax import depthwise_conv
-      >>> y = depthwise_conv(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 1, 2)), impl="native")
-      >>> y[0, :, :, 0].tolist()  # 4, 6 or 9 taps inside the image
-      [[4.0, 6.0, 6.0, 4.0], [6.0, 9.0, 9.0, 6.0], [6.0, 9.0, 9.0, 6.0], [4.0, 6.0, 6.0, 4.0]]
-    """
-    return _map("forward", x, kernel, spec, **_options(locals()))
-
-
-def input_transpose(
-    g, kernel, spec: ConvSpec, *, platform, precision, preferred_element_type, out_dtype
-):
-    """``dx``: the transpose of :func:`forward` in ``x``, applied to ``g``."""
-    return _map("input_transpose", g, kernel, spec, **_options(locals()))
-
-
-def kernel_transpose(
-    x, g, spec: ConvSpec, *, platform, precision, preferred_element_type, out_dtype
-):
-    """``dkernel``: the transpose of :func:`forward` in ``kernel``, applied to ``g``."""
-    return _map("kernel_transpose", x, g, spec, **_options(locals()))
+#: The three maps, with the signature every kernel's maps share
+#: (``(a, b, spec, *, platform, precision, preferred_element_type, out_dtype)``, see
+#: :mod:`sepconv_jax.kernels.op`): ``y = f(x, kernel)``, ``dx`` from ``(g, kernel)``
+#: and ``dkernel`` from ``(x, g)``.
+forward = functools.partial(_map, "forward")
+input_transpose = functools.partial(_map, "input_transpose")
+kernel_transpose = functools.partial(_map, "kernel_transpose")
 
 
 def main(argv: list[str] | None = None) -> int:

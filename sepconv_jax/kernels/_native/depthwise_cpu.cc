@@ -35,6 +35,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -393,49 +394,40 @@ ffi::Error CheckSize(size_t got, int64_t want, const char* what) {
     if (_error.failure()) return _error; \
   } while (0)
 
-ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k,
-                       ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> geometry) {
-  Geometry g;
-  SEPCONV_RETURN_IF_ERROR(ReadGeometry(geometry, &g));
-  SEPCONV_RETURN_IF_ERROR(CheckSize(x.element_count(), g.n * g.h * g.w * g.c, "x"));
-  SEPCONV_RETURN_IF_ERROR(CheckSize(k.element_count(), g.kh * g.kw * g.c, "kernel"));
-  SEPCONV_RETURN_IF_ERROR(CheckSize(y->element_count(), g.n * g.oh * g.ow * g.c, "y"));
-  Forward(pool, g, x.typed_data(), k.typed_data(), y->typed_data());
-  return ffi::Error::Success();
-}
+enum class Map { kForward, kInputGrad, kKernelGrad };
 
-ffi::Error InputGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> gy, ffi::Buffer<ffi::F32> k,
-                         ffi::ResultBuffer<ffi::F32> dx, ffi::Span<const int64_t> geometry) {
+// One handler: checks the element counts of the operands a, b and the result
+// against the geometry, then runs map M.
+template <Map M>
+ffi::Error Run(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
+               ffi::ResultBuffer<ffi::F32> result, ffi::Span<const int64_t> geometry) {
   Geometry g;
   SEPCONV_RETURN_IF_ERROR(ReadGeometry(geometry, &g));
-  SEPCONV_RETURN_IF_ERROR(CheckSize(gy.element_count(), g.n * g.oh * g.ow * g.c, "g"));
-  SEPCONV_RETURN_IF_ERROR(CheckSize(k.element_count(), g.kh * g.kw * g.c, "kernel"));
-  SEPCONV_RETURN_IF_ERROR(CheckSize(dx->element_count(), g.n * g.h * g.w * g.c, "dx"));
-  InputGrad(pool, g, gy.typed_data(), k.typed_data(), dx->typed_data());
-  return ffi::Error::Success();
-}
-
-ffi::Error KernelGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> gy,
-                          ffi::ResultBuffer<ffi::F32> dk, ffi::Span<const int64_t> geometry) {
-  Geometry g;
-  SEPCONV_RETURN_IF_ERROR(ReadGeometry(geometry, &g));
-  SEPCONV_RETURN_IF_ERROR(CheckSize(x.element_count(), g.n * g.h * g.w * g.c, "x"));
-  SEPCONV_RETURN_IF_ERROR(CheckSize(gy.element_count(), g.n * g.oh * g.ow * g.c, "g"));
-  SEPCONV_RETURN_IF_ERROR(CheckSize(dk->element_count(), g.kh * g.kw * g.c, "dkernel"));
-  KernelGrad(pool, g, x.typed_data(), gy.typed_data(), dk->typed_data());
+  const int64_t in = g.n * g.h * g.w * g.c, out = g.n * g.oh * g.ow * g.c;
+  const int64_t taps = g.kh * g.kw * g.c;
+  const int64_t sizes[3][3] = {{in, taps, out}, {out, taps, in}, {in, out, taps}};
+  const int64_t* want = sizes[static_cast<int>(M)];
+  SEPCONV_RETURN_IF_ERROR(CheckSize(a.element_count(), want[0], "the first operand"));
+  SEPCONV_RETURN_IF_ERROR(CheckSize(b.element_count(), want[1], "the second operand"));
+  SEPCONV_RETURN_IF_ERROR(CheckSize(result->element_count(), want[2], "the result"));
+  const float *pa = a.typed_data(), *pb = b.typed_data();
+  float* pr = result->typed_data();
+  if constexpr (M == Map::kForward) Forward(pool, g, pa, pb, pr);
+  if constexpr (M == Map::kInputGrad) InputGrad(pool, g, pa, pb, pr);
+  if constexpr (M == Map::kKernelGrad) KernelGrad(pool, g, pa, pb, pr);
   return ffi::Error::Success();
 }
 
 }  // namespace
 
-#define SEPCONV_BIND(first, second, result)                    \
-  ffi::Ffi::Bind()                                             \
-      .Ctx<ffi::ThreadPool>()                                  \
-      .Arg<ffi::Buffer<ffi::F32>>()                            \
-      .Arg<ffi::Buffer<ffi::F32>>()                            \
-      .Ret<ffi::Buffer<ffi::F32>>()                            \
+#define SEPCONV_BIND()                 \
+  ffi::Ffi::Bind()                     \
+      .Ctx<ffi::ThreadPool>()          \
+      .Arg<ffi::Buffer<ffi::F32>>()    \
+      .Arg<ffi::Buffer<ffi::F32>>()    \
+      .Ret<ffi::Buffer<ffi::F32>>()    \
       .Attr<ffi::Span<const int64_t>>("geometry")
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SepconvDepthwiseForward, ForwardImpl, SEPCONV_BIND(x, k, y));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SepconvDepthwiseInputGrad, InputGradImpl, SEPCONV_BIND(g, k, dx));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SepconvDepthwiseKernelGrad, KernelGradImpl, SEPCONV_BIND(x, g, dk));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SepconvDepthwiseForward, Run<Map::kForward>, SEPCONV_BIND());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SepconvDepthwiseInputGrad, Run<Map::kInputGrad>, SEPCONV_BIND());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SepconvDepthwiseKernelGrad, Run<Map::kKernelGrad>, SEPCONV_BIND());
