@@ -103,7 +103,9 @@ def hlo_instructions(text: str) -> dict[str, tuple[str, str]]:
 
 def kind_of_op_name(op_name: str, opcode: str, thunk: str) -> str:
     """The layer kind of an instruction, from its module path (see the module docstring)."""
-    if opcode in ("copy", "transpose") or re.match(r"(copy|transpose|bitcast)[\w.]*fusion", thunk):
+    if opcode in ("copy", "transpose") or re.match(
+        r"(bitcast_)?(copy|transpose)[\w.]*fusion", thunk
+    ):
         return "layout copy"
     path = re.sub(r"^jit\([^)]*\)/", "", op_name)
     if not re.match(r"(transpose\()?jvp\(\w+\)\)?/|[A-Z]\w+/", path):
@@ -193,12 +195,17 @@ def profile_ours(
         walls, fault_counts = _measure(compiled, args, reps, jax.block_until_ready)
         thunks = _trace_thunks(compiled, args, reps)
         by_kind: dict[str, float] = collections.defaultdict(float)
+        # The same, split further by the thunk's type (its name without the number:
+        # "ynn_fusion", "ffi_call", "dot", "transpose_copy_fusion"...).
+        by_type: dict[str, float] = collections.defaultdict(float)
         for thunk, ns in thunks.items():
             opcode, op_name = instructions.get(thunk, ("", ""))
             kind = kind_of_op_name(op_name, opcode, thunk)
             if mode == "training" and kind not in ("optimizer+loss", "other", "layout copy"):
                 kind = f"{kind} {_direction(op_name)}"
             by_kind[kind] += ns / reps / 1e6
+            thunk_type = re.sub(r"[.]\d+$", "", thunk)
+            by_type[f"{kind}: {thunk_type}"] += ns / reps / 1e6
         top = sorted(thunks.items(), key=lambda kv: -kv[1])
         named = [
             (t, ns / reps / 1e6, kind_of_op_name(*instructions.get(t, ("", ""))[::-1], t))
@@ -208,6 +215,7 @@ def profile_ours(
             {
                 **_row("ours", name, batch, mode, walls, by_kind, fault_counts),
                 "compile_s": compile_s,
+                "by_thunk_type_ms": dict(sorted(by_type.items(), key=lambda kv: -kv[1])),
                 "top_thunks": named[:10],
                 "top_other": [row for row in named if row[2] in ("other", "layout copy")][:6],
                 "other_op_names": [

@@ -63,6 +63,13 @@ def profile():
         ("jit(step)/jvp(MobileNetV2)/conv1/conv_general_dilated", "fusion", "ynn_fusion", "stem"),
         ("jit(f)/EfficientNet/block2a/se/reduce/mean", "fusion", "reduce_fusion", "squeeze-excite"),
         ("", "fusion", "transpose_copy_fusion.35", "layout copy"),
+        # ReLU6's backward select with a bitcast in front is an activation, not a copy.
+        (
+            "jit(step)/transpose(jvp(MobileNetV2))/block2/select_n",
+            "fusion",
+            "bitcast_select_fusion.3",
+            "activation",
+        ),
         ("jit(step)/sub", "fusion", "sub_fusion", "optimizer+loss"),
     ],
 )

@@ -3,10 +3,11 @@
 ``impl="auto"`` is resolved when the depthwise primitives are lowered, per platform
 (``sepconv_jax.kernels.op``), so a MobileNetV2 traced once on this CPU machine and
 exported for ``("cpu", "cuda", "tpu")`` holds the shift loop for CPU and the grouped
-convolution for CUDA and TPU. Compiled for CUDA (not exported), its strided layers run
-the Pallas (Triton) kernels instead: ``jax.export`` only serializes custom calls with
-compatibility guarantees, which the Triton calls do not have, so ``"auto"`` keeps to
-StableHLO when lowering for export. The module text is read per platform.
+convolution for CUDA and TPU. Compiled (not exported), its CPU layers run the native
+kernel's FFI calls and its strided CUDA layers the Pallas (Triton) kernels instead:
+``jax.export`` only serializes custom calls with compatibility guarantees, which
+neither has, so ``"auto"`` keeps to StableHLO when lowering for export. The module
+text is read per platform.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 from jax import export
 
 from sepconv_jax import depthwise_conv, models
-from sepconv_jax.kernels import dispatch
+from sepconv_jax.kernels import dispatch, native
 from tests.helpers import gpu_lowering_here
 
 MODEL = models.MobileNetV2(num_classes=10, width_multiplier=0.35)
@@ -56,11 +57,14 @@ def _lowered_text(fn, *args, platform: str) -> str:
 def test_each_platform_gets_its_own_kernel(model_fn):
     fn, variables, x = model_fn
     cpu = _lowered_text(fn, variables, x, platform="cpu")
-    # CPU: the depthwise layers are shifted multiply-accumulates (slices of the
-    # padded input), no grouped convolution; the only convolutions are the stem's
-    # 3x3 and the 1x1 projections.
+    # CPU: the depthwise layers are the native kernel's FFI calls (or, where it cannot
+    # be built, shifted multiply-accumulates: slices of the padded input), no grouped
+    # convolution; the only convolutions are the stem's 3x3 and the 1x1 projections.
     assert all(g == 1 for g in _grouped_convs(cpu))
-    assert cpu.count("stablehlo.slice") >= 9 * DEPTHWISE_LAYERS
+    if native.available():
+        assert cpu.count("custom_call @sepconv_jax_depthwise_forward(") == DEPTHWISE_LAYERS
+    else:
+        assert cpu.count("stablehlo.slice") >= 9 * DEPTHWISE_LAYERS
     tpu = _lowered_text(fn, variables, x, platform="tpu")
     assert len([g for g in _grouped_convs(tpu) if g > 1]) == DEPTHWISE_LAYERS
     assert "stablehlo.slice" not in tpu  # none of the CPU loop

@@ -616,7 +616,7 @@ def test_bench_quick_runs_and_writes_json(tmp_path, capsys):
     for record in records:
         # On CPU: every kernel but Pallas (interpret mode) and the separable-only name.
         impls = bench.depthwise_impls("cpu")
-        assert impls == ("xla", "shift")
+        assert impls == ("xla", "shift", "native")
         assert [impl for impl in dispatch.KERNELS if impl in record["seconds"]] == list(impls)
         for column in (*impls, "flax", "separable", "standard"):
             assert record["seconds"][column] > 0

@@ -62,8 +62,12 @@ def _chunks(x, lengths, axis):
 
 
 def _close(streamed, offline):
+    """Equal up to float32 summation order: a streamed output sums the same taps as
+    the offline one in another order, so the rounding scales with the size of the
+    terms (the output's largest magnitude), not with each element's own value."""
     assert streamed.shape == offline.shape
-    np.testing.assert_allclose(streamed, offline, rtol=TOL, atol=TOL)
+    scale = max(1.0, float(np.max(np.abs(offline), initial=0.0)))
+    np.testing.assert_allclose(streamed, offline, rtol=TOL, atol=TOL * scale)
 
 
 # ----------------------------------------------------------------------------- strategies
