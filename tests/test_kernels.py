@@ -490,6 +490,7 @@ def test_auto_rule_by_platform_and_shape():
     wide_2d = _spec_for(window=(21, 21))
     assert math.prod(wide_2d.window) > dispatch.MAX_SHIFT_TAPS
     assert dispatch.auto_impl(wide_2d, "cpu") == ("native" if native.available() else "xla")
+    assert dispatch.kernel_for("auto", wide_2d, "cpu", for_export=True) is dispatch.KERNELS["xla"]
     # Channels-first or a depth multiplier: "shift".
     first = dataclasses.replace(spec, data_format="channels_first")
     assert dispatch.auto_impl(first, "cpu") == "shift"

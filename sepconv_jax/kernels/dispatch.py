@@ -29,8 +29,8 @@ The rule for ``"auto"``, by platform and shape:
   (:data:`sepconv_jax.kernels.shift.TILE_BYTES`), which measured 1.7x faster than
   reading them in place on EfficientNet-B0 inference at batch 32
   (``benchmarks/tile_probe.py``). Lowered for :func:`jax.export`, ``"auto"`` runs
-  ``"shift"`` on CPU: the FFI call names a handler of this process, which a
-  serialized artifact cannot carry.
+  ``"shift"`` (``"xla"`` above :data:`MAX_SHIFT_TAPS` taps) on CPU: the FFI call
+  names a handler of this process, which a serialized artifact cannot carry.
 * ``cuda``: ``"pallas"`` (the Triton kernels of :mod:`sepconv_jax.kernels.pallas`)
   for 2-D windows of at most 3x3 taps with a stride above 1, ``"xla"`` otherwise. On
   one H100 at batch 64, forward+backward (``benchmarks/results/gpu/``, summarized in
@@ -228,12 +228,7 @@ def auto_impl(spec: ConvSpec, platform: str | None = None) -> str:
 def _native_runs(spec: ConvSpec) -> bool:
     """Whether the ``"native"`` kernel's C++ handlers take ``spec`` on this machine
     (the dtype is checked when the maps run; others run ``"shift"`` there)."""
-    return (
-        spec.num_spatial in (1, 2)
-        and spec.channels_last
-        and spec.depth_multiplier == 1
-        and native.available()
-    )
+    return native.supports(spec) and native.available()
 
 
 def fuse_separable(spec: ConvSpec, out_channels: int, platform: str | None = None) -> bool:
@@ -375,5 +370,5 @@ def kernel_for(
         if for_export and impl in ("pallas", "fused"):
             impl = "xla"
         if for_export and impl == "native":
-            impl = "shift"
+            impl = "shift" if math.prod(spec.window) <= MAX_SHIFT_TAPS else "xla"
     return KERNELS[impl]

@@ -224,13 +224,16 @@ def _registered() -> None:
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler), platform="cpu")
 
 
-def supports(spec: ConvSpec, acc: np.dtype) -> bool:
-    """Whether the C++ handlers compute this problem (else ``"shift"`` runs)."""
+def supports(spec: ConvSpec, acc: np.dtype | None = None) -> bool:
+    """Whether the C++ handlers compute this problem (else ``"shift"`` runs): a 1-D or
+    2-D channels-last depthwise convolution with a depth multiplier of 1, accumulated
+    in ``float32`` (``acc=None``: the shape alone, for a rule that runs before the
+    dtypes are known)."""
     return (
         spec.num_spatial in (1, 2)
         and spec.channels_last
         and spec.depth_multiplier == 1
-        and np.dtype(acc) == np.float32
+        and (acc is None or np.dtype(acc) == np.float32)
     )
 
 
