@@ -23,7 +23,7 @@ import numpy as np
 
 from sepconv_jax._spec import ConvSpec
 
-__all__ = ["ROLES", "partitioned"]
+__all__ = ["ROLES", "partitioned", "role_shape"]
 
 #: Per map: the operands' and the result's roles, ``"in"``/``"out"`` for activations
 #: of the input's or the output's spatial shape, ``"kernel"`` for a depthwise kernel.
@@ -32,6 +32,15 @@ ROLES = {
     "input_transpose": (("out", "kernel"), "in"),
     "kernel_transpose": (("in", "out"), "kernel"),
 }
+
+
+def role_shape(role: str, spec: ConvSpec) -> tuple[int, ...]:
+    """The shape of an array of ``role`` (a value of :data:`ROLES`) in ``spec``."""
+    if role == "kernel":
+        return (*spec.window, 1, spec.out_channels)
+    if role == "in":
+        return spec.flat_shape(spec.in_spatial, spec.in_channels)
+    return spec.flat_shape(spec.out_spatial, spec.out_channels)
 
 
 def _factors(role: str, spec: ConvSpec) -> str:

@@ -70,7 +70,7 @@ import numpy as np
 
 from sepconv_jax._spec import ConvSpec
 from sepconv_jax.kernels import shift
-from sepconv_jax.kernels._partition import ROLES, partitioned
+from sepconv_jax.kernels._partition import ROLES, partitioned, role_shape
 
 __all__ = [
     "NativeBuildError",
@@ -256,11 +256,7 @@ def _geometry(spec: ConvSpec) -> np.ndarray:
 
 def _ffi_map(name: str, a, b, spec: ConvSpec, *, out_dtype) -> jax.Array:
     """Map ``name`` of ``spec`` by its C++ handler, on float32 operands."""
-    result_shape = {
-        "in": spec.flat_shape(spec.in_spatial, spec.in_channels),
-        "out": spec.flat_shape(spec.out_spatial, spec.out_channels),
-        "kernel": (*spec.window, 1, spec.out_channels),
-    }[ROLES[name][1]]
+    result_shape = role_shape(ROLES[name][1], spec)
     f32 = jnp.float32
     result = jax.ffi.ffi_call(_TARGETS[name][0], jax.ShapeDtypeStruct(result_shape, f32))(
         a.astype(f32), b.astype(f32), geometry=_geometry(spec)

@@ -50,7 +50,7 @@ import numpy as np
 from sepconv_jax._spec import ConvSpec
 from sepconv_jax.kernels import pallas_tpu, pallas_triton, xla
 from sepconv_jax.kernels._jax_compat import quiet_triton_deprecation, vma_checks_off
-from sepconv_jax.kernels._partition import ROLES, partitioned
+from sepconv_jax.kernels._partition import ROLES, partitioned, role_shape
 from sepconv_jax.kernels.pallas_triton import Geometry
 
 __all__ = ["forward", "input_transpose", "kernel_transpose", "lowering_context"]
@@ -179,11 +179,7 @@ def _map(
     (:func:`~sepconv_jax.kernels._partition.partitioned`)."""
     (role_a, role_b), role_out = ROLES[name]
     acc = _accumulation_dtype(a, b, preferred_element_type, out_dtype)
-    result = {
-        "in": spec.flat_shape(spec.in_spatial, spec.in_channels),
-        "out": spec.flat_shape(spec.out_spatial, spec.out_channels),
-        "kernel": (*spec.window, 1, spec.out_channels),
-    }[role_out]
+    result = role_shape(role_out, spec)
     activations = [v for v, r in ((a, role_a), (b, role_b)) if r != "kernel"]
     if role_out != "kernel":
         activations.append(jax.ShapeDtypeStruct(result, out_dtype))
